@@ -1,0 +1,93 @@
+"""The ``inspector`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+from . import __version__
+from .config import ConfigError
+from .rules import RuleError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML configuration (default: built-in defaults)")
+    p.add_argument("--rules", metavar="PATH", help="rule file or directory (default: the config's, else ./rules)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="inspector", description="Inline packet inspector for mail and SSH servers.")
+    parser.add_argument("--version", action="version", version=f"inspector {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check", help="validate config and rules, print a summary")
+    _common(p)
+
+    p = sub.add_parser("replay", help="run the engine over a pcap/pcapng capture")
+    p.add_argument("capture")
+    _common(p)
+    p.add_argument("--alert", action="store_true", help="alert mode: report, accept everything")
+
+    p = sub.add_parser("bench", help="benchmark the engine on a synthetic mixed workload")
+    p.add_argument("--packets", type=int, default=1_000_000)
+    p.add_argument("--sources", type=int, default=100_000, help="distinct flood sources")
+    p.add_argument("--domains", type=int, default=2, help="size of the blocked-domain list")
+    p.add_argument("--seed", type=int, default=1)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "check":
+            return _check(args)
+        if args.command == "replay":
+            from .app import build_engine
+            from .replay import main_replay
+
+            overrides = {"mode": "alert"} if args.alert else {}
+            engine = build_engine(args.config, args.rules, **overrides)
+            return main_replay(engine, args.capture)
+        if args.command == "bench":
+            from .bench import main_bench
+
+            return main_bench(args.packets, args.sources, args.domains, args.seed)
+    except (ConfigError, RuleError) as e:
+        print(f"inspector: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .app import load
+    from .rules import DOMAIN, PAYLOAD
+
+    started = time.perf_counter()
+    config, rules = load(args.config, args.rules)
+    took = time.perf_counter() - started
+    print(f"config: {config.source or 'built-in defaults'}")
+    print(f"mode: {config.mode}")
+    print(f"ports: smtp {list(config.smtp_ports)}, other {list(config.other_ports)}")
+    print(f"stream depth: {config.depth} bytes; flows: max {config.max_flows}, idle {config.flow_idle:g}s")
+    for r in config.rates:
+        ports = "all protected ports" if r.ports is None else f"ports {list(r.ports)}"
+        print(f"rate: more than {r.limit} new connections in {r.window:g}s on {ports} -> ban {r.ban}s")
+    print(f"rate capacity: {config.rate_capacity} sources; IPv6 counted per /{config.ipv6_prefix}")
+    print(f"bans: domain {config.ban_domain}s, payload {config.ban_payload}s, tcp-flags {config.ban_flags}s")
+    print(f"whitelist: {', '.join(map(str, config.whitelist)) or '(none)'}")
+    for rf in rules.files:
+        extra = f" ports {list(rf.ports)}" if rf.ports else ""
+        print(f"rules: {rf.path} ({rf.scope}{extra})")
+    print(f"blocked domains: {rules.counts.get(DOMAIN, 0)} (duplicates: {rules.duplicates}); "
+          f"payload strings: {rules.counts.get(PAYLOAD, 0)}")
+    print(f"loaded in {took:.3f}s")
+    print("OK")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""Configuration: a TOML file parsed once into a frozen :class:`Config`.
+
+Every setting has a default, so no file is needed.  Errors name the file, the
+line where the offending key stands, and what is wrong.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .rules import DOMAIN, PAYLOAD, SCOPES, RuleFile
+
+__all__ = ["Config", "ConfigError", "RateRule", "load_config", "DEFAULT_RULES"]
+
+DEFAULT_RULES = Path(__file__).resolve().parent.parent / "rules"
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names ``file:line``."""
+
+
+@dataclass(frozen=True)
+class RateRule:
+    """More than ``limit`` new connections within ``window`` seconds → rate verdict."""
+
+    ports: tuple[int, ...] | None = None  # None: every protected port
+    limit: int = 4
+    window: float = 60.0
+    ban: int = 86400
+
+
+@dataclass(frozen=True)
+class Config:
+    mode: str = "enforce"  # or "alert"
+    smtp_ports: tuple[int, ...] = (25,)
+    other_ports: tuple[int, ...] = (22,)
+    depth: int = 4096
+    max_flows: int = 262144
+    flow_idle: float = 600.0
+    rates: tuple[RateRule, ...] = (RateRule(),)
+    rate_capacity: int = 1_000_000
+    ipv4_prefix: int = 32
+    ipv6_prefix: int = 64
+    ban_domain: int = 86400
+    ban_payload: int = 86400
+    ban_flags: int = 0
+    whitelist: tuple[Network, ...] = ()
+    rules: tuple[RuleFile, ...] = ()
+    source: str | None = None  # the file this came from
+    extra: dict[str, Any] = field(default_factory=dict)  # sections later stages read (service, logs)
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        return tuple(dict.fromkeys(self.smtp_ports + self.other_ports))
+
+    @property
+    def alert(self) -> bool:
+        return self.mode == "alert"
+
+    def with_overrides(self, **changes: Any) -> Config:
+        return replace(self, **changes)
+
+
+_KNOWN: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "": {"mode": str},
+    "ports": {"smtp": list, "other": list},
+    "stream": {"depth": int},
+    "flows": {"max": int, "idle_timeout": (int, float)},
+    "rate": {"limit": int, "window": (int, float), "capacity": int, "ipv4_prefix": int, "ipv6_prefix": int,
+             "ports": list, "ban": int, "rules": list},
+    "bans": {"domain": int, "payload": int, "tcp_flags": int},
+    "whitelist": {"cidrs": list},
+}
+# sections owned by later stages (the service, log sources, metrics): kept, checked there
+_PASSTHROUGH = {"service", "logs", "metrics", "log"}
+
+
+class _Locator:
+    """Find the line of ``[table] key`` in the TOML text, for error messages."""
+
+    def __init__(self, text: str) -> None:
+        self.lines = text.splitlines()
+
+    def line(self, table: str, key: str | None = None) -> int | None:
+        current = ""
+        for number, raw in enumerate(self.lines, 1):
+            s = raw.strip()
+            m = re.match(r"^\[\[?\s*([^\]]+?)\s*\]\]?", s)
+            if m:
+                current = m.group(1)
+                if key is None and current == table:
+                    return number
+                continue
+            if key is not None and current == table and re.match(rf"^{re.escape(key)}\s*=", s):
+                return number
+        return None
+
+
+def load_config(path: str | Path | None = None, rules: str | Path | None = None) -> Config:
+    """Load ``path`` (or the defaults) and resolve rule files.
+
+    ``rules`` (a file or directory, as ``--rules``) replaces the rule files the
+    config names; without either, the shipped ``rules/`` directory is used.
+    """
+    from .rules import RuleError, rule_files_in
+
+    if path is None:
+        cfg = Config()
+        base = Path.cwd()
+    else:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"{p}: cannot read: {e.strerror or e}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{p}: not valid UTF-8") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            m = re.search(r"\(at line (\d+), column (\d+)\)", str(e))
+            where = f"{p}:{m.group(1)}" if m else str(p)
+            msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e))
+            raise ConfigError(f"{where}: invalid TOML: {msg}") from None
+        cfg = _from_dict(data, p, _Locator(text))
+        base = p.parent
+    if rules is not None:
+        try:
+            files = tuple(rule_files_in(Path(rules)))
+        except RuleError as e:
+            raise ConfigError(str(e)) from None
+        cfg = replace(cfg, rules=files)
+    elif not cfg.rules:
+        cfg = replace(cfg, rules=tuple(rule_files_in(DEFAULT_RULES)) if DEFAULT_RULES.is_dir() else ())
+    else:
+        cfg = replace(cfg, rules=tuple(
+            RuleFile(rf.path if rf.path.is_absolute() else base / rf.path, rf.scope, rf.ports) for rf in cfg.rules))
+    return cfg
+
+
+def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
+    def fail(table: str, key: str | None, msg: str) -> ConfigError:
+        line = where.line(table, key) or where.line(table) or 0
+        loc = f"{path}:{line}" if line else str(path)
+        name = f"{table}.{key}" if table and key else (key or table)
+        return ConfigError(f"{loc}: {name}: {msg}")
+
+    # unknown keys and wrong types, everywhere
+    for key, value in data.items():
+        if isinstance(value, dict) and key not in _KNOWN and key not in _PASSTHROUGH:
+            raise fail(key, None, f"unknown section (known: {', '.join(sorted(k for k in _KNOWN if k))})")
+        if key == "rules":
+            continue
+        if isinstance(value, dict) and key in _KNOWN:
+            for sub, v in value.items():
+                _check_type(key, sub, v, fail)
+        elif not isinstance(value, dict):
+            _check_type("", key, value, fail)
+
+    cfg: dict[str, Any] = {"source": str(path)}
+    mode = data.get("mode", "enforce")
+    if mode not in ("enforce", "alert"):
+        raise fail("", "mode", f"must be 'enforce' or 'alert', not {mode!r}")
+    cfg["mode"] = mode
+
+    ports = data.get("ports", {})
+    for key, name in (("smtp", "smtp_ports"), ("other", "other_ports")):
+        if key in ports:
+            cfg[name] = tuple(_port_list(ports[key], lambda msg, k=key: fail("ports", k, msg)))
+
+    stream = data.get("stream", {})
+    if "depth" in stream:
+        cfg["depth"] = _bounded(stream["depth"], 64, 1 << 20, lambda m: fail("stream", "depth", m))
+    flows = data.get("flows", {})
+    if "max" in flows:
+        cfg["max_flows"] = _bounded(flows["max"], 16, 50_000_000, lambda m: fail("flows", "max", m))
+    if "idle_timeout" in flows:
+        cfg["flow_idle"] = float(_bounded(flows["idle_timeout"], 1, 86400, lambda m: fail("flows", "idle_timeout", m)))
+
+    rate = data.get("rate", {})
+    if "capacity" in rate:
+        cfg["rate_capacity"] = _bounded(rate["capacity"], 1, 100_000_000, lambda m: fail("rate", "capacity", m))
+    if "ipv4_prefix" in rate:
+        cfg["ipv4_prefix"] = _bounded(rate["ipv4_prefix"], 8, 32, lambda m: fail("rate", "ipv4_prefix", m))
+    if "ipv6_prefix" in rate:
+        cfg["ipv6_prefix"] = _bounded(rate["ipv6_prefix"], 16, 128, lambda m: fail("rate", "ipv6_prefix", m))
+    base_rule = RateRule(
+        ports=tuple(_port_list(rate["ports"], lambda m: fail("rate", "ports", m))) if "ports" in rate else None,
+        limit=_bounded(rate.get("limit", 4), 0, 1_000_000, lambda m: fail("rate", "limit", m)),
+        window=float(_bounded(rate.get("window", 60), 0.001, 86400 * 7, lambda m: fail("rate", "window", m))),
+        ban=_ban(rate.get("ban", 86400), lambda m: fail("rate", "ban", m)),
+    )
+    rules = [base_rule]
+    for i, extra in enumerate(rate.get("rules", [])):
+        if not isinstance(extra, dict):
+            raise fail("rate", "rules", f"entry {i + 1} must be a table like {{ports = [25], limit = 20, window = 60}}")
+        unknown = set(extra) - {"ports", "limit", "window", "ban"}
+        if unknown:
+            raise fail("rate", "rules", f"entry {i + 1}: unknown key {sorted(unknown)[0]!r}")
+        if "ports" not in extra:
+            raise fail("rate", "rules", f"entry {i + 1}: 'ports' is required")
+        rules.insert(0, RateRule(
+            ports=tuple(_port_list(extra["ports"], lambda m: fail("rate", "rules", m))),
+            limit=_bounded(extra.get("limit", base_rule.limit), 0, 1_000_000, lambda m: fail("rate", "rules", m)),
+            window=float(_bounded(extra.get("window", base_rule.window), 0.001, 86400 * 7, lambda m: fail("rate", "rules", m))),
+            ban=_ban(extra.get("ban", base_rule.ban), lambda m: fail("rate", "rules", m)),
+        ))
+    cfg["rates"] = tuple(rules)
+
+    bans = data.get("bans", {})
+    for key, name in (("domain", "ban_domain"), ("payload", "ban_payload"), ("tcp_flags", "ban_flags")):
+        if key in bans:
+            cfg[name] = _ban(bans[key], lambda m, k=key: fail("bans", k, m))
+
+    wl = data.get("whitelist", {})
+    nets = []
+    for entry in wl.get("cidrs", []):
+        try:
+            nets.append(ipaddress.ip_network(str(entry), strict=False))
+        except ValueError:
+            raise fail("whitelist", "cidrs", f"invalid network {entry!r}") from None
+    cfg["whitelist"] = tuple(nets)
+
+    rule_files = []
+    raw_rules = data.get("rules", [])
+    if not isinstance(raw_rules, list):
+        raise fail("rules", None, "must be an array of tables: [[rules]] path = \"...\" scope = \"domain\"")
+    for i, entry in enumerate(raw_rules):
+        def rfail(msg: str, i: int = i) -> ConfigError:
+            return fail("rules", None, f"entry {i + 1}: {msg}")
+        if not isinstance(entry, dict) or "path" not in entry or not isinstance(entry["path"], str):
+            raise rfail("needs path = \"...\"")
+        unknown = set(entry) - {"path", "scope", "ports"}
+        if unknown:
+            raise rfail(f"unknown key {sorted(unknown)[0]!r}")
+        scope = entry.get("scope", DOMAIN)
+        if scope not in SCOPES:
+            raise rfail(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
+        rports = tuple(_port_list(entry["ports"], rfail)) if "ports" in entry else None
+        if rports is not None and scope != PAYLOAD:
+            raise rfail("ports apply to payload rules only")
+        rule_files.append(RuleFile(Path(entry["path"]), scope, rports))
+    cfg["rules"] = tuple(rule_files)
+    cfg["extra"] = {k: v for k, v in data.items() if k in _PASSTHROUGH}
+    return Config(**cfg)
+
+
+def _check_type(table: str, key: str, value: Any, fail: Any) -> None:
+    known = _KNOWN.get(table, {})
+    if key not in known:
+        names = ", ".join(sorted(known))
+        raise fail(table, key, f"unknown setting (known here: {names})")
+    want = known[key]
+    if isinstance(value, bool) or not isinstance(value, want):
+        kinds = want if isinstance(want, tuple) else (want,)
+        raise fail(table, key, f"expected {' or '.join(_kind(k) for k in kinds)}, got {_kind(type(value))} {value!r}")
+
+
+def _kind(t: type) -> str:
+    return {int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a table"}.get(t, t.__name__)
+
+
+def _bounded(value: Any, low: float, high: float, fail: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise fail(f"expected a number, got {value!r}")
+    if not low <= value <= high:
+        raise fail(f"must be between {low} and {high}, not {value}")
+    return value
+
+
+def _ban(value: Any, fail: Any) -> int:
+    # ipset's largest timeout is 2,147,483 s; 0 means: no ban
+    return int(_bounded(value, 0, 2_147_483, fail))
+
+
+def _port_list(value: Any, fail: Any) -> list[int]:
+    if not isinstance(value, list) or not value:
+        raise fail("expected a non-empty list of ports")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 65535:
+            raise fail(f"invalid port {v!r}")
+    return list(dict.fromkeys(value))

@@ -1,0 +1,351 @@
+"""The inspection engine: packet bytes and a timestamp in, a verdict out.
+
+Pure and deterministic: no I/O, no clock (time comes with each packet), no
+global state.  The NFQUEUE service, ``inspector replay`` and the tests all
+drive this same object.
+
+Per packet: decode → ban check → TCP flag sanity → flow lookup → on a SYN,
+the connection-rate limit → client stream reassembly → the flow's detector
+(SMTP envelope or payload strings).  Server→client packets, where a capture
+has them, only end flows; nothing depends on them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from dataclasses import dataclass
+
+from .config import Config, RateRule
+from .detect.rate import RateLimiter
+from .detect.smtp import SmtpSession
+from .flow import PAYLOAD, SMTP, Flow, FlowTable
+from .packet import ACK, FIN, PSH, RST, SYN, URG, Malformed, decode, format_addr
+from .rules import RuleSet
+from .verdict import ACCEPT, Action, Reason, Verdict
+
+__all__ = ["Engine", "Decision", "Ban"]
+
+_XMAS = FIN | PSH | URG
+
+
+@dataclass(frozen=True, slots=True)
+class Ban:
+    """A source the engine has banned: the address or prefix, in CIDR form."""
+
+    network: str
+    expires: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A non-accept verdict with the packet facts a report or a responder needs."""
+
+    time: float
+    verdict: Verdict
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    ban_network: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        v = self.verdict
+        out: dict[str, object] = {
+            "time": round(self.time, 6),
+            "verdict": v.action.value,
+            "reason": v.reason.value if v.reason else None,
+            "src": self.src,
+            "sport": self.sport,
+            "dst": self.dst,
+            "dport": self.dport,
+        }
+        if v.rule is not None:
+            out["rule"] = v.rule
+        if v.match is not None:
+            out["match"] = v.match
+        if v.ban:
+            out["ban"] = v.ban
+            out["ban_network"] = self.ban_network
+        if v.detail:
+            out["detail"] = v.detail
+        if v.alert:
+            out["alert"] = True
+        return out
+
+
+class Engine:
+    """Stateful per-packet inspection; see the module docstring."""
+
+    def __init__(self, config: Config, rules: RuleSet) -> None:
+        self.config = config
+        self.rules = rules
+        self.flows = FlowTable(config.max_flows, config.flow_idle)
+        self.bans: dict[bytes, tuple[float, str]] = {}  # ban key -> (expiry, reason)
+        self.counts: Counter[str] = Counter()
+        self.packets = 0
+        self.last_decision: Decision | None = None
+        self._alert = config.alert
+        self._depth = config.depth
+        self._kind = {p: SMTP for p in config.smtp_ports}
+        for p in config.other_ports:
+            self._kind.setdefault(p, PAYLOAD)
+        self._v6_bytes, self._v6_mask = divmod(config.ipv6_prefix, 8)
+        self._v4_bytes, self._v4_mask = divmod(config.ipv4_prefix, 8)
+        self._limiters: dict[int, tuple[RateLimiter, RateRule]] = {}
+        shared: dict[RateRule, RateLimiter] = {}
+        for port in config.ports:
+            for rule in config.rates:
+                if rule.ports is None or port in rule.ports:
+                    limiter = shared.setdefault(rule, RateLimiter(rule.limit, rule.window, config.rate_capacity))
+                    self._limiters[port] = (limiter, rule)
+                    break
+        self._whitelist = config.whitelist
+        self._whitelisted: dict[bytes, bool] = {}
+
+    # -- public -------------------------------------------------------------
+
+    def process(self, data: bytes, now: float) -> Verdict:
+        """Inspect one IP datagram received at ``now`` (seconds); never raises."""
+        self.packets += 1
+        try:
+            return self._process(data, now)
+        except Malformed as e:
+            self.counts["malformed"] += 1
+            self.counts["malformed:" + e.args[0]] += 1
+            return self._decide(Verdict(Action.DROP, Reason.MALFORMED, detail=e.args[0]), data, None, now)
+        except Exception as e:  # noqa: BLE001 - the loop must survive any bug: fail open, counted
+            self.counts["engine-error"] += 1
+            self.counts["engine-error:" + type(e).__name__] += 1
+            return ACCEPT
+
+    def swap_rules(self, rules: RuleSet) -> None:
+        """Use a new rule set from the next packet on (flows keep their state)."""
+        self.rules = rules
+
+    def ban_key(self, addr: bytes) -> bytes:
+        """The ban/rate key of a raw source address: the address with the host
+        bits of its configured prefix zeroed (4 or 16 bytes, so the length
+        tells the family)."""
+        if len(addr) == 4:
+            n, bits = self._v4_bytes, self._v4_mask
+        else:
+            n, bits = self._v6_bytes, self._v6_mask
+        if n == len(addr):
+            return addr
+        head = addr[:n] + (bytes([addr[n] & (0xFF00 >> bits) & 0xFF]) if bits else b"")
+        return head + bytes(len(addr) - len(head))
+
+    def add_ban(self, network: str, expires: float, reason: str = "restored") -> None:
+        """Record a ban (e.g. restored from the state file) so replay and live agree."""
+        net = ipaddress.ip_network(network, strict=False)
+        self.bans[self.ban_key(net.network_address.packed)] = (expires, reason)
+
+    def remove_ban(self, network: str) -> bool:
+        net = ipaddress.ip_network(network, strict=False)
+        return self.bans.pop(self.ban_key(net.network_address.packed), None) is not None
+
+    def active_bans(self, now: float) -> list[Ban]:
+        out = []
+        for key, (expires, reason) in self.bans.items():
+            if expires > now:
+                out.append(Ban(self._ban_network(key), expires, reason))
+        return out
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "packets": self.packets,
+            "flows": self.counts["flows"],
+            "flows_active": len(self.flows),
+            "flows_evicted": self.flows.evicted,
+            "flows_expired": self.flows.expired,
+            "malformed": self.counts["malformed"],
+            "bans_active": len(self.bans),
+            "rate_sources": sum(len(lim) for lim, _ in {id(v[0]): v for v in self._limiters.values()}.values()),
+            "counts": dict(sorted(self.counts.items())),
+        }
+
+    # -- the data path --------------------------------------------------------
+
+    def _process(self, data: bytes, now: float) -> Verdict:
+        d = decode(data)
+        if d is None:
+            self.counts["not-tcp"] += 1
+            return ACCEPT
+        key, src, sport, dport, seq, flags, poff, pend = d
+        kind = self._kind.get(dport)
+        if kind is None:
+            if sport in self._kind:  # server -> client: only used to end flows
+                if flags & (RST | FIN):
+                    self._end_reverse(key, len(src))
+                self.counts["server"] += 1
+            else:
+                self.counts["other-port"] += 1
+            return ACCEPT
+
+        bans = self.bans
+        if bans:
+            bkey = src if len(src) == 4 and self._v4_bytes == 4 else self.ban_key(src)
+            ban = bans.get(bkey)
+            if ban is not None:
+                if now < ban[0]:
+                    return self._decide(Verdict(Action.DROP, Reason.BANNED, detail=ban[1]), data, d, now)
+                del bans[bkey]
+                self.counts["bans-expired"] += 1
+
+        f = flags & 0x3F
+        if f & SYN:
+            if f & (FIN | RST):
+                return self._flags(data, d, now, "SYN+FIN" if f & FIN else "SYN+RST")
+            if f & ACK:  # a SYN-ACK towards a protected port is not a new connection
+                return ACCEPT
+            return self._syn(key, src, dport, seq, kind, data, d, poff, pend, now)
+        if f == 0:
+            return self._flags(data, d, now, "NULL")
+        if f & _XMAS == _XMAS:
+            return self._flags(data, d, now, "XMAS")
+
+        table = self.flows
+        flow = table.flows.get(key)
+        if flow is None:
+            if pend == poff:
+                return ACCEPT  # a bare ACK/FIN/RST of a flow we do not know: nothing to inspect
+            flow = Flow(None, seq, self._depth, kind, now)
+            table.add(key, flow)
+            self.counts["flows"] += 1
+            self.counts["flows-midstream"] += 1
+        else:
+            flow.last = now
+            table.flows.move_to_end(key)
+        table.sweep(now)
+
+        verdict = ACCEPT
+        if not flow.done and pend > poff:
+            verdict = self._inspect(flow, seq, data[poff:pend], data, d, now)
+        if f & (FIN | RST):
+            table.flows.pop(key, None)
+        return verdict
+
+    def _syn(self, key: bytes, src: bytes, dport: int, seq: int, kind: int, data: bytes,
+             d: tuple, poff: int, pend: int, now: float) -> Verdict:
+        table = self.flows
+        flow = table.flows.get(key)
+        if flow is not None and flow.isn == seq:
+            flow.last = now  # a retransmitted SYN is not a new connection
+            return ACCEPT
+        limiter = self._limiters.get(dport)
+        if limiter is not None:
+            lim, rule = limiter
+            rkey = (src if len(src) == 4 and self._v4_bytes == 4 else self.ban_key(src)) + dport.to_bytes(2, "big")
+            count = lim.hit(rkey, now)
+            if count:
+                verdict = Verdict(Action.DROP, Reason.RATE, rule=f"{rule.limit}/{rule.window:g}s",
+                                  match=f"{count} new connections in {rule.window:g}s", ban=rule.ban)
+                decided = self._decide(verdict, data, d, now)
+                if decided is not ACCEPT:
+                    return decided
+        flow = Flow(seq, (seq + 1) & 0xFFFFFFFF, self._depth, kind, now)
+        table.add(key, flow)
+        table.sweep(now)
+        self.counts["flows"] += 1
+        if pend > poff:  # data on the SYN (TCP Fast Open)
+            return self._inspect(flow, (seq + 1) & 0xFFFFFFFF, data[poff:pend], data, d, now)
+        return ACCEPT
+
+    def _inspect(self, flow: Flow, seq: int, payload: bytes, data: bytes, d: tuple, now: float) -> Verdict:
+        stream = flow.stream
+        conflicts = stream.conflicts
+        chunk = stream.push(seq, payload)
+        if stream.conflicts != conflicts:
+            self.counts["overlap-conflicts"] += 1
+        if not chunk:
+            if stream.full:
+                flow.done = True
+            return ACCEPT
+        rules = self.rules
+        if flow.kind == SMTP:
+            session = flow.state
+            if session is None:
+                session = flow.state = SmtpSession()
+            hit = session.feed(chunk, rules.domains)  # type: ignore[union-attr]
+            if hit is not None:
+                flow.done = flow.blocked = True
+                verdict = Verdict(Action.RESET, Reason.DOMAIN, rule=hit[0], match=hit[1],
+                                  ban=self.config.ban_domain)
+                return self._decide(verdict, data, d, now)
+            if session.finished:  # type: ignore[union-attr]
+                flow.done = True
+            matcher = rules.payload.get(d[3])
+        else:
+            matcher = rules.payload_for(d[3])
+        if matcher is not None:
+            pattern, flow.carry = matcher.scan(flow.carry, chunk)
+            if pattern is not None:
+                flow.done = flow.blocked = True
+                verdict = Verdict(Action.RESET, Reason.PAYLOAD, rule=pattern, match=pattern,
+                                  ban=self.config.ban_payload)
+                return self._decide(verdict, data, d, now)
+        if stream.full:
+            flow.done = True
+        return ACCEPT
+
+    def _flags(self, data: bytes, d: tuple, now: float, which: str) -> Verdict:
+        verdict = Verdict(Action.DROP, Reason.TCP_FLAGS, rule=which, ban=self.config.ban_flags)
+        return self._decide(verdict, data, d, now)
+
+    def _end_reverse(self, key: bytes, alen: int) -> None:
+        # key of the reverse direction: swap addresses and ports
+        rkey = key[alen:2 * alen] + key[:alen] + key[2 * alen + 2:] + key[2 * alen:2 * alen + 2]
+        self.flows.flows.pop(rkey, None)
+
+    # -- decisions --------------------------------------------------------------
+
+    def _decide(self, verdict: Verdict, data: bytes, d: tuple | None, now: float) -> Verdict:
+        """Apply whitelist, alert mode and bans to a non-accept verdict; record it."""
+        if d is None:
+            src_raw = dst_raw = b""
+            sport = dport = 0
+        else:
+            key, src_raw, sport, dport = d[0], d[1], d[2], d[3]
+            alen = len(src_raw)
+            dst_raw = key[alen:2 * alen]
+            if verdict.reason is not Reason.BANNED and self._is_whitelisted(src_raw):
+                self.counts["whitelisted"] += 1
+                return ACCEPT
+        reason = verdict.reason.value if verdict.reason else "none"
+        self.counts["verdict:" + reason] += 1
+        ban_network = None
+        if verdict.ban and src_raw:
+            bkey = self.ban_key(src_raw)
+            self.bans[bkey] = (now + verdict.ban, reason)
+            ban_network = self._ban_network(bkey)
+            self.counts["bans"] += 1
+        if self._alert:
+            verdict = Verdict(verdict.action, verdict.reason, verdict.rule, verdict.match,
+                              verdict.ban, True, verdict.detail)
+            self.counts["alerts"] += 1
+        self.last_decision = Decision(
+            now, verdict,
+            format_addr(src_raw) if src_raw else "", sport,
+            format_addr(dst_raw) if dst_raw else "", dport, ban_network)
+        return verdict
+
+    def _is_whitelisted(self, src: bytes) -> bool:
+        if not self._whitelist:
+            return False
+        known = self._whitelisted.get(src)
+        if known is None:
+            addr = ipaddress.ip_address(src)
+            known = any(addr in net for net in self._whitelist if net.version == addr.version)
+            if len(self._whitelisted) > 65536:
+                self._whitelisted.clear()
+            self._whitelisted[src] = known
+        return known
+
+    def _ban_network(self, bkey: bytes) -> str:
+        if len(bkey) == 4:
+            prefix = self.config.ipv4_prefix
+            return format_addr(bkey) if prefix == 32 else f"{format_addr(bkey)}/{prefix}"
+        prefix = self.config.ipv6_prefix
+        return format_addr(bkey) if prefix == 128 else f"{format_addr(bkey)}/{prefix}"

@@ -1,0 +1,107 @@
+"""Decode an IPv4 or IPv6 datagram carrying TCP, as NFQUEUE delivers it.
+
+The hot path: one ``struct.unpack_from`` per header, no objects beyond the
+result tuple.  Anything truncated or inconsistent raises :class:`Malformed`
+with a short reason; the engine turns that into a counted outcome.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+
+__all__ = ["Malformed", "decode", "format_addr", "FIN", "SYN", "RST", "PSH", "ACK", "URG"]
+
+FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+
+_IP4 = struct.Struct("!BxHxxHxB").unpack_from  # ver/ihl, total length, frag, proto
+_TCP = struct.Struct("!HHIxxxxBB").unpack_from  # sport, dport, seq, data offset, flags
+_IP6 = struct.Struct("!BxxxHB").unpack_from  # ver, payload length, next header
+
+# IPv6 extension headers walked over (RFC 8200 section 4, plus mobility/HIP/shim6/experimental).
+_IP6_EXT = frozenset((0, 43, 60, 135, 139, 140, 253, 254))
+_IP6_FRAGMENT = 44
+_IP6_AH = 51
+_MAX_EXT_HEADERS = 8
+TCP_PROTO = 6
+
+
+class Malformed(Exception):
+    """A packet that cannot be decoded consistently; ``args[0]`` is the reason."""
+
+
+def decode(data: bytes) -> tuple[bytes, bytes, int, int, int, int, int, int] | None:
+    """Decode ``data``; return ``None`` for a packet that is not TCP.
+
+    The result is ``(key, src, sport, dport, seq, flags, poff, pend)``: ``key``
+    is the flow key (source address, destination address, both ports as raw
+    bytes, so the IP version is implied by its length), ``src`` the raw source
+    address and ``data[poff:pend]`` the TCP payload.
+    """
+    n = len(data)
+    if n < 20:
+        raise Malformed("short")
+    first = data[0]
+    if first >> 4 == 4:
+        vihl, total, frag, proto = _IP4(data)
+        ihl = (vihl & 0x0F) << 2
+        if ihl < 20:
+            raise Malformed("ipv4-ihl")
+        if total < ihl or total > n:
+            raise Malformed("ipv4-length")
+        if frag & 0x3FFF:  # MF set or a non-zero offset
+            if proto == TCP_PROTO:
+                raise Malformed("fragment")
+            return None
+        if proto != TCP_PROTO:
+            return None
+        off = ihl
+        end = total
+        src = data[12:16]
+        addrs = data[12:20]
+    elif first >> 4 == 6:
+        if n < 40:
+            raise Malformed("short")
+        _, plen, nh = _IP6(data)
+        end = 40 + plen
+        if plen == 0 or end > n:
+            raise Malformed("ipv6-length")
+        off = 40
+        hops = 0
+        while nh != TCP_PROTO:
+            if nh in _IP6_EXT:
+                if off + 8 > end:
+                    raise Malformed("ipv6-ext")
+                nh, hlen = data[off], (data[off + 1] + 1) << 3
+            elif nh == _IP6_FRAGMENT:
+                if off + 8 > end:
+                    raise Malformed("ipv6-ext")
+                if data[off] == TCP_PROTO:
+                    raise Malformed("fragment")
+                return None
+            elif nh == _IP6_AH:
+                if off + 8 > end:
+                    raise Malformed("ipv6-ext")
+                nh, hlen = data[off], (data[off + 1] + 2) << 2
+            else:
+                return None  # ESP, no-next-header, UDP, ICMPv6 ...
+            off += hlen
+            hops += 1
+            if hops > _MAX_EXT_HEADERS or off > end:
+                raise Malformed("ipv6-ext")
+        src = data[8:24]
+        addrs = data[8:40]
+    else:
+        raise Malformed("ip-version")
+    if off + 20 > end:
+        raise Malformed("tcp-short")
+    sport, dport, seq, doff, flags = _TCP(data, off)
+    poff = off + ((doff >> 4) << 2)
+    if poff < off + 20 or poff > end:
+        raise Malformed("tcp-offset")
+    return addrs + data[off:off + 4], src, sport, dport, seq, flags, poff, end
+
+
+def format_addr(raw: bytes) -> str:
+    """Text form of a raw 4- or 16-byte address."""
+    return str(ipaddress.ip_address(raw))

@@ -1,0 +1,1 @@
+"""Packet and event sources that feed the engine: captures, NFQUEUE, logs."""

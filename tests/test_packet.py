@@ -1,0 +1,72 @@
+import struct
+
+import pytest
+
+from inspector.packet import ACK, SYN, Malformed, decode
+from tests.conftest import CLIENT6, SERVER6, pkt
+
+
+def test_decode_ipv4_tcp_payload():
+    data = pkt(b"EHLO x\r\n", seq=77, sport=4242, dport=25)
+    key, src, sport, dport, seq, flags, poff, pend = decode(data)
+    assert (sport, dport, seq) == (4242, 25, 77)
+    assert src == bytes([198, 51, 100, 7])
+    assert data[poff:pend] == b"EHLO x\r\n"
+    assert len(key) == 12 and key[:4] == src
+
+
+def test_decode_ipv6_with_extension_headers():
+    from scapy.layers.inet import TCP
+    from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop
+
+    data = bytes(IPv6(src=CLIENT6, dst=SERVER6) / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt()
+                 / TCP(sport=1, dport=25, flags="S", seq=5) / b"hi")
+    key, src, sport, dport, seq, flags, poff, pend = decode(data)
+    assert (dport, seq, flags & SYN) == (25, 5, SYN)
+    assert len(src) == 16 and len(key) == 36
+    assert data[poff:pend] == b"hi"
+
+
+def test_ethernet_padding_is_ignored():
+    data = pkt(b"abc") + b"\0" * 6
+    *_, poff, pend = decode(data)
+    assert data[poff:pend] == b"abc"
+
+
+def test_not_tcp_is_none():
+    from scapy.layers.inet import IP, UDP
+
+    assert decode(bytes(IP(src="192.0.2.1", dst="192.0.2.2") / UDP() / b"x")) is None
+
+
+def _ipv4(ihl=5, total=None, frag=0, proto=6, body=b""):
+    header = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, total if total is not None else 20 + len(body),
+                         0, frag, 64, proto, 0, bytes(4), bytes(4))
+    return header + body
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"\x45\x00", "short"),
+    (_ipv4(ihl=4, body=bytes(20)), "ipv4-ihl"),
+    (_ipv4(total=400, body=bytes(20)), "ipv4-length"),
+    (_ipv4(frag=0x2000, body=bytes(20)), "fragment"),
+    (_ipv4(frag=0x0010, body=bytes(20)), "fragment"),
+    (_ipv4(body=bytes(10)), "tcp-short"),
+    (_ipv4(body=bytes(12) + b"\xf0" + bytes(7)), "tcp-offset"),   # data offset 60 > 20 bytes left
+    (_ipv4(body=bytes(12) + b"\x10" + bytes(7)), "tcp-offset"),   # data offset 4 < 5
+    (b"\x75" + bytes(40), "ip-version"),
+    (b"\x60" + bytes(3) + b"\x00\x00\x06\x40" + bytes(32), "ipv6-length"),
+    (b"\x60" + bytes(3) + b"\x00\x08\x2c\x40" + bytes(32) + b"\x06" + bytes(7), "fragment"),
+])
+def test_malformed(data, reason):
+    with pytest.raises(Malformed) as e:
+        decode(data)
+    assert e.value.args[0] == reason
+
+
+def test_udp_fragment_is_not_malformed():
+    assert decode(_ipv4(frag=0x2000, proto=17, body=bytes(20))) is None
+
+
+def test_flags():
+    assert decode(pkt(flags="A"))[5] == ACK
