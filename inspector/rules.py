@@ -22,6 +22,7 @@ SCOPES = (DOMAIN, PAYLOAD)
 _LABEL = r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)"
 _DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _ESCAPE = re.compile(rb"\\(x[0-9a-fA-F]{2}|[\\nrt])")
+_ESCAPED = re.compile(rb"(?:[^\\]|\\(?:x[0-9a-fA-F]{2}|[\\nrt]))*", re.S)
 MIN_PAYLOAD, MAX_PAYLOAD = 4, 255
 
 
@@ -105,8 +106,7 @@ def parse_domain(entry: str) -> str:
 def parse_payload(entry: str) -> bytes:
     """Decode one payload rule (``\\xNN``, ``\\n``, ``\\r``, ``\\t``, ``\\\\`` escapes)."""
     raw = entry.encode("utf-8")
-    bad = re.search(rb"\\(?!x[0-9a-fA-F]{2}|[\\nrt])", raw)
-    if bad:
+    if not _ESCAPED.fullmatch(raw):
         raise ValueError(f"invalid escape in {entry!r} (use \\xNN, \\n, \\r, \\t or \\\\)")
     value = _ESCAPE.sub(_unescape, raw)
     if len(value) < MIN_PAYLOAD:

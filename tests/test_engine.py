@@ -1,0 +1,186 @@
+from inspector.engine import Engine
+from inspector.verdict import ACCEPT, Action, Reason
+from tests.conftest import CLIENT6, Conn, pkt
+
+BLOCKED = b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<b@blocked.test>\r\n"
+
+
+def run(engine: Engine, packets, start=0.0, step=0.01):
+    out = []
+    for i, p in enumerate(packets):
+        v = engine.process(p, start + i * step)
+        if v is not ACCEPT:
+            out.append(v)
+    return out
+
+
+def test_blocked_rcpt_resets_and_bans(make_engine):
+    e = make_engine()
+    c = Conn()
+    [v] = run(e, [c.syn(), c.send(b"EHLO me\r\n"), c.send(BLOCKED)])
+    assert (v.action, v.reason, v.rule, v.match, v.ban) == (Action.RESET, Reason.DOMAIN, "blocked.test",
+                                                            "<b@blocked.test>", 86400)
+    assert e.last_decision.src == "198.51.100.7" and e.last_decision.dport == 25
+    assert e.last_decision.ban_network == "198.51.100.7"
+    # the same source is now banned, another source is not
+    later = run(e, [Conn(sport=40001).syn()], start=10)
+    assert [v.reason for v in later] == [Reason.BANNED]
+    assert run(e, [Conn(src="198.51.100.8").syn()], start=10) == []
+
+
+def test_ban_expires(make_engine):
+    e = make_engine(ban_domain=30)
+    c = Conn()
+    run(e, [c.syn(), c.send(BLOCKED)])
+    assert run(e, [Conn(sport=5).syn()], start=20)[0].reason is Reason.BANNED
+    assert run(e, [Conn(sport=6).syn()], start=31) == []
+
+
+def test_exactly_once_per_flow_with_retransmissions(make_engine):
+    e = make_engine(ban_domain=0)  # no ban, so the later packets reach the flow again
+    c = Conn()
+    seg = c.send(BLOCKED)
+    verdicts = run(e, [c.syn(), seg, seg, seg])
+    assert [v.reason for v in verdicts] == [Reason.DOMAIN]
+
+
+def test_split_out_of_order(make_engine):
+    e = make_engine()
+    c = Conn()
+    a, b = b"RCPT TO:<x@bloc", b"ked.test>\r\n"
+    verdicts = run(e, [c.syn(), c.at(len(a), b), c.at(0, a)])
+    assert [v.reason for v in verdicts] == [Reason.DOMAIN]
+
+
+def test_midstream_pickup(make_engine):
+    e = make_engine()
+    p = pkt(b"RCPT TO:<x@blocked.test>\r\n", seq=123456)
+    assert [v.reason for v in run(e, [p])] == [Reason.DOMAIN]
+    assert e.counts["flows-midstream"] == 1
+
+
+def test_rate_limit_more_than_four_in_sixty_seconds(make_engine):
+    e = make_engine(domains="")
+    syns = [Conn(sport=50000 + i, dport=22).syn() for i in range(6)]
+    verdicts = run(e, syns, step=5)
+    assert [v.reason for v in verdicts] == [Reason.RATE, Reason.BANNED]
+    assert verdicts[0].ban == 86400 and verdicts[0].action is Action.DROP
+
+
+def test_rate_limit_window_slides(make_engine):
+    e = make_engine(domains="")
+    syns = [Conn(sport=50000 + i, dport=22).syn() for i in range(10)]
+    assert run(e, syns, step=15.01) == []  # never five within 60 s
+    e2 = make_engine(domains="")
+    # four at t=0..3, then one at t=59.9: five in the window
+    times = [0, 1, 2, 3, 59.9]
+    out = [e2.process(s, t) for s, t in zip(syns, times)]
+    assert out[-1].reason is Reason.RATE
+
+
+def test_retransmitted_syn_is_not_a_new_connection(make_engine):
+    e = make_engine(domains="")
+    packets = []
+    for i in range(4):
+        c = Conn(sport=50000 + i, dport=22)
+        packets += [c.syn(), c.syn()]
+    assert run(e, packets) == []
+
+
+def test_ipv6_counted_per_64(make_engine):
+    e = make_engine(domains="")
+    syns = [Conn(sport=50000 + i, dport=22, src=f"2001:db8:1::{i + 1:x}", dst="2001:db8::25").syn()
+            for i in range(5)]
+    [v] = run(e, syns)
+    assert v.reason is Reason.RATE
+    assert e.last_decision.ban_network == "2001:db8:1::/64"
+    other = Conn(dport=22, src="2001:db8:1::99", dst="2001:db8::25")
+    assert run(e, [other.syn()])[0].reason is Reason.BANNED
+    assert run(e, [Conn(dport=22, src="2001:db8:2::1", dst="2001:db8::25").syn()]) == []
+
+
+def test_whitelist_never_limited_or_banned(make_engine):
+    import ipaddress
+
+    e = make_engine(whitelist=(ipaddress.ip_network("198.51.100.0/24"),))
+    c = Conn()
+    syns = [Conn(sport=50000 + i, dport=22).syn() for i in range(8)]
+    assert run(e, syns + [c.syn(), c.send(BLOCKED)]) == []
+    assert e.counts["whitelisted"] == 5
+    assert not e.bans
+
+
+def test_alert_mode_reports_and_accepts(make_engine):
+    e = make_engine(mode="alert")
+    c = Conn()
+    [v, *rest] = run(e, [c.syn(), c.send(BLOCKED), Conn(sport=1).syn()])
+    assert v.alert and v.action is Action.RESET and v.applied is Action.ACCEPT
+    assert all(r.alert and r.applied is Action.ACCEPT for r in rest)
+
+
+def test_tcp_flag_probes(make_engine):
+    e = make_engine()
+    probes = {"NULL": "", "XMAS": "FPU", "SYN+FIN": "SF", "SYN+RST": "SR"}
+    for name, flags in probes.items():
+        [v] = run(e, [pkt(flags=flags, dport=22)])
+        assert (v.action, v.reason, v.rule, v.ban) == (Action.DROP, Reason.TCP_FLAGS, name, 0)
+    assert run(e, [pkt(flags="", dport=80)]) == []  # not a protected port
+
+
+def test_payload_scope_on_ssh_port_not_smtp(make_engine):
+    e = make_engine(payload="evilbot\n")
+    c = Conn(dport=22)
+    [v] = run(e, [c.syn(), c.send(b"SSH-2.0-EVI"), c.send(b"LBOT_1.0\r\n")])
+    assert (v.reason, v.rule) == (Reason.PAYLOAD, "evilbot")
+    s = Conn(dport=25, src="198.51.100.9")
+    assert run(e, [s.syn(), s.send(b"EHLO evilbot\r\n")]) == []
+
+
+def test_flow_table_is_bounded(make_engine):
+    e = make_engine(max_flows=100, domains="")
+    for i in range(1000):
+        e.process(Conn(src=f"198.18.{i // 250}.{i % 250 + 1}", sport=1000 + i, dport=25).syn(), i * 0.001)
+    assert len(e.flows) == 100 and e.flows.evicted == 900
+
+
+def test_idle_flows_expire(make_engine):
+    e = make_engine(flow_idle=10.0, domains="")
+    e.process(Conn().syn(), 0.0)
+    e.process(Conn(src="198.51.100.99").syn(), 30.0)
+    assert len(e.flows) == 1 and e.flows.expired == 1
+
+
+def test_fin_ends_flow(make_engine):
+    e = make_engine()
+    c = Conn()
+    run(e, [c.syn(), c.send(b"QUIT\r\n"), c.send(b"", flags="FA")])
+    assert len(e.flows) == 0
+
+
+def test_malformed_is_counted_drop(make_engine):
+    e = make_engine()
+    v = e.process(b"\x45\x00\x00", 0.0)
+    assert (v.action, v.reason, v.detail) == (Action.DROP, Reason.MALFORMED, "short")
+    assert e.counts["malformed"] == 1
+
+
+def test_restored_ban_and_unban(make_engine):
+    e = make_engine()
+    e.add_ban("198.51.100.7", 1000.0)
+    assert run(e, [Conn().syn()])[0].reason is Reason.BANNED
+    assert e.remove_ban("198.51.100.7")
+    assert run(e, [Conn(sport=2).syn()]) == []
+    e.add_ban("2001:db8:1::/64", 1000.0)
+    assert run(e, [Conn(src=CLIENT6, dst="2001:db8::25").syn()])[0].reason is Reason.BANNED
+
+
+def test_rule_swap(make_engine, tmp_path):
+    from inspector.rules import DOMAIN, RuleFile, load_rules
+
+    e = make_engine(domains="other.test\n")
+    c = Conn()
+    assert run(e, [c.syn(), c.send(b"RCPT TO:<a@blocked.test>\r\n")]) == []
+    (tmp_path / "n.txt").write_text("blocked.test\n")
+    e.swap_rules(load_rules([RuleFile(tmp_path / "n.txt", DOMAIN)]))
+    c2 = Conn(src="198.51.100.8")
+    assert len(run(e, [c2.syn(), c2.send(b"RCPT TO:<a@blocked.test>\r\n")])) == 1
