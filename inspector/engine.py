@@ -22,6 +22,7 @@ from .detect.smtp import SmtpSession
 from .flow import PAYLOAD, SMTP, Flow, FlowTable
 from .packet import ACK, FIN, PSH, RST, SYN, URG, Malformed, decode, format_addr
 from .rules import RuleSet
+from .stream import Stream
 from .verdict import ACCEPT, Action, Reason, Verdict
 
 __all__ = ["Engine", "Decision", "Ban"]
@@ -93,6 +94,8 @@ class Engine:
             self._kind.setdefault(p, PAYLOAD)
         self._v6_bytes, self._v6_mask = divmod(config.ipv6_prefix, 8)
         self._v4_bytes, self._v4_mask = divmod(config.ipv4_prefix, 8)
+        # by address length: is the ban/rate key the raw address itself?
+        self._raw_key = {4: config.ipv4_prefix == 32, 16: config.ipv6_prefix == 128}
         self._limiters: dict[int, tuple[RateLimiter, RateRule]] = {}
         shared: dict[RateRule, RateLimiter] = {}
         for port in config.ports:
@@ -110,7 +113,65 @@ class Engine:
         """Inspect one IP datagram received at ``now`` (seconds); never raises."""
         self.packets += 1
         try:
-            return self._process(data, now)
+            d = decode(data)
+            if d is None:
+                self.counts["not-tcp"] += 1
+                return ACCEPT
+            key, src, sport, dport, seq, flags, poff, pend = d
+            kind = self._kind.get(dport)
+            if kind is None:
+                if sport in self._kind:  # server -> client: only used to end flows
+                    if flags & (RST | FIN):
+                        self._end_reverse(key, len(src))
+                    self.counts["server"] += 1
+                else:
+                    self.counts["other-port"] += 1
+                return ACCEPT
+
+            bans = self.bans
+            if bans:
+                bkey = src if self._raw_key[len(src)] else self.ban_key(src)
+                ban = bans.get(bkey)
+                if ban is not None:
+                    if now < ban[0]:
+                        return self._decide(Verdict(Action.DROP, Reason.BANNED, detail=ban[1]), data, d, now)
+                    del bans[bkey]
+                    self.counts["bans-expired"] += 1
+
+            f = flags & 0x3F
+            if f & SYN:
+                if f & (FIN | RST):
+                    return self._flags(data, d, now, "SYN+FIN" if f & FIN else "SYN+RST")
+                if f & ACK:  # a SYN-ACK towards a protected port is not a new connection
+                    return ACCEPT
+                return self._syn(key, src, dport, seq, kind, data, d, poff, pend, now)
+            if f == 0:
+                return self._flags(data, d, now, "NULL")
+            if f & _XMAS == _XMAS:
+                return self._flags(data, d, now, "XMAS")
+
+            table = self.flows
+            flows = table.flows
+            flow = flows.get(key)
+            if flow is None:
+                if pend == poff:
+                    return ACCEPT  # a bare ACK/FIN/RST of a flow we do not know: nothing to inspect
+                flow = Flow(None, seq, kind, now)
+                table.add(key, flow)
+                self.counts["flows"] += 1
+                self.counts["flows-midstream"] += 1
+            else:
+                flow.last = now
+                flows.move_to_end(key)
+            if now >= table.next_sweep:
+                table.sweep(now)
+
+            verdict = ACCEPT
+            if pend > poff and not flow.done:
+                verdict = self._inspect(flow, seq, data[poff:pend], data, d, now)
+            if f & (FIN | RST):
+                flows.pop(key, None)
+            return verdict
         except Malformed as e:
             self.counts["malformed"] += 1
             self.counts["malformed:" + e.args[0]] += 1
@@ -168,65 +229,6 @@ class Engine:
 
     # -- the data path --------------------------------------------------------
 
-    def _process(self, data: bytes, now: float) -> Verdict:
-        d = decode(data)
-        if d is None:
-            self.counts["not-tcp"] += 1
-            return ACCEPT
-        key, src, sport, dport, seq, flags, poff, pend = d
-        kind = self._kind.get(dport)
-        if kind is None:
-            if sport in self._kind:  # server -> client: only used to end flows
-                if flags & (RST | FIN):
-                    self._end_reverse(key, len(src))
-                self.counts["server"] += 1
-            else:
-                self.counts["other-port"] += 1
-            return ACCEPT
-
-        bans = self.bans
-        if bans:
-            bkey = src if len(src) == 4 and self._v4_bytes == 4 else self.ban_key(src)
-            ban = bans.get(bkey)
-            if ban is not None:
-                if now < ban[0]:
-                    return self._decide(Verdict(Action.DROP, Reason.BANNED, detail=ban[1]), data, d, now)
-                del bans[bkey]
-                self.counts["bans-expired"] += 1
-
-        f = flags & 0x3F
-        if f & SYN:
-            if f & (FIN | RST):
-                return self._flags(data, d, now, "SYN+FIN" if f & FIN else "SYN+RST")
-            if f & ACK:  # a SYN-ACK towards a protected port is not a new connection
-                return ACCEPT
-            return self._syn(key, src, dport, seq, kind, data, d, poff, pend, now)
-        if f == 0:
-            return self._flags(data, d, now, "NULL")
-        if f & _XMAS == _XMAS:
-            return self._flags(data, d, now, "XMAS")
-
-        table = self.flows
-        flow = table.flows.get(key)
-        if flow is None:
-            if pend == poff:
-                return ACCEPT  # a bare ACK/FIN/RST of a flow we do not know: nothing to inspect
-            flow = Flow(None, seq, self._depth, kind, now)
-            table.add(key, flow)
-            self.counts["flows"] += 1
-            self.counts["flows-midstream"] += 1
-        else:
-            flow.last = now
-            table.flows.move_to_end(key)
-        table.sweep(now)
-
-        verdict = ACCEPT
-        if not flow.done and pend > poff:
-            verdict = self._inspect(flow, seq, data[poff:pend], data, d, now)
-        if f & (FIN | RST):
-            table.flows.pop(key, None)
-        return verdict
-
     def _syn(self, key: bytes, src: bytes, dport: int, seq: int, kind: int, data: bytes,
              d: tuple, poff: int, pend: int, now: float) -> Verdict:
         table = self.flows
@@ -237,7 +239,7 @@ class Engine:
         limiter = self._limiters.get(dport)
         if limiter is not None:
             lim, rule = limiter
-            rkey = (src if len(src) == 4 and self._v4_bytes == 4 else self.ban_key(src)) + dport.to_bytes(2, "big")
+            rkey = (src if self._raw_key[len(src)] else self.ban_key(src)) + dport.to_bytes(2, "big")
             count = lim.hit(rkey, now)
             if count:
                 verdict = Verdict(Action.DROP, Reason.RATE, rule=f"{rule.limit}/{rule.window:g}s",
@@ -245,9 +247,10 @@ class Engine:
                 decided = self._decide(verdict, data, d, now)
                 if decided is not ACCEPT:
                     return decided
-        flow = Flow(seq, (seq + 1) & 0xFFFFFFFF, self._depth, kind, now)
+        flow = Flow(seq, (seq + 1) & 0xFFFFFFFF, kind, now)
         table.add(key, flow)
-        table.sweep(now)
+        if now >= table.next_sweep:
+            table.sweep(now)
         self.counts["flows"] += 1
         if pend > poff:  # data on the SYN (TCP Fast Open)
             return self._inspect(flow, (seq + 1) & 0xFFFFFFFF, data[poff:pend], data, d, now)
@@ -255,6 +258,8 @@ class Engine:
 
     def _inspect(self, flow: Flow, seq: int, payload: bytes, data: bytes, d: tuple, now: float) -> Verdict:
         stream = flow.stream
+        if stream is None:
+            stream = flow.stream = Stream(flow.base, self._depth)
         conflicts = stream.conflicts
         chunk = stream.push(seq, payload)
         if stream.conflicts != conflicts:

@@ -21,11 +21,12 @@ SMTP, PAYLOAD = 1, 2
 class Flow:
     """One TCP connection as seen from the client side."""
 
-    __slots__ = ("stream", "isn", "last", "kind", "state", "carry", "done", "blocked")
+    __slots__ = ("stream", "isn", "base", "last", "kind", "state", "carry", "done", "blocked")
 
-    def __init__(self, isn: int | None, base: int, depth: int, kind: int, now: float) -> None:
-        self.stream = Stream(base, depth)
+    def __init__(self, isn: int | None, base: int, kind: int, now: float) -> None:
+        self.stream: Stream | None = None  # created with the first payload: SYN-only flows stay small
         self.isn = isn  # None: picked up midstream
+        self.base = base
         self.last = now
         self.kind = kind
         self.state: object = None  # the protocol detector's per-flow state
@@ -37,7 +38,7 @@ class Flow:
 class FlowTable:
     """Bounded, idle-expiring flow table."""
 
-    __slots__ = ("flows", "max_flows", "idle", "evicted", "expired", "_next_sweep")
+    __slots__ = ("flows", "max_flows", "idle", "evicted", "expired", "next_sweep")
 
     def __init__(self, max_flows: int, idle: float) -> None:
         self.flows: OrderedDict[bytes, Flow] = OrderedDict()
@@ -45,7 +46,7 @@ class FlowTable:
         self.idle = idle
         self.evicted = 0
         self.expired = 0
-        self._next_sweep = float("-inf")
+        self.next_sweep = float("-inf")  # callers may test this before calling sweep()
 
     def __len__(self) -> int:
         return len(self.flows)
@@ -60,9 +61,9 @@ class FlowTable:
 
     def sweep(self, now: float) -> None:
         """Drop flows idle for longer than the timeout (called about once a second)."""
-        if now < self._next_sweep:
+        if now < self.next_sweep:
             return
-        self._next_sweep = now + 1.0
+        self.next_sweep = now + 1.0
         horizon = now - self.idle
         flows = self.flows
         while flows:
