@@ -91,3 +91,16 @@ def tcp_packets(draw):
 def test_valid_looking_packets(packets):
     for p in packets:
         _check(p)
+
+
+def test_mutation_fuzz_smoke():
+    """The at-scale fuzzer (benchmarks/fuzz.py), briefly: 30,000 mutated packets."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "fuzz.py"
+    r = subprocess.run([sys.executable, str(script), "--inputs", "30000", "--seed", "7"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "engine errors 0" in r.stdout
