@@ -49,12 +49,14 @@ def normalize_domain(raw: str) -> str | None:
     literals (``[192.0.2.1]``) have no name to match and give None; UTF-8
     names (SMTPUTF8) are compared in their IDNA form, as rules are stored.
     """
-    d = raw.strip().rstrip(".").lower()
+    d = raw.strip().rstrip(".")
     if not d or d[0] == "[":
         return None
     if not d.isascii():
         try:
-            d = d.encode("latin-1").decode("utf-8").encode("idna").decode("ascii")
+            return d.encode("latin-1").decode("utf-8").lower().encode("idna").decode("ascii")
         except (UnicodeError, ValueError):
-            return d
+            return d.lower()
+    d = d.lower()
+    return d
     return d
