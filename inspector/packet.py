@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 
-__all__ = ["Malformed", "decode", "format_addr", "FIN", "SYN", "RST", "PSH", "ACK", "URG"]
+__all__ = ["Malformed", "decode", "tcp_offset", "format_addr", "FIN", "SYN", "RST", "PSH", "ACK", "URG"]
 
 FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 
@@ -66,29 +66,9 @@ def decode(data: bytes) -> tuple[bytes, bytes, int, int, int, int, int, int] | N
         end = 40 + plen
         if plen == 0 or end > n:
             raise Malformed("ipv6-length")
-        off = 40
-        hops = 0
-        while nh != TCP_PROTO:
-            if nh in _IP6_EXT:
-                if off + 8 > end:
-                    raise Malformed("ipv6-ext")
-                nh, hlen = data[off], (data[off + 1] + 1) << 3
-            elif nh == _IP6_FRAGMENT:
-                if off + 8 > end:
-                    raise Malformed("ipv6-ext")
-                if data[off] == TCP_PROTO:
-                    raise Malformed("fragment")
-                return None
-            elif nh == _IP6_AH:
-                if off + 8 > end:
-                    raise Malformed("ipv6-ext")
-                nh, hlen = data[off], (data[off + 1] + 2) << 2
-            else:
-                return None  # ESP, no-next-header, UDP, ICMPv6 ...
-            off += hlen
-            hops += 1
-            if hops > _MAX_EXT_HEADERS or off > end:
-                raise Malformed("ipv6-ext")
+        nh, off = _ipv6_transport(data, nh, end)
+        if nh != TCP_PROTO:
+            return None
         src = data[8:24]
         addrs = data[8:40]
     else:
@@ -100,6 +80,46 @@ def decode(data: bytes) -> tuple[bytes, bytes, int, int, int, int, int, int] | N
     if poff < off + 20 or poff > end:
         raise Malformed("tcp-offset")
     return addrs + data[off:off + 4], src, sport, dport, seq, flags, poff, end
+
+
+def _ipv6_transport(data: bytes, nh: int, end: int) -> tuple[int, int]:
+    """Walk IPv6 extension headers: ``(upper-layer protocol, its offset)``.
+
+    A protocol of -1 means there is no upper-layer header to inspect (ESP,
+    no-next-header, or a non-TCP fragment); a TCP fragment is malformed.
+    """
+    off = 40
+    hops = 0
+    while nh != TCP_PROTO:
+        if nh in _IP6_EXT:
+            if off + 8 > end:
+                raise Malformed("ipv6-ext")
+            nh, hlen = data[off], (data[off + 1] + 1) << 3
+        elif nh == _IP6_FRAGMENT:
+            if off + 8 > end:
+                raise Malformed("ipv6-ext")
+            if data[off] == TCP_PROTO:
+                raise Malformed("fragment")
+            return -1, off
+        elif nh == _IP6_AH:
+            if off + 8 > end:
+                raise Malformed("ipv6-ext")
+            nh, hlen = data[off], (data[off + 1] + 2) << 2
+        else:
+            return nh, off  # ESP, no-next-header, UDP, ICMPv6 ...
+        off += hlen
+        hops += 1
+        if hops > _MAX_EXT_HEADERS or off > end:
+            raise Malformed("ipv6-ext")
+    return nh, off
+
+
+def tcp_offset(data: bytes) -> int:
+    """Offset of the TCP header in a datagram that :func:`decode` accepted."""
+    if data[0] >> 4 == 4:
+        return (data[0] & 0x0F) << 2
+    _, plen, nh = _IP6(data)
+    return _ipv6_transport(data, nh, 40 + plen)[1]
 
 
 def format_addr(raw: bytes) -> str:

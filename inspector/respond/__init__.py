@@ -1,0 +1,1 @@
+"""Responders: what is done to the world after a verdict (resets, bans)."""
