@@ -169,7 +169,7 @@ class Engine:
             verdict = ACCEPT
             if pend > poff and not flow.done:
                 verdict = self._inspect(flow, seq, data[poff:pend], data, d, now)
-            if f & (FIN | RST):
+            if f & (FIN | RST) and self._ends(flow, seq, pend - poff):
                 flows.pop(key, None)
             return verdict
         except Malformed as e:
@@ -295,6 +295,20 @@ class Engine:
             flow.done = True
         return ACCEPT
 
+    @staticmethod
+    def _ends(flow: Flow, seq: int, length: int) -> bool:
+        """Does this FIN/RST end the flow?  While the flow is still inspected,
+        only one at exactly the next expected sequence number does (the
+        receiver ignores or challenges the others, RFC 5961), so a forged
+        out-of-window RST or FIN cannot make the engine forget a connection
+        the server keeps.  Finished flows may go on any FIN/RST."""
+        if flow.done:
+            return True
+        stream = flow.stream
+        if stream is None:
+            return ((seq - flow.base) & 0xFFFFFFFF) == 0
+        return stream.offset(seq) + length == stream.delivered
+
     def _flags(self, data: bytes, d: tuple, now: float, which: str) -> Verdict:
         verdict = Verdict(Action.DROP, Reason.TCP_FLAGS, rule=which, ban=self.config.ban_flags)
         return self._decide(verdict, data, d, now)
@@ -308,9 +322,14 @@ class Engine:
 
     def _decide(self, verdict: Verdict, data: bytes, d: tuple | None, now: float) -> Verdict:
         """Apply whitelist, alert mode and bans to a non-accept verdict; record it."""
-        if d is None:
-            src_raw = dst_raw = b""
+        if d is None:  # malformed: name the addresses when the IP header is readable
             sport = dport = 0
+            if len(data) >= 20 and data[0] >> 4 == 4:
+                src_raw, dst_raw = data[12:16], data[16:20]
+            elif len(data) >= 40 and data[0] >> 4 == 6:
+                src_raw, dst_raw = data[8:24], data[24:40]
+            else:
+                src_raw = dst_raw = b""
         else:
             key, src_raw, sport, dport = d[0], d[1], d[2], d[3]
             alen = len(src_raw)

@@ -184,3 +184,14 @@ def test_rule_swap(make_engine, tmp_path):
     e.swap_rules(load_rules([RuleFile(tmp_path / "n.txt", DOMAIN)]))
     c2 = Conn(src="198.51.100.8")
     assert len(run(e, [c2.syn(), c2.send(b"RCPT TO:<a@blocked.test>\r\n")])) == 1
+
+
+def test_malformed_names_its_source_when_readable(make_engine):
+    from scapy.layers.inet import IP, TCP
+
+    e = make_engine()
+    frag = bytes(IP(src="198.51.100.7", dst="192.0.2.25", flags="MF") / TCP(dport=25) / b"x")
+    v = e.process(frag, 0.0)
+    assert (v.reason, v.detail) == (Reason.MALFORMED, "fragment")
+    assert (e.last_decision.src, e.last_decision.dst) == ("198.51.100.7", "192.0.2.25")
+    assert not e.bans

@@ -16,6 +16,8 @@ RULES = DomainMatcher({"blocked.test": 0, "zip": 0})
     ('<"odd@local"@real.test>', "real.test"),
     ('<"x\\"@y.test"@real.test>', "real.test"),
     ('<"x@blocked.test">', None),
+    ("<x@blocked.test(comment)>", "blocked.test"),
+    ('<"(not a comment)"@(a comment)real.test>', "real.test"),
     ("<user@example.com.>", "example.com"),
     ("<user@[192.0.2.1]>", None),
     ("<>", None),
@@ -47,6 +49,10 @@ def feed_all(chunks):
     b"RCPT TO:<a@blocked.test>\n",
     b"DATA\r\nhello\r\n.\r\nMAIL FROM:<a@blocked.test>\r\n",
     b"BDAT 5 LAST\r\nRCPT MAIL FROM:<a@blocked.test>\r\n",
+    b"STARTTLS\r\nRCPT TO:<a@blocked.test>\r\n",  # STARTTLS refused: plain text goes on
+    b"MAIL FROM:<a@ok.test>\r\nDATA\r\nRCPT TO:<a@blocked.test>\r\n",  # DATA before RCPT is refused
+    b"RCPT TO:<x@blocked.test(comment)>\r\n",
+    b"RCPT TO:<x@(comment (nested))blocked.test>\r\n",
 ])
 def test_blocked(stream):
     assert feed_all([stream]) is not None
@@ -58,9 +64,10 @@ def test_blocked(stream):
     b"RCPT TO:<a@notblocked.test>\r\n",
     b"RCPT TO:<a@blocked.test.evil.example>\r\n",
     b"RCPT TO:<a@blocked.testing>\r\n",
-    b"DATA\r\nRCPT TO:<a@blocked.test>\r\nsee blocked.test\r\n..\r\n",
+    b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<b@ok.test>\r\nDATA\r\nRCPT TO:<a@blocked.test>\r\nsee blocked.test\r\n..\r\n",
+    b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<b@ok.test>\r\nDATA\r\n .\r\n. \r\nRCPT TO:<a@blocked.test>\r\n",
     b"BDAT 30\r\nRCPT TO:<a@blocked.test>\r\n\r\n",
-    b"STARTTLS\r\nRCPT TO:<a@blocked.test>\r\n",
+    b"STARTTLS\r\n\x16\x03\x01\x02\x00RCPT TO:<a@blocked.test>\r\n",
     b"QUIT\r\nRCPT TO:<a@blocked.test>\r\n",
     b"RCPT TO:<a@blocked.test",  # no line end yet
     b'RCPT TO:<"a@blocked.test"@ok.test>\r\n',
@@ -75,7 +82,13 @@ def test_hit_names_rule_and_address():
     assert feed_all([b"RCPT TO:<x@Mx.Blocked.Test>\r\n"]) == ("blocked.test", "<x@Mx.Blocked.Test>")
 
 
-def test_starttls_finishes_session():
+def test_starttls_finishes_session_once_tls_starts():
     s = SmtpSession()
     s.feed(b"EHLO a\r\nSTARTTLS\r\n", RULES)
+    assert not s.finished
+    s.feed(b"\x16\x03\x01\x02\x00\x01", RULES)
     assert s.finished
+
+
+def test_hit_reports_path_without_parameters():
+    assert feed_all([b"MAIL FROM:<a@blocked.test> SIZE=9030\r\n"]) == ("blocked.test", "<a@blocked.test>")

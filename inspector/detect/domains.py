@@ -52,11 +52,10 @@ def normalize_domain(raw: str) -> str | None:
     d = raw.strip().rstrip(".")
     if not d or d[0] == "[":
         return None
+    d = d.lower()
     if not d.isascii():
         try:
-            return d.encode("latin-1").decode("utf-8").lower().encode("idna").decode("ascii")
-        except (UnicodeError, ValueError):
-            return d.lower()
-    d = d.lower()
-    return d
+            return d.encode("idna").decode("ascii")
+        except UnicodeError:
+            return d
     return d
