@@ -87,3 +87,14 @@ def _diff(expected: list[dict[str, Any]], actual: list[dict[str, Any]]) -> str:
     a = [json.dumps({k: v for k, v in x.items() if v is not None}, sort_keys=True) for x in expected]
     b = [json.dumps({k: v for k, v in x.items() if v is not None}, sort_keys=True) for x in actual]
     return "\n".join(difflib.unified_diff(a, b, "expected", "replay", n=2, lineterm=""))
+
+
+def case_params(cases: list[dict[str, Any]]) -> list[Any]:
+    """One pytest param per case, named after it; ``xfail`` cases are strict xfails."""
+    import pytest
+
+    out = []
+    for case in cases:
+        marks = [pytest.mark.xfail(reason=case["xfail"], strict=True)] if "xfail" in case else []
+        out.append(pytest.param(case, id=case["name"], marks=marks))
+    return out

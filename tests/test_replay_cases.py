@@ -16,20 +16,12 @@ from typing import Any
 
 import pytest
 
-from tests.replaylib import check, replay
+from tests.replaylib import case_params, check, replay
 
 TESTS = Path(__file__).resolve().parent
 COMMITTED = TESTS / "pcaps" / "generated"
 CASES: list[dict[str, Any]] = tomllib.loads((TESTS / "cases.toml").read_text(encoding="utf-8"))["case"]
 CASE_KEYS = {"name", "capture", "domains", "payload", "config", "args", "xfail", "expect", "summary"}
-
-
-def _params() -> list[Any]:
-    out = []
-    for case in CASES:
-        marks = [pytest.mark.xfail(reason=case["xfail"], strict=True)] if "xfail" in case else []
-        out.append(pytest.param(case, id=case["name"], marks=marks))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +55,7 @@ def test_every_capture_has_a_case(built: Path) -> None:
     assert captures - used == set(), "captures without a case in cases.toml"
 
 
-@pytest.mark.parametrize("case", _params())
+@pytest.mark.parametrize("case", case_params(CASES))
 def test_replay(case: dict[str, Any], built: Path, tmp_path: Path) -> None:
     capture = built / f"{case.get('capture', case['name'])}.pcap"
     result = replay(capture, tmp_path, domains=case.get("domains", ["blocked.test"]), payload=case.get("payload"),

@@ -15,7 +15,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.utils import rdpcap
 
-from tests.replaylib import check, replay
+from tests.replaylib import case_params, check, replay
 
 TESTS = Path(__file__).resolve().parent
 PCAPS = TESTS / "pcaps"
@@ -61,14 +61,6 @@ def rest_of_source(pcap: str, after: dict[str, Any], ports: set[int]) -> int:
     return sum(1 for _, src, dport in packets[here + 1:] if dport in ports and ipaddress.ip_address(src) in net)
 
 
-def _params() -> list[Any]:
-    out = []
-    for case in CASES:
-        marks = [pytest.mark.xfail(reason=case["xfail"], strict=True)] if "xfail" in case else []
-        out.append(pytest.param(case, id=case["name"], marks=marks))
-    return out
-
-
 def test_manifest_lists_exactly_the_copied_captures() -> None:
     copied = {p.name for p in PCAPS.glob("*.pcap")}
     assert set(MANIFEST) == copied
@@ -83,7 +75,7 @@ def test_every_copied_capture_has_a_case() -> None:
     assert len(names) == len(set(names))
 
 
-@pytest.mark.parametrize("case", _params())
+@pytest.mark.parametrize("case", case_params(CASES))
 def test_shared(case: dict[str, Any], tmp_path: Path) -> None:
     pcap = case["pcap"]
     expect = [dict(e) for e in case["expect"]]
