@@ -138,3 +138,17 @@ def test_raw_struct_pcap_big_endian(tmp_path):
     (tmp_path / "be.pcap").write_bytes(hdr + rec)
     [(ts, data)], _ = read_all(tmp_path / "be.pcap")
     assert ts == 5.5 and data == raw
+
+
+def test_replay_into_a_closed_pipe_is_quiet(tmp_path):
+    from tests.conftest import Conn
+
+    (tmp_path / "r.txt").write_text("blocked.test\n")
+    packets = []
+    for i in range(3000):
+        c = Conn(sport=1000 + i)
+        packets += [c.syn(), c.send(b"RCPT TO:<a@blocked.test>\r\n")]
+    wrpcap(str(tmp_path / "c.pcap"), [IP(p) for p in packets], linktype=101)
+    r = subprocess.run(f"{sys.executable} -m inspector replay {tmp_path / 'c.pcap'} --rules {tmp_path / 'r.txt'} | head -1",
+                       shell=True, capture_output=True, text=True, check=False)
+    assert r.stdout.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
