@@ -9,7 +9,7 @@ the cases that recipe gets wrong.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from .packet import Malformed, decode
 
@@ -35,3 +35,27 @@ class StringRecipe:
             if any(n in data for n in self.needles):
                 hits += 1
         return hits
+
+
+class FakeFirewall:
+    """A :class:`inspector.firewall.Firewall` that records bans in memory, with a clock."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.entries: dict[str, float] = {}
+        self.calls: list[tuple[str, str, int]] = []
+
+    def ensure_sets(self) -> None:
+        self.calls.append(("ensure_sets", "", 0))
+
+    def ban(self, network: str, seconds: int) -> None:
+        self.calls.append(("ban", network, seconds))
+        self.entries[network] = self.clock() + seconds
+
+    def unban(self, network: str) -> bool:
+        self.calls.append(("unban", network, 0))
+        return self.entries.pop(network, None) is not None
+
+    def bans(self) -> list[tuple[str, int]]:
+        now = self.clock()
+        return [(n, int(t - now)) for n, t in self.entries.items() if t > now]

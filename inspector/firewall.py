@@ -1,0 +1,136 @@
+"""The kernel side of bans: ipset blacklists, over netlink (pyroute2), no forking.
+
+A narrow interface, :class:`Firewall`, with the real :class:`IpsetFirewall`
+here and a recording fake in :mod:`inspector.testing`.  IPv4 bans go into a
+``hash:ip`` set (``hash:net`` when bans cover a prefix shorter than /32) and
+IPv6 bans into a ``hash:net`` set, so that a /64 is one entry.  Both sets have
+``timeout`` support: the kernel expires bans by itself.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+__all__ = ["Firewall", "FirewallError", "IpsetFirewall", "SetNames", "MAX_TIMEOUT"]
+
+MAX_TIMEOUT = 2_147_483  # ipset's largest timeout; netlink silently clamps larger ones
+_ERR_EXIST, _ERR_HASH_FULL = 4103, 4352
+
+
+class FirewallError(RuntimeError):
+    """A firewall operation failed; the message says what and why."""
+
+
+class Firewall(Protocol):
+    def ensure_sets(self) -> None: ...
+    def ban(self, network: str, seconds: int) -> None: ...
+    def unban(self, network: str) -> bool: ...
+    def bans(self) -> list[tuple[str, int]]: ...
+
+
+@dataclass(frozen=True)
+class SetNames:
+    v4: str = "inspector-ban4"
+    v6: str = "inspector-ban6"
+
+
+class IpsetFirewall:
+    """ipset sets managed through pyroute2's netlink client, in the current network namespace."""
+
+    def __init__(self, names: SetNames = SetNames(), maxelem: int = 1_000_000,
+                 ipv4_prefix: int = 32, ipv6_prefix: int = 64) -> None:
+        for n in (names.v4, names.v6):
+            if not 0 < len(n) <= 31:
+                raise FirewallError(f"ipset name {n!r} must be 1 to 31 characters")
+        self.names = names
+        self.maxelem = maxelem
+        self.v4_net = ipv4_prefix < 32
+        self.ipv6_prefix = ipv6_prefix
+        try:
+            from pyroute2 import IPSet
+            self._ipset: Any = IPSet()
+        except ImportError:
+            raise FirewallError("pyroute2 is not installed (pip install 'inspector[live]')") from None
+        except Exception as e:  # noqa: BLE001 - pyroute2 raises its own error types
+            raise FirewallError(_explain_open(e)) from None
+
+    def close(self) -> None:
+        self._ipset.close()
+
+    def ensure_sets(self) -> None:
+        """Create both sets if missing; an existing set of another type is an error."""
+        from pyroute2.ipset import AlreadyExists
+
+        specs = ((self.names.v4, "hash:net" if self.v4_net else "hash:ip", socket.AF_INET),
+                 (self.names.v6, "hash:net", socket.AF_INET6))
+        for name, stype, family in specs:
+            try:
+                self._ipset.create(name, stype=stype, family=family, timeout=MAX_TIMEOUT // 2,
+                                   maxelem=self.maxelem, exclusive=False)
+            except AlreadyExists:
+                raise FirewallError(f"ipset {name} exists with other settings than {stype} "
+                                    f"{'inet' if family == socket.AF_INET else 'inet6'} timeout "
+                                    f"maxelem {self.maxelem}; remove it or choose another name") from None
+            except Exception as e:  # noqa: BLE001
+                raise FirewallError(f"cannot create ipset {name}: {e}") from None
+
+    def _target(self, network: str) -> tuple[str, str, dict[str, Any]]:
+        net = ipaddress.ip_network(network, strict=False)
+        if net.version == 4:
+            if self.v4_net:
+                return self.names.v4, str(net), {"family": socket.AF_INET, "etype": "net"}
+            return self.names.v4, str(net.network_address), {"family": socket.AF_INET}
+        return self.names.v6, str(net), {"family": socket.AF_INET6, "etype": "net"}
+
+    def ban(self, network: str, seconds: int) -> None:
+        """Add (or refresh) a ban that the kernel expires after ``seconds``."""
+        name, entry, kw = self._target(network)
+        try:
+            self._ipset.add(name, entry, timeout=max(1, min(int(seconds), MAX_TIMEOUT)), exclusive=False, **kw)
+        except Exception as e:  # noqa: BLE001
+            if getattr(e, "code", None) == _ERR_HASH_FULL:
+                raise FirewallError(f"ipset {name} is full (maxelem {self.maxelem}): {entry} not banned") from None
+            raise FirewallError(f"cannot ban {entry} in ipset {name}: {e}") from None
+
+    def unban(self, network: str) -> bool:
+        name, entry, kw = self._target(network)
+        try:
+            self._ipset.delete(name, entry, **kw)
+        except Exception as e:  # noqa: BLE001
+            if getattr(e, "code", None) == _ERR_EXIST:
+                return False
+            raise FirewallError(f"cannot unban {entry} in ipset {name}: {e}") from None
+        return True
+
+    def bans(self) -> list[tuple[str, int]]:
+        """Current entries of both sets with their seconds left."""
+        out: list[tuple[str, int]] = []
+        for name in (self.names.v4, self.names.v6):
+            try:
+                messages = list(self._ipset.list(name))
+            except Exception as e:  # noqa: BLE001
+                raise FirewallError(f"cannot list ipset {name}: {e}") from None
+            for msg in messages:
+                adt = msg.get_attr("IPSET_ATTR_ADT")
+                if adt is None:
+                    continue
+                for entry in adt.get_attrs("IPSET_ATTR_DATA"):
+                    ip = entry.get_attr("IPSET_ATTR_IP_FROM")
+                    addr = ip.get_attr("IPSET_ATTR_IPADDR_IPV4") or ip.get_attr("IPSET_ATTR_IPADDR_IPV6")
+                    cidr = entry.get_attr("IPSET_ATTR_CIDR")
+                    full = 32 if ":" not in addr else 128
+                    network = addr if cidr is None or cidr == full else f"{addr}/{cidr}"
+                    out.append((network, int(entry.get_attr("IPSET_ATTR_TIMEOUT") or 0)))
+        return out
+
+
+def _explain_open(e: Exception) -> str:
+    code = getattr(e, "code", None) or (e.args[0] if e.args and isinstance(e.args[0], int) else None)
+    if code == 1:
+        return "cannot open the ipset netlink socket: permission denied (run as root or with CAP_NET_ADMIN)"
+    if code == 22:
+        return "the kernel has no ipset support (ip_set module not loaded or not built)"
+    return f"cannot open the ipset netlink socket: {e}"

@@ -1,0 +1,68 @@
+"""The ipset adapter against the real kernel, inside a throwaway network namespace."""
+
+import json
+import shutil
+import sys
+
+import pytest
+
+from inspector.testing import FakeFirewall
+from tests.netns import namespace, run_in
+
+SCRIPT = r"""
+import json, sys
+from inspector.firewall import IpsetFirewall, SetNames, FirewallError
+fw = IpsetFirewall(SetNames("t-ban4", "t-ban6"), maxelem=1000)
+fw.ensure_sets()
+fw.ensure_sets()  # idempotent
+fw.ban("198.51.100.7", 86400)
+fw.ban("2001:db8:1::/64", 3600)
+fw.ban("198.51.100.8", 10**9)  # clamped to ipset's maximum
+out = {"bans": sorted(fw.bans())}
+out["unban"] = fw.unban("198.51.100.8")
+out["unban_again"] = fw.unban("198.51.100.8")
+out["after"] = sorted(n for n, _ in fw.bans())
+print(json.dumps(out))
+"""
+
+
+def test_ipset_adapter_in_a_namespace():
+    if shutil.which("ipset") is None:
+        pytest.skip("needs the ipset tool to cross-check (scripts/bootstrap.sh installs it)")
+    with namespace() as ns:
+        r = run_in(ns, sys.executable, "-c", SCRIPT, check=False)
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        bans = dict(out["bans"])
+        assert set(bans) == {"198.51.100.7", "198.51.100.8", "2001:db8:1::/64"}
+        assert 86390 <= bans["198.51.100.7"] <= 86400
+        assert 3590 <= bans["2001:db8:1::/64"] <= 3600
+        assert bans["198.51.100.8"] > 2_000_000
+        assert out["unban"] is True and out["unban_again"] is False
+        assert out["after"] == ["198.51.100.7", "2001:db8:1::/64"]
+        # the kernel agrees, seen through the ipset tool; the /64 matches any address in it
+        listing = run_in(ns, "ipset", "list", "t-ban6").stdout
+        assert "2001:db8:1::/64 timeout" in listing and "maxelem 1000" in listing
+        assert run_in(ns, "ipset", "test", "t-ban6", "2001:db8:1::99", check=False).returncode == 0
+        assert run_in(ns, "ipset", "test", "t-ban6", "2001:db8:2::1", check=False).returncode != 0
+
+
+def test_ipset_adapter_names_a_full_set():
+    with namespace() as ns:
+        script = ("from inspector.firewall import *\n"
+                  "fw = IpsetFirewall(SetNames('f4', 'f6'), maxelem=2)\nfw.ensure_sets()\n"
+                  "fw.ban('192.0.2.1', 60); fw.ban('192.0.2.2', 60)\n"
+                  "try:\n    fw.ban('192.0.2.3', 60)\nexcept FirewallError as e:\n    print(e)\n")
+        r = run_in(ns, sys.executable, "-c", script, check=False)
+        assert r.returncode == 0, r.stderr
+        assert "ipset f4 is full (maxelem 2): 192.0.2.3 not banned" in r.stdout
+
+
+def test_fake_firewall_records_and_expires():
+    now = [100.0]
+    fw = FakeFirewall(lambda: now[0])
+    fw.ban("198.51.100.7", 60)
+    assert fw.bans() == [("198.51.100.7", 60)]
+    now[0] = 161.0
+    assert fw.bans() == []
+    assert fw.unban("198.51.100.7") is True and fw.unban("x") is False
