@@ -59,3 +59,43 @@ class FakeFirewall:
     def bans(self) -> list[tuple[str, int]]:
         now = self.clock()
         return [(n, int(t - now)) for n, t in self.entries.items() if t > now]
+
+
+class FakePacket:
+    """A queued packet as NetfilterQueue hands it over, recording the verdict."""
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self.verdict: str | None = None
+        self.mark: int | None = None
+
+    def get_payload(self) -> bytes:
+        return self.payload
+
+    def set_payload(self, payload: bytes) -> None:
+        self.payload = payload
+
+    def set_mark(self, mark: int) -> None:
+        self.mark = mark
+
+    def accept(self) -> None:
+        assert self.verdict is None, "a packet gets one verdict"
+        self.verdict = "accept"
+
+    def drop(self) -> None:
+        assert self.verdict is None, "a packet gets one verdict"
+        self.verdict = "drop"
+
+    def repeat(self) -> None:
+        assert self.verdict is None, "a packet gets one verdict"
+        self.verdict = "repeat"
+
+
+class RecordingSender:
+    """A reset sender that keeps what it was asked to send."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send(self, packet: bytes) -> None:
+        self.sent.append(packet)

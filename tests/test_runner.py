@@ -1,0 +1,96 @@
+from scapy.layers.inet import IP, TCP
+
+from inspector.bans import BanStore
+from inspector.events import MemorySink, ban_line
+from inspector.runner import Runner
+from inspector.testing import FakeFirewall, FakePacket, RecordingSender
+from tests.conftest import Conn
+
+BLOCKED = b"RCPT TO:<b@blocked.test>\r\n"
+
+
+def make(make_engine, tmp_path, **config):
+    now = [1000.0]
+    fw = FakeFirewall(lambda: now[0])
+    events = MemorySink()
+    sender = RecordingSender()
+    store = BanStore(tmp_path / "bans.json")
+    runner = Runner(make_engine(**config), fw, sender, events, store, lambda: now[0])
+    return runner, fw, events, sender, store, now
+
+
+def feed(runner, packets):
+    out = []
+    for p in packets:
+        fp = FakePacket(p)
+        runner.handle(fp)
+        out.append(fp)
+    return out
+
+
+def test_blocked_recipient_is_reset_both_ways_and_banned(make_engine, tmp_path):
+    runner, fw, events, sender, store, _ = make(make_engine, tmp_path)
+    c = Conn()
+    syn, data = feed(runner, [c.syn(), c.send(BLOCKED)])
+    assert syn.verdict == "accept"
+    # the offending packet itself became an in-window RST, accepted towards the server
+    assert data.verdict == "accept"
+    rst = IP(data.payload)
+    assert str(rst[TCP].flags) == "R" and rst[TCP].seq == c.seq - len(BLOCKED) and rst.src == "198.51.100.7"
+    # and the client got an RST from the server's address
+    [to_client] = sender.sent
+    assert IP(to_client).src == "192.0.2.25" and str(IP(to_client)[TCP].flags) == "RA"
+    assert fw.calls[-1] == ("ban", "198.51.100.7", 86400)
+    assert [r.network for r in store.active(1000.0)] == ["198.51.100.7"]
+    kinds = [e["event"] for e in events.events]
+    assert kinds == ["verdict", "ban"]
+    assert events.events[0]["reason"] == "domain" and events.events[1]["rule"] == "blocked.test"
+
+
+def test_alert_mode_accepts_untouched_and_bans_nothing(make_engine, tmp_path):
+    runner, fw, events, sender, store, _ = make(make_engine, tmp_path, mode="alert")
+    c = Conn()
+    original = c.send(BLOCKED)
+    _, data = feed(runner, [c.syn(), original])
+    assert data.verdict == "accept" and data.payload == original
+    assert sender.sent == [] and fw.calls == [] and not store.records
+    assert events.events[0]["alert"] is True and events.events[0]["verdict"] == "reset"
+
+
+def test_rate_drop_bans_and_late_packets_are_dropped_quietly(make_engine, tmp_path):
+    runner, fw, events, _, _, _ = make(make_engine, tmp_path, domains="")
+    out = feed(runner, [Conn(sport=5000 + i, dport=22).syn() for i in range(7)])
+    assert [p.verdict for p in out] == ["accept"] * 4 + ["drop"] * 3
+    assert [c[0] for c in fw.calls] == ["ban"]
+    assert runner.counts["banned-late"] == 2
+    assert [e["event"] for e in events.events] == ["verdict", "ban"]
+
+
+def test_firewall_failure_is_an_event_not_a_crash(make_engine, tmp_path):
+    runner, fw, events, _, store, _ = make(make_engine, tmp_path)
+
+    def broken(network, seconds):
+        raise RuntimeError("ipset full")
+    fw.ban = broken
+    c = Conn()
+    _, data = feed(runner, [c.syn(), c.send(BLOCKED)])
+    assert data.verdict == "accept"  # the reset still happened
+    assert events.events[-1]["event"] == "error" and "ipset full" in events.events[-1]["error"]
+    assert "198.51.100.7" in store.records  # kept, to be retried on the next start
+
+
+def test_reset_sender_failure_still_gives_a_verdict(make_engine, tmp_path):
+    runner, _, events, sender, _, _ = make(make_engine, tmp_path)
+
+    def broken(packet):
+        raise OSError("no raw socket")
+    sender.send = broken
+    c = Conn()
+    _, data = feed(runner, [c.syn(), c.send(BLOCKED)])
+    assert data.verdict == "accept"
+    assert any(e["event"] == "error" and e["what"] == "reset-client" for e in events.events)
+
+
+def test_ban_line_format():
+    assert ban_line("198.51.100.7", 86400, "domain", "blocked.test", 25) == \
+        "inspector-ban: 198.51.100.7 banned for 86400s reason=domain rule=blocked.test dport=25"
