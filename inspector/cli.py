@@ -31,6 +31,20 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--alert", action="store_true", help="alert mode: report, accept everything")
 
+    p = sub.add_parser("run", help="run the inline filter service on an NFQUEUE (root)")
+    _common(p)
+    p.add_argument("--queue", type=int, metavar="N", help="NFQUEUE number (default: [service] queue, 0)")
+    p.add_argument("--ban-time", type=int, metavar="SECONDS", help="ban duration for every reason")
+    p.add_argument("--alert", action="store_true", help="alert mode: report what would be done, accept everything")
+
+    p = sub.add_parser("bans", help="list current bans with the time left")
+    p.add_argument("--config", metavar="FILE")
+    p.add_argument("--json", action="store_true", help="one JSON object per ban")
+
+    p = sub.add_parser("unban", help="lift a ban (kernel, state file and running service)")
+    p.add_argument("address", help="an address or network (an IPv6 address lifts its /64 ban)")
+    p.add_argument("--config", metavar="FILE")
+
     p = sub.add_parser("bench", help="benchmark the engine on a synthetic mixed workload")
     p.add_argument("--packets", type=int, default=1_000_000)
     p.add_argument("--sources", type=int, default=100_000, help="distinct flood sources")
@@ -51,6 +65,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides = {"mode": "alert"} if args.alert else {}
             engine = build_engine(args.config, args.rules, **overrides)
             return main_replay(engine, args.capture)
+        if args.command == "run":
+            from .service import run_service
+
+            return run_service(args.config, args.rules, {"queue": args.queue, "ban_time": args.ban_time,
+                                                          "alert": args.alert})
+        if args.command == "bans":
+            from .admin import list_bans
+
+            return list_bans(args.config, args.json)
+        if args.command == "unban":
+            from .admin import unban
+
+            return unban(args.config, args.address)
         if args.command == "bench":
             from .bench import main_bench
 

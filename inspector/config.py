@@ -15,7 +15,7 @@ from typing import Any
 
 from .rules import DOMAIN, PAYLOAD, SCOPES, RuleFile
 
-__all__ = ["Config", "ConfigError", "RateRule", "load_config", "DEFAULT_RULES"]
+__all__ = ["Config", "ConfigError", "RateRule", "ServiceSettings", "load_config", "DEFAULT_RULES"]
 
 DEFAULT_RULES = Path(__file__).resolve().parent.parent / "rules"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -36,6 +36,22 @@ class RateRule:
 
 
 @dataclass(frozen=True)
+class ServiceSettings:
+    """What ``inspector run`` needs beyond the engine (the ``[service]`` section)."""
+
+    queue: int = 0
+    queue_maxlen: int = 4096
+    fail_open: bool = True
+    state_file: str = "/var/lib/inspector/bans.json"
+    events: str = "/var/log/inspector/events.jsonl"  # or "-" for stdout
+    syslog: bool = True
+    control_socket: str = "/run/inspector/control.sock"
+    ipset_v4: str = "inspector-ban4"
+    ipset_v6: str = "inspector-ban6"
+    maxelem: int = 1_000_000
+
+
+@dataclass(frozen=True)
 class Config:
     mode: str = "enforce"  # or "alert"
     smtp_ports: tuple[int, ...] = (25,)
@@ -52,6 +68,7 @@ class Config:
     ban_flags: int = 0
     whitelist: tuple[Network, ...] = ()
     rules: tuple[RuleFile, ...] = ()
+    service: ServiceSettings = ServiceSettings()
     source: str | None = None  # the file this came from
     extra: dict[str, Any] = field(default_factory=dict)  # sections later stages read (service, logs)
 
@@ -76,9 +93,11 @@ _KNOWN: dict[str, dict[str, type | tuple[type, ...]]] = {
              "ports": list, "ban": int, "rules": list},
     "bans": {"domain": int, "payload": int, "tcp_flags": int},
     "whitelist": {"cidrs": list},
+    "service": {"queue": int, "queue_maxlen": int, "fail_open": bool, "state_file": str, "events": str,
+                "syslog": bool, "control_socket": str, "ipset_v4": str, "ipset_v6": str, "maxelem": int},
 }
-# sections owned by later stages (the service, log sources, metrics): kept, checked there
-_PASSTHROUGH = {"service", "logs", "metrics", "log"}
+# sections owned by later stages (log sources, metrics): kept, checked there
+_PASSTHROUGH = {"logs", "metrics", "log"}
 
 
 class _Locator:
@@ -247,6 +266,23 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
             raise rfail("ports apply to payload rules only")
         rule_files.append(RuleFile(Path(entry["path"]), scope, rports))
     cfg["rules"] = tuple(rule_files)
+    svc = data.get("service", {})
+    settings: dict[str, Any] = {}
+    for key in ("fail_open", "syslog", "state_file", "events", "control_socket"):
+        if key in svc:
+            settings[key] = svc[key]
+    if "queue" in svc:
+        settings["queue"] = _bounded(svc["queue"], 0, 65535, lambda m: fail("service", "queue", m))
+    if "queue_maxlen" in svc:
+        settings["queue_maxlen"] = _bounded(svc["queue_maxlen"], 1, 1 << 20, lambda m: fail("service", "queue_maxlen", m))
+    if "maxelem" in svc:
+        settings["maxelem"] = _bounded(svc["maxelem"], 1, 1 << 27, lambda m: fail("service", "maxelem", m))
+    for key in ("ipset_v4", "ipset_v6"):
+        if key in svc:
+            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,31}", svc[key]):
+                raise fail("service", key, "an ipset name is 1 to 31 letters, digits, '-', '_' or '.'")
+            settings[key] = svc[key]
+    cfg["service"] = ServiceSettings(**settings)
     cfg["extra"] = {k: v for k, v in data.items() if k in _PASSTHROUGH}
     return Config(**cfg)
 
@@ -257,6 +293,10 @@ def _check_type(table: str, key: str, value: Any, fail: Any) -> None:
         names = ", ".join(sorted(known))
         raise fail(table, key, f"unknown setting (known here: {names})")
     want = known[key]
+    if want is bool:
+        if not isinstance(value, bool):
+            raise fail(table, key, f"expected true or false, got {value!r}")
+        return
     if isinstance(value, bool) or not isinstance(value, want):
         kinds = want if isinstance(want, tuple) else (want,)
         raise fail(table, key, f"expected {' or '.join(_kind(k) for k in kinds)}, got {_kind(type(value))} {value!r}")

@@ -211,7 +211,7 @@ class Engine:
         out = []
         for key, (expires, reason) in self.bans.items():
             if expires > now:
-                out.append(Ban(self._ban_network(key), expires, reason))
+                out.append(Ban(self.ban_network(key), expires, reason))
         return out
 
     def stats(self) -> dict[str, object]:
@@ -343,7 +343,7 @@ class Engine:
         if verdict.ban and src_raw:
             bkey = self.ban_key(src_raw)
             self.bans[bkey] = (now + verdict.ban, reason)
-            ban_network = self._ban_network(bkey)
+            ban_network = self.ban_network(bkey)
             self.counts["bans"] += 1
         if self._alert:
             verdict = Verdict(verdict.action, verdict.reason, verdict.rule, verdict.match,
@@ -367,7 +367,7 @@ class Engine:
             self._whitelisted[src] = known
         return known
 
-    def _ban_network(self, bkey: bytes) -> str:
+    def ban_network(self, bkey: bytes) -> str:
         if len(bkey) == 4:
             prefix = self.config.ipv4_prefix
             return format_addr(bkey) if prefix == 32 else f"{format_addr(bkey)}/{prefix}"

@@ -61,21 +61,35 @@ class IpsetFirewall:
         self._ipset.close()
 
     def ensure_sets(self) -> None:
-        """Create both sets if missing; an existing set of another type is an error."""
+        """Create both sets if missing.  An existing set (e.g. made by setup-nfqueue.sh) is
+        used when its type and family fit and it supports timeouts; otherwise it is an error."""
         from pyroute2.ipset import AlreadyExists
 
         specs = ((self.names.v4, "hash:net" if self.v4_net else "hash:ip", socket.AF_INET),
                  (self.names.v6, "hash:net", socket.AF_INET6))
         for name, stype, family in specs:
             try:
-                self._ipset.create(name, stype=stype, family=family, timeout=MAX_TIMEOUT // 2,
-                                   maxelem=self.maxelem, exclusive=False)
+                self._ipset.create(name, stype=stype, family=family, timeout=3600,
+                                   maxelem=self.maxelem, exclusive=True)
+                continue
             except AlreadyExists:
-                raise FirewallError(f"ipset {name} exists with other settings than {stype} "
-                                    f"{'inet' if family == socket.AF_INET else 'inet6'} timeout "
-                                    f"maxelem {self.maxelem}; remove it or choose another name") from None
+                pass
             except Exception as e:  # noqa: BLE001
                 raise FirewallError(f"cannot create ipset {name}: {e}") from None
+            kind, fam, timeout = self._header(name)
+            want = f"{stype} {'inet' if family == socket.AF_INET else 'inet6'} with timeout support"
+            if kind != stype or fam != family or timeout is None:
+                have = f"{kind} {'inet' if fam == socket.AF_INET else 'inet6'}" + \
+                    ("" if timeout is not None else " without timeout support")
+                raise FirewallError(f"ipset {name} exists as {have}, but bans need {want}; "
+                                    f"remove it (ipset destroy {name}) or choose another name")
+
+    def _header(self, name: str) -> tuple[str | None, int | None, int | None]:
+        for msg in self._ipset.list(name):
+            data = msg.get_attr("IPSET_ATTR_DATA")
+            return (msg.get_attr("IPSET_ATTR_TYPENAME"), msg.get_attr("IPSET_ATTR_FAMILY"),
+                    data.get_attr("IPSET_ATTR_TIMEOUT") if data is not None else None)
+        return None, None, None
 
     def _target(self, network: str) -> tuple[str, str, dict[str, Any]]:
         net = ipaddress.ip_network(network, strict=False)

@@ -66,3 +66,19 @@ def test_fake_firewall_records_and_expires():
     now[0] = 161.0
     assert fw.bans() == []
     assert fw.unban("198.51.100.7") is True and fw.unban("x") is False
+
+
+def test_existing_sets_are_used_if_they_fit():
+    if shutil.which("ipset") is None:
+        pytest.skip("needs the ipset tool")
+    with namespace() as ns:
+        run_in(ns, "ipset", "create", "e4", "hash:ip", "timeout", "60", "maxelem", "10")
+        run_in(ns, "ipset", "create", "e6", "hash:ip", "family", "inet6")  # wrong type, no timeout
+        script = ("from inspector.firewall import *\n"
+                  "fw = IpsetFirewall(SetNames('e4', 'e6'))\n"
+                  "try:\n    fw.ensure_sets()\nexcept FirewallError as e:\n    print(e)\n")
+        r = run_in(ns, sys.executable, "-c", script, check=False)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == ("ipset e6 exists as hash:ip inet6 without timeout support, but bans need "
+                                    "hash:net inet6 with timeout support; remove it (ipset destroy e6) or "
+                                    "choose another name")

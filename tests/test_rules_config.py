@@ -129,3 +129,21 @@ def test_rules_path_override(tmp_path):
     (d / "README.md").write_text("not a rule file\n")
     cfg = load_config(None, d)
     assert [(r.path.name, r.scope) for r in cfg.rules] == [("a.txt", DOMAIN), ("b.payload", PAYLOAD)]
+
+
+def test_service_section(tmp_path):
+    p = write(tmp_path, '[service]\nqueue = 3\nfail_open = false\nevents = "-"\nipset_v4 = "my-ban4"\n')
+    svc = load_config(p).service
+    assert (svc.queue, svc.fail_open, svc.events, svc.ipset_v4, svc.ipset_v6) == (3, False, "-", "my-ban4", "inspector-ban6")
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[service]\nfail_open = "yes"\n', "service.fail_open: expected true or false"),
+    ('[service]\nqueue = 70000\n', "service.queue: must be between 0 and 65535"),
+    ('[service]\nipset_v4 = "a name with spaces"\n', "service.ipset_v4: an ipset name is 1 to 31"),
+])
+def test_service_errors(tmp_path, text, message):
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(e.value).startswith(f"{p}:2: ") and message in str(e.value)

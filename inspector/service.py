@@ -1,0 +1,422 @@
+"""``inspector run``: the inline service.
+
+The composition root for live mode.  It binds an NFQUEUE with
+``NetfilterQueue``, hands every packet to the :class:`~inspector.runner.Runner`
+(engine → kernel verdict → resets, bans, events), and around that:
+
+* restores bans at start: from the state file and from the kernel's own ipset
+  (which outlives the process), into both the engine and the ipset, skipping
+  expired ones;
+* ``SIGHUP`` reloads config and rules: they are built aside in a thread while
+  verdicts go on, then swapped in; a broken file keeps the old ones and says why;
+* ``SIGTERM``/``SIGINT`` stop gracefully (state saved, queue unbound; with
+  ``--queue-bypass`` the kernel then lets traffic through);
+* a UNIX control socket answers ``bans``, ``unban`` and ``status``;
+* the queue gets the kernel's fail-open flag, so an overloaded inspector lets
+  packets through instead of dropping them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import IO, Any
+
+from .app import load
+from .bans import BanRecord, BanStore, StateError
+from .config import Config, ConfigError
+from .engine import Engine
+from .events import EventSink, JsonLinesSink, SyslogBans, now_iso
+from .firewall import FirewallError, IpsetFirewall, SetNames
+from .rules import RuleError, RuleSet
+from .runner import RawResetSender, Runner
+from .sources.nfqueue import FAIL_OPEN, queue_stats, set_queue_flags
+
+__all__ = ["ServiceError", "Service", "apply_overrides", "control_request"]
+
+SAVE_EVERY = 1.0  # seconds between ban-state saves (when there is something new)
+
+
+class ServiceError(Exception):
+    """The service cannot start; the message says why and what to do."""
+
+
+class _Fanout:
+    def __init__(self, sinks: list[EventSink]) -> None:
+        self.sinks = sinks
+
+    def emit(self, event: dict[str, Any]) -> None:
+        for sink in self.sinks:
+            try:
+                sink.emit(event)
+            except Exception:  # noqa: BLE001 - a full disk must not stop verdicts
+                pass
+
+
+def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
+    """Command-line flags win over the config file."""
+    if overrides.get("alert"):
+        config = replace(config, mode="alert")
+    if overrides.get("queue") is not None:
+        config = replace(config, service=replace(config.service, queue=overrides["queue"]))
+    if overrides.get("ban_time") is not None:
+        t = int(overrides["ban_time"])
+        config = replace(config, ban_domain=t, ban_payload=t, rates=tuple(replace(r, ban=t) for r in config.rates))
+    return config
+
+
+class Service:
+    def __init__(self, config_path: str | None, rules_path: str | None, overrides: dict[str, Any],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config_path = config_path
+        self.rules_path = rules_path
+        self.overrides = overrides
+        self.clock = clock
+        self.stopping = False
+        self._reload_requested = False
+        self._reload_thread: threading.Thread | None = None
+        self._reload_result: tuple[Config, RuleSet] | Exception | None = None
+        self._log_file: IO[str] | None = None
+
+    # -- start ------------------------------------------------------------------
+
+    def _load(self) -> tuple[Config, RuleSet]:
+        config, rules = load(self.config_path, self.rules_path)
+        return apply_overrides(config, self.overrides), rules
+
+    def start(self) -> None:
+        try:
+            config, rules = self._load()
+        except (ConfigError, RuleError) as e:
+            raise ServiceError(str(e)) from None
+        if os.geteuid() != 0:
+            raise ServiceError("inspector run needs root (CAP_NET_ADMIN) to bind an NFQUEUE and manage ipsets")
+        try:
+            from netfilterqueue import NetfilterQueue
+        except ImportError:
+            raise ServiceError("NetfilterQueue is not installed: pip install 'inspector[live]' "
+                               "(needs Debian's libnetfilter-queue-dev)") from None
+        self.config = config
+        svc = config.service
+        self.events = _Fanout(self._sinks(config))
+        try:
+            self.firewall = IpsetFirewall(SetNames(svc.ipset_v4, svc.ipset_v6), svc.maxelem,
+                                          config.ipv4_prefix, config.ipv6_prefix)
+            self.firewall.ensure_sets()
+        except FirewallError as e:
+            raise ServiceError(str(e)) from None
+        self.engine = Engine(config, rules)
+        self.store = BanStore(Path(svc.state_file))
+        try:
+            self.resets = RawResetSender()
+        except OSError as e:
+            raise ServiceError(f"cannot open raw sockets for resets: {e}") from None
+        self.runner = Runner(self.engine, self.firewall, self.resets, self.events, self.store, self.clock)
+        restored = self._restore_bans()
+
+        self.nfq = NetfilterQueue()
+        try:
+            self.nfq.bind(svc.queue, self._handle, max_len=svc.queue_maxlen)
+        except OSError as e:
+            raise ServiceError(f"cannot bind NFQUEUE {svc.queue}: {e} "
+                               "(is another inspector running on it? is nfnetlink_queue available?)") from None
+        fail_open = None
+        if svc.fail_open:
+            fail_open = set_queue_flags(self.nfq.get_fd(), svc.queue, FAIL_OPEN)
+            if fail_open != 0:
+                self.events.emit({"event": "error", "what": "fail-open",
+                                  "error": f"the kernel did not confirm the fail-open flag (errno {fail_open})"})
+        self.control = self._control_socket(svc.control_socket)
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        signal.set_wakeup_fd(self._wake_w)
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        self.started = self.clock()
+        self.events.emit({"event": "started", "time": round(self.started, 3), "at": now_iso(self.started),
+                          "pid": os.getpid(), "queue": svc.queue, "mode": config.mode,
+                          "fail_open": fail_open == 0, "bans_restored": restored,
+                          "domains": len(rules.domains), "rules": [str(f.path) for f in rules.files]})
+
+    def _sinks(self, config: Config) -> list[EventSink]:
+        svc = config.service
+        sinks: list[EventSink] = []
+        if svc.events == "-":
+            sinks.append(JsonLinesSink(sys.stdout))
+        elif svc.events:
+            path = Path(svc.events)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._log_file = path.open("a", encoding="utf-8")
+            except OSError as e:
+                raise ServiceError(f"cannot open the event log {path}: {e.strerror or e}") from None
+            sinks.append(JsonLinesSink(self._log_file))
+        if svc.syslog:
+            sinks.append(SyslogBans())
+        return sinks
+
+    def _restore_bans(self) -> int:
+        now = self.clock()
+        try:
+            self.store.load(now)
+        except StateError as e:
+            self.events.emit({"event": "error", "what": "state", "error": str(e)})
+        # the ipset outlives the process (and a crash between two saves): trust what it holds
+        try:
+            for network, left in self.firewall.bans():
+                if network not in self.store.records and left > 0:
+                    self.store.add(BanRecord(network, now + left, "kernel", None, now))
+        except FirewallError as e:
+            self.events.emit({"event": "error", "what": "ipset-list", "error": str(e)})
+        restored = 0
+        for record in self.store.active(now):
+            left = int(record.expires - now)
+            if left <= 0:
+                continue
+            self.engine.add_ban(record.network, record.expires, record.reason)
+            try:
+                self.firewall.ban(record.network, left)
+                restored += 1
+            except FirewallError as e:
+                self.events.emit({"event": "error", "what": "restore", "network": record.network, "error": str(e)})
+        self._saved_bans = self.runner.counts["bans"]
+        self.store.save(now)
+        return restored
+
+    def _control_socket(self, path: str) -> socket.socket | None:
+        if not path:
+            return None
+        p = Path(path)
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            if p.exists():
+                probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    probe.connect(str(p))
+                    raise ServiceError(f"another inspector answers on {p}")
+                except (ConnectionRefusedError, FileNotFoundError):
+                    p.unlink()  # a stale socket from a previous run
+                finally:
+                    probe.close()
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(str(p))
+            os.chmod(p, 0o600)
+            sock.listen(8)
+            sock.setblocking(False)
+            return sock
+        except OSError as e:
+            raise ServiceError(f"cannot create the control socket {p}: {e}") from None
+
+    # -- the loop -----------------------------------------------------------------
+
+    def _handle(self, packet: Any) -> None:
+        try:
+            self.runner.handle(packet)
+        except Exception as e:  # noqa: BLE001 - an exception here would strand the packet in the kernel
+            self.runner.counts["errors:handle"] += 1
+            try:
+                packet.accept()
+            except Exception:  # noqa: BLE001 - it already had its verdict
+                pass
+            self.events.emit({"event": "error", "what": "handle", "error": f"{type(e).__name__}: {e}"})
+
+    def _on_stop(self, signum: int, frame: object) -> None:
+        self.stopping = True
+
+    def _on_hup(self, signum: int, frame: object) -> None:
+        self._reload_requested = True
+
+    def run(self) -> int:
+        fd = self.nfq.get_fd()
+        watch = [fd, self._wake_r] + ([self.control] if self.control else [])
+        next_save = self.clock() + SAVE_EVERY
+        while not self.stopping:
+            try:
+                ready, _, _ = select.select(watch, [], [], 1.0)
+            except InterruptedError:
+                ready = []
+            if fd in ready:
+                self.nfq.run(block=False)
+            if self._wake_r in ready:
+                os.read(self._wake_r, 512)
+            if self.control is not None and self.control in ready:
+                self._serve_control()
+            if self._reload_requested:
+                self._start_reload()
+            if self._reload_thread is not None and not self._reload_thread.is_alive():
+                self._finish_reload()
+            now = self.clock()
+            if now >= next_save:
+                next_save = now + SAVE_EVERY
+                self._save(now)
+        return self.stop()
+
+    def stop(self) -> int:
+        now = self.clock()
+        self._save(now, force=True)
+        try:
+            self.nfq.unbind()
+        except Exception:  # noqa: BLE001
+            pass
+        if self.control is not None:
+            self.control.close()
+            try:
+                os.unlink(self.config.service.control_socket)
+            except OSError:
+                pass
+        self.events.emit({"event": "stopped", "time": round(now, 3), "at": now_iso(now),
+                          "packets": self.engine.packets, "counts": dict(self.runner.counts)})
+        self.resets.close()
+        self.firewall.close()
+        if self._log_file:
+            self._log_file.close()
+        return 0
+
+    def _save(self, now: float, force: bool = False) -> None:
+        bans = self.runner.counts["bans"]
+        if force or bans != self._saved_bans or self._store_dirty:
+            try:
+                self.store.save(now)
+                self._saved_bans = bans
+                self._store_dirty = False
+            except OSError as e:
+                self.events.emit({"event": "error", "what": "state-save", "error": str(e)})
+
+    _store_dirty = False
+
+    # -- reload -------------------------------------------------------------------
+
+    def _start_reload(self) -> None:
+        self._reload_requested = False
+        if self._reload_thread is not None:
+            self._reload_requested = True  # one at a time: run again when this one is done
+            return
+
+        def build() -> None:
+            try:
+                self._reload_result = self._load()
+            except Exception as e:  # noqa: BLE001
+                self._reload_result = e
+        self._reload_thread = threading.Thread(target=build, name="inspector-reload", daemon=True)
+        self._reload_thread.start()
+
+    def _finish_reload(self) -> None:
+        result, self._reload_result, self._reload_thread = self._reload_result, None, None
+        now = self.clock()
+        if isinstance(result, Exception) or result is None:
+            self.events.emit({"event": "reload", "ok": False, "time": round(now, 3),
+                              "error": str(result), "kept": "the rules and config in use"})
+            return
+        config, rules = result
+        same_engine = replace(config, rules=(), service=self.config.service) == \
+            replace(self.config, rules=(), service=self.config.service)
+        if same_engine:
+            self.engine.swap_rules(rules)
+        else:
+            engine = Engine(config, rules)
+            engine.bans = self.engine.bans  # bans carry over; flows are picked up midstream
+            self.engine = self.runner.engine = engine
+        if config.service != self.config.service:
+            self.events.emit({"event": "reload-note", "note": "[service] changes take effect on restart"})
+        self.config = replace(config, service=self.config.service)
+        self.events.emit({"event": "reload", "ok": True, "time": round(now, 3), "domains": len(rules.domains),
+                          "engine": "kept" if same_engine else "rebuilt"})
+
+    # -- control socket -------------------------------------------------------------
+
+    def _serve_control(self) -> None:
+        assert self.control is not None
+        try:
+            conn, _ = self.control.accept()
+        except BlockingIOError:
+            return
+        with conn:
+            conn.settimeout(1.0)
+            try:
+                request = json.loads(_read_line(conn))
+                reply = self._control(request)
+            except Exception as e:  # noqa: BLE001
+                reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+            try:
+                conn.sendall(json.dumps(reply).encode() + b"\n")
+            except OSError:
+                pass
+
+    def _control(self, request: dict[str, Any]) -> dict[str, Any]:
+        now = self.clock()
+        cmd = request.get("cmd")
+        if cmd == "bans":
+            return {"ok": True, "bans": [_record_json(r, now) for r in self.store.active(now)]}
+        if cmd == "unban":
+            import ipaddress
+
+            net = ipaddress.ip_network(str(request.get("network")), strict=False)
+            network = self.engine.ban_network(self.engine.ban_key(net.network_address.packed))
+            found = self.store.remove(network)
+            self.engine.remove_ban(network)
+            try:
+                in_kernel = self.firewall.unban(network)
+            except FirewallError as e:
+                return {"ok": False, "error": str(e)}
+            self._store_dirty = True
+            self._save(now, force=True)
+            self.events.emit({"event": "unban", "time": round(now, 3), "network": network})
+            return {"ok": True, "network": network, "was_banned": found or in_kernel}
+        if cmd == "status":
+            return {"ok": True, "pid": os.getpid(), "mode": self.config.mode, "queue": self.config.service.queue,
+                    "uptime": round(now - self.started, 1), "packets": self.engine.packets,
+                    "bans_active": len(self.store.active(now)), "counts": dict(self.runner.counts),
+                    "engine": self.engine.stats(), "queues": [q.__dict__ for q in queue_stats()]}
+        return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+
+def _read_line(conn: socket.socket, limit: int = 65536) -> bytes:
+    buf = b""
+    while b"\n" not in buf and len(buf) < limit:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        buf += chunk
+    return buf.split(b"\n", 1)[0]
+
+
+def _record_json(r: BanRecord, now: float) -> dict[str, Any]:
+    return {"network": r.network, "reason": r.reason, "rule": r.rule, "seconds_left": int(r.expires - now),
+            "expires_at": now_iso(r.expires)}
+
+
+def control_request(path: str, request: dict[str, Any], timeout: float = 3.0) -> dict[str, Any] | None:
+    """Ask a running service; None if none answers on ``path``."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        line = _read_line(sock)
+    except (FileNotFoundError, ConnectionRefusedError):
+        return None
+    finally:
+        sock.close()
+    return json.loads(line) if line else None
+
+
+def run_service(config_path: str | None, rules_path: str | None, overrides: dict[str, Any]) -> int:
+    service = Service(config_path, rules_path, overrides)
+    try:
+        service.start()
+    except ServiceError as e:
+        print(f"inspector: error: {e}", file=sys.stderr)
+        return 1
+    print(f"inspector: running on queue {service.config.service.queue} ({service.config.mode} mode)",
+          file=sys.stderr)
+    return service.run()
