@@ -147,3 +147,15 @@ def test_service_errors(tmp_path, text, message):
     with pytest.raises(ConfigError) as e:
         load_config(p)
     assert str(e.value).startswith(f"{p}:2: ") and message in str(e.value)
+
+
+def test_shipped_example_config_is_valid():
+    from pathlib import Path
+
+    from inspector.config import DEFAULT_RULES
+
+    example = Path(__file__).resolve().parent.parent / "packaging" / "inspector.toml"
+    cfg = load_config(example, DEFAULT_RULES)  # its rules path points at /opt/inspector
+    assert cfg.rates[0].ports == (25,) and cfg.rates[0].limit == 30
+    assert cfg.service.events == "/var/log/inspector/events.jsonl" and cfg.service.syslog
+    assert load_rules(cfg.rules).counts[DOMAIN] >= 1
