@@ -23,6 +23,8 @@ from .verdict import ACCEPT, Action, Reason
 
 __all__ = ["Runner", "QueuedPacket", "ResetSender", "RawResetSender"]
 
+ALERT_REPEAT = 60.0  # seconds between two alert-mode reports of the same would-be-banned source
+
 
 class QueuedPacket(Protocol):
     """What NetfilterQueue's packet offers (and the fake in tests)."""
@@ -67,6 +69,7 @@ class Runner:
         self.store = store
         self.clock = clock
         self.counts: Counter[str] = Counter()
+        self._alerted: dict[str, float] = {}  # alert mode: when each would-be-banned source was last reported
 
     def handle(self, packet: QueuedPacket) -> None:
         data = packet.get_payload()
@@ -104,9 +107,18 @@ class Runner:
             return
         v = decision.verdict
         if v.reason is Reason.BANNED:
-            # the kernel drops banned sources; these slipped through before the ipset entry
-            self.counts["banned-late"] += 1
-            return
+            if not v.alert:
+                # the kernel drops banned sources; these slipped through before the ipset entry
+                self.counts["banned-late"] += 1
+                return
+            # alert mode: enforce mode would drop this source from now on; say so once a minute
+            last = self._alerted.get(decision.src)
+            if last is not None and now - last < ALERT_REPEAT:
+                self.counts["banned-alerts-quiet"] += 1
+                return
+            if len(self._alerted) > 100_000:
+                self._alerted.clear()
+            self._alerted[decision.src] = now
         event: dict[str, Any] = {"event": "verdict", **decision.as_dict()}
         self.events.emit(event)
         if v.ban and not v.alert and decision.ban_network:

@@ -217,7 +217,8 @@ do_install() {
         pidfile=$(try_pidfile)
         mkdir -p "$(dirname "$pidfile")"
         cancel_try || true
-        setsid bash -c "sleep $seconds && '$0' remove >/dev/null 2>&1; rm -f '$pidfile'" </dev/null >/dev/null 2>&1 &
+        # the timer removes its own pidfile first: remove must not cancel (kill) the timer running it
+        setsid bash -c "sleep $seconds && rm -f '$pidfile' && '$0' remove >/dev/null 2>&1" </dev/null >/dev/null 2>&1 &
         echo $! > "$pidfile"
         say "trial: everything is removed again in $TRY minute(s) unless you run: $0 confirm"
     fi

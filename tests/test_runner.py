@@ -94,3 +94,14 @@ def test_reset_sender_failure_still_gives_a_verdict(make_engine, tmp_path):
 def test_ban_line_format():
     assert ban_line("198.51.100.7", 86400, "domain", "blocked.test", 25) == \
         "inspector-ban: 198.51.100.7 banned for 86400s reason=domain rule=blocked.test dport=25"
+
+
+def test_alert_mode_reports_a_would_be_banned_source_once_a_minute(make_engine, tmp_path):
+    runner, fw, events, _, _, now = make(make_engine, tmp_path, mode="alert", domains="")
+    feed(runner, [Conn(sport=5000 + i, dport=22).syn() for i in range(5)])  # the 5th: rate alert
+    feed(runner, [Conn(sport=6000 + i, dport=22).syn() for i in range(3)])  # would be dropped as banned
+    now[0] += 61
+    feed(runner, [Conn(sport=7000, dport=22).syn()])
+    reasons = [(e["reason"], e.get("alert")) for e in events.events]
+    assert reasons == [("rate", True), ("banned", True), ("banned", True)]
+    assert fw.calls == [] and runner.counts["banned-alerts-quiet"] == 2
