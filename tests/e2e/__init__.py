@@ -1,0 +1,1 @@
+"""End-to-end tests: the inspector inline between a client and a server namespace."""

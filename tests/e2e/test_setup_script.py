@@ -1,0 +1,109 @@
+"""scripts/setup-nfqueue.sh in a namespace: install, status, remove restores the rules exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .bed import CLIENTS, PY, SERVER, SETUP, Bed, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.mark.parametrize("preexisting", [True, False], ids=["with-admin-rules", "empty-firewall"])
+def test_remove_restores_the_rules_exactly(net: Bed, preexisting: bool) -> None:
+    if not SETUP.exists():
+        pytest.fail(f"{SETUP} is missing")
+    if preexisting:
+        net.preexisting_rules()
+    before = net.snapshot_rules()
+    net.install()
+    installed = net.snapshot_rules()
+    assert installed != before
+    assert any("INSPECTOR" in line for line in installed["iptables-save"])
+    assert any("INSPECTOR" in line for line in installed["ip6tables-save"])
+    status = net.setup("status")
+    assert "INSPECTOR" in status.stdout, status.stdout
+    net.install()  # idempotent: a second install changes nothing
+    assert net.snapshot_rules() == installed
+
+    r = net.setup("remove")
+    net.installed = False
+    assert net.snapshot_rules() == before
+    assert "inspector-ban4" not in net.s("ipset", "list", "-n").stdout
+    assert net.setup("remove").returncode == 0  # twice is fine
+    assert net.snapshot_rules() == before, r.stdout
+    # traffic flows as before
+    assert net.smtp(CLIENTS[4]["a"], ["user@example.org"])["delivered"]
+
+
+def _chain_installed(bed: Bed) -> bool:
+    return bed.s("iptables", "-S", "INSPECTOR", check=False).returncode == 0
+
+
+def _try_pidfile(bed: Bed) -> Path:
+    """Where the setup script keeps the trial timer's PID for this namespace."""
+    inode = bed.s("stat", "-L", "-c", "%i", "/proc/self/ns/net").stdout.strip()
+    return Path(f"/run/inspector/setup-try-{inode}.pid")
+
+
+def _drop_stale_pidfile(pidfile: Path) -> None:
+    # A pidfile whose timer is gone would make a later `remove` (teardown) signal whatever
+    # process group reuses that PID: delete it.  A live timer is left to `remove` to cancel.
+    try:
+        pid = int(pidfile.read_text())
+    except (OSError, ValueError):
+        return
+    if not Path(f"/proc/{pid}").exists():
+        pidfile.unlink(missing_ok=True)
+
+
+def test_try_removes_everything_unless_confirmed(net: Bed) -> None:
+    net.preexisting_rules()
+    before = net.snapshot_rules()
+    pidfile = _try_pidfile(net)
+    try:
+        net.install("--try", "0.02")  # about one second
+        assert _chain_installed(net)
+        assert pidfile.exists()
+        wait_for(lambda: not _chain_installed(net), 6, interval=0.2, what="the trial to remove the chain")
+        wait_for(lambda: net.snapshot_rules() == before, 3, interval=0.2, what="the rules of before")
+        wait_for(lambda: not pidfile.exists(), 3, interval=0.1, what="the trial's pidfile to go")
+    finally:
+        _drop_stale_pidfile(pidfile)
+
+
+def test_confirm_keeps_the_rules_and_ends_the_timer(net: Bed) -> None:
+    pidfile = _try_pidfile(net)
+    net.install("--try", "1")
+    assert "trial pending" in net.setup("status").stdout
+    timer = int(pidfile.read_text())
+    r = net.setup("confirm")
+    assert "confirmed" in r.stdout, r.stdout
+    assert not pidfile.exists()
+    wait_for(lambda: not Path(f"/proc/{timer}").exists(), 3, what="the trial timer to end")
+    assert _chain_installed(net)
+    assert "trial pending" not in net.setup("status").stdout
+
+
+NEW_ACK = r"""
+import sys
+from scapy.all import IP, IPv6, TCP, conf, sr1
+conf.verb = 0
+src, dst = sys.argv[1], sys.argv[2]
+ip = IPv6(src=src, dst=dst) if ":" in src else IP(src=src, dst=dst)
+answer = sr1(ip / TCP(sport=40404, dport=25, flags="A", seq=1000, ack=2000), timeout=1)
+print("answer" if answer is not None else "none")
+"""
+
+
+@pytest.mark.parametrize("v", [4, 6], ids=["ipv4", "ipv6"])
+def test_new_connection_without_syn_is_dropped(bed: Bed, v: int) -> None:
+    """A stray ACK (no connection) gets no RST from the server: the chain drops NEW without SYN."""
+    r = bed.c(PY, "-c", NEW_ACK, CLIENTS[v]["b"], SERVER[v], timeout=30)
+    assert r.stdout.strip() == "none", r.stdout + r.stderr
+    tool = "iptables" if v == 4 else "ip6tables"
+    listing = bed.s(tool, "-L", "INSPECTOR", "-v", "-n", "-x").stdout
+    [rule] = [line for line in listing.splitlines() if "ctstate NEW" in line]
+    assert int(rule.split()[0]) >= 1, listing
