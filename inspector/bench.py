@@ -18,7 +18,6 @@ from pathlib import Path
 from .config import Config
 from .engine import Engine
 from .rules import DOMAIN, RuleFile, load_rules
-from .verdict import ACCEPT
 
 SERVER4 = bytes([192, 0, 2, 25])
 SERVER6 = ipaddress.IPv6Address("2001:db8::25").packed
@@ -156,7 +155,7 @@ def run_engine(engine: Engine, workload: list[tuple[float, bytes]]) -> tuple[flo
     blocked = 0
     started = time.process_time()
     for ts, data in workload:
-        if process(data, ts) is not ACCEPT:
+        if process(data, ts).reason is not None:
             blocked += 1
     return time.process_time() - started, blocked
 

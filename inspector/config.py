@@ -49,6 +49,8 @@ class ServiceSettings:
     ipset_v4: str = "inspector-ban4"
     ipset_v6: str = "inspector-ban6"
     maxelem: int = 1_000_000
+    mark: int = 0x40000000  # packet/connection mark bit for decided flows (setup-nfqueue.sh --mark)
+    workers: int = 1  # queues queue..queue+workers-1 (setup-nfqueue.sh --workers)
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,8 @@ _KNOWN: dict[str, dict[str, type | tuple[type, ...]]] = {
     "bans": {"domain": int, "payload": int, "tcp_flags": int},
     "whitelist": {"cidrs": list},
     "service": {"queue": int, "queue_maxlen": int, "fail_open": bool, "state_file": str, "events": str,
-                "syslog": bool, "control_socket": str, "ipset_v4": str, "ipset_v6": str, "maxelem": int},
+                "syslog": bool, "control_socket": str, "ipset_v4": str, "ipset_v6": str, "maxelem": int,
+                "mark": int, "workers": int},
 }
 # sections owned by later stages (log sources, metrics): kept, checked there
 _PASSTHROUGH = {"logs", "metrics", "log"}
@@ -275,6 +278,13 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
         settings["queue"] = _bounded(svc["queue"], 0, 65535, lambda m: fail("service", "queue", m))
     if "queue_maxlen" in svc:
         settings["queue_maxlen"] = _bounded(svc["queue_maxlen"], 1, 1 << 20, lambda m: fail("service", "queue_maxlen", m))
+    if "mark" in svc:
+        mark = svc["mark"]
+        if not isinstance(mark, int) or mark <= 0 or mark > 0xFFFFFFFF or mark & (mark - 1):
+            raise fail("service", "mark", f"must be a single bit such as 0x40000000, not {mark!r}")
+        settings["mark"] = mark
+    if "workers" in svc:
+        settings["workers"] = _bounded(svc["workers"], 1, 64, lambda m: fail("service", "workers", m))
     if "maxelem" in svc:
         settings["maxelem"] = _bounded(svc["maxelem"], 1, 1 << 27, lambda m: fail("service", "maxelem", m))
     for key in ("ipset_v4", "ipset_v6"):

@@ -23,7 +23,7 @@ from .flow import PAYLOAD, SMTP, Flow, FlowTable
 from .packet import ACK, FIN, PSH, RST, SYN, URG, Malformed, decode, format_addr
 from .rules import RuleSet
 from .stream import Stream
-from .verdict import ACCEPT, Action, Reason, Verdict
+from .verdict import ACCEPT, ACCEPT_FINAL, Action, Reason, Verdict
 
 __all__ = ["Engine", "Decision", "Ban"]
 
@@ -167,8 +167,11 @@ class Engine:
                 table.sweep(now)
 
             verdict = ACCEPT
-            if pend > poff and not flow.done:
-                verdict = self._inspect(flow, seq, data[poff:pend], data, d, now)
+            if pend > poff:
+                if not flow.done:
+                    verdict = self._inspect(flow, seq, data[poff:pend], data, d, now)
+                if verdict is ACCEPT and flow.done and not flow.blocked:
+                    verdict = ACCEPT_FINAL
             if f & (FIN | RST) and self._ends(flow, seq, pend - poff):
                 flows.pop(key, None)
             return verdict

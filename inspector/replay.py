@@ -15,7 +15,6 @@ from typing import IO
 
 from .engine import Engine
 from .sources.pcap import CaptureError, CaptureReader
-from .verdict import ACCEPT
 
 
 @dataclass
@@ -32,7 +31,7 @@ def run(engine: Engine, packets: Iterable[tuple[float, bytes]], emit: Callable[[
     process = engine.process
     for ts, data in packets:
         v = process(data, ts)
-        if v is not ACCEPT:
+        if v.reason is not None:
             decision = engine.last_decision
             assert decision is not None
             verdicts[v.reason.value if v.reason else v.action.value] += 1

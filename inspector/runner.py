@@ -19,7 +19,7 @@ from .engine import Engine
 from .events import EventSink
 from .firewall import Firewall
 from .respond.reset import rst_for_client, rst_for_server
-from .verdict import ACCEPT, Action, Reason
+from .verdict import ACCEPT, ACCEPT_FINAL, Action, Reason
 
 __all__ = ["Runner", "QueuedPacket", "ResetSender", "RawResetSender"]
 
@@ -31,6 +31,9 @@ class QueuedPacket(Protocol):
 
     def get_payload(self) -> bytes: ...
     def set_payload(self, payload: bytes) -> None: ...
+    def get_mark(self) -> int: ...
+    def set_mark(self, mark: int) -> None: ...
+    def repeat(self) -> None: ...
     def accept(self) -> None: ...
     def drop(self) -> None: ...
 
@@ -61,7 +64,9 @@ class Runner:
     """Drives one engine from a packet source; see the module docstring."""
 
     def __init__(self, engine: Engine, firewall: Firewall, resets: ResetSender, events: EventSink,
-                 store: BanStore, clock: Callable[[], float]) -> None:
+                 store: BanStore, clock: Callable[[], float], mark: int = 0) -> None:
+        # mark: the packet-mark bit that tells the kernel a connection is decided (0: never mark)
+        self.mark = mark
         self.engine = engine
         self.firewall = firewall
         self.resets = resets
@@ -77,6 +82,17 @@ class Runner:
         verdict = self.engine.process(data, now)
         if verdict is ACCEPT:
             packet.accept()
+            return
+        if verdict is ACCEPT_FINAL:
+            # nothing more to inspect: mark the packet and let it traverse the chain again
+            # (repeat); the chain saves the mark on the connection, whose later packets
+            # then never leave the kernel
+            if self.mark:
+                packet.set_mark(packet.get_mark() | self.mark)
+                packet.repeat()
+            else:
+                packet.accept()
+            self.counts["decided"] += 1
             return
         applied = verdict.applied
         if applied is Action.ACCEPT:

@@ -120,7 +120,8 @@ class Service:
             self.resets = RawResetSender()
         except OSError as e:
             raise ServiceError(f"cannot open raw sockets for resets: {e}") from None
-        self.runner = Runner(self.engine, self.firewall, self.resets, self.events, self.store, self.clock)
+        self.runner = Runner(self.engine, self.firewall, self.resets, self.events, self.store, self.clock,
+                             mark=svc.mark)
         restored = self._restore_bans()
 
         self.nfq = NetfilterQueue()

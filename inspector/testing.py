@@ -75,6 +75,9 @@ class FakePacket:
     def set_payload(self, payload: bytes) -> None:
         self.payload = payload
 
+    def get_mark(self) -> int:
+        return self.mark or 0
+
     def set_mark(self, mark: int) -> None:
         self.mark = mark
 

@@ -40,6 +40,7 @@ class Verdict:
     ban: int = 0
     alert: bool = False
     detail: str | None = None
+    final: bool = False  # accept, and nothing more of this connection needs inspecting
 
     @property
     def applied(self) -> Action:
@@ -47,3 +48,5 @@ class Verdict:
 
 
 ACCEPT = Verdict(Action.ACCEPT)
+# the flow is decided: the kernel may let the rest of the connection through (connmark)
+ACCEPT_FINAL = Verdict(Action.ACCEPT, final=True)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # setup-nfqueue.sh — install, remove or show the kernel side of inspector.
 #
-#   setup-nfqueue.sh install [--queue N] [--ports 25,22] [--whitelist CIDR]... [--try MINUTES]
-#                            [--no-ssh-whitelist] [--connbytes BYTES] [--maxelem N] [--no-ipv6]
+#   setup-nfqueue.sh install [--queue N] [--workers N] [--ports 25,22] [--whitelist CIDR]...
+#                            [--try MINUTES] [--no-ssh-whitelist] [--mark BIT] [--maxelem N] [--no-ipv6]
 #   setup-nfqueue.sh remove
 #   setup-nfqueue.sh status
 #   setup-nfqueue.sh confirm          # keep rules installed with --try
@@ -15,8 +15,12 @@
 #             whitelisted source                -> RETURN (never inspected, limited or banned)
 #             conntrack INVALID (bad checksums)  -> DROP   (cannot desync the inspector's reassembly)
 #             TCP NEW without SYN               -> DROP   (the seeds' "! --syn --state NEW")
-#             connection marked decided (0x1)   -> RETURN (nothing left to inspect)
-#             first BYTES of the connection     -> NFQUEUE --queue-bypass (flows when no inspector runs)
+#             packet marked decided by inspector -> save the mark on the connection, RETURN
+#             connection marked decided          -> RETURN (nothing left to inspect: stays in the kernel)
+#             SYN, or a segment with payload     -> NFQUEUE --queue-bypass (pure ACKs never leave the
+#                                                   kernel; with --workers N, IPv4 is spread over queues
+#                                                   N..N+workers-1 by address pair, IPv6 uses queue N so
+#                                                   that a /64 is always counted by one worker)
 # It never locks out the SSH session it runs from: that client's address is whitelisted
 # unless --no-ssh-whitelist. With --try MINUTES everything is removed again after MINUTES
 # unless "setup-nfqueue.sh confirm" is run (the seeds' 10-minute safety net).
@@ -27,7 +31,10 @@ set -euo pipefail
 CHAIN=INSPECTOR
 BAN4=inspector-ban4 BAN6=inspector-ban6 WHITE4=inspector-white4 WHITE6=inspector-white6
 TAG=inspector-setup
-QUEUE=0 PORTS=25,22 TRY="" SSH_WHITELIST=1 CONNBYTES=16384 MAXELEM=1000000 IPV6=1
+QUEUE=0 WORKERS=1 PORTS=25,22 TRY="" SSH_WHITELIST=1 MARK=0x40000000 MAXELEM=1000000 IPV6=1
+# "SYN, or TCP payload" as classic BPF (python -m inspector.bpf 4|6; tests/test_bpf.py keeps them in step)
+BPF4="18,48 0 0 9,21 0 14 6,40 0 0 6,69 12 0 16383,177 0 0 0,80 0 0 13,69 9 0 2,80 0 0 12,84 0 0 240,116 0 0 2,12 0 0 0,2 0 0 0,40 0 0 2,97 0 0 0,28 0 0 0,21 1 0 0,6 0 0 1,6 0 0 0"
+BPF6="13,48 0 0 6,21 0 9 6,48 0 0 53,69 7 0 2,48 0 0 52,84 0 0 240,116 0 0 2,7 0 0 0,40 0 0 4,28 0 0 0,21 1 0 0,6 0 0 1,6 0 0 0"
 WHITELIST=()
 
 die() { echo "setup-nfqueue: error: $*" >&2; exit 1; }
@@ -44,7 +51,8 @@ while [ $# -gt 0 ]; do
         --whitelist) WHITELIST+=("${2:?}"); shift ;;
         --try) TRY=${2:?}; shift ;;
         --no-ssh-whitelist) SSH_WHITELIST=0 ;;
-        --connbytes) CONNBYTES=${2:?}; shift ;;
+        --workers) WORKERS=${2:?}; shift ;;
+        --mark) MARK=${2:?}; shift ;;
         --maxelem) MAXELEM=${2:?}; shift ;;
         --no-ipv6) IPV6=0 ;;
         -h|--help) usage ;;
@@ -54,7 +62,10 @@ while [ $# -gt 0 ]; do
 done
 [[ $QUEUE =~ ^[0-9]+$ ]] && [ "$QUEUE" -le 65535 ] || die "--queue must be 0..65535"
 [[ $PORTS =~ ^[0-9]+(,[0-9]+)*$ ]] || die "--ports must be a comma-separated list of ports, e.g. 25,22"
-[[ $CONNBYTES =~ ^[0-9]+$ ]] || die "--connbytes must be a number of bytes"
+[[ $WORKERS =~ ^[0-9]+$ ]] && [ "$WORKERS" -ge 1 ] && [ $((QUEUE + WORKERS - 1)) -le 65535 ] \
+    || die "--workers must be at least 1 (queues --queue .. --queue+workers-1)"
+[[ $MARK =~ ^0x[0-9a-fA-F]{1,8}$ ]] && [ $((MARK & (MARK - 1))) = 0 ] && [ $((MARK)) != 0 ] \
+    || die "--mark must be a single bit in hex, e.g. 0x40000000"
 [[ $MAXELEM =~ ^[0-9]+$ ]] || die "--maxelem must be a number"
 
 families() { echo 4; [ "$IPV6" = 1 ] && echo 6; return 0; }
@@ -63,6 +74,14 @@ ipt_save() { if [ "$1" = 4 ]; then iptables-save; else ip6tables-save; fi; }
 nft_family() { if [ "$1" = 4 ]; then echo ip; else echo ip6; fi; }
 ban_set() { if [ "$1" = 4 ]; then echo $BAN4; else echo $BAN6; fi; }
 white_set() { if [ "$1" = 4 ]; then echo $WHITE4; else echo $WHITE6; fi; }
+bpf() { if [ "$1" = 4 ]; then echo "$BPF4"; else echo "$BPF6"; fi; }
+queue_target() {
+    if [ "$1" = 4 ] && [ "$WORKERS" -gt 1 ]; then
+        echo "-j NFQUEUE --queue-balance $QUEUE:$((QUEUE + WORKERS - 1)) --queue-bypass"
+    else
+        echo "-j NFQUEUE --queue-num $QUEUE --queue-bypass"
+    fi
+}
 netns_id() { stat -L -c %i /proc/self/ns/net; }
 try_pidfile() { echo "/run/inspector/setup-try-$(netns_id).pid"; }
 
@@ -82,21 +101,40 @@ probe_kernel() {
         "ipset match (xt_set)|-m set --match-set $set src -j DROP"
         "conntrack match|-m conntrack --ctstate INVALID -j DROP"
         "connmark match|-m connmark --mark 0x1/0x1 -j RETURN"
-        "connbytes match|-m connbytes --connbytes 0:$CONNBYTES --connbytes-dir original --connbytes-mode bytes -j RETURN"
+        "mark match|-m mark --mark $MARK/$MARK -j RETURN"
+        "CONNMARK target|-j CONNMARK --save-mark --nfmask $MARK --ctmask $MARK"
         "multiport match|-p tcp -m multiport --dports $PORTS -j RETURN"
         "comment match|-m comment --comment probe -j RETURN"
-        "NFQUEUE target|-j NFQUEUE --queue-num $QUEUE --queue-bypass"
+        "NFQUEUE target|$(queue_target "$fam")"
     )
     for check in "${checks[@]}"; do
         local name=${check%%|*} rule=${check#*|}
         # shellcheck disable=SC2086
         if ! out=$(ipt "$fam" -A $probe $rule 2>&1); then
-            ipt "$fam" -F $probe; ipt "$fam" -X $probe
-            die "the kernel lacks the $name for IPv$fam ($out); nothing was changed"
+            probe_failed "$fam" "$name" "$out"
         fi
     done
+    if ! out=$(ipt "$fam" -A $probe -m bpf --bytecode "$(bpf "$fam")" -j RETURN 2>&1); then
+        probe_failed "$fam" "bpf match (xt_bpf)" "$out"
+    fi
     ipt "$fam" -F $probe
     ipt "$fam" -X $probe
+}
+
+probe_failed() {
+    # undo what install did so far (the probe chain, a table it created, sets it created)
+    local fam=$1 name=$2 out=$3 f
+    for f in 4 6; do
+        ipt "$f" -F INSPECTOR-PROBE 2>/dev/null && ipt "$f" -X INSPECTOR-PROBE 2>/dev/null
+        if [ "${HAD_TABLE[$f]:-old}" = new ] && [ "$(ipt "$f" -S 2>/dev/null | grep -cv '^-P .* ACCEPT$')" = 0 ]; then
+            nft delete table "$(nft_family "$f")" filter 2>/dev/null || true
+        fi
+        if [ "${HAD_SETS[$f]:-yes}" = no ]; then
+            ipset destroy "$(ban_set "$f")" 2>/dev/null || true
+            ipset destroy "$(white_set "$f")" 2>/dev/null || true
+        fi
+    done
+    die "the kernel lacks the $name for IPv$fam (${out%%$'\n'*}); nothing was changed"
 }
 
 table_existed() { ipt_save "$1" | grep -q '^\*filter'; }
@@ -120,14 +158,14 @@ ssh_client() {
 }
 
 install_family() {
-    # $2/$3: the conntrack accounting setting and whether the filter table existed before
-    # install touched anything (adding a connbytes rule makes the kernel force accounting on)
-    local fam=$1 acct=$2 had_table=$3
+    # $2: whether the filter table existed before install touched anything (old/new),
+    # recorded in the jump rule's comment so that remove can give the host back as it was
+    local fam=$1 had_table=$2
     if ipt "$fam" -S $CHAIN >/dev/null 2>&1; then
         # reinstall: keep the state recorded by the first install
         local recorded
-        recorded=$(ipt_save "$fam" | sed -n "s/.*--comment \"\{0,1\}$TAG acct=\([01]\) table=\([a-z]*\).*/\1 \2/p" | head -1)
-        if [ -n "$recorded" ]; then acct=${recorded% *}; had_table=${recorded#* }; fi
+        recorded=$(ipt_save "$fam" | sed -n "s/.*--comment \"\{0,1\}$TAG table=\([a-z]*\).*/\1/p" | head -1)
+        if [ -n "$recorded" ]; then had_table=$recorded; fi
         remove_jumps "$fam"
         ipt "$fam" -F $CHAIN
     else
@@ -139,12 +177,14 @@ install_family() {
     ipt "$fam" -A $CHAIN -m set --match-set "$white" src -j RETURN
     ipt "$fam" -A $CHAIN -m conntrack --ctstate INVALID -j DROP
     ipt "$fam" -A $CHAIN -p tcp ! --syn -m conntrack --ctstate NEW -j DROP
-    ipt "$fam" -A $CHAIN -m connmark --mark 0x1/0x1 -j RETURN
-    ipt "$fam" -A $CHAIN -m connbytes --connbytes 0:"$CONNBYTES" --connbytes-dir original \
-        --connbytes-mode bytes -j NFQUEUE --queue-num "$QUEUE" --queue-bypass
+    ipt "$fam" -A $CHAIN -m mark --mark "$MARK/$MARK" -j CONNMARK --save-mark --nfmask "$MARK" --ctmask "$MARK"
+    ipt "$fam" -A $CHAIN -m mark --mark "$MARK/$MARK" -j RETURN
+    ipt "$fam" -A $CHAIN -m connmark --mark "$MARK/$MARK" -j RETURN
+    # shellcheck disable=SC2046
+    ipt "$fam" -A $CHAIN -m bpf --bytecode "$(bpf "$fam")" $(queue_target "$fam")
     ipt "$fam" -A $CHAIN -j RETURN
     ipt "$fam" -I INPUT 1 -p tcp -m multiport --dports "$PORTS" ! -i lo \
-        -m comment --comment "$TAG acct=$acct table=$had_table" -j $CHAIN
+        -m comment --comment "$TAG table=$had_table" -j $CHAIN
 }
 
 remove_jumps() {
@@ -157,9 +197,9 @@ remove_jumps() {
 }
 
 remove_family() {
-    local fam=$1 recorded acct="" had_table=old
-    recorded=$(ipt_save "$fam" 2>/dev/null | sed -n "s/.*--comment \"\{0,1\}$TAG acct=\([01]\) table=\([a-z]*\).*/\1 \2/p" | head -1)
-    if [ -n "$recorded" ]; then acct=${recorded% *}; had_table=${recorded#* }; fi
+    local fam=$1 recorded had_table=old
+    recorded=$(ipt_save "$fam" 2>/dev/null | sed -n "s/.*--comment \"\{0,1\}$TAG table=\([a-z]*\).*/\1/p" | head -1)
+    if [ -n "$recorded" ]; then had_table=$recorded; fi
     remove_jumps "$fam"
     if ipt "$fam" -S $CHAIN >/dev/null 2>&1; then
         ipt "$fam" -F $CHAIN
@@ -171,9 +211,6 @@ remove_family() {
     for set in "$(ban_set "$fam")" "$(white_set "$fam")"; do
         ipset destroy "$set" 2>/dev/null || true
     done
-    if [ -n "$acct" ] && [ "$fam" = 4 ]; then
-        sysctl -qw net.netfilter.nf_conntrack_acct="$acct" || true
-    fi
 }
 
 cancel_try() {
@@ -190,14 +227,14 @@ cancel_try() {
 
 do_install() {
     need_root
-    local acct
-    declare -A had_table
-    acct=$(sysctl -n net.netfilter.nf_conntrack_acct 2>/dev/null || echo 0)
-    for fam in $(families); do had_table[$fam]=$(table_existed "$fam" && echo old || echo new); done
+    declare -gA HAD_TABLE HAD_SETS
+    for fam in $(families); do
+        HAD_TABLE[$fam]=$(table_existed "$fam" && echo old || echo new)
+        HAD_SETS[$fam]=$(ipset list -n "$(ban_set "$fam")" >/dev/null 2>&1 && echo yes || echo no)
+    done
     for fam in $(families); do create_sets "$fam"; done
     for fam in $(families); do probe_kernel "$fam"; done
-    for fam in $(families); do install_family "$fam" "$acct" "${had_table[$fam]}"; done
-    sysctl -qw net.netfilter.nf_conntrack_acct=1 || die "cannot enable conntrack accounting (connbytes needs it)"
+    for fam in $(families); do install_family "$fam" "${HAD_TABLE[$fam]}"; done
     local wl=("${WHITELIST[@]}")
     if [ "$SSH_WHITELIST" = 1 ]; then
         local me; me=$(ssh_client)
@@ -210,7 +247,7 @@ do_install() {
             ipset add -exist $WHITE4 "$cidr"
         fi || die "cannot whitelist $cidr"
     done
-    say "installed: ports $PORTS -> NFQUEUE $QUEUE (bypass when no inspector runs), bans in $BAN4/$BAN6"
+    say "installed: ports $PORTS -> NFQUEUE $QUEUE$([ "$WORKERS" -gt 1 ] && echo "..$((QUEUE + WORKERS - 1))") (bypass when no inspector runs), bans in $BAN4/$BAN6"
     if [ -n "$TRY" ]; then
         local seconds pidfile
         seconds=$(awk -v m="$TRY" 'BEGIN { s = m * 60; if (s < 1) s = 1; printf "%d", s }')

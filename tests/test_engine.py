@@ -9,7 +9,7 @@ def run(engine: Engine, packets, start=0.0, step=0.01):
     out = []
     for i, p in enumerate(packets):
         v = engine.process(p, start + i * step)
-        if v is not ACCEPT:
+        if v.reason is not None:
             out.append(v)
     return out
 
@@ -195,3 +195,18 @@ def test_malformed_names_its_source_when_readable(make_engine):
     assert (v.reason, v.detail) == (Reason.MALFORMED, "fragment")
     assert (e.last_decision.src, e.last_decision.dst) == ("198.51.100.7", "192.0.2.25")
     assert not e.bans
+
+
+def test_decided_flow_gets_final_accept(make_engine):
+    from inspector.verdict import ACCEPT_FINAL
+
+    e = make_engine(depth=64)
+    c = Conn()
+    out = [e.process(p, i * 0.01) for i, p in enumerate([c.syn(), c.send(b"EHLO a\r\n"), c.send(b"x" * 100),
+                                                          c.send(b"more data")])]
+    assert out[0] is ACCEPT and out[1] is ACCEPT
+    assert out[2] is ACCEPT_FINAL and out[3] is ACCEPT_FINAL  # depth reached: nothing more to inspect
+    s = Conn(sport=2)
+    tls = [e.process(p, 1 + i * 0.01) for i, p in enumerate([s.syn(), s.send(b"STARTTLS\r\n"),
+                                                              s.send(b"\x16\x03\x01\x00\x05hello")])]
+    assert tls[1] is ACCEPT and tls[2] is ACCEPT_FINAL

@@ -105,3 +105,12 @@ def test_alert_mode_reports_a_would_be_banned_source_once_a_minute(make_engine, 
     reasons = [(e["reason"], e.get("alert")) for e in events.events]
     assert reasons == [("rate", True), ("banned", True), ("banned", True)]
     assert fw.calls == [] and runner.counts["banned-alerts-quiet"] == 2
+
+
+def test_decided_flow_is_marked_and_repeated(make_engine, tmp_path):
+    runner, *_ = make(make_engine, tmp_path, depth=64)
+    runner.mark = 0x40000000
+    c = Conn()
+    packets = feed(runner, [c.syn(), c.send(b"EHLO a\r\n"), c.send(b"x" * 100)])
+    assert [p.verdict for p in packets] == ["accept", "accept", "repeat"]
+    assert packets[2].mark == 0x40000000 and runner.counts["decided"] == 1
