@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--queue", type=int, metavar="N", help="NFQUEUE number (default: [service] queue, 0)")
     p.add_argument("--ban-time", type=int, metavar="SECONDS", help="ban duration for every reason")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="worker processes on queues N..N+workers-1 (default: as the installed rules spread them)")
     p.add_argument("--alert", action="store_true", help="alert mode: report what would be done, accept everything")
 
     p = sub.add_parser("bans", help="list current bans with the time left")
@@ -69,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .service import run_service
 
             return run_service(args.config, args.rules, {"queue": args.queue, "ban_time": args.ban_time,
-                                                          "alert": args.alert})
+                                                          "alert": args.alert, "workers": args.workers})
         if args.command == "bans":
             from .admin import list_bans
 

@@ -50,7 +50,7 @@ class ServiceSettings:
     ipset_v6: str = "inspector-ban6"
     maxelem: int = 1_000_000
     mark: int = 0x40000000  # packet/connection mark bit for decided flows (setup-nfqueue.sh --mark)
-    workers: int = 1  # queues queue..queue+workers-1 (setup-nfqueue.sh --workers)
+    workers: int = 0  # queues queue..queue+workers-1; 0: as many as the installed rules use
 
 
 @dataclass(frozen=True)
@@ -284,7 +284,7 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
             raise fail("service", "mark", f"must be a single bit such as 0x40000000, not {mark!r}")
         settings["mark"] = mark
     if "workers" in svc:
-        settings["workers"] = _bounded(svc["workers"], 1, 64, lambda m: fail("service", "workers", m))
+        settings["workers"] = _bounded(svc["workers"], 0, 64, lambda m: fail("service", "workers", m))
     if "maxelem" in svc:
         settings["maxelem"] = _bounded(svc["maxelem"], 1, 1 << 27, lambda m: fail("service", "maxelem", m))
     for key in ("ipset_v4", "ipset_v6"):

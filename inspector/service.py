@@ -107,7 +107,7 @@ class Service:
                                "(needs Debian's libnetfilter-queue-dev)") from None
         self.config = config
         svc = config.service
-        self.events = _Fanout(self._sinks(config))
+        self.events = self._make_events(config)
         try:
             self.firewall = IpsetFirewall(SetNames(svc.ipset_v4, svc.ipset_v6), svc.maxelem,
                                           config.ipv4_prefix, config.ipv6_prefix)
@@ -115,7 +115,7 @@ class Service:
         except FirewallError as e:
             raise ServiceError(str(e)) from None
         self.engine = Engine(config, rules)
-        self.store = BanStore(Path(svc.state_file))
+        self.store = self._make_store(config)
         try:
             self.resets = RawResetSender()
         except OSError as e:
@@ -124,19 +124,20 @@ class Service:
                              mark=svc.mark)
         restored = self._restore_bans()
 
+        queue = self.queue if self.queue is not None else svc.queue
         self.nfq = NetfilterQueue()
         try:
-            self.nfq.bind(svc.queue, self._handle, max_len=svc.queue_maxlen)
+            self.nfq.bind(queue, self._handle, max_len=svc.queue_maxlen)
         except OSError as e:
-            raise ServiceError(f"cannot bind NFQUEUE {svc.queue}: {e} "
+            raise ServiceError(f"cannot bind NFQUEUE {queue}: {e} "
                                "(is another inspector running on it? is nfnetlink_queue available?)") from None
         fail_open = None
         if svc.fail_open:
-            fail_open = set_queue_flags(self.nfq.get_fd(), svc.queue, FAIL_OPEN)
+            fail_open = set_queue_flags(self.nfq.get_fd(), queue, FAIL_OPEN)
             if fail_open != 0:
                 self.events.emit({"event": "error", "what": "fail-open",
                                   "error": f"the kernel did not confirm the fail-open flag (errno {fail_open})"})
-        self.control = self._control_socket(svc.control_socket)
+        self.control = self._make_control(config)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         signal.set_wakeup_fd(self._wake_w)
@@ -145,25 +146,37 @@ class Service:
         signal.signal(signal.SIGHUP, self._on_hup)
         self.started = self.clock()
         self.events.emit({"event": "started", "time": round(self.started, 3), "at": now_iso(self.started),
-                          "pid": os.getpid(), "queue": svc.queue, "mode": config.mode,
+                          "pid": os.getpid(), "queue": queue, "mode": config.mode, **self._identity(),
                           "fail_open": fail_open == 0, "bans_restored": restored,
                           "domains": len(rules.domains), "rules": [str(f.path) for f in rules.files]})
 
+    # -- what a worker replaces (inspector/workers.py) ------------------------------
+
+    queue: int | None = None  # None: the config's queue
+
+    def _identity(self) -> dict[str, Any]:
+        return {}
+
+    def _make_events(self, config: Config) -> EventSink:
+        return _Fanout(self._sinks(config))
+
+    def _make_store(self, config: Config) -> BanStore:
+        return BanStore(Path(config.service.state_file))
+
+    def _make_control(self, config: Config) -> socket.socket | None:
+        return self._control_socket(config.service.control_socket)
+
+    def _extra_watch(self) -> list[Any]:
+        return []
+
+    def _on_ready(self, ready: list[Any]) -> None:
+        pass
+
+    def _tick(self, now: float) -> None:
+        pass
+
     def _sinks(self, config: Config) -> list[EventSink]:
-        svc = config.service
-        sinks: list[EventSink] = []
-        if svc.events == "-":
-            sinks.append(JsonLinesSink(sys.stdout))
-        elif svc.events:
-            path = Path(svc.events)
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self._log_file = path.open("a", encoding="utf-8")
-            except OSError as e:
-                raise ServiceError(f"cannot open the event log {path}: {e.strerror or e}") from None
-            sinks.append(JsonLinesSink(self._log_file))
-        if svc.syslog:
-            sinks.append(SyslogBans())
+        sinks, self._log_file = open_sinks(config)
         return sinks
 
     def _restore_bans(self) -> int:
@@ -195,28 +208,7 @@ class Service:
         return restored
 
     def _control_socket(self, path: str) -> socket.socket | None:
-        if not path:
-            return None
-        p = Path(path)
-        try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            if p.exists():
-                probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                try:
-                    probe.connect(str(p))
-                    raise ServiceError(f"another inspector answers on {p}")
-                except (ConnectionRefusedError, FileNotFoundError):
-                    p.unlink()  # a stale socket from a previous run
-                finally:
-                    probe.close()
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.bind(str(p))
-            os.chmod(p, 0o600)
-            sock.listen(8)
-            sock.setblocking(False)
-            return sock
-        except OSError as e:
-            raise ServiceError(f"cannot create the control socket {p}: {e}") from None
+        return open_control_socket(path)
 
     # -- the loop -----------------------------------------------------------------
 
@@ -239,7 +231,7 @@ class Service:
 
     def run(self) -> int:
         fd = self.nfq.get_fd()
-        watch = [fd, self._wake_r] + ([self.control] if self.control else [])
+        watch = [fd, self._wake_r] + ([self.control] if self.control else []) + self._extra_watch()
         next_save = self.clock() + SAVE_EVERY
         while not self.stopping:
             try:
@@ -252,6 +244,7 @@ class Service:
                 os.read(self._wake_r, 512)
             if self.control is not None and self.control in ready:
                 self._serve_control()
+            self._on_ready(ready)
             if self._reload_requested:
                 self._start_reload()
             if self._reload_thread is not None and not self._reload_thread.is_alive():
@@ -260,6 +253,7 @@ class Service:
             if now >= next_save:
                 next_save = now + SAVE_EVERY
                 self._save(now)
+                self._tick(now)
         return self.stop()
 
     def stop(self) -> int:
@@ -381,6 +375,52 @@ class Service:
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
 
+
+def open_sinks(config: Config) -> tuple[list[EventSink], IO[str] | None]:
+    """The event sinks ``[service]`` asks for, and the log file to close at the end."""
+    svc = config.service
+    sinks: list[EventSink] = []
+    log_file = None
+    if svc.events == "-":
+        sinks.append(JsonLinesSink(sys.stdout))
+    elif svc.events:
+        path = Path(svc.events)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            log_file = path.open("a", encoding="utf-8")
+        except OSError as e:
+            raise ServiceError(f"cannot open the event log {path}: {e.strerror or e}") from None
+        sinks.append(JsonLinesSink(log_file))
+    if svc.syslog:
+        sinks.append(SyslogBans())
+    return sinks, log_file
+
+
+def open_control_socket(path: str) -> socket.socket | None:
+    """Listen on the UNIX control socket (a stale one is replaced; a live one is an error)."""
+    if not path:
+        return None
+    p = Path(path)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if p.exists():
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(str(p))
+                raise ServiceError(f"another inspector answers on {p}")
+            except (ConnectionRefusedError, FileNotFoundError):
+                p.unlink()  # a stale socket from a previous run
+            finally:
+                probe.close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(p))
+        os.chmod(p, 0o600)
+        sock.listen(8)
+        sock.setblocking(False)
+        return sock
+    except OSError as e:
+        raise ServiceError(f"cannot create the control socket {p}: {e}") from None
+
 def _read_line(conn: socket.socket, limit: int = 65536) -> bytes:
     buf = b""
     while b"\n" not in buf and len(buf) < limit:
@@ -412,12 +452,28 @@ def control_request(path: str, request: dict[str, Any], timeout: float = 3.0) ->
 
 
 def run_service(config_path: str | None, rules_path: str | None, overrides: dict[str, Any]) -> int:
-    service = Service(config_path, rules_path, overrides)
+    from .workers import Supervisor, detect_queues
+
+    try:
+        config, _ = load(config_path, rules_path)
+    except (ConfigError, RuleError) as e:
+        print(f"inspector: error: {e}", file=sys.stderr)
+        return 1
+    workers = overrides.get("workers") or config.service.workers
+    if not workers:  # auto: as many as the installed rules spread over (setup-nfqueue.sh --workers)
+        found = detect_queues()
+        if found is not None and overrides.get("queue") is None:
+            overrides = {**overrides, "queue": found[0]}
+        workers = found[1] if found is not None else 1
+    service: Service | Supervisor
+    service = Supervisor(config_path, rules_path, overrides, workers) if workers > 1 else \
+        Service(config_path, rules_path, overrides)
     try:
         service.start()
     except ServiceError as e:
         print(f"inspector: error: {e}", file=sys.stderr)
         return 1
-    print(f"inspector: running on queue {service.config.service.queue} ({service.config.mode} mode)",
-          file=sys.stderr)
+    queue = overrides.get("queue") if overrides.get("queue") is not None else config.service.queue
+    print(f"inspector: running on queue {queue}" + (f"..{queue + workers - 1} ({workers} workers)" if workers > 1
+          else "") + f" ({service.config.mode} mode)", file=sys.stderr)
     return service.run()
