@@ -59,6 +59,9 @@ class Config:
     smtp_ports: tuple[int, ...] = (25,)
     other_ports: tuple[int, ...] = (22,)
     depth: int = 4096
+    # when a flow is decided (no more of it is queued): "depth" = after `depth` bytes, STARTTLS or
+    # QUIT; "early" = also at DATA/BDAT (SMTP) and after the first line (other ports: the SSH banner)
+    decide: str = "depth"
     max_flows: int = 262144
     flow_idle: float = 600.0
     rates: tuple[RateRule, ...] = (RateRule(),)
@@ -89,7 +92,7 @@ class Config:
 _KNOWN: dict[str, dict[str, type | tuple[type, ...]]] = {
     "": {"mode": str},
     "ports": {"smtp": list, "other": list},
-    "stream": {"depth": int},
+    "stream": {"depth": int, "decide": str},
     "flows": {"max": int, "idle_timeout": (int, float)},
     "rate": {"limit": int, "window": (int, float), "capacity": int, "ipv4_prefix": int, "ipv6_prefix": int,
              "ports": list, "ban": int, "rules": list},
@@ -199,6 +202,10 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
     stream = data.get("stream", {})
     if "depth" in stream:
         cfg["depth"] = _bounded(stream["depth"], 64, 1 << 20, lambda m: fail("stream", "depth", m))
+    if "decide" in stream:
+        if stream["decide"] not in ("depth", "early"):
+            raise fail("stream", "decide", f"must be 'depth' or 'early', not {stream['decide']!r}")
+        cfg["decide"] = stream["decide"]
     flows = data.get("flows", {})
     if "max" in flows:
         cfg["max_flows"] = _bounded(flows["max"], 16, 50_000_000, lambda m: fail("flows", "max", m))

@@ -89,6 +89,7 @@ class Engine:
         self.last_decision: Decision | None = None
         self._alert = config.alert
         self._depth = config.depth
+        self._early = config.decide == "early"
         self._kind = {p: SMTP for p in config.smtp_ports}
         for p in config.other_ports:
             self._kind.setdefault(p, PAYLOAD)
@@ -282,7 +283,7 @@ class Engine:
                 verdict = Verdict(Action.RESET, Reason.DOMAIN, rule=hit[0], match=hit[1],
                                   ban=self.config.ban_domain)
                 return self._decide(verdict, data, d, now)
-            if session.finished:  # type: ignore[union-attr]
+            if session.finished or (self._early and session.in_message):  # type: ignore[union-attr]
                 flow.done = True
             matcher = rules.payload.get(d[3])
         else:
@@ -294,8 +295,8 @@ class Engine:
                 verdict = Verdict(Action.RESET, Reason.PAYLOAD, rule=pattern, match=pattern,
                                   ban=self.config.ban_payload)
                 return self._decide(verdict, data, d, now)
-        if stream.full:
-            flow.done = True
+        if stream.full or (self._early and flow.kind != SMTP and b"\n" in chunk):
+            flow.done = True  # early: the first line (an SSH banner) was seen
         return ACCEPT
 
     @staticmethod

@@ -118,6 +118,11 @@ class SmtpSession:
     def finished(self) -> bool:
         return self.mode == OVER
 
+    @property
+    def in_message(self) -> bool:
+        """Inside a message (DATA or BDAT): what follows is the body."""
+        return self.mode == BODY or self.mode == CHUNK
+
     def feed(self, data: bytes, domains: DomainMatcher) -> tuple[str, str] | None:
         """Consume stream bytes; return ``(rule, address)`` on a blocked domain."""
         if self.partial:
