@@ -47,3 +47,52 @@ def test_fail_open_flag_on_a_real_queue():
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout)
         assert out == {"own": 0, "clear": 0, "unbound": 19, "other": 1, "stats": [5]}
+
+
+OVERLOAD = r"""
+import json, socket, subprocess, sys, threading, time
+from netfilterqueue import NetfilterQueue
+from inspector.sources.nfqueue import FAIL_OPEN, set_queue_flags, queue_stats
+fail_open = sys.argv[1] == "on"
+subprocess.run(["iptables", "-A", "INPUT", "-p", "udp", "--dport", "9999", "-j", "NFQUEUE", "--queue-num", "7"],
+               check=True)
+rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+rx.bind(("127.0.0.1", 9999))
+rx.settimeout(0.5)
+def slow(p):
+    time.sleep(0.02)  # an overloaded inspector: 50 packets/s
+    p.accept()
+nfq = NetfilterQueue()
+nfq.bind(7, slow, max_len=4)
+if fail_open:
+    assert set_queue_flags(nfq.get_fd(), 7, FAIL_OPEN) == 0
+t = threading.Thread(target=lambda: nfq.run(), daemon=True)
+t.start()
+tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(200):
+    tx.sendto(b"%d" % i, ("127.0.0.1", 9999))
+got = 0
+deadline = time.monotonic() + 6
+while time.monotonic() < deadline:
+    try:
+        rx.recv(64)
+        got += 1
+    except socket.timeout:
+        if not t.is_alive() or got >= 200:
+            break
+[q] = [s for s in queue_stats() if s.queue == 7]
+print(json.dumps({"received": got, "queue_dropped": q.queue_dropped}))
+"""
+
+
+@pytest.mark.parametrize("mode", ["on", "off"])
+def test_overloaded_queue_fails_open_only_when_configured(mode):
+    pytest.importorskip("netfilterqueue", reason="needs NetfilterQueue (the 'live' extra)")
+    with namespace() as ns:
+        r = run_in(ns, sys.executable, "-c", OVERLOAD, mode, check=False, timeout=60)
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        if mode == "on":  # the kernel lets what the queue cannot hold through
+            assert out["received"] >= 190 and out["queue_dropped"] == 0, out
+        else:  # without the flag a full queue drops
+            assert out["received"] < 100 and out["queue_dropped"] > 100, out
