@@ -3,6 +3,7 @@
 #
 #   setup-nfqueue.sh install [--queue N] [--workers N] [--ports 25,22] [--whitelist CIDR]...
 #                            [--try MINUTES] [--no-ssh-whitelist] [--mark BIT] [--maxelem N] [--no-ipv6]
+#                            [--fail-closed]
 #   setup-nfqueue.sh remove
 #   setup-nfqueue.sh status
 #   setup-nfqueue.sh confirm          # keep rules installed with --try
@@ -21,6 +22,8 @@
 #                                                   kernel; with --workers N, IPv4 is spread over queues
 #                                                   N..N+workers-1 by address pair, IPv6 uses queue N so
 #                                                   that a /64 is always counted by one worker)
+# --fail-closed leaves out --queue-bypass: while no inspector is bound, the protected ports get
+# no traffic at all (for hosts where unfiltered mail is worse than none).
 # It never locks out the SSH session it runs from: that client's address is whitelisted
 # unless --no-ssh-whitelist. With --try MINUTES everything is removed again after MINUTES
 # unless "setup-nfqueue.sh confirm" is run (the seeds' 10-minute safety net).
@@ -31,7 +34,7 @@ set -euo pipefail
 CHAIN=INSPECTOR
 BAN4=inspector-ban4 BAN6=inspector-ban6 WHITE4=inspector-white4 WHITE6=inspector-white6
 TAG=inspector-setup
-QUEUE=0 WORKERS=$(nproc 2>/dev/null || echo 1) PORTS=25,22 TRY="" SSH_WHITELIST=1 MARK=0x40000000 MAXELEM=1000000 IPV6=1
+QUEUE=0 WORKERS=$(nproc 2>/dev/null || echo 1) PORTS=25,22 BYPASS=--queue-bypass TRY="" SSH_WHITELIST=1 MARK=0x40000000 MAXELEM=1000000 IPV6=1
 # "SYN, or TCP payload" as classic BPF (python -m inspector.bpf 4|6; tests/test_bpf.py keeps them in step)
 BPF4="18,48 0 0 9,21 0 14 6,40 0 0 6,69 12 0 16383,177 0 0 0,80 0 0 13,69 9 0 2,80 0 0 12,84 0 0 240,116 0 0 2,12 0 0 0,2 0 0 0,40 0 0 2,97 0 0 0,28 0 0 0,21 1 0 0,6 0 0 1,6 0 0 0"
 BPF6="13,48 0 0 6,21 0 9 6,48 0 0 53,69 7 0 2,48 0 0 52,84 0 0 240,116 0 0 2,7 0 0 0,40 0 0 4,28 0 0 0,21 1 0 0,6 0 0 1,6 0 0 0"
@@ -55,6 +58,7 @@ while [ $# -gt 0 ]; do
         --mark) MARK=${2:?}; shift ;;
         --maxelem) MAXELEM=${2:?}; shift ;;
         --no-ipv6) IPV6=0 ;;
+        --fail-closed) BYPASS="" ;;
         -h|--help) usage ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
@@ -77,9 +81,9 @@ white_set() { if [ "$1" = 4 ]; then echo $WHITE4; else echo $WHITE6; fi; }
 bpf() { if [ "$1" = 4 ]; then echo "$BPF4"; else echo "$BPF6"; fi; }
 queue_target() {
     if [ "$1" = 4 ] && [ "$WORKERS" -gt 1 ]; then
-        echo "-j NFQUEUE --queue-balance $QUEUE:$((QUEUE + WORKERS - 1)) --queue-bypass"
+        echo "-j NFQUEUE --queue-balance $QUEUE:$((QUEUE + WORKERS - 1)) $BYPASS"
     else
-        echo "-j NFQUEUE --queue-num $QUEUE --queue-bypass"
+        echo "-j NFQUEUE --queue-num $QUEUE $BYPASS"
     fi
 }
 netns_id() { stat -L -c %i /proc/self/ns/net; }
@@ -247,7 +251,7 @@ do_install() {
             ipset add -exist $WHITE4 "$cidr"
         fi || die "cannot whitelist $cidr"
     done
-    say "installed: ports $PORTS -> NFQUEUE $QUEUE$([ "$WORKERS" -gt 1 ] && echo "..$((QUEUE + WORKERS - 1))") (bypass when no inspector runs), bans in $BAN4/$BAN6"
+    say "installed: ports $PORTS -> NFQUEUE $QUEUE$([ "$WORKERS" -gt 1 ] && echo "..$((QUEUE + WORKERS - 1))") ($([ -n "$BYPASS" ] && echo "bypass" || echo "FAIL CLOSED: no traffic") when no inspector runs), bans in $BAN4/$BAN6"
     if [ -n "$TRY" ]; then
         local seconds pidfile
         seconds=$(awk -v m="$TRY" 'BEGIN { s = m * 60; if (s < 1) s = 1; printf "%d", s }')

@@ -107,3 +107,14 @@ def test_new_connection_without_syn_is_dropped(bed: Bed, v: int) -> None:
     listing = bed.s(tool, "-L", "INSPECTOR", "-v", "-n", "-x").stdout
     [rule] = [line for line in listing.splitlines() if "ctstate NEW" in line]
     assert int(rule.split()[0]) >= 1, listing
+
+
+def test_fail_closed_drops_while_no_inspector_runs(bed: Bed) -> None:
+    a = CLIENTS[4]["a"]
+    bed.setup("install", "--fail-closed", "--queue", "0", "--ports", "25,22", "--no-ssh-whitelist")
+    assert "--queue-bypass" not in bed.s("iptables", "-S", "INSPECTOR").stdout
+    r = bed.smtp(a, ["user@example.org"], timeout=2)
+    assert not r["delivered"] and r["stage"] == "connect", r
+    bed.start_inspector()  # bound again: traffic flows through the inspector
+    r = bed.smtp(CLIENTS[4]["b"], ["user@example.org"], timeout=3)
+    assert r["delivered"], r
