@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 from collections import Counter
+from time import perf_counter
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -19,6 +20,7 @@ from .engine import Engine
 from .events import EventSink
 from .firewall import Firewall
 from .respond.reset import rst_for_client, rst_for_server
+from .telemetry import SAMPLE, Telemetry
 from .verdict import ACCEPT, ACCEPT_FINAL, Action, Reason
 
 __all__ = ["Runner", "QueuedPacket", "ResetSender", "RawResetSender"]
@@ -75,11 +77,21 @@ class Runner:
         self.clock = clock
         self.counts: Counter[str] = Counter()
         self._alerted: dict[str, float] = {}  # alert mode: when each would-be-banned source was last reported
+        self.telemetry = Telemetry()
 
     def handle(self, packet: QueuedPacket) -> None:
         data = packet.get_payload()
         now = self.clock()
-        verdict = self.engine.process(data, now)
+        telemetry = self.telemetry
+        if int(now) != telemetry.second:
+            telemetry.tick(now)
+        telemetry.packets += 1
+        if telemetry.packets % SAMPLE:
+            verdict = self.engine.process(data, now)
+        else:
+            started = perf_counter()
+            verdict = self.engine.process(data, now)
+            telemetry.observe(perf_counter() - started)
         if verdict is ACCEPT:
             packet.accept()
             return
@@ -135,6 +147,7 @@ class Runner:
             if len(self._alerted) > 100_000:
                 self._alerted.clear()
             self._alerted[decision.src] = now
+        self.telemetry.decision(decision.src, v.reason.value if v.reason else "", v.rule)
         event: dict[str, Any] = {"event": "verdict", **decision.as_dict()}
         self.events.emit(event)
         if v.ban and not v.alert and decision.ban_network:

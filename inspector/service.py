@@ -26,6 +26,7 @@ import socket
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -145,6 +146,9 @@ class Service:
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
         self.started = self.clock()
+        self.rules_info = _rules_info(rules, self.started)
+        self.reloads = 0
+        self._metrics = self._make_metrics(config)
         self.events.emit({"event": "started", "time": round(self.started, 3), "at": now_iso(self.started),
                           "pid": os.getpid(), "queue": queue, "mode": config.mode, **self._identity(),
                           "fail_open": fail_open == 0, "bans_restored": restored,
@@ -165,6 +169,9 @@ class Service:
 
     def _make_control(self, config: Config) -> socket.socket | None:
         return self._control_socket(config.service.control_socket)
+
+    def _make_metrics(self, config: Config) -> Any:
+        return start_metrics(config, lambda: self._control({"cmd": "status"}))
 
     def _extra_watch(self) -> list[Any]:
         return []
@@ -324,6 +331,8 @@ class Service:
         if config.service != self.config.service:
             self.events.emit({"event": "reload-note", "note": "[service] changes take effect on restart"})
         self.config = replace(config, service=self.config.service)
+        self.rules_info = _rules_info(rules, now)
+        self.reloads += 1
         self.events.emit({"event": "reload", "ok": True, "time": round(now, 3), "domains": len(rules.domains),
                           "engine": "kept" if same_engine else "rebuilt"})
 
@@ -368,10 +377,13 @@ class Service:
             self.events.emit({"event": "unban", "time": round(now, 3), "network": network})
             return {"ok": True, "network": network, "was_banned": found or in_kernel}
         if cmd == "status":
+            active = self.store.active(now)
             return {"ok": True, "pid": os.getpid(), "mode": self.config.mode, "queue": self.config.service.queue,
-                    "uptime": round(now - self.started, 1), "packets": self.engine.packets,
-                    "bans_active": len(self.store.active(now)), "counts": dict(self.runner.counts),
-                    "engine": self.engine.stats(), "queues": [q.__dict__ for q in queue_stats()]}
+                    "workers": 1, "uptime": round(now - self.started, 1), "packets": self.engine.packets,
+                    "bans_active": len(active), "bans_by_reason": dict(Counter(r.reason for r in active)),
+                    "counts": dict(self.runner.counts), "engine": self.engine.stats(),
+                    "rules": self.rules_info, "live": self.runner.telemetry.snapshot(now), "reloads": self.reloads,
+                    "queues": [q.__dict__ for q in queue_stats()]}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
 
@@ -420,6 +432,29 @@ def open_control_socket(path: str) -> socket.socket | None:
         return sock
     except OSError as e:
         raise ServiceError(f"cannot create the control socket {p}: {e}") from None
+
+def start_metrics(config: Config, status: Callable[[], dict[str, Any]]) -> Any:
+    """The Prometheus endpoint, if ``[metrics] listen`` asks for one (off by default)."""
+    listen = str(config.extra.get("metrics", {}).get("listen", "") or "")
+    if not listen:
+        return None
+    from .metrics import serve
+
+    def safe() -> dict[str, Any]:
+        try:
+            return status()
+        except RuntimeError:  # a dict changed size under the scrape: report nothing this time
+            return {}
+    try:
+        return serve(listen, safe)
+    except (OSError, ValueError) as e:
+        raise ServiceError(f"cannot serve metrics on {listen}: {e}") from None
+
+
+def _rules_info(rules: RuleSet, loaded: float) -> dict[str, Any]:
+    return {"domains": len(rules.domains), "payload": rules.counts.get("payload", 0),
+            "files": [str(f.path) for f in rules.files], "loaded_at": now_iso(loaded), "loaded": loaded}
+
 
 def _read_line(conn: socket.socket, limit: int = 65536) -> bytes:
     buf = b""

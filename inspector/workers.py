@@ -103,6 +103,9 @@ class WorkerService(Service):
     def _make_control(self, config: Config) -> socket.socket | None:
         return None
 
+    def _make_metrics(self, config: Config) -> Any:
+        return None  # the supervisor serves the metrics of all workers
+
     def _restore_bans(self) -> int:
         for network, expires, reason in self.snapshot:
             self.engine.add_ban(network, expires, reason)
@@ -135,7 +138,8 @@ class WorkerService(Service):
     def _tick(self, now: float) -> None:
         try:
             self.conn.send(("stats", {"worker": self.index, "queue": self.queue, "packets": self.engine.packets,
-                                      "counts": dict(self.runner.counts), "engine": self.engine.stats()}))
+                                      "counts": dict(self.runner.counts), "engine": self.engine.stats(),
+                                      "live": self.runner.telemetry.snapshot(now), "rules": self.rules_info}))
         except OSError:
             self.stopping = True
 
@@ -241,9 +245,13 @@ class Supervisor:
         self.pending_start = set(range(self.count))  # "started" is announced once every worker is bound
         self.announced = False
         self.worker_info: dict[int, dict[str, Any]] = {}
-        self.reloads: dict[int, dict[str, Any]] = {}
+        self.reloads_pending: dict[int, dict[str, Any]] = {}
+        self.reloads = 0
         for index in range(self.count):
             self._spawn(index)
+        from .service import start_metrics
+
+        self._metrics = start_metrics(config, lambda: self._control({"cmd": "status"})[0])
 
     def _spawn(self, index: int) -> None:
         parent, child = self.ctx.Pipe()
@@ -340,13 +348,15 @@ class Supervisor:
                 self._announce()
             return
         if kind == "reload":
-            self.reloads[index] = event
-            if len(self.reloads) >= len(self.workers):
-                results = list(self.reloads.values())
-                self.reloads = {}
+            self.reloads_pending[index] = event
+            if len(self.reloads_pending) >= len(self.workers):
+                results = list(self.reloads_pending.values())
+                self.reloads_pending = {}
                 failed = [r for r in results if not r.get("ok")]
                 merged = dict(failed[0] if failed else results[0])
                 merged["workers"] = len(results)
+                if not failed:
+                    self.reloads += 1
                 self.events.emit(merged)
             return
         self.events.emit(event)
@@ -456,12 +466,19 @@ class Supervisor:
             self.events.emit({"event": "unban", "time": round(now, 3), "network": network})
             return {"ok": True, "network": network, "was_banned": found or in_kernel}, True
         if cmd == "status":
+            from .sources.nfqueue import queue_stats
+            from .telemetry import merge
+
             total: Counter[str] = Counter()
             for s in self.stats.values():
                 total.update(s.get("counts", {}))
+            active = self.store.active(now)
+            first = self.stats.get(0, {})
             return {"ok": True, "pid": os.getpid(), "mode": self.config.mode, "queue": self.base,
                     "workers": len(self.workers), "uptime": round(now - self.started, 1),
                     "packets": sum(s.get("packets", 0) for s in self.stats.values()),
-                    "bans_active": len(self.store.active(now)), "counts": dict(total),
-                    "per_worker": self.stats}, False
+                    "bans_active": len(active), "bans_by_reason": dict(Counter(r.reason for r in active)),
+                    "counts": dict(total), "rules": first.get("rules"), "reloads": self.reloads,
+                    "live": merge([s.get("live", {}) for s in self.stats.values()]),
+                    "queues": [q.__dict__ for q in queue_stats()], "per_worker": self.stats}, False
         return {"ok": False, "error": f"unknown command {cmd!r}"}, False
