@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from .fsutil import atomic_write
 
 __all__ = ["BanRecord", "BanStore", "StateError"]
 
@@ -85,17 +86,4 @@ class BanStore:
             return
         self.prune(now)
         payload = {"version": VERSION, "saved": now, "bans": [asdict(r) for r in self.active(now)]}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(payload, f, separators=(",", ":"))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        atomic_write(self.path, json.dumps(payload, separators=(",", ":")))

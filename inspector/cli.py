@@ -31,6 +31,18 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--alert", action="store_true", help="alert mode: report, accept everything")
 
+    p = sub.add_parser("scan", help="run a log filter and the ban policy over a log file (offline)")
+    p.add_argument("logfile", help="a log file (plain or .gz)")
+    p.add_argument("--filter", required=True, metavar="NAME",
+                   help="postfix-sasl, courier, roundcube, apache-probe, proftpd, sshd, or a [[logs.filter]]")
+    p.add_argument("--config", metavar="FILE", help="TOML configuration (user filters, whitelist, policy)")
+    p.add_argument("--year", type=int, metavar="Y", help="year of syslog timestamps (default: from the file's mtime)")
+    p.add_argument("--utc", action="store_true", help="timestamps without a zone are UTC (default: local time)")
+    p.add_argument("--top", type=int, default=10, metavar="N", help="hosts listed in the summary")
+    p.add_argument("--maxretry", type=int, metavar="N", help="override the policy's maxretry")
+    p.add_argument("--findtime", type=float, metavar="S", help="override the policy's findtime")
+    p.add_argument("--bantime", type=int, metavar="S", help="override the policy's bantime")
+
     p = sub.add_parser("run", help="run the inline filter service on an NFQUEUE (root)")
     _common(p)
     p.add_argument("--queue", type=int, metavar="N", help="NFQUEUE number (default: [service] queue, 0)")
@@ -46,6 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("unban", help="lift a ban (kernel, state file and running service)")
     p.add_argument("address", help="an address or network (an IPv6 address lifts its /64 ban)")
     p.add_argument("--config", metavar="FILE")
+
+    p = sub.add_parser("status", help="is it working? the running service at a glance")
+    p.add_argument("--config", metavar="FILE")
+    p.add_argument("--watch", action="store_true", help="redraw every second")
+    p.add_argument("--json", action="store_true", help="the raw status as JSON")
+
+    p = sub.add_parser("report", help="summary of the event log (blocks, bans, top sources and domains)")
+    p.add_argument("--config", metavar="FILE")
+    p.add_argument("--events", metavar="FILE", help="the event log (default: the config's [service] events)")
+    p.add_argument("--since", default="24h", help="window: 24h, 90m, 7d or an ISO date (default 24h)")
+    p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML page with a chart")
+    p.add_argument("--json", action="store_true", help="the counts as JSON instead of text")
 
     p = sub.add_parser("bench", help="benchmark the engine on a synthetic mixed workload")
     p.add_argument("--packets", type=int, default=1_000_000)
@@ -67,6 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides = {"mode": "alert"} if args.alert else {}
             engine = build_engine(args.config, args.rules, **overrides)
             return main_replay(engine, args.capture)
+        if args.command == "scan":
+            from .logs.scan import main_scan
+
+            return main_scan(args.logfile, args.filter, args.config, args.year, args.utc, args.top,
+                             args.maxretry, args.findtime, args.bantime)
         if args.command == "run":
             from .service import run_service
 
@@ -80,6 +109,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .admin import unban
 
             return unban(args.config, args.address)
+        if args.command == "status":
+            from .status import main_status
+
+            return main_status(args.config, args.watch, args.json)
+        if args.command == "report":
+            from .config import load_config
+            from .report import main_report
+
+            events = args.events or load_config(args.config).service.events
+            return main_report(events, args.since, args.html, args.json)
         if args.command == "bench":
             from .bench import main_bench
 

@@ -55,7 +55,7 @@ def test_failed_write_keeps_previous_state(tmp_path, monkeypatch):
 
     def boom(*a, **k):
         raise OSError("disk full")
-    monkeypatch.setattr("inspector.bans.json.dump", boom)
+    monkeypatch.setattr("inspector.fsutil.os.fsync", boom)  # fails after the temp file is written
     with pytest.raises(OSError):
         store.save(2.0)
     assert path.read_text() == before

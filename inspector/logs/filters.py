@@ -1,0 +1,458 @@
+"""Log filters: one log line in, the attacking address out.
+
+Each built-in filter knows one daemon's failure lines.  A cheap literal
+test (``in``) runs first, so most lines cost a substring search and nothing
+more; the regex runs only on lines that pass it.  Where the daemon writes
+attacker-chosen text (a user name) next to the address, the pattern is
+anchored on the part the daemon writes itself, so a user name such as
+``x from 192.0.2.1`` cannot make the filter blame somebody else.
+
+:class:`LineMatcher` is the common part: literal test, rsyslog's
+``message repeated N times: [ ... ]`` lines, address validation (IPv6 too,
+``::ffff:a.b.c.d`` mapped to IPv4) and the timestamp, read by
+:class:`TimeParser` from the formats syslog, rsyslog/journald (RFC 3339),
+Apache, Roundcube and ProFTPD write.  Everything here is pure: the year and
+the fallback time are passed in.
+"""
+
+from __future__ import annotations
+
+import calendar
+import functools
+import ipaddress
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+__all__ = [
+    "BUILTIN", "NOT_ADDRESS", "Failure", "Filter", "FilterError", "LineMatcher", "TimeParser",
+    "builtin_names", "get_filter", "normalize_host", "user_filter",
+]
+
+NOT_ADDRESS = "\x00"  # what extract() returns when the line matched but holds no usable address
+
+
+class FilterError(ValueError):
+    """An unknown filter name or an unusable user regex."""
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """One failed attempt (or ``count`` of them) read from a log line."""
+
+    time: float
+    host: str  # the address, normalized (IPv4-mapped IPv6 written as IPv4)
+    filter: str
+    line: str
+    count: int = 1
+
+
+@dataclass(frozen=True)
+class Filter:
+    """A named filter: literals (any of them must occur) and an extractor.
+
+    ``extract(line)`` returns the address text, :data:`NOT_ADDRESS` when the
+    line is a failure without a usable address, or ``None`` (not a failure).
+    ``time`` optionally finds the timestamp text (user filters' ``time`` group).
+    """
+
+    name: str
+    literals: tuple[str, ...]
+    extract: Callable[[str], str | None]
+    description: str = ""
+    time: Callable[[str], str | None] | None = None
+
+    def prefilter(self) -> Callable[[str], bool]:
+        """The literal test as one fast callable."""
+        lits = self.literals
+        if not lits:
+            return lambda s: True
+        if len(lits) == 1:
+            a = lits[0]
+            return lambda s: a in s
+        if len(lits) == 2:
+            a, b = lits
+            return lambda s: a in s or b in s
+        if len(lits) == 3:
+            a, b, c = lits
+            return lambda s: a in s or b in s or c in s
+        return lambda s: any(x in s for x in lits)
+
+
+# -- addresses -------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=65536)
+def normalize_host(text: str) -> str | None:
+    """The address in ``text`` (brackets, zone index and ::ffff: mapping handled), or None."""
+    t = text.strip().strip("[]")
+    if "%" in t:
+        t = t.split("%", 1)[0]
+    try:
+        addr = ipaddress.ip_address(t)
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)
+
+
+def _is_loopback(text: str) -> bool:
+    host = normalize_host(text)
+    return host is not None and ipaddress.ip_address(host).is_loopback
+
+
+# -- built-in filters ------------------------------------------------------------
+
+_ADDR = r"[0-9A-Fa-f:.]+"
+
+# warning: unknown[203.0.113.5]: SASL LOGIN authentication failed: UGFzc3dvcmQ6
+# (smtpd_client_port_logging adds ":port" after the bracket)
+_POSTFIX = re.compile(
+    r"warning: [^\s\[\]]+\[(" + _ADDR + r")\](?::\d+)?: SASL [-\w]+ authentication failed"
+    r"(?::(?! Connection lost to authentication server| Invalid authentication mechanism)|\s*$)")
+
+
+def _postfix(line: str) -> str | None:
+    m = _POSTFIX.search(line)
+    return m.group(1) if m else None
+
+
+# imapd-ssl: LOGIN FAILED, user=a@example.com, ip=[::ffff:203.0.113.5]   (newer: , port=[54321])
+# The user name comes first and is the client's: take the last ip=[...], anchored at the end.
+_COURIER = re.compile(r"LOGIN FAILED, .*ip=\[([^\]]*)\](?:, port=\[\d+\])?\s*$")
+
+
+def _courier(line: str) -> str | None:
+    m = _COURIER.search(line)
+    return m.group(1) if m else None
+
+
+# errors.log (Roundcube >= 1.4):
+#   [21-Nov-2026 19:32:28 +0100]: <1a2b3c4d> IMAP Error: Login failed for admin against localhost
+#   from 203.0.113.5(X-Forwarded-For: 198.51.100.7). AUTHENTICATE PLAIN: A0002 NO ... in
+#   /var/www/roundcube/program/lib/Roundcube/rcube_imap.php on line 211 (POST /?_task=login&_action=login)
+# userlogins.log (log_logins = true):
+#   [21-Nov-2026 19:32:28 +0100]: <1a2b3c4d> Failed login for admin from 203.0.113.5 in session x (error: 0)
+# older: "FAILED login for user from ADDR", "IMAP Error: Login failed for user from ADDR".
+# "from" comes after the attacker's user name, so the last candidate is Roundcube's own.
+_RC_FROM = re.compile(r" from (" + _ADDR + r")(?:\(([^()]*)\))?(?=\.\s|\.?\s*$| in session | in \S+ on line \d)")
+_RC_XREAL = re.compile(r"X-Real-IP: ?([^,\s]+)")
+_RC_XFF = re.compile(r"X-Forwarded-For: ?([^()]*?)(?:,X-|$)")
+
+
+def _roundcube(line: str) -> str | None:
+    candidates = list(_RC_FROM.finditer(line))
+    if not candidates:
+        return None
+    last = candidates[-1]
+    if "Could not connect to " in line[last.end():]:
+        return None  # the IMAP server was down: nobody's password was wrong
+    remote, forwarded = last.group(1), last.group(2)
+    # behind a local reverse proxy REMOTE_ADDR is loopback: the proxy's own header names the
+    # client (X-Real-IP, or the right-most X-Forwarded-For entry: the one the proxy appended).
+    # From any other peer these headers are the client's own claims and are ignored.
+    if forwarded and _is_loopback(remote):
+        m = _RC_XREAL.search(forwarded)
+        if m and normalize_host(m.group(1)):
+            return m.group(1)
+        m = _RC_XFF.search(forwarded)
+        if m:
+            entries = [e.strip() for e in m.group(1).split(",") if e.strip()]
+            if entries and normalize_host(entries[-1]):
+                return entries[-1]
+    return remote
+
+
+# Apache 2.4: [Sat Nov 21 19:32:28.123456 2026] [core:error] [pid 1234:tid 5678] [client 203.0.113.5:51234]
+#             AH00128: File does not exist: /var/www/html/wp-login.php
+# Apache 2.2: [Sat Nov 21 19:32:28 2026] [error] [client 203.0.113.5] File does not exist: /var/www/phpMyAdmin
+# Every line of an error.log has "[client ": plain string tests first, a regex only on the refused path.
+_APACHE_EXPLOITS = ("() {", "ignoring function definition attempt", "error importing function definition",
+                    "invalid URI path")
+_APACHE_REFUSALS = ("File does not exist: ", "client denied by server configuration: ",
+                    "script not found or unable to stat: ", "Cannot serve directory ")
+_APACHE_ADMIN = re.compile(
+    r"/(?:wp-login\.php|wp-admin|xmlrpc\.php|phpmyadmin[\w.-]*|pma|myadmin|mysql|mysqldumper|phppgadmin|adminer"
+    r"|admin(?:istrat(?:or|ion))?|cgi-bin|cgi-sys|cgi-mod|ftpmanager|trackback|setup\.php|manager/html"
+    r"|\.env|\.git|vendor/phpunit|boaform|hnap1)(?![\w-])|\.sql$", re.I)
+
+
+def _apache(line: str) -> str | None:
+    i = line.find("[client ")
+    if i < 0:
+        return None
+    j = line.find("] ", i)
+    if j < 0:
+        return None
+    client, message = line[i + 8:j], line[j + 2:]
+    if not any(x in message for x in _APACHE_EXPLOITS) and not ("%2" in message and "/.%2e/" in message.lower()):
+        for refusal in _APACHE_REFUSALS:
+            k = message.find(refusal)
+            if k >= 0:
+                path = message[k + len(refusal):]
+                break
+        else:
+            return None
+        # the referer is the client's to choose; only the path Apache refused counts
+        path = path.split(", referer: ", 1)[0].rstrip()
+        if _APACHE_ADMIN.search(path) is None:
+            return None
+    # 2.4 always appends ":port", to IPv6 too (without brackets); 2.2 writes the address alone
+    head, _, port = client.rpartition(":")
+    if head and port.isdigit() and normalize_host(head) is not None:
+        if normalize_host(client) is None or "] [pid " in line:
+            return head
+    return client
+
+
+# proftpd[8516] ftp.example.com (host.example.net[203.0.113.5]): USER bob (Login failed): Incorrect password.
+# proftpd[8426] ftp.example.com (host[203.0.113.5]): USER x: no such user found from host [203.0.113.5] to ...
+# proftpd[8477] ftp.example.com (host[203.0.113.5]): SECURITY VIOLATION: root login attempted.
+# The session prefix "(name[addr])" is ProFTPD's; the user name after it is the client's.
+_PROFTPD = re.compile(r"proftpd\[\d+\]:? \S+ \([^\s\[\]()]*\[(" + _ADDR + r")\]\)(?::| -) (.*)$")
+
+
+def _proftpd(line: str) -> str | None:
+    m = _PROFTPD.search(line)
+    if m is None:
+        return None
+    msg = m.group(2)
+    if msg.startswith("USER "):
+        if "(Login failed): Incorrect password" in msg or ": no such user found from " in msg:
+            return m.group(1)
+        return None
+    if msg.startswith("SECURITY VIOLATION: ") and "oot login attempted" in msg:
+        return m.group(1)
+    return None
+
+
+# sshd[1234]: Failed password for root from 203.0.113.5 port 51234 ssh2
+# sshd[1234]: Failed password for invalid user admin from 2001:db8::5 port 51234 ssh2
+# sshd[1234]: Invalid user admin from 203.0.113.5 port 51234
+# (OpenSSH >= 9.8 logs as sshd-session).  The user name is the client's: anchor at the end.
+_SSHD = re.compile(
+    r"(?:Failed (?:password|keyboard-interactive/pam) for (?:invalid user )?|Invalid user )"
+    r".*? from (\S+?)(?: port \d+)?(?: ssh\d?)?(?: \[preauth\])?\s*$")
+
+
+def _sshd(line: str) -> str | None:
+    m = _SSHD.search(line)
+    return m.group(1) if m else None
+
+
+BUILTIN: dict[str, Filter] = {f.name: f for f in (
+    Filter("postfix-sasl", ("authentication failed",), _postfix,
+           "Postfix smtpd: SASL authentication failed (mail.log)"),
+    Filter("courier", ("LOGIN FAILED, ",), _courier,
+           "Courier imapd/pop3d (and -ssl): LOGIN FAILED (mail.log)"),
+    Filter("roundcube", ("ogin failed for ", "ailed login for ", "FAILED login for "), _roundcube,
+           "Roundcube errors.log / userlogins.log: Login failed"),
+    Filter("apache-probe", ("[client ",), _apache,
+           "Apache error.log: exploit probes (shellshock, path traversal) and admin-page scans"),
+    Filter("proftpd", ("proftpd[",), _proftpd,
+           "ProFTPD: Incorrect password, no such user found, root login attempted"),
+    Filter("sshd", ("Failed ", "Invalid user "), _sshd,
+           "OpenSSH: Failed password (also for invalid users), Invalid user"),
+)}
+
+
+def builtin_names() -> list[str]:
+    return sorted(BUILTIN)
+
+
+def user_filter(name: str, regex: str, literal: str | None = None) -> Filter:
+    """A filter from a config regex with a named ``host`` group (and optionally ``time``).
+
+    Raises :class:`FilterError` naming what is wrong.
+    """
+    try:
+        pattern = re.compile(regex)
+    except re.error as e:
+        raise FilterError(f"invalid regex: {e}") from None
+    if "host" not in pattern.groupindex:
+        raise FilterError("the regex needs a named group (?P<host>...)")
+    search = pattern.search
+
+    def extract(line: str) -> str | None:
+        m = search(line)
+        if m is None:
+            return None
+        return m.group("host") or NOT_ADDRESS
+
+    when = None
+    if "time" in pattern.groupindex:
+        def when(line: str) -> str | None:
+            m = search(line)
+            return m.group("time") if m else None
+    return Filter(name, (literal,) if literal else (), extract, "user filter", when)
+
+
+def get_filter(name: str, user: Iterable[Filter] = ()) -> Filter:
+    for f in user:
+        if f.name == name:
+            return f
+    f = BUILTIN.get(name)
+    if f is None:
+        mine = sorted(u.name for u in user)
+        raise FilterError(f"unknown filter {name!r} (built-in: {', '.join(builtin_names())}"
+                          + (f"; from the config: {', '.join(mine)})" if mine else ")"))
+    return f
+
+
+# -- time ------------------------------------------------------------------------
+
+_MONTHS = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                        "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
+_ISO = re.compile(r"(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)(?:[.,](\d{1,9}))?(Z|[+-]\d\d(?::?\d\d)?)?")
+_SYSLOG = re.compile(r"([A-Z][a-z]{2}) +(\d{1,2}) (\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?")
+_APACHE_TIME = re.compile(r"\[\w{3} (\w{3}) +(\d{1,2}) (\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))? (\d{4})\]")
+_RC_TIME = re.compile(r"\[(\d{1,2})-(\w{3})-(\d{4}) (\d\d):(\d\d):(\d\d)(?: ([+-]\d{4}|UTC|GMT))?\]")
+
+
+class TimeParser:
+    """Reads a line's leading timestamp.
+
+    Syslog's ``Nov 21 19:32:28`` has no year: with ``year`` given, it is used
+    and advanced when the months run over from December to January; without,
+    the year is the reference time's, one year back for a date more than two
+    days ahead of it.  Times without a zone are local, or UTC with ``utc``.
+    """
+
+    def __init__(self, year: int | None = None, utc: bool = False) -> None:
+        self.year = year
+        self.utc = utc
+        self._last_month = 0
+        self._minutes: dict[tuple[int, int, int, int, int, int], float] = {}
+
+    def parse(self, text: str, reference: float = 0.0) -> float | None:
+        """The epoch time at the start of ``text`` (``reference`` resolves a missing year), or None."""
+        if not text:
+            return None
+        c = text[0]
+        try:
+            if c == "[":
+                if text[1:2].isdigit():
+                    m = _RC_TIME.match(text)
+                    if m:
+                        d, mon, y, hh, mm, ss, zone = m.groups()
+                        return self._epoch(int(y), _MONTHS[mon], int(d), int(hh), int(mm), int(ss), None,
+                                           _offset(zone))
+                    return None
+                m = _APACHE_TIME.match(text)
+                if m:
+                    mon, d, hh, mm, ss, frac, y = m.groups()
+                    return self._epoch(int(y), _MONTHS[mon], int(d), int(hh), int(mm), int(ss), frac, None)
+                return None
+            if c.isdigit():
+                m = _ISO.match(text)
+                if m:
+                    y, mo, d, hh, mm, ss, frac, zone = m.groups()
+                    return self._epoch(int(y), int(mo), int(d), int(hh), int(mm), int(ss), frac, _offset(zone))
+                return None
+            m = _SYSLOG.match(text)
+            if m:
+                mon, d, hh, mm, ss, frac = m.groups()
+                month = _MONTHS[mon]
+                return self._syslog(month, int(d), int(hh), int(mm), int(ss), frac, reference)
+        except (KeyError, ValueError, OverflowError):
+            return None
+        return None
+
+    def _syslog(self, month: int, day: int, hh: int, mm: int, ss: int, frac: str | None, reference: float) -> float:
+        if self.year is not None:
+            if self._last_month == 12 and month == 1:
+                self.year += 1  # the log ran over New Year
+            self._last_month = month
+            return self._epoch(self.year, month, day, hh, mm, ss, frac, None)
+        ref = time.gmtime(reference) if self.utc else time.localtime(reference)
+        t = self._epoch(ref.tm_year, month, day, hh, mm, ss, frac, None)
+        if t > reference + 2 * 86400:
+            t = self._epoch(ref.tm_year - 1, month, day, hh, mm, ss, frac, None)
+        return t
+
+    def _epoch(self, y: int, mo: int, d: int, hh: int, mm: int, ss: int, frac: str | None,
+               offset: int | None) -> float:
+        key = (y, mo, d, hh, mm, -1 if offset is None else offset)
+        base = self._minutes.get(key)
+        if base is None:
+            if not (1 <= mo <= 12 and 1 <= d <= 31 and hh < 24 and mm < 60):
+                raise ValueError("not a date")
+            if offset is not None:
+                base = calendar.timegm((y, mo, d, hh, mm, 0, 0, 0, 0)) - offset
+            elif self.utc:
+                base = calendar.timegm((y, mo, d, hh, mm, 0, 0, 0, 0))
+            else:
+                base = time.mktime((y, mo, d, hh, mm, 0, 0, 0, -1))
+            if len(self._minutes) > 4096:
+                self._minutes.clear()
+            self._minutes[key] = base
+        t = base + ss
+        if frac:
+            t += int(frac) / 10 ** len(frac)
+        return float(t)
+
+
+def _offset(zone: str | None) -> int | None:
+    if zone is None:
+        return None
+    if zone in ("Z", "UTC", "GMT"):
+        return 0
+    sign = -1 if zone[0] == "-" else 1
+    digits = zone[1:].replace(":", "")
+    hours, minutes = int(digits[:2]), int(digits[2:4] or 0)
+    return sign * (hours * 3600 + minutes * 60)
+
+
+# -- the common line path ----------------------------------------------------------
+
+_REPEATED = re.compile(r"message repeated (\d+) times: \[ ?(.*?)\]?\s*$")
+
+
+class LineMatcher:
+    """One filter plus a time parser: ``match(line, now)`` → Failure, NOT_ADDRESS or None.
+
+    ``counts`` holds ``not-address`` (a failure line whose host is not an
+    address, e.g. a name logged with sshd's ``UseDNS yes``) and ``no-time``
+    (the fallback time was used).
+    """
+
+    def __init__(self, filt: Filter, parser: TimeParser | None = None) -> None:
+        self.filter = filt
+        self.parser = parser or TimeParser()
+        self.prefilter = filt.prefilter()
+        self.not_address = 0
+        self.no_time = 0
+
+    def match(self, line: str, now: float, fallback: float | None = None) -> Failure | None | str:
+        """Failure for a failure line, :data:`NOT_ADDRESS` for one without a usable address, else None.
+
+        ``now`` resolves syslog's missing year; ``fallback`` (default: ``now``)
+        is the time of a line without a readable timestamp.
+        """
+        if not self.prefilter(line):
+            return None
+        filt = self.filter
+        text, count = line, 1
+        if "message repeated " in line:
+            m = _REPEATED.search(line)
+            if m:
+                count, text = int(m.group(1)), m.group(2)
+        raw = filt.extract(text)
+        if raw is None:
+            return None
+        host = normalize_host(raw) if raw is not NOT_ADDRESS else None
+        if host is None:
+            self.not_address += 1
+            return NOT_ADDRESS
+        stamp = None
+        if filt.time is not None:
+            t_text = filt.time(line)
+            if t_text:
+                stamp = self.parser.parse(t_text, now)
+        if stamp is None:
+            stamp = self.parser.parse(line, now)
+        if stamp is None:
+            self.no_time += 1
+            stamp = now if fallback is None else fallback
+        return Failure(stamp, host, filt.name, line, count)

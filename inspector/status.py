@@ -1,0 +1,95 @@
+"""``inspector status``: one screen that answers "is it working?".
+
+Asks the running service over its control socket (never the logs) and shows:
+running or not, mode, queues and workers, packets/s and verdicts/s over the
+last minute, fail-open passes and queue drops, active bans by reason, top
+sources and blocked domains, and the rule set with when it was loaded.
+``--watch`` redraws it every second (rich).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from .config import load_config
+from .service import control_request
+
+
+def fetch(config_path: str | None) -> tuple[str, dict[str, Any] | None]:
+    config = load_config(config_path)
+    path = config.service.control_socket
+    try:
+        return path, control_request(path, {"cmd": "status"}, timeout=2.0)
+    except (OSError, ValueError):
+        return path, None
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    return (f"{d}d " if d else "") + f"{h:02d}:{m:02d}:{s:02d}"
+
+
+def render(path: str, st: dict[str, Any] | None) -> str:
+    """The status screen as text (what ``--watch`` redraws)."""
+    if st is None or not st.get("ok"):
+        return (f"inspector: NOT RUNNING (no answer on {path})\n"
+                "  traffic to the protected ports passes uninspected if the rules use --queue-bypass\n"
+                "  (scripts/setup-nfqueue.sh status shows the rules)\n")
+    live = st.get("live", {})
+    queues = st.get("queues", [])
+    drops = sum(q["queue_dropped"] + q["user_dropped"] for q in queues)
+    handed = sum(q["id_sequence"] for q in queues)
+    seen = st.get("packets", 0)
+    rules = st.get("rules") or {}
+    lines = [
+        f"inspector: RUNNING  pid {st['pid']}  up {_duration(st.get('uptime', 0))}  mode {st['mode'].upper()}"
+        + ("  (reporting only, blocking nothing)" if st["mode"] == "alert" else ""),
+        f"queues {st['queue']}..{st['queue'] + st.get('workers', 1) - 1} ({st.get('workers', 1)} worker"
+        f"{'s' if st.get('workers', 1) != 1 else ''}), bound: {', '.join(str(q['queue']) for q in queues if q['portid'])}"
+        if queues else f"queue {st['queue']}: not bound!",
+        f"last minute: {live.get('packets_per_s', 0):,.1f} packets/s, {live.get('verdicts_per_s', 0):,.1f} verdicts/s"
+        f"   packets inspected {seen:,}",
+        f"kernel queue: {drops:,} dropped (queue or socket full), "
+        f"{max(0, handed - seen):,} fail-open passes (handed out but not received)",
+        f"bans active: {st.get('bans_active', 0):,}"
+        + ("  by reason: " + ", ".join(f"{k} {v:,}" for k, v in sorted(st.get("bans_by_reason", {}).items()))
+           if st.get("bans_by_reason") else ""),
+        "verdicts: " + (", ".join(f"{k} {v:,}" for k, v in sorted(live.get("reasons", {}).items())) or "none yet"),
+        "top sources: " + (", ".join(f"{s} ({n})" for s, n in live.get("top_sources", [])[:5]) or "none"),
+        "top blocked domains: " + (", ".join(f"{d} ({n})" for d, n in live.get("top_domains", [])[:5]) or "none"),
+        f"rules: {rules.get('domains', '?'):,} domains, {rules.get('payload', 0)} payload strings, loaded "
+        f"{rules.get('loaded_at', '?')}" if rules else "rules: ?",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main_status(config_path: str | None, watch: bool, as_json: bool) -> int:
+    import json
+
+    path, st = fetch(config_path)
+    if as_json:
+        print(json.dumps(st))
+        return 0 if st else 3
+    if not watch:
+        print(render(path, st), end="")
+        return 0 if st else 3
+    try:
+        from rich.live import Live
+        from rich.text import Text
+    except ImportError:  # pragma: no cover - rich is a dependency
+        while True:
+            print("\033[2J\033[H" + render(*fetch(config_path)), end="", flush=True)
+            time.sleep(1)
+    with Live(Text(render(path, st)), refresh_per_second=2, screen=sys.stdout.isatty()) as live:
+        try:
+            while True:
+                time.sleep(1)
+                live.update(Text(render(*fetch(config_path))))
+        except KeyboardInterrupt:
+            pass
+    return 0
