@@ -129,8 +129,9 @@ def build_report(lines: Iterable[str], since: float, until: float, bucket_second
                 network = str(event.get("network", ""))
                 report.sources[network.split("/")[0]] += 1
                 report.networks[_network(network.split("/")[0])] += 1
-        elif kind == "log-failure":
-            report.log_failures[str(event.get("filter", "?"))] += 1
+        elif kind == "log-failures":
+            for name, n in (event.get("counts") or {}).items():
+                report.log_failures[str(name)] += int(n)
         elif kind == "error":
             report.errors[str(event.get("what", "?"))] += 1
         elif kind == "reload":

@@ -124,6 +124,8 @@ class Service:
         self.runner = Runner(self.engine, self.firewall, self.resets, self.events, self.store, self.clock,
                              mark=svc.mark)
         restored = self._restore_bans()
+        self.logs = self._make_logs(config)
+        self._log_counts: dict[str, int] = {}
 
         queue = self.queue if self.queue is not None else svc.queue
         self.nfq = NetfilterQueue()
@@ -169,6 +171,9 @@ class Service:
 
     def _make_control(self, config: Config) -> socket.socket | None:
         return self._control_socket(config.service.control_socket)
+
+    def _make_logs(self, config: Config) -> Any:
+        return make_log_monitor(config)
 
     def _make_metrics(self, config: Config) -> Any:
         return start_metrics(config, lambda: self._control({"cmd": "status"}))
@@ -230,6 +235,13 @@ class Service:
                 pass
             self.events.emit({"event": "error", "what": "handle", "error": f"{type(e).__name__}: {e}"})
 
+    def _log_ban(self, network: str, seconds: int, reason: str, rule: str | None, now: float) -> bool:
+        if not self.runner.ban(network, seconds, reason, rule, None, now):
+            return False
+        if "/" in network or ":" not in network:  # a narrowed IPv6 single-address ban stays narrow
+            self.engine.add_ban(network, now + seconds, reason)
+        return True
+
     def _on_stop(self, signum: int, frame: object) -> None:
         self.stopping = True
 
@@ -240,9 +252,11 @@ class Service:
         fd = self.nfq.get_fd()
         watch = [fd, self._wake_r] + ([self.control] if self.control else []) + self._extra_watch()
         next_save = self.clock() + SAVE_EVERY
+        next_log = next_minute = 0.0
         while not self.stopping:
+            wait = min(1.0, self.config.logs.poll_interval) if self.logs else 1.0
             try:
-                ready, _, _ = select.select(watch, [], [], 1.0)
+                ready, _, _ = select.select(watch, [], [], wait)
             except InterruptedError:
                 ready = []
             if fd in ready:
@@ -257,6 +271,13 @@ class Service:
             if self._reload_thread is not None and not self._reload_thread.is_alive():
                 self._finish_reload()
             now = self.clock()
+            if self.logs is not None and now >= next_log:
+                next_log = now + self.config.logs.poll_interval
+                self._store_dirty |= apply_log_bans(self.logs.poll(now), now, self._log_ban, self.events,
+                                                    self.config.alert)
+                if now >= next_minute:
+                    next_minute = now + 60
+                    self._log_counts = report_log_failures(self.logs, self._log_counts, now, self.events)
             if now >= next_save:
                 next_save = now + SAVE_EVERY
                 self._save(now)
@@ -280,6 +301,8 @@ class Service:
                           "packets": self.engine.packets, "counts": dict(self.runner.counts)})
         self.resets.close()
         self.firewall.close()
+        if self.logs is not None:
+            self.logs.close()
         if self._log_file:
             self._log_file.close()
         return 0
@@ -291,6 +314,8 @@ class Service:
                 self.store.save(now)
                 self._saved_bans = bans
                 self._store_dirty = False
+                if self.logs is not None:
+                    self.logs.export_hosts_deny(r.network for r in self.store.active(now))
             except OSError as e:
                 self.events.emit({"event": "error", "what": "state-save", "error": str(e)})
 
@@ -330,6 +355,8 @@ class Service:
             self.engine = self.runner.engine = engine
         if config.service != self.config.service:
             self.events.emit({"event": "reload-note", "note": "[service] changes take effect on restart"})
+        if self.logs is not None or config.logs.sources:
+            self.logs = make_log_monitor(config, previous=self.logs)
         self.config = replace(config, service=self.config.service)
         self.rules_info = _rules_info(rules, now)
         self.reloads += 1
@@ -368,6 +395,8 @@ class Service:
             network = self.engine.ban_network(self.engine.ban_key(net.network_address.packed))
             found = self.store.remove(network)
             self.engine.remove_ban(network)
+            if self.logs is not None:
+                self.logs.forget(network)
             try:
                 in_kernel = self.firewall.unban(network)
             except FirewallError as e:
@@ -383,6 +412,7 @@ class Service:
                     "bans_active": len(active), "bans_by_reason": dict(Counter(r.reason for r in active)),
                     "counts": dict(self.runner.counts), "engine": self.engine.stats(),
                     "rules": self.rules_info, "live": self.runner.telemetry.snapshot(now), "reloads": self.reloads,
+                    "logs": self.logs.stats() if self.logs is not None else None,
                     "queues": [q.__dict__ for q in queue_stats()]}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
@@ -432,6 +462,38 @@ def open_control_socket(path: str) -> socket.socket | None:
         return sock
     except OSError as e:
         raise ServiceError(f"cannot create the control socket {p}: {e}") from None
+
+def make_log_monitor(config: Config, previous: Any = None) -> Any:
+    """The log sources of ``[logs]`` (None when there are none)."""
+    if not config.logs.sources:
+        if previous is not None:
+            previous.close()
+        return None
+    from .logs import LogMonitor
+
+    return LogMonitor(config, previous=previous)
+
+
+def apply_log_bans(bans: list[Any], now: float, ban: Callable[[str, int, str, str | None, float], bool],
+                   events: EventSink, alert: bool) -> bool:
+    """Send the log monitor's bans through the one ban pipeline (in alert mode: report them)."""
+    for b in bans:
+        if alert:
+            events.emit({"event": "verdict", "time": round(now, 3), "verdict": "drop", "reason": b.reason,
+                         "src": b.network, "rule": b.rule, "match": b.match, "ban": b.seconds, "alert": True})
+        else:
+            ban(b.network, b.seconds, b.reason, b.rule, now)
+    return bool(bans) and not alert
+
+
+def report_log_failures(logs: Any, last: dict[str, int], now: float, events: EventSink) -> dict[str, int]:
+    """Once a minute: the failures each log filter found since the last report (for ``inspector report``)."""
+    counts = {k.split(":", 1)[1]: v for k, v in logs.counts.items() if k.startswith("failures:")}
+    delta = {k: v - last.get(k, 0) for k, v in counts.items() if v - last.get(k, 0) > 0}
+    if delta:
+        events.emit({"event": "log-failures", "time": round(now, 3), "counts": delta})
+    return counts
+
 
 def start_metrics(config: Config, status: Callable[[], dict[str, Any]]) -> Any:
     """The Prometheus endpoint, if ``[metrics] listen`` asks for one (off by default)."""

@@ -26,7 +26,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -37,8 +37,8 @@ from .events import now_iso
 from .firewall import FirewallError, IpsetFirewall, SetNames
 from .rules import RuleError
 from .app import load
-from .service import (SAVE_EVERY, Service, ServiceError, _Fanout, _read_line, _record_json, apply_overrides,
-                      open_control_socket, open_sinks)
+from .service import (SAVE_EVERY, Service, ServiceError, _Fanout, _read_line, _record_json, apply_log_bans,
+                      apply_overrides, make_log_monitor, open_control_socket, open_sinks, report_log_failures)
 
 __all__ = ["Supervisor", "detect_queues"]
 
@@ -105,6 +105,9 @@ class WorkerService(Service):
 
     def _make_metrics(self, config: Config) -> Any:
         return None  # the supervisor serves the metrics of all workers
+
+    def _make_logs(self, config: Config) -> Any:
+        return None  # the supervisor follows the logs
 
     def _restore_bans(self) -> int:
         for network, expires, reason in self.snapshot:
@@ -247,6 +250,8 @@ class Supervisor:
         self.worker_info: dict[int, dict[str, Any]] = {}
         self.reloads_pending: dict[int, dict[str, Any]] = {}
         self.reloads = 0
+        self.logs = make_log_monitor(config)
+        self._log_counts: dict[str, int] = {}
         for index in range(self.count):
             self._spawn(index)
         from .service import start_metrics
@@ -285,15 +290,40 @@ class Supervisor:
                 except OSError:
                     pass
 
+    def _log_ban(self, network: str, seconds: int, reason: str, rule: str | None, now: float) -> bool:
+        self.store.add(BanRecord(network, now + seconds, reason, rule, now))
+        try:
+            self.firewall.ban(network, seconds)
+        except FirewallError as e:
+            self.events.emit({"event": "error", "what": "ban", "network": network, "error": str(e)})
+            return False
+        self.events.emit({"event": "ban", "time": round(now, 3), "network": network, "seconds": seconds,
+                          "reason": reason, "rule": rule, "dport": None})
+        if "/" in network or ":" not in network:  # a narrowed IPv6 single-address ban stays narrow
+            self._broadcast(("add_ban", (network, now + seconds, reason)))
+        return True
+
+    def _reload_logs(self) -> None:
+        from .config import load_config
+
+        try:
+            config = apply_overrides(load_config(self.config_path, self.rules_path), self.overrides)
+        except ConfigError:
+            return  # the workers report the error; the running logs stay
+        self.logs = make_log_monitor(config, previous=self.logs)
+        self.config = replace(config, service=self.config.service)
+
     def run(self) -> int:
         next_save = self.clock() + SAVE_EVERY
+        next_log = next_minute = 0.0
         dirty = False
         while not self.stopping:
             watch: list[Any] = [self._wake_r] + [conn for _, conn in self.workers.values()]
             if self.control is not None:
                 watch.append(self.control)
+            wait = min(1.0, self.config.logs.poll_interval) if self.logs else 1.0
             try:
-                ready, _, _ = select.select(watch, [], [], 1.0)
+                ready, _, _ = select.select(watch, [], [], wait)
             except InterruptedError:
                 ready = []
             if self._wake_r in ready:
@@ -306,8 +336,15 @@ class Supervisor:
             if self.reload:
                 self.reload = False
                 self._broadcast(("reload", None))
+                self._reload_logs()
             self._reap()
             now = self.clock()
+            if self.logs is not None and now >= next_log:
+                next_log = now + self.config.logs.poll_interval
+                dirty |= apply_log_bans(self.logs.poll(now), now, self._log_ban, self.events, self.config.alert)
+                if now >= next_minute:
+                    next_minute = now + 60
+                    self._log_counts = report_log_failures(self.logs, self._log_counts, now, self.events)
             if now >= next_save:
                 next_save = now + SAVE_EVERY
                 if dirty:
@@ -390,6 +427,8 @@ class Supervisor:
     def _save(self, now: float) -> None:
         try:
             self.store.save(now)
+            if self.logs is not None:
+                self.logs.export_hosts_deny(r.network for r in self.store.active(now))
         except OSError as e:
             self.events.emit({"event": "error", "what": "state-save", "error": str(e)})
 
@@ -414,6 +453,8 @@ class Supervisor:
         self.events.emit({"event": "stopped", "time": round(now, 3), "at": now_iso(now),
                           "workers": {i: s.get("counts", {}) for i, s in sorted(self.stats.items())}})
         self.firewall.close()
+        if self.logs is not None:
+            self.logs.close()
         if self._log_file:
             self._log_file.close()
         return 0
@@ -462,6 +503,8 @@ class Supervisor:
             except FirewallError as e:
                 return {"ok": False, "error": str(e)}, False
             self._broadcast(("remove_ban", network))
+            if self.logs is not None:
+                self.logs.forget(network)
             self._save(now)
             self.events.emit({"event": "unban", "time": round(now, 3), "network": network})
             return {"ok": True, "network": network, "was_banned": found or in_kernel}, True
@@ -479,6 +522,7 @@ class Supervisor:
                     "packets": sum(s.get("packets", 0) for s in self.stats.values()),
                     "bans_active": len(active), "bans_by_reason": dict(Counter(r.reason for r in active)),
                     "counts": dict(total), "rules": first.get("rules"), "reloads": self.reloads,
+                    "logs": self.logs.stats() if self.logs is not None else None,
                     "live": merge([s.get("live", {}) for s in self.stats.values()]),
                     "queues": [q.__dict__ for q in queue_stats()], "per_worker": self.stats}, False
         return {"ok": False, "error": f"unknown command {cmd!r}"}, False
