@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from .engine import Engine
+from .progress import Progress
 from .sources.pcap import CaptureError, CaptureReader
 
 
@@ -25,11 +26,14 @@ class ReplayResult:
     error: str | None = None
 
 
-def run(engine: Engine, packets: Iterable[tuple[float, bytes]], emit: Callable[[dict[str, object]], None]) -> Counter[str]:
+def run(engine: Engine, packets: Iterable[tuple[float, bytes]], emit: Callable[[dict[str, object]], None],
+        progress: Callable[[], None] | None = None) -> Counter[str]:
     """Feed ``packets`` to ``engine``; call ``emit`` for every non-accept decision."""
     verdicts: Counter[str] = Counter()
     process = engine.process
     for ts, data in packets:
+        if progress is not None:
+            progress()
         v = process(data, ts)
         if v.reason is not None:
             decision = engine.last_decision
@@ -55,7 +59,12 @@ def replay_file(engine: Engine, path: str, out: IO[str] | None = None, collect: 
     try:
         with open(path, "rb", buffering=0) as f:
             reader = CaptureReader(f, path)
-            verdicts = run(engine, reader, emit)
+            bar = Progress.for_file("replay", path)
+            progress = (lambda: bar.update(reader.bytes_read, reader.records)) if bar.enabled else None
+            try:
+                verdicts = run(engine, reader, emit, progress)
+            finally:
+                bar.done()
     except CaptureError as e:
         result.error = str(e)
     except OSError as e:

@@ -194,10 +194,11 @@ def _chart(r: Report, width: int = 720, height: int = 220) -> str:
             if h:
                 parts.append(f'<rect class="bar" x="{x + j * bar / 2:.1f}" y="{top + plot_h - h:.1f}" '
                              f'width="{max(1.0, bar / 2 - 1):.1f}" height="{h:.1f}" fill="{color}"/>')
-    for i in (0, len(slots) // 2, len(slots) - 1):
+    for i, anchor in ((0, "start"), (len(slots) // 2, "middle"), (len(slots) - 1, "end")):
         if slots:
             label = time.strftime("%m-%d %H:%M", time.gmtime(slots[i] * r.bucket_seconds))
-            parts.append(f'<text x="{left + i * bar:.0f}" y="{height - 8}" font-size="11">{label}</text>')
+            x = left + (i + (1 if anchor == "end" else 0)) * bar
+            parts.append(f'<text x="{x:.0f}" y="{height - 8}" font-size="11" text-anchor="{anchor}">{label}</text>')
     parts.append("</svg>")
     return "".join(parts)
 

@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from ..progress import Progress
 from .filters import NOT_ADDRESS, Failure, Filter, FilterError, LineMatcher, TimeParser, get_filter, user_filter
 from .follow import MAX_LINE, TOO_LONG, LineSplitter
 from .policy import Limits, LogPolicy, Whitelist, local_addresses
@@ -96,9 +97,11 @@ def scan_file(path: str, filt: Filter, limits: Limits, policy: LogPolicy, out: I
         dumps = json.dumps
         lineno = 0
         seconds: dict[int, str] = {}
+        bar = Progress.for_file("scan", path, every=1)
         try:
             while True:
                 chunk = raw.read(_READ)
+                bar.update(f.tell(), lineno)
                 lines = splitter.feed(chunk) if chunk else splitter.flush()
                 for line in lines:
                     lineno += 1
@@ -137,6 +140,8 @@ def scan_file(path: str, filt: Filter, limits: Limits, policy: LogPolicy, out: I
                     break
         except (OSError, EOFError, gzip.BadGzipFile) as e:
             result.error = f"{path}: read error after line {lineno}: {e}"
+        finally:
+            bar.done()
     result.lines = lineno  # TOO_LONG placeholders included
     result.too_long = splitter.too_long
     result.not_address = matcher.not_address
