@@ -410,6 +410,7 @@ class Service:
             return {"ok": True, "pid": os.getpid(), "mode": self.config.mode, "queue": self.config.service.queue,
                     "workers": 1, "uptime": round(now - self.started, 1), "packets": self.engine.packets,
                     "bans_active": len(active), "bans_by_reason": dict(Counter(r.reason for r in active)),
+                    "recent_bans": recent_bans(active, now),
                     "counts": dict(self.runner.counts), "engine": self.engine.stats(),
                     "rules": self.rules_info, "live": self.runner.telemetry.snapshot(now), "reloads": self.reloads,
                     "logs": self.logs.stats() if self.logs is not None else None,
@@ -511,6 +512,11 @@ def start_metrics(config: Config, status: Callable[[], dict[str, Any]]) -> Any:
         return serve(listen, safe)
     except (OSError, ValueError) as e:
         raise ServiceError(f"cannot serve metrics on {listen}: {e}") from None
+
+
+def recent_bans(active: list[BanRecord], now: float, n: int = 5) -> list[dict[str, Any]]:
+    """The newest bans, for ``inspector status``: who, why, and for how long still."""
+    return [_record_json(r, now) for r in sorted(active, key=lambda r: r.added, reverse=True)[:n]]
 
 
 def _rules_info(rules: RuleSet, loaded: float) -> dict[str, Any]:

@@ -59,6 +59,8 @@ def render(path: str, st: dict[str, Any] | None) -> str:
         f"bans active: {st.get('bans_active', 0):,}"
         + ("  by reason: " + ", ".join(f"{k} {v:,}" for k, v in sorted(st.get("bans_by_reason", {}).items()))
            if st.get("bans_by_reason") else ""),
+        *(f"  {b['network']:<28} {b['reason']:<10} {_duration(b['seconds_left'])} left  {b.get('rule') or ''}"
+          for b in st.get("recent_bans", [])),
         "verdicts: " + (", ".join(f"{k} {v:,}" for k, v in sorted(live.get("reasons", {}).items())) or "none yet"),
         "top sources: " + (", ".join(f"{s} ({n})" for s, n in live.get("top_sources", [])[:5]) or "none"),
         "top blocked domains: " + (", ".join(f"{d} ({n})" for d, n in live.get("top_domains", [])[:5]) or "none"),

@@ -38,7 +38,8 @@ from .firewall import FirewallError, IpsetFirewall, SetNames
 from .rules import RuleError
 from .app import load
 from .service import (SAVE_EVERY, Service, ServiceError, _Fanout, _read_line, _record_json, apply_log_bans,
-                      apply_overrides, make_log_monitor, open_control_socket, open_sinks, report_log_failures)
+                      apply_overrides, make_log_monitor, open_control_socket, open_sinks, recent_bans,
+                      report_log_failures)
 
 __all__ = ["Supervisor", "detect_queues"]
 
@@ -521,7 +522,7 @@ class Supervisor:
                     "workers": len(self.workers), "uptime": round(now - self.started, 1),
                     "packets": sum(s.get("packets", 0) for s in self.stats.values()),
                     "bans_active": len(active), "bans_by_reason": dict(Counter(r.reason for r in active)),
-                    "counts": dict(total), "rules": first.get("rules"), "reloads": self.reloads,
+                    "recent_bans": recent_bans(active, now), "counts": dict(total), "rules": first.get("rules"), "reloads": self.reloads,
                     "logs": self.logs.stats() if self.logs is not None else None,
                     "live": merge([s.get("live", {}) for s in self.stats.values()]),
                     "queues": [q.__dict__ for q in queue_stats()], "per_worker": self.stats}, False

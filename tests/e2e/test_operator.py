@@ -28,6 +28,7 @@ def test_status_answers_is_it_working(live: Bed) -> None:
     assert "RUNNING" in screen and "mode ENFORCE" in screen
     assert "bans active: 1" in screen and "domain 1" in screen
     assert f"{BLOCKED} (1)" in screen and a in screen
+    assert any(line.split()[:2] == [a, "domain"] and "left" in line for line in screen.splitlines())
     assert "dropped (queue or socket full)" in screen and "fail-open passes" in screen
     raw = json.loads(live.cli("status", "--json").stdout)
     assert raw["bans_by_reason"] == {"domain": 1} and raw["live"]["reasons"]["domain"] == 1
