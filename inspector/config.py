@@ -102,7 +102,7 @@ class Config:
     depth: int = 4096
     # when a flow is decided (no more of it is queued): "depth" = after `depth` bytes, STARTTLS or
     # QUIT; "early" = also at DATA/BDAT (SMTP) and after the first line (other ports: the SSH banner)
-    decide: str = "depth"
+    decide: str = "early"
     max_flows: int = 262144
     flow_idle: float = 600.0
     rates: tuple[RateRule, ...] = (RateRule(),)

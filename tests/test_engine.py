@@ -225,8 +225,8 @@ def test_early_decision_at_data_and_after_the_ssh_banner(make_engine):
     ssh = [e.process(p, 1 + i * 0.01) for i, p in enumerate([s.syn(), s.send(b"SSH-2.0-Open"),
                                                               s.send(b"SSH_9.2\r\n"), s.send(b"\x00" * 50)])]
     assert ssh[1] is ACCEPT and ssh[2] is ACCEPT_FINAL and ssh[3] is ACCEPT_FINAL
-    # the default inspects on: a second transaction after the message is still seen
-    d = make_engine()
+    # "depth" inspects on: a second transaction after the message is still seen
+    d = make_engine(decide="depth")
     c2 = Conn(src="198.51.100.9")
     verdicts = [d.process(p, 2 + i * 0.01) for i, p in enumerate(
         [c2.syn(), c2.send(b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<b@ok.test>\r\nDATA\r\n"), c2.send(b"hi\r\n.\r\n"),
