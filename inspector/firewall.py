@@ -14,6 +14,8 @@ import socket
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .ipset_netlink import IpsetError, IpsetNetlink
+
 __all__ = ["Firewall", "FirewallError", "IpsetFirewall", "SetNames", "MAX_TIMEOUT"]
 
 MAX_TIMEOUT = 2_147_483  # ipset's largest timeout; netlink silently clamps larger ones
@@ -52,6 +54,7 @@ class IpsetFirewall:
         try:
             from pyroute2 import IPSet
             self._ipset: Any = IPSet()
+            self._fast = IpsetNetlink()  # ban/unban: the hot operations, without pyroute2's per-call event loop
         except ImportError:
             raise FirewallError("pyroute2 is not installed (pip install 'inspector[live]')") from None
         except Exception as e:  # noqa: BLE001 - pyroute2 raises its own error types
@@ -59,6 +62,7 @@ class IpsetFirewall:
 
     def close(self) -> None:
         self._ipset.close()
+        self._fast.close()
 
     def ensure_sets(self) -> None:
         """Create both sets if missing.  An existing set (e.g. made by setup-nfqueue.sh) is
@@ -103,21 +107,20 @@ class IpsetFirewall:
         """Add (or refresh) a ban that the kernel expires after ``seconds``."""
         name, entry, kw = self._target(network)
         try:
-            self._ipset.add(name, entry, timeout=max(1, min(int(seconds), MAX_TIMEOUT)), exclusive=False, **kw)
-        except Exception as e:  # noqa: BLE001
-            if getattr(e, "code", None) == _ERR_HASH_FULL:
+            self._fast.add(name, entry, max(1, min(int(seconds), MAX_TIMEOUT)), net=kw.get("etype") == "net")
+        except IpsetError as e:
+            if e.code == _ERR_HASH_FULL:
                 raise FirewallError(f"ipset {name} is full (maxelem {self.maxelem}): {entry} not banned") from None
+            raise FirewallError(f"cannot ban {entry} in ipset {name}: {e}") from None
+        except OSError as e:
             raise FirewallError(f"cannot ban {entry} in ipset {name}: {e}") from None
 
     def unban(self, network: str) -> bool:
         name, entry, kw = self._target(network)
         try:
-            self._ipset.delete(name, entry, **kw)
-        except Exception as e:  # noqa: BLE001
-            if getattr(e, "code", None) == _ERR_EXIST:
-                return False
+            return self._fast.delete(name, entry, net=kw.get("etype") == "net")
+        except OSError as e:
             raise FirewallError(f"cannot unban {entry} in ipset {name}: {e}") from None
-        return True
 
     def bans(self) -> list[tuple[str, int]]:
         """Current entries of both sets with their seconds left."""

@@ -82,3 +82,31 @@ def test_existing_sets_are_used_if_they_fit():
         assert r.stdout.strip() == ("ipset e6 exists as hash:ip inet6 without timeout support, but bans need "
                                     "hash:net inet6 with timeout support; remove it (ipset destroy e6) or "
                                     "choose another name")
+
+
+def test_ban_speed_raw_netlink_against_pyroute2():
+    """Not a timed assertion: prints the figures, and checks both paths put the same entries in the set."""
+    with namespace() as ns:
+        script = r"""
+import json, socket, time
+from pyroute2 import IPSet
+from inspector.firewall import IpsetFirewall, SetNames
+fw = IpsetFirewall(SetNames("s4", "s6"), maxelem=100000)
+fw.ensure_sets()
+n = 2000
+t = time.perf_counter()
+for i in range(n):
+    fw.ban(f"198.18.{i // 250}.{i % 250 + 1}", 600)
+raw = (time.perf_counter() - t) / n
+ips = IPSet()
+t = time.perf_counter()
+for i in range(n):
+    ips.add("s4", f"198.19.{i // 250}.{i % 250 + 1}", timeout=600, exclusive=False)
+py = (time.perf_counter() - t) / n
+print(json.dumps({"raw_us": raw * 1e6, "pyroute2_us": py * 1e6, "entries": len(fw.bans())}))
+"""
+        r = run_in(ns, sys.executable, "-c", script, check=False, timeout=120)
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        print(f"\nban: raw netlink {out['raw_us']:.1f} us, pyroute2 {out['pyroute2_us']:.1f} us per add")
+        assert out["entries"] == 4000
