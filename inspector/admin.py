@@ -70,7 +70,7 @@ def unban(config_path: str | None, address: str) -> int:
     except StateError as e:
         print(f"inspector: warning: {e}", file=sys.stderr)
     found = store.remove(network)
-    store.save(time.time())
+    store.save(time.time(), compact=True)
     in_kernel = False
     if os.geteuid() == 0:
         try:

@@ -216,7 +216,7 @@ class Service:
             except FirewallError as e:
                 self.events.emit({"event": "error", "what": "restore", "network": record.network, "error": str(e)})
         self._saved_bans = self.runner.counts["bans"]
-        self.store.save(now)
+        self.store.save(now, compact=True)
         return restored
 
     def _control_socket(self, path: str) -> socket.socket | None:
@@ -311,7 +311,7 @@ class Service:
         bans = self.runner.counts["bans"]
         if force or bans != self._saved_bans or self._store_dirty:
             try:
-                self.store.save(now)
+                self.store.save(now, compact=True if force else None)
                 self._saved_bans = bans
                 self._store_dirty = False
                 if self.logs is not None:

@@ -235,7 +235,7 @@ class Supervisor:
                 restored += 1
             except FirewallError as e:
                 self.events.emit({"event": "error", "what": "restore", "network": record.network, "error": str(e)})
-        self.store.save(now)
+        self.store.save(now, compact=True)
         self.control = open_control_socket(svc.control_socket)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -425,9 +425,9 @@ class Supervisor:
                 return
             self._spawn(index)
 
-    def _save(self, now: float) -> None:
+    def _save(self, now: float, compact: bool | None = None) -> None:
         try:
-            self.store.save(now)
+            self.store.save(now, compact)
             if self.logs is not None:
                 self.logs.export_hosts_deny(r.network for r in self.store.active(now))
         except OSError as e:
@@ -444,7 +444,7 @@ class Supervisor:
         for index, (_, conn) in self.workers.items():
             self._drain(index, conn)
         now = self.clock()
-        self._save(now)
+        self._save(now, compact=True)
         if self.control is not None:
             self.control.close()
             try:
@@ -506,7 +506,7 @@ class Supervisor:
             self._broadcast(("remove_ban", network))
             if self.logs is not None:
                 self.logs.forget(network)
-            self._save(now)
+            self._save(now, compact=True)  # rare: leave the file itself without the lifted ban
             self.events.emit({"event": "unban", "time": round(now, 3), "network": network})
             return {"ok": True, "network": network, "was_banned": found or in_kernel}, True
         if cmd == "status":

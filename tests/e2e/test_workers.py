@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
+import time
 import signal
 from pathlib import Path
 
 import pytest
 
+from inspector.bans import BanStore
 from inspector.service import control_request
 
 from .bed import BLOCKED, Bed, wait_for
@@ -58,7 +59,11 @@ def test_blocks_and_bans_from_many_sources_across_workers(two_workers: Bed) -> N
     wait_for(lambda: sum(resets().values()) == len(SOURCES), 3, what="every worker reported")
     per_worker = resets()
     assert all(n > 0 for n in per_worker.values()), f"the kernel spreads 16 sources over both queues: {per_worker}"
-    wait_for(lambda: len(json.loads(bed.state_file.read_text())["bans"]) == len(SOURCES), 3, what="bans saved")
+
+    def saved() -> int:  # the state file and its journal, as a restart reads them
+        store = BanStore(bed.state_file)
+        return store.load(time.time())
+    wait_for(lambda: saved() == len(SOURCES), 3, what="bans saved")
 
 
 def test_a_dead_worker_is_restarted(two_workers: Bed) -> None:
