@@ -12,10 +12,9 @@ from pathlib import Path
 
 from .bans import BanStore, StateError
 from .config import load_config
-from .engine import Engine
+from .engine import ban_network_for
 from .events import now_iso
 from .firewall import FirewallError, IpsetFirewall, SetNames
-from .rules import load_rules
 from .service import control_request
 
 
@@ -63,7 +62,7 @@ def unban(config_path: str | None, address: str) -> int:
         print(f"unbanned {reply['network']}" + ("" if reply.get("was_banned") else " (it was not banned)"))
         return 0
     # no service: edit the state and the kernel set directly
-    network = _normalize(config_path, address)
+    network = ban_network_for(address, config.ipv4_prefix, config.ipv6_prefix)
     store = BanStore(Path(config.service.state_file))
     try:
         store.load(time.time())
@@ -82,13 +81,3 @@ def unban(config_path: str | None, address: str) -> int:
             print(f"inspector: warning: {e}", file=sys.stderr)
     print(f"unbanned {network}" + ("" if found or in_kernel else " (it was not banned)"))
     return 0
-
-
-def _normalize(config_path: str | None, address: str) -> str:
-    """The ban network that covers ``address`` (an IPv6 address maps to its /64)."""
-    config = load_config(config_path)
-    engine = Engine(config, load_rules([]))
-    net = ipaddress.ip_network(address, strict=False)
-    return engine.ban_network(engine.ban_key(net.network_address.packed))
-
-

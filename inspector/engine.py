@@ -25,9 +25,30 @@ from .rules import RuleSet
 from .stream import Stream
 from .verdict import ACCEPT, ACCEPT_FINAL, Action, Reason, Verdict
 
-__all__ = ["Engine", "Decision", "Ban"]
+__all__ = ["Engine", "Decision", "Ban", "mask_address", "network_text", "ban_network_for"]
 
 _XMAS = FIN | PSH | URG
+
+
+def mask_address(addr: bytes, prefix: int) -> bytes:
+    """``addr`` (4 or 16 raw bytes) with the host bits of ``prefix`` zeroed; the length tells the family."""
+    n, bits = divmod(prefix, 8)
+    if n >= len(addr):
+        return addr
+    head = addr[:n] + (bytes([addr[n] & (0xFF00 >> bits) & 0xFF]) if bits else b"")
+    return head + bytes(len(addr) - len(head))
+
+
+def network_text(key: bytes, prefix: int) -> str:
+    """A masked address as a ban network: the bare address for a full prefix, else CIDR."""
+    return format_addr(key) if prefix == len(key) * 8 else f"{format_addr(key)}/{prefix}"
+
+
+def ban_network_for(address: str, ipv4_prefix: int, ipv6_prefix: int) -> str:
+    """The ban network covering ``address`` (e.g. an IPv6 address maps to its /64)."""
+    raw = ipaddress.ip_network(address, strict=False).network_address.packed
+    prefix = ipv4_prefix if len(raw) == 4 else ipv6_prefix
+    return network_text(mask_address(raw, prefix), prefix)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +114,7 @@ class Engine:
         self._kind = {p: SMTP for p in config.smtp_ports}
         for p in config.other_ports:
             self._kind.setdefault(p, PAYLOAD)
-        self._v6_bytes, self._v6_mask = divmod(config.ipv6_prefix, 8)
-        self._v4_bytes, self._v4_mask = divmod(config.ipv4_prefix, 8)
+        self._prefix = {4: config.ipv4_prefix, 16: config.ipv6_prefix}  # by address length
         # by address length: is the ban/rate key the raw address itself?
         self._raw_key = {4: config.ipv4_prefix == 32, 16: config.ipv6_prefix == 128}
         self._limiters: dict[int, tuple[RateLimiter, RateRule]] = {}
@@ -190,17 +210,8 @@ class Engine:
         self.rules = rules
 
     def ban_key(self, addr: bytes) -> bytes:
-        """The ban/rate key of a raw source address: the address with the host
-        bits of its configured prefix zeroed (4 or 16 bytes, so the length
-        tells the family)."""
-        if len(addr) == 4:
-            n, bits = self._v4_bytes, self._v4_mask
-        else:
-            n, bits = self._v6_bytes, self._v6_mask
-        if n == len(addr):
-            return addr
-        head = addr[:n] + (bytes([addr[n] & (0xFF00 >> bits) & 0xFF]) if bits else b"")
-        return head + bytes(len(addr) - len(head))
+        """The ban/rate key of a raw source address (see :func:`mask_address`)."""
+        return mask_address(addr, self._prefix[len(addr)])
 
     def add_ban(self, network: str, expires: float, reason: str = "restored") -> None:
         """Record a ban (e.g. restored from the state file) so replay and live agree."""
@@ -372,8 +383,4 @@ class Engine:
         return known
 
     def ban_network(self, bkey: bytes) -> str:
-        if len(bkey) == 4:
-            prefix = self.config.ipv4_prefix
-            return format_addr(bkey) if prefix == 32 else f"{format_addr(bkey)}/{prefix}"
-        prefix = self.config.ipv6_prefix
-        return format_addr(bkey) if prefix == 128 else f"{format_addr(bkey)}/{prefix}"
+        return network_text(bkey, self._prefix[len(bkey)])

@@ -23,7 +23,7 @@ from .respond.reset import rst_for_client, rst_for_server
 from .telemetry import SAMPLE, Telemetry
 from .verdict import ACCEPT, ACCEPT_FINAL, Action, Reason
 
-__all__ = ["Runner", "QueuedPacket", "ResetSender", "RawResetSender"]
+__all__ = ["Runner", "QueuedPacket", "ResetSender", "RawResetSender", "issue_ban"]
 
 ALERT_REPEAT = 60.0  # seconds between two alert-mode reports of the same would-be-banned source
 
@@ -154,18 +154,28 @@ class Runner:
             self.ban(decision.ban_network, v.ban, v.reason.value if v.reason else "", v.rule, decision.dport, now)
 
     def ban(self, network: str, seconds: int, reason: str, rule: str | None, dport: int | None, now: float) -> bool:
-        """Ban in the kernel and the store; report it.  Also used by log sources and ``unban``'s opposite."""
-        self.store.add(BanRecord(network, now + seconds, reason, rule, now))
-        try:
-            self.firewall.ban(network, seconds)
-        except Exception as e:  # noqa: BLE001
-            self._error("ban", e, network=network)
+        """Ban in the kernel and the store; report it (see :func:`issue_ban`)."""
+        if not issue_ban(self.store, self.firewall, self.events, network, seconds, reason, rule, dport, now):
+            self.counts["errors:ban"] += 1
             return False
         self.counts["bans"] += 1
-        self.events.emit({"event": "ban", "time": round(now, 3), "network": network, "seconds": seconds,
-                          "reason": reason, "rule": rule, "dport": dport})
         return True
 
     def _error(self, what: str, e: Exception, **extra: object) -> None:
         self.counts["errors:" + what] += 1
         self.events.emit({"event": "error", "what": what, "error": f"{type(e).__name__}: {e}", **extra})
+
+
+def issue_ban(store: BanStore, firewall: Firewall, events: EventSink, network: str, seconds: int, reason: str,
+              rule: str | None, dport: int | None, now: float) -> bool:
+    """The one ban pipeline, for packet verdicts and log sources alike: the store first
+    (so a failed kernel add is retried at the next start), then the ipset, then the event."""
+    store.add(BanRecord(network, now + seconds, reason, rule, now))
+    try:
+        firewall.ban(network, seconds)
+    except Exception as e:  # noqa: BLE001 - a firewall failure is reported, never raised into the loop
+        events.emit({"event": "error", "what": "ban", "error": f"{type(e).__name__}: {e}", "network": network})
+        return False
+    events.emit({"event": "ban", "time": round(now, 3), "network": network, "seconds": seconds,
+                 "reason": reason, "rule": rule, "dport": dport})
+    return True

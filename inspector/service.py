@@ -35,7 +35,7 @@ from typing import IO, Any
 from .app import load
 from .bans import BanRecord, BanStore, StateError
 from .config import Config, ConfigError
-from .engine import Engine
+from .engine import Engine, ban_network_for
 from .events import EventSink, JsonLinesSink, SyslogBans, now_iso
 from .firewall import FirewallError, IpsetFirewall, SetNames
 from .rules import RuleError, RuleSet
@@ -109,12 +109,7 @@ class Service:
         self.config = config
         svc = config.service
         self.events = self._make_events(config)
-        try:
-            self.firewall = IpsetFirewall(SetNames(svc.ipset_v4, svc.ipset_v6), svc.maxelem,
-                                          config.ipv4_prefix, config.ipv6_prefix)
-            self.firewall.ensure_sets()
-        except FirewallError as e:
-            raise ServiceError(str(e)) from None
+        self.firewall = open_firewall(config)
         self.engine = Engine(config, rules)
         self.store = self._make_store(config)
         try:
@@ -192,31 +187,8 @@ class Service:
         return sinks
 
     def _restore_bans(self) -> int:
-        now = self.clock()
-        try:
-            self.store.load(now)
-        except StateError as e:
-            self.events.emit({"event": "error", "what": "state", "error": str(e)})
-        # the ipset outlives the process (and a crash between two saves): trust what it holds
-        try:
-            for network, left in self.firewall.bans():
-                if network not in self.store.records and left > 0:
-                    self.store.add(BanRecord(network, now + left, "kernel", None, now))
-        except FirewallError as e:
-            self.events.emit({"event": "error", "what": "ipset-list", "error": str(e)})
-        restored = 0
-        for record in self.store.active(now):
-            left = int(record.expires - now)
-            if left <= 0:
-                continue
-            self.engine.add_ban(record.network, record.expires, record.reason)
-            try:
-                self.firewall.ban(record.network, left)
-                restored += 1
-            except FirewallError as e:
-                self.events.emit({"event": "error", "what": "restore", "network": record.network, "error": str(e)})
+        restored = restore_bans(self.store, self.firewall, self.events, self.clock(), self.engine)
         self._saved_bans = self.runner.counts["bans"]
-        self.store.save(now, compact=True)
         return restored
 
     def _control_socket(self, path: str) -> socket.socket | None:
@@ -367,21 +339,7 @@ class Service:
 
     def _serve_control(self) -> None:
         assert self.control is not None
-        try:
-            conn, _ = self.control.accept()
-        except BlockingIOError:
-            return
-        with conn:
-            conn.settimeout(1.0)
-            try:
-                request = json.loads(_read_line(conn))
-                reply = self._control(request)
-            except Exception as e:  # noqa: BLE001
-                reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
-            try:
-                conn.sendall(json.dumps(reply).encode() + b"\n")
-            except OSError:
-                pass
+        serve_control(self.control, self._control)
 
     def _control(self, request: dict[str, Any]) -> dict[str, Any]:
         now = self.clock()
@@ -389,34 +347,105 @@ class Service:
         if cmd == "bans":
             return {"ok": True, "bans": [_record_json(r, now) for r in self.store.active(now)]}
         if cmd == "unban":
-            import ipaddress
-
-            net = ipaddress.ip_network(str(request.get("network")), strict=False)
-            network = self.engine.ban_network(self.engine.ban_key(net.network_address.packed))
-            found = self.store.remove(network)
-            self.engine.remove_ban(network)
-            if self.logs is not None:
-                self.logs.forget(network)
-            try:
-                in_kernel = self.firewall.unban(network)
-            except FirewallError as e:
-                return {"ok": False, "error": str(e)}
-            self._store_dirty = True
-            self._save(now, force=True)
-            self.events.emit({"event": "unban", "time": round(now, 3), "network": network})
-            return {"ok": True, "network": network, "was_banned": found or in_kernel}
+            def save() -> None:
+                self._store_dirty = True
+                self._save(now, force=True)
+            return lift_ban(str(request.get("network")), self.config, self.store, self.firewall, self.logs,
+                            self.events, now, self.engine.remove_ban, save)
         if cmd == "status":
-            active = self.store.active(now)
             return {"ok": True, "pid": os.getpid(), "mode": self.config.mode, "queue": self.config.service.queue,
                     "workers": 1, "uptime": round(now - self.started, 1), "packets": self.engine.packets,
-                    "bans_active": len(active), "bans_by_reason": dict(Counter(r.reason for r in active)),
-                    "recent_bans": recent_bans(active, now),
-                    "counts": dict(self.runner.counts), "engine": self.engine.stats(),
+                    **ban_summary(self.store, now), "counts": dict(self.runner.counts), "engine": self.engine.stats(),
                     "rules": self.rules_info, "live": self.runner.telemetry.snapshot(now), "reloads": self.reloads,
                     "logs": self.logs.stats() if self.logs is not None else None,
                     "queues": [q.__dict__ for q in queue_stats()]}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
+
+
+def open_firewall(config: Config) -> IpsetFirewall:
+    """The ipset adapter with both ban sets in place (ServiceError if that cannot be)."""
+    svc = config.service
+    try:
+        firewall = IpsetFirewall(SetNames(svc.ipset_v4, svc.ipset_v6), svc.maxelem,
+                                 config.ipv4_prefix, config.ipv6_prefix)
+        firewall.ensure_sets()
+    except FirewallError as e:
+        raise ServiceError(str(e)) from None
+    return firewall
+
+
+def restore_bans(store: BanStore, firewall: Any, events: EventSink, now: float, engine: Engine | None = None) -> int:
+    """Bans at start: the state file, plus what the ipset itself still holds (it outlives the
+    process, and a crash between two saves); every unexpired one back into the ipset (and the
+    engine).  Returns how many were restored; errors are events, never fatal."""
+    try:
+        store.load(now)
+    except StateError as e:
+        events.emit({"event": "error", "what": "state", "error": str(e)})
+    try:
+        for network, left in firewall.bans():
+            if network not in store.records and left > 0:
+                store.add(BanRecord(network, now + left, "kernel", None, now))
+    except FirewallError as e:
+        events.emit({"event": "error", "what": "ipset-list", "error": str(e)})
+    restored = 0
+    for record in store.active(now):
+        left = int(record.expires - now)
+        if left <= 0:
+            continue
+        if engine is not None:
+            engine.add_ban(record.network, record.expires, record.reason)
+        try:
+            firewall.ban(record.network, left)
+            restored += 1
+        except FirewallError as e:
+            events.emit({"event": "error", "what": "restore", "network": record.network, "error": str(e)})
+    store.save(now, compact=True)
+    return restored
+
+
+def lift_ban(address: str, config: Config, store: BanStore, firewall: Any, logs: Any, events: EventSink,
+             now: float, forget: Callable[[str], Any], save: Callable[[], None]) -> dict[str, Any]:
+    """``unban`` in a running service: the state, the engines (``forget``), the log policy and
+    the kernel set; ``save`` persists the state.  Returns the control socket's reply."""
+    network = ban_network_for(address, config.ipv4_prefix, config.ipv6_prefix)
+    found = store.remove(network)
+    forget(network)
+    if logs is not None:
+        logs.forget(network)
+    try:
+        in_kernel = firewall.unban(network)
+    except FirewallError as e:
+        return {"ok": False, "error": str(e)}
+    save()
+    events.emit({"event": "unban", "time": round(now, 3), "network": network})
+    return {"ok": True, "network": network, "was_banned": found or in_kernel}
+
+
+def ban_summary(store: BanStore, now: float) -> dict[str, Any]:
+    """The ban part of ``status``: how many, by reason, and the newest."""
+    active = store.active(now)
+    return {"bans_active": len(active), "bans_by_reason": dict(Counter(r.reason for r in active)),
+            "recent_bans": recent_bans(active, now)}
+
+
+def serve_control(sock: socket.socket, handle: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """Answer one control-socket request (a JSON line in, a JSON line out)."""
+    try:
+        conn, _ = sock.accept()
+    except BlockingIOError:
+        return
+    with conn:
+        conn.settimeout(1.0)
+        try:
+            reply = handle(json.loads(_read_line(conn)))
+        except Exception as e:  # noqa: BLE001 - a bad request gets an error reply, never stops the loop
+            reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+        try:
+            conn.sendall(json.dumps(reply).encode() + b"\n")
+        except OSError:
+            pass
 
 
 def open_sinks(config: Config) -> tuple[list[EventSink], IO[str] | None]:

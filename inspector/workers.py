@@ -31,15 +31,15 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from .bans import BanRecord, BanStore, StateError
+from .bans import BanRecord, BanStore
 from .config import Config, ConfigError
 from .events import now_iso
-from .firewall import FirewallError, IpsetFirewall, SetNames
 from .rules import RuleError
 from .app import load
-from .service import (SAVE_EVERY, Service, ServiceError, _Fanout, _read_line, _record_json, apply_log_bans,
-                      apply_overrides, make_log_monitor, open_control_socket, open_sinks, recent_bans,
-                      report_log_failures)
+from .runner import issue_ban
+from .service import (SAVE_EVERY, Service, ServiceError, _Fanout, _record_json, apply_log_bans, apply_overrides,
+                      ban_summary, lift_ban, make_log_monitor, open_control_socket, open_firewall, open_sinks,
+                      report_log_failures, restore_bans, serve_control)
 
 __all__ = ["Supervisor", "detect_queues"]
 
@@ -210,32 +210,9 @@ class Supervisor:
         self.base = svc.queue if self.overrides.get("queue") is None else int(self.overrides["queue"])
         sinks, self._log_file = open_sinks(config)
         self.events = _Fanout(sinks)
-        try:
-            self.firewall = IpsetFirewall(SetNames(svc.ipset_v4, svc.ipset_v6), svc.maxelem,
-                                          config.ipv4_prefix, config.ipv6_prefix)
-            self.firewall.ensure_sets()
-        except FirewallError as e:
-            raise ServiceError(str(e)) from None
+        self.firewall = open_firewall(config)
         self.store = BanStore(Path(svc.state_file))
-        now = self.clock()
-        try:
-            self.store.load(now)
-        except StateError as e:
-            self.events.emit({"event": "error", "what": "state", "error": str(e)})
-        try:
-            for network, left in self.firewall.bans():
-                if network not in self.store.records and left > 0:
-                    self.store.add(BanRecord(network, now + left, "kernel", None, now))
-        except FirewallError as e:
-            self.events.emit({"event": "error", "what": "ipset-list", "error": str(e)})
-        restored = 0
-        for record in self.store.active(now):
-            try:
-                self.firewall.ban(record.network, int(record.expires - now))
-                restored += 1
-            except FirewallError as e:
-                self.events.emit({"event": "error", "what": "restore", "network": record.network, "error": str(e)})
-        self.store.save(now, compact=True)
+        restored = restore_bans(self.store, self.firewall, self.events, self.clock())
         self.control = open_control_socket(svc.control_socket)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -257,7 +234,7 @@ class Supervisor:
             self._spawn(index)
         from .service import start_metrics
 
-        self._metrics = start_metrics(config, lambda: self._control({"cmd": "status"})[0])
+        self._metrics = start_metrics(config, lambda: self._control({"cmd": "status"}))
 
     def _spawn(self, index: int) -> None:
         parent, child = self.ctx.Pipe()
@@ -292,14 +269,8 @@ class Supervisor:
                     pass
 
     def _log_ban(self, network: str, seconds: int, reason: str, rule: str | None, now: float) -> bool:
-        self.store.add(BanRecord(network, now + seconds, reason, rule, now))
-        try:
-            self.firewall.ban(network, seconds)
-        except FirewallError as e:
-            self.events.emit({"event": "error", "what": "ban", "network": network, "error": str(e)})
+        if not issue_ban(self.store, self.firewall, self.events, network, seconds, reason, rule, None, now):
             return False
-        self.events.emit({"event": "ban", "time": round(now, 3), "network": network, "seconds": seconds,
-                          "reason": reason, "rule": rule, "dport": None})
         if "/" in network or ":" not in network:  # a narrowed IPv6 single-address ban stays narrow
             self._broadcast(("add_ban", (network, now + seconds, reason)))
         return True
@@ -333,7 +304,7 @@ class Supervisor:
                 if conn in ready:
                     dirty |= self._drain(index, conn)
             if self.control is not None and self.control in ready:
-                dirty |= self._serve_control()
+                self._serve_control()
             if self.reload:
                 self.reload = False
                 self._broadcast(("reload", None))
@@ -462,68 +433,32 @@ class Supervisor:
 
     # -- control socket: the same requests as the single-process service --------------
 
-    def _serve_control(self) -> bool:
+    def _serve_control(self) -> None:
         assert self.control is not None
-        try:
-            conn, _ = self.control.accept()
-        except BlockingIOError:
-            return False
-        import json
+        serve_control(self.control, self._control)
 
-        changed = False
-        with conn:
-            conn.settimeout(1.0)
-            try:
-                request = json.loads(_read_line(conn))
-                reply, changed = self._control(request)
-            except Exception as e:  # noqa: BLE001
-                reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
-            try:
-                conn.sendall(json.dumps(reply).encode() + b"\n")
-            except OSError:
-                pass
-        return changed
-
-    def _control(self, request: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        import ipaddress
-
-        from .engine import Engine
-        from .rules import load_rules
+    def _control(self, request: dict[str, Any]) -> dict[str, Any]:
+        from .sources.nfqueue import queue_stats
+        from .telemetry import merge
 
         now = self.clock()
         cmd = request.get("cmd")
         if cmd == "bans":
-            return {"ok": True, "bans": [_record_json(r, now) for r in self.store.active(now)]}, False
+            return {"ok": True, "bans": [_record_json(r, now) for r in self.store.active(now)]}
         if cmd == "unban":
-            net = ipaddress.ip_network(str(request.get("network")), strict=False)
-            keyer = Engine(self.config, load_rules([]))
-            network = keyer.ban_network(keyer.ban_key(net.network_address.packed))
-            found = self.store.remove(network)
-            try:
-                in_kernel = self.firewall.unban(network)
-            except FirewallError as e:
-                return {"ok": False, "error": str(e)}, False
-            self._broadcast(("remove_ban", network))
-            if self.logs is not None:
-                self.logs.forget(network)
-            self._save(now, compact=True)  # rare: leave the file itself without the lifted ban
-            self.events.emit({"event": "unban", "time": round(now, 3), "network": network})
-            return {"ok": True, "network": network, "was_banned": found or in_kernel}, True
+            return lift_ban(str(request.get("network")), self.config, self.store, self.firewall, self.logs,
+                            self.events, now, lambda network: self._broadcast(("remove_ban", network)),
+                            lambda: self._save(now, compact=True))  # rare: the file itself loses the ban
         if cmd == "status":
-            from .sources.nfqueue import queue_stats
-            from .telemetry import merge
-
             total: Counter[str] = Counter()
             for s in self.stats.values():
                 total.update(s.get("counts", {}))
-            active = self.store.active(now)
             first = self.stats.get(0, {})
             return {"ok": True, "pid": os.getpid(), "mode": self.config.mode, "queue": self.base,
                     "workers": len(self.workers), "uptime": round(now - self.started, 1),
                     "packets": sum(s.get("packets", 0) for s in self.stats.values()),
-                    "bans_active": len(active), "bans_by_reason": dict(Counter(r.reason for r in active)),
-                    "recent_bans": recent_bans(active, now), "counts": dict(total), "rules": first.get("rules"), "reloads": self.reloads,
-                    "logs": self.logs.stats() if self.logs is not None else None,
+                    **ban_summary(self.store, now), "counts": dict(total), "rules": first.get("rules"),
+                    "reloads": self.reloads, "logs": self.logs.stats() if self.logs is not None else None,
                     "live": merge([s.get("live", {}) for s in self.stats.values()]),
-                    "queues": [q.__dict__ for q in queue_stats()], "per_worker": self.stats}, False
-        return {"ok": False, "error": f"unknown command {cmd!r}"}, False
+                    "queues": [q.__dict__ for q in queue_stats()], "per_worker": self.stats}
+        return {"ok": False, "error": f"unknown command {cmd!r}"}
