@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import IO
@@ -27,20 +26,17 @@ class ReplayResult:
 
 
 def run(engine: Engine, packets: Iterable[tuple[float, bytes]], emit: Callable[[dict[str, object]], None],
-        progress: Callable[[], None] | None = None) -> Counter[str]:
-    """Feed ``packets`` to ``engine``; call ``emit`` for every non-accept decision."""
-    verdicts: Counter[str] = Counter()
+        progress: Callable[[], None] | None = None) -> None:
+    """Feed ``packets`` to ``engine``; call ``emit`` for every non-accept decision
+    (the engine counts them: ``verdict:<reason>`` in ``engine.counts``)."""
     process = engine.process
     for ts, data in packets:
         if progress is not None:
             progress()
-        v = process(data, ts)
-        if v.reason is not None:
+        if process(data, ts).reason is not None:
             decision = engine.last_decision
             assert decision is not None
-            verdicts[v.reason.value if v.reason else v.action.value] += 1
             emit(decision.as_dict())
-    return verdicts
 
 
 def replay_file(engine: Engine, path: str, out: IO[str] | None = None, collect: bool = False) -> ReplayResult:
@@ -54,7 +50,6 @@ def replay_file(engine: Engine, path: str, out: IO[str] | None = None, collect: 
             out.write(json.dumps(d) + "\n")
 
     started = time.perf_counter()
-    verdicts: Counter[str] = Counter()
     reader: CaptureReader | None = None
     try:
         with open(path, "rb", buffering=0) as f:
@@ -62,7 +57,7 @@ def replay_file(engine: Engine, path: str, out: IO[str] | None = None, collect: 
             bar = Progress.for_file("replay", path)
             progress = (lambda: bar.update(reader.bytes_read, reader.records)) if bar.enabled else None
             try:
-                verdicts = run(engine, reader, emit, progress)
+                run(engine, reader, emit, progress)
             finally:
                 bar.done()
     except CaptureError as e:
@@ -70,9 +65,7 @@ def replay_file(engine: Engine, path: str, out: IO[str] | None = None, collect: 
     except OSError as e:
         result.error = f"{path}: cannot read: {e.strerror or e}"
     elapsed = time.perf_counter() - started
-    # a CaptureError aborts run() before it returns its counts: rebuild them from the engine
-    if result.error is not None:
-        verdicts = Counter({k.split(":", 1)[1]: n for k, n in engine.counts.items() if k.startswith("verdict:")})
+    verdicts = {k.split(":", 1)[1]: n for k, n in engine.counts.items() if k.startswith("verdict:")}
     stats = engine.stats()
     result.packets = engine.packets
     result.summary = {
