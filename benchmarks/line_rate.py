@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from linerate import procfs, profile  # noqa: E402
 from linerate.bed import SERVER4, Bed, wait_for  # noqa: E402
-from linerate.filters import REPO, Inspector, NoFilter, Recipe, supports_decide_early  # noqa: E402
+from linerate.filters import REPO, Bare, Inspector, NoFilter, Recipe, supports_decide_early  # noqa: E402
 
 HERE = Path(__file__).resolve().parent / "linerate"
 LOADGEN, SINK, FLOOD = HERE / "loadgen.py", HERE / "sink.py", HERE / "flood.py"
@@ -195,11 +195,14 @@ def smtp_run(bed: Bed, sink: Sink, flt: Any, load: dict[str, Any], python: str, 
 
 def smtp_benchmark(bed: Bed, sink: Sink, args: argparse.Namespace) -> dict[str, Any]:
     load = load_config(args)
-    makers = [lambda r: NoFilter(),
-              lambda r: Recipe(bed, sink.pid),
-              lambda r: Inspector(bed, sink.pid, args.python, 2, f"smtp{r}")]
+    makers: list[Any] = [lambda r: NoFilter(), lambda r: Recipe(bed, sink.pid)]
+    if args.bare:
+        makers.append(lambda r: Bare(bed, sink.pid, args.python, f"bare{r}"))
+    for w in args.smtp_workers:
+        makers.append(lambda r, w=w: Inspector(bed, sink.pid, args.python, w, f"smtp{w}-{r}"))
     if args.early:
-        makers.append(lambda r: Inspector(bed, sink.pid, args.python, 2, f"smtpd{r}", decide="depth"))
+        w0 = args.smtp_workers[0]
+        makers.append(lambda r: Inspector(bed, sink.pid, args.python, w0, f"smtpd{r}", decide="depth"))
     rounds: list[dict[str, dict[str, Any]]] = []
     for r in range(args.rounds):
         this: dict[str, dict[str, Any]] = {}
@@ -512,7 +515,11 @@ def fmt(v: Any, spec: str = ".1f", none: str = "-") -> str:
 def report_smtp(smtp: dict[str, Any], args: argparse.Namespace) -> list[str]:
     rounds = smtp["rounds"]
     load = smtp["load"]
-    names = [n for n in ("none", "recipe", "inspector", "inspector-depth") if any(n in r for r in rounds)]
+    names: list[str] = []
+    for r in rounds:
+        names += [n for n in r if n not in names]
+    order = {"none": 0, "recipe": 1, "bare": 2}
+    names.sort(key=lambda n: (order.get(n, 3), "depth" in n, n))
     lines = [f"== SMTP line rate: {len(rounds)} round(s) x {load['seconds']:g} s per filter, interleaved;"
              f" concurrency C={load['concurrency']} ({load['procs']} generator processes);"
              f" 1 in {load['blocked_every']} transactions to blocked.test (plain/upper/split in turn)",
@@ -562,7 +569,7 @@ def report_smtp(smtp: dict[str, Any], args: argparse.Namespace) -> list[str]:
         blocked_total = sum(s[k]["blocked"] for k in KINDS)
         expected_total = sum(s[k]["expected"] for k in KINDS)
         s["reset_seen"] = sum(s[k]["reset"] for k in KINDS)
-        if n.startswith("inspector"):
+        if n.startswith("inspector") or n == "bare":
             cpu = sum(x["cpu_s"] for x in runs)
             queued = sum(x["queued"] for x in runs)
             s.update({"cpu_us_per_tx": cpu * 1e6 / tx, "cpu_us_per_pkt": cpu * 1e6 / queued if queued else None,
@@ -740,6 +747,10 @@ def main() -> int:
     p.add_argument("--rounds", type=int, help="interleaved rounds (default 8; --quick 1)")
     p.add_argument("--concurrency", type=int, help="concurrent SMTP connections (default 100; --quick 60)")
     p.add_argument("--procs", type=int, default=2, help="load generator processes (default 2)")
+    p.add_argument("--smtp-workers", default=None,
+                   help="inspector worker counts for the SMTP runs, one row each (default: 1 and one per CPU)")
+    p.add_argument("--no-bare", dest="bare", action="store_false",
+                   help="skip the bare NetfilterQueue loop (the binding's floor per packet)")
     p.add_argument("--flood", action="store_true", help="run the SYN flood only")
     p.add_argument("--all", action="store_true", help="SMTP line rate, bulk mail and the SYN flood")
     p.add_argument("--flood-sources", type=int, help="distinct flood sources (default 100,000; --quick 10,000)")
@@ -770,6 +781,14 @@ def main() -> int:
     args.flood_sources = args.flood_sources or (10_000 if q else 100_000)
     args.flood_passes = args.flood_passes or (1 if q else 2)
     args.flood_rounds = args.flood_rounds or (1 if q else 3)
+    ncpu = os.cpu_count() or 1
+    try:
+        args.smtp_workers = ([int(x) for x in args.smtp_workers.split(",")] if args.smtp_workers
+                             else sorted({1, ncpu}))
+    except ValueError:
+        p.error("--smtp-workers takes worker counts separated by commas, e.g. 1,2")
+    if not all(1 <= w <= 64 for w in args.smtp_workers) or len(set(args.smtp_workers)) != len(args.smtp_workers):
+        p.error("--smtp-workers: distinct counts in 1..64")
     do_smtp = not args.flood or args.all
     do_bulk = do_smtp and not args.no_bulk
     do_flood = args.flood or args.all or q

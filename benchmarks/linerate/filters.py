@@ -120,7 +120,7 @@ class Inspector:
         self.python = python
         self.workers = workers
         self.decide = decide  # [stream] decide; None: the inspector's default
-        self.name = "inspector" + (f"-{decide}" if decide else "")
+        self.name = f"inspector-w{workers}" + (f"-{decide}" if decide else "")
         self.label = (f"inspector{' ' + decide if decide else ''}"
                       f" ({workers} worker{'s' if workers > 1 else ''})")
         self.tag = tag
@@ -287,6 +287,37 @@ control_socket = "{self.sock}"
             elif members and line.strip():
                 out.add(line.split()[0])
         return out
+
+
+class Bare(Inspector):
+    """The binding's floor (``bare.py``: accept everything) behind the same rules, one queue.
+    It never decides a flow, so every payload packet of a transaction reaches it: compare
+    its CPU per *packet*, not per transaction."""
+
+    name = "bare"
+
+    def __init__(self, bed: Bed, ns_pid: int, python: str, tag: str) -> None:
+        super().__init__(bed, ns_pid, python, 1, tag)
+        self.name = "bare"
+        self.label = "bare NetfilterQueue loop"
+
+    def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.installed = True
+        self.bed.s("bash", str(SETUP), "install", "--queue", "0", "--workers", "1", "--ports", "25",
+                   "--no-ssh-whitelist")
+        self.proc = self.bed.spawn(f"bare-{self.tag}", self.bed.server,
+                                   [self.python, str(Path(__file__).with_name("bare.py")), "0"], cwd=str(REPO))
+        if b"ready" not in self.proc.readline(30):
+            raise RuntimeError(f"bare.py did not start:\n{self.proc.tail()}")
+        wait_for(lambda: len(self.bound()) == 1, 10, what="the queue bound")
+        self.pids = self.process_pids()
+
+    def events(self) -> list[dict[str, Any]]:
+        return []
+
+    def status(self) -> dict[str, Any] | None:
+        return None
 
 
 def supports_decide_early(python: str, workdir: Path) -> bool:
