@@ -176,6 +176,12 @@ class Service:
     def _extra_watch(self) -> list[Any]:
         return []
 
+    def _before_packets(self) -> None:
+        pass
+
+    def _after_packets(self) -> None:
+        pass
+
     def _on_ready(self, ready: list[Any]) -> None:
         pass
 
@@ -232,7 +238,11 @@ class Service:
             except InterruptedError:
                 ready = []
             if fd in ready:
-                self.nfq.run(block=False)
+                self._before_packets()
+                try:
+                    self.nfq.run(block=False)
+                finally:
+                    self._after_packets()
             if self._wake_r in ready:
                 os.read(self._wake_r, 512)
             if self.control is not None and self.control in ready:

@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import time
+from time import monotonic
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, replace
@@ -64,23 +65,62 @@ def detect_queues(iptables: str = "iptables", chain: str = "INSPECTOR") -> tuple
 
 # -- the worker side ---------------------------------------------------------------
 
-class _ChannelSink:
+class _Outbox:
+    """Messages from a worker to the supervisor.  While a burst of packets is handled
+    (``hold()`` .. ``flush()``) they are collected and then sent as one ``batch`` message:
+    one pickle and one pipe write per burst instead of one per event.  A long burst (a flood)
+    is flushed every ``MAX_ITEMS`` messages or ``MAX_DELAY`` seconds, so nothing waits long."""
+
+    MAX_ITEMS = 64
+    MAX_DELAY = 0.05
+
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        self.items: list[tuple[str, Any]] = []
+        self.holding = False
+        self.since = 0.0
+
+    def put(self, kind: str, body: Any) -> None:
+        if not self.holding:
+            self.conn.send((kind, body))
+            return
+        items = self.items
+        if not items:
+            self.since = monotonic()
+        items.append((kind, body))
+        if len(items) >= self.MAX_ITEMS or monotonic() - self.since >= self.MAX_DELAY:
+            self._send()
+
+    def hold(self) -> None:
+        self.holding = True
+
+    def flush(self) -> None:
+        self.holding = False
+        if self.items:
+            self._send()
+
+    def _send(self) -> None:
+        items, self.items = self.items, []
+        self.conn.send(("batch", items) if len(items) > 1 else items[0])
+
+
+class _ChannelSink:
+    def __init__(self, outbox: _Outbox) -> None:
+        self.outbox = outbox
 
     def emit(self, event: dict[str, Any]) -> None:
-        self.conn.send(("event", event))
+        self.outbox.put("event", event)
 
 
 class _ChannelStore(BanStore):
     """The worker's view of the ban store: adds go to the supervisor, which owns the file."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, outbox: _Outbox) -> None:
         super().__init__(None)
-        self.conn = conn
+        self.outbox = outbox
 
     def add(self, record: BanRecord) -> None:
-        self.conn.send(("ban", asdict(record)))
+        self.outbox.put("ban", asdict(record))
 
 
 class WorkerService(Service):
@@ -90,16 +130,17 @@ class WorkerService(Service):
         self.index = index
         self.queue = queue
         self.conn = conn
+        self.outbox = _Outbox(conn)
         self.snapshot = bans
 
     def _identity(self) -> dict[str, Any]:
         return {"worker": self.index}
 
     def _make_events(self, config: Config) -> Any:
-        return _ChannelSink(self.conn)
+        return _ChannelSink(self.outbox)
 
     def _make_store(self, config: Config) -> BanStore:
-        return _ChannelStore(self.conn)
+        return _ChannelStore(self.outbox)
 
     def _make_control(self, config: Config) -> socket.socket | None:
         return None
@@ -121,6 +162,15 @@ class WorkerService(Service):
 
     def _extra_watch(self) -> list[Any]:
         return [self.conn]
+
+    def _before_packets(self) -> None:
+        self.outbox.hold()
+
+    def _after_packets(self) -> None:
+        try:
+            self.outbox.flush()
+        except OSError:
+            self.stopping = True
 
     def _on_ready(self, ready: list[Any]) -> None:
         if self.conn not in ready:
@@ -328,20 +378,27 @@ class Supervisor:
         dirty = False
         try:
             while conn.poll():
-                kind, body = conn.recv()
-                if kind == "event":
-                    self._worker_event(index, body)
-                elif kind == "ban":
-                    record = BanRecord(**body)
-                    self.store.add(record)
-                    self._broadcast(("add_ban", (record.network, record.expires, record.reason)), skip=index)
-                    dirty = True
-                elif kind == "stats":
-                    self.stats[index] = body
-                elif kind == "fatal":
-                    self.events.emit({"event": "error", "what": "worker", "worker": index, "error": body})
+                message = conn.recv()
+                for kind, body in (message[1] if message[0] == "batch" else (message,)):
+                    dirty |= self._message(index, kind, body)
         except (EOFError, OSError):
             pass
+        return dirty
+
+    def _message(self, index: int, kind: str, body: Any) -> bool:
+        """One message from worker ``index``; True if the ban store changed."""
+        dirty = False
+        if kind == "event":
+            self._worker_event(index, body)
+        elif kind == "ban":
+            record = BanRecord(**body)
+            self.store.add(record)
+            self._broadcast(("add_ban", (record.network, record.expires, record.reason)), skip=index)
+            dirty = True
+        elif kind == "stats":
+            self.stats[index] = body
+        elif kind == "fatal":
+            self.events.emit({"event": "error", "what": "worker", "worker": index, "error": body})
         return dirty
 
     def _worker_event(self, index: int, event: dict[str, Any]) -> None:
