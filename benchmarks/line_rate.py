@@ -745,7 +745,8 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="CI smoke test: 1 round of a few seconds, then a 10,000-source flood")
     p.add_argument("--seconds", type=float, help="load per filter run (default 8; --quick 4)")
     p.add_argument("--rounds", type=int, help="interleaved rounds (default 8; --quick 1)")
-    p.add_argument("--concurrency", type=int, help="concurrent SMTP connections (default 100; --quick 60)")
+    p.add_argument("--concurrency", type=int, help="concurrent SMTP connections (default 300: enough to keep the"
+                   " sink saturated behind every filter; --quick 60)")
     p.add_argument("--procs", type=int, default=2, help="load generator processes (default 2)")
     p.add_argument("--smtp-workers", default=None,
                    help="inspector worker counts for the SMTP runs, one row each (default: 1 and one per CPU)")
@@ -777,7 +778,7 @@ def main() -> int:
     q = args.quick
     args.seconds = args.seconds or (4.0 if q else 8.0)
     args.rounds = args.rounds or (1 if q else 8)
-    args.concurrency = args.concurrency or (60 if q else 100)
+    args.concurrency = args.concurrency or (60 if q else 300)
     args.flood_sources = args.flood_sources or (10_000 if q else 100_000)
     args.flood_passes = args.flood_passes or (1 if q else 2)
     args.flood_rounds = args.flood_rounds or (1 if q else 3)
