@@ -18,8 +18,10 @@ Default mode (SMTP line rate, then the bulk-mail check; about 6 minutes):
   (198.19.0.0/16): plain, UPPER CASE, or with the domain split over two TCP segments;
 * filters, interleaved round-robin (the order rotates each round), the same load each time:
   no filter; the seeds' recipe (``-m string --algo bm "@blocked.test" -j REJECT --reject-with
-  tcp-reset`` and the ``recent`` 4-in-60-s pair); inspector (``setup-nfqueue.sh install
-  --workers 2`` + ``inspector run``) with its default configuration and, when the installed
+  tcp-reset`` and the ``recent`` 4-in-60-s pair); the binding's floor (``linerate/bare.py``, a
+  NetfilterQueue loop that accepts everything, behind the same rules); inspector
+  (``setup-nfqueue.sh install --workers N`` + ``inspector run``, one row per ``--smtp-workers``
+  count, default 1 and one per CPU) with its default configuration and, when the installed
   version supports it, with ``[stream] decide = "depth"`` (the default is "early"); Suricata only if installed;
 * then one 10 MB message through the inspector (each configuration), counting the packets of
   its connection that reach userspace.
