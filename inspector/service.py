@@ -40,7 +40,7 @@ from .events import EventSink, JsonLinesSink, SyslogBans, now_iso
 from .firewall import FirewallError, IpsetFirewall, SetNames
 from .rules import RuleError, RuleSet
 from .runner import RawResetSender, Runner
-from .sources.nfqueue import FAIL_OPEN, queue_stats, set_queue_flags
+from .sources.nfqueue import FAIL_OPEN, WholeMessages, queue_stats, set_copy_range, set_queue_flags
 
 __all__ = ["ServiceError", "Service", "apply_overrides", "control_request"]
 
@@ -129,6 +129,12 @@ class Service:
         except OSError as e:
             raise ServiceError(f"cannot bind NFQUEUE {queue}: {e} "
                                "(is another inspector running on it? is nfnetlink_queue available?)") from None
+        self._messages = WholeMessages(self.nfq.get_fd())
+        copy_range = set_copy_range(self.nfq.get_fd(), queue)
+        if copy_range != 0:
+            self.events.emit({"event": "error", "what": "copy-range",
+                              "error": f"the kernel did not confirm whole-packet copies (errno {copy_range});"
+                                       " packets over 4016 bytes are inspected only that far"})
         fail_open = None
         if svc.fail_open:
             fail_open = set_queue_flags(self.nfq.get_fd(), queue, FAIL_OPEN)
@@ -240,7 +246,7 @@ class Service:
             if fd in ready:
                 self._before_packets()
                 try:
-                    self.nfq.run(block=False)
+                    self.nfq.run_socket(self._messages)
                 finally:
                     self._after_packets()
             if self._wake_r in ready:
@@ -273,6 +279,7 @@ class Service:
             self.nfq.unbind()
         except Exception:  # noqa: BLE001
             pass
+        self._messages.close()
         if self.control is not None:
             self.control.close()
             try:

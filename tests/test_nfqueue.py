@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from inspector.sources.nfqueue import FAIL_OPEN, build_config_flags, parse_queue_stats
+from inspector.sources.nfqueue import FAIL_OPEN, build_config_flags, build_copy_range, parse_queue_stats
 from tests.netns import namespace, run_in
 
 
@@ -14,6 +14,55 @@ def test_config_message_layout():
     assert (length, kind, flags, seq, pid) == (len(msg), (3 << 8) | 2, 0x5, 99, 0)
     assert msg[16:20] == bytes([0, 0, 0, 7])  # AF_UNSPEC, version 0, queue 7 big-endian
     assert msg[20:32] == struct.pack("=HH", 8, 5) + struct.pack(">I", 1) + struct.pack("=HH", 8, 4)
+
+
+def test_copy_range_message_layout():
+    msg = build_copy_range(3, 0xFFFF, seq=5)
+    length, kind, flags, seq, _pid = struct.unpack_from("=IHHII", msg)
+    assert (length, kind, flags, seq) == (len(msg), (3 << 8) | 2, 0x5, 5) and length % 4 == 0
+    assert msg[16:20] == bytes([0, 0, 0, 3])
+    # NFQA_CFG_PARAMS (2): packed struct nfqnl_msg_config_params, 5 bytes, padded to 8
+    assert msg[20:32] == struct.pack("=HH", 9, 2) + struct.pack(">IB", 0xFFFF, 2) + b"\0" * 3
+
+
+WHOLE = r"""
+import json, socket, subprocess, time
+from netfilterqueue import NetfilterQueue
+from inspector.sources.nfqueue import WholeMessages, set_copy_range
+subprocess.run(["ip", "link", "set", "lo", "mtu", "65536"], check=True)
+subprocess.run(["iptables", "-A", "INPUT", "-p", "udp", "--dport", "9998", "-j", "NFQUEUE", "--queue-num", "4"],
+               check=True)
+seen = []
+def keep(p):
+    seen.append(len(p.get_payload()))
+    p.accept()
+nfq = NetfilterQueue()
+nfq.bind(4, keep)
+answer = set_copy_range(nfq.get_fd(), 4)
+reader = WholeMessages(nfq.get_fd())
+rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+rx.bind(("127.0.0.1", 9998))
+rx.settimeout(2)
+tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for size in (100, 9000, 60000):
+    tx.sendto(b"x" * size, ("127.0.0.1", 9998))
+deadline = time.monotonic() + 5
+while len(seen) < 3 and time.monotonic() < deadline:
+    nfq.run_socket(reader)
+    time.sleep(0.01)
+got = sorted(len(rx.recv(65536)) for _ in range(len(seen)))
+print(json.dumps({"answer": answer, "seen": seen, "delivered": got}))
+"""
+
+
+def test_whole_packets_reach_userspace():
+    """Past the binding's 4016-byte copy cap: a 60,000-byte datagram arrives whole."""
+    pytest.importorskip("netfilterqueue", reason="needs NetfilterQueue (the 'live' extra)")
+    with namespace() as ns:
+        r = run_in(ns, sys.executable, "-c", WHOLE, check=False)
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert out == {"answer": 0, "seen": [128, 9028, 60028], "delivered": [100, 9000, 60000]}
 
 
 def test_parse_proc_stats():

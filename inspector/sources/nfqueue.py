@@ -5,6 +5,9 @@
   them).  The kernel takes this config message only from the netlink socket
   that bound the queue, so it is sent on the binding's own descriptor, right
   after ``bind()`` (flags belong to the queue instance: set them after every bind).
+* :func:`set_copy_range` asks for whole packets: the binding caps the copy range at 4016 bytes,
+  so a larger packet (jumbo frames) would reach the engine cut short; :class:`WholeMessages`
+  lets the binding read such a message whole (its own buffer holds 4096 bytes).
 * :func:`queue_stats` reads ``/proc/net/netfilter/nfnetlink_queue`` (per
   network namespace): queued, dropped because the queue was full, dropped
   because the socket buffer was full.
@@ -18,14 +21,46 @@ import socket
 import struct
 from dataclasses import dataclass
 
-__all__ = ["FAIL_OPEN", "build_config_flags", "set_queue_flags", "QueueStats", "parse_queue_stats", "queue_stats"]
+__all__ = ["FAIL_OPEN", "MAX_COPY_RANGE", "build_config", "build_config_flags", "build_copy_range", "set_queue_flags",
+           "set_copy_range", "QueueStats", "parse_queue_stats", "queue_stats",
+           "WholeMessages", "RECV_BUFFER"]
 
 FAIL_OPEN, CONNTRACK, GSO = 0x1, 0x2, 0x4
 _NFNL_SUBSYS_QUEUE, _NFQNL_MSG_CONFIG = 3, 2
 _NLM_F_REQUEST, _NLM_F_ACK = 0x1, 0x4
 _NLMSG_ERROR = 2
-_NFQA_CFG_MASK, _NFQA_CFG_FLAGS = 4, 5
+_NFQA_CFG_PARAMS, _NFQA_CFG_MASK, _NFQA_CFG_FLAGS = 2, 4, 5
+_NFQNL_COPY_PACKET = 2
+MAX_COPY_RANGE = 0xFFFF  # the largest IP packet
 _PROC = "/proc/net/netfilter/nfnetlink_queue"
+
+
+# One queued packet per netlink message: the packet (up to 64 KiB, the copy range) plus headers.
+RECV_BUFFER = 0x10000 + 4096
+
+
+class WholeMessages:
+    """What ``NetfilterQueue.run_socket()`` reads from: the binding's socket, with a buffer that
+    holds a whole message.
+
+    The binding's own ``run()`` receives into 4096 bytes, so a packet larger than about 4 KB
+    (jumbo frames, MTU 9000) arrives cut short, and the rest of its message is lost.  Reading
+    through this object gives every packet in full.  ``recv`` never blocks: ``run_socket()``
+    returns once the socket is empty (EAGAIN), and goes on after ENOBUFS (the kernel dropped
+    messages because the socket buffer was full; the queue's counters show it).
+    """
+
+    __slots__ = ("_sock", "_recv")
+
+    def __init__(self, fd: int) -> None:
+        self._sock = socket.socket(fileno=os.dup(fd))
+        self._recv = self._sock.recv
+
+    def recv(self, _size: int) -> bytes:
+        return self._recv(RECV_BUFFER, socket.MSG_DONTWAIT)
+
+    def close(self) -> None:
+        self._sock.close()
 
 
 def _attr(kind: int, value: bytes) -> bytes:
@@ -33,22 +68,32 @@ def _attr(kind: int, value: bytes) -> bytes:
     return struct.pack("=HH", length, kind) + value + b"\0" * (-length % 4)
 
 
-def build_config_flags(queue: int, flags: int, mask: int, seq: int) -> bytes:
-    """The NFQNL_MSG_CONFIG netlink message setting ``flags`` (under ``mask``) on ``queue``."""
-    body = struct.pack("=BBH", socket.AF_UNSPEC, 0, socket.htons(queue))  # nfgenmsg, res_id = queue
-    body += _attr(_NFQA_CFG_FLAGS, struct.pack(">I", flags)) + _attr(_NFQA_CFG_MASK, struct.pack(">I", mask))
+def build_config(queue: int, attrs: bytes, seq: int) -> bytes:
+    """An NFQNL_MSG_CONFIG netlink message for ``queue`` carrying the packed attributes ``attrs``."""
+    body = struct.pack("=BBH", socket.AF_UNSPEC, 0, socket.htons(queue)) + attrs  # nfgenmsg, res_id = queue
     header = struct.pack("=IHHII", 16 + len(body), (_NFNL_SUBSYS_QUEUE << 8) | _NFQNL_MSG_CONFIG,
                          _NLM_F_REQUEST | _NLM_F_ACK, seq, 0)
     return header + body
 
 
-def set_queue_flags(fd: int, queue: int, flags: int, mask: int | None = None, timeout: float = 1.0,
-                    seq: int = 0x51F0) -> int | None:
-    """Send the config on the binding's socket ``fd``; return the kernel's errno (0 = done),
+def build_config_flags(queue: int, flags: int, mask: int, seq: int) -> bytes:
+    """The NFQNL_MSG_CONFIG netlink message setting ``flags`` (under ``mask``) on ``queue``."""
+    return build_config(queue, _attr(_NFQA_CFG_FLAGS, struct.pack(">I", flags))
+                        + _attr(_NFQA_CFG_MASK, struct.pack(">I", mask)), seq)
+
+
+def build_copy_range(queue: int, copy_range: int, seq: int) -> bytes:
+    """The NFQNL_MSG_CONFIG message asking for whole packets up to ``copy_range`` bytes
+    (``struct nfqnl_msg_config_params``: a big-endian range, then the copy mode, packed)."""
+    return build_config(queue, _attr(_NFQA_CFG_PARAMS, struct.pack(">IB", copy_range, _NFQNL_COPY_PACKET)), seq)
+
+
+def _configure(fd: int, message: bytes, seq: int, timeout: float) -> int | None:
+    """Send a config message on the binding's socket ``fd``; return the kernel's errno (0 = done),
     or None when the acknowledgement did not arrive first (it is then left for the binding)."""
     sock = socket.socket(fileno=os.dup(fd))
     try:
-        sock.send(build_config_flags(queue, flags, flags if mask is None else mask, seq))
+        sock.send(message)
         if not select.select([sock], [], [], timeout)[0]:
             return None
         # peek: a packet queued in the meantime belongs to the binding, not to us
@@ -60,6 +105,19 @@ def set_queue_flags(fd: int, queue: int, flags: int, mask: int | None = None, ti
         return None
     finally:
         sock.close()
+
+
+def set_queue_flags(fd: int, queue: int, flags: int, mask: int | None = None, timeout: float = 1.0,
+                    seq: int = 0x51F0) -> int | None:
+    """Set queue flags (see the module docstring); the kernel's errno, or None (no answer first)."""
+    return _configure(fd, build_config_flags(queue, flags, flags if mask is None else mask, seq), seq, timeout)
+
+
+def set_copy_range(fd: int, queue: int, copy_range: int = MAX_COPY_RANGE, timeout: float = 1.0,
+                   seq: int = 0x51F1) -> int | None:
+    """Have the kernel copy whole packets up to ``copy_range`` bytes (the binding caps it at 4016);
+    read them with :class:`WholeMessages`.  The kernel's errno, or None (no answer first)."""
+    return _configure(fd, build_copy_range(queue, copy_range, seq), seq, timeout)
 
 
 @dataclass(frozen=True)

@@ -119,10 +119,22 @@ def smtp(a: dict) -> dict:
         expect("banner", (220,))
         s.sendall(b"EHLO client.example.org\r\n")
         expect("ehlo", (250,))
-        s.sendall(f"MAIL FROM:<{a.get('mail_from', 'sender@example.org')}>\r\n".encode())
-        expect("mail", (250,))
+        mail = f"MAIL FROM:<{a.get('mail_from', 'sender@example.org')}>\r\n".encode()
+        pad = int(a.get("pad", 0))
+        rcpts = a.get("rcpts", ["rcpt@example.org"])
+        if pad:  # pipelined: pad NOOPs, MAIL and the first RCPT in one write (one segment on a jumbo link)
+            out["t_offending"] = mono()
+            s.sendall(b"NOOP\r\n" * pad + mail + f"RCPT TO:<{rcpts[0]}>\r\n".encode())
+            for _ in range(pad):
+                expect("noop", (250,))
+            expect("mail", (250,))
+            expect("rcpt0", (250, 251))
+            rcpts = rcpts[1:]
+        else:
+            s.sendall(mail)
+            expect("mail", (250,))
         split = a.get("split")
-        for i, rcpt in enumerate(a.get("rcpts", ["rcpt@example.org"])):
+        for i, rcpt in enumerate(rcpts):
             line = f"RCPT TO:<{rcpt}>\r\n".encode()
             if split and split[0] == i:
                 s.sendall(line[: split[1]])
