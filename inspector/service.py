@@ -236,6 +236,7 @@ class Service:
         fd = self.nfq.get_fd()
         watch = [fd, self._wake_r] + ([self.control] if self.control else []) + self._extra_watch()
         next_save = self.clock() + SAVE_EVERY
+        counts = self.runner.counts
         next_log = next_minute = 0.0
         while not self.stopping:
             wait = min(1.0, self.config.logs.poll_interval) if self.logs else 1.0
@@ -244,6 +245,7 @@ class Service:
             except InterruptedError:
                 ready = []
             if fd in ready:
+                counts["queue-wakeups"] += 1  # packets / wakeups: how many packets one wakeup handles
                 self._before_packets()
                 try:
                     self.nfq.run_socket(self._messages)

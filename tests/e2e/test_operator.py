@@ -32,6 +32,8 @@ def test_status_answers_is_it_working(live: Bed) -> None:
     assert "dropped (queue or socket full)" in screen and "fail-open passes" in screen
     raw = json.loads(live.cli("status", "--json").stdout)
     assert raw["bans_by_reason"] == {"domain": 1} and raw["live"]["reasons"]["domain"] == 1
+    # how many packets one wakeup of the queue handles (packets / queue-wakeups)
+    assert 1 <= raw["counts"]["queue-wakeups"] <= raw["packets"], raw["counts"]
 
 
 def test_status_when_not_running(bed: Bed) -> None:
