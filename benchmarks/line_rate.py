@@ -199,7 +199,8 @@ def smtp_benchmark(bed: Bed, sink: Sink, args: argparse.Namespace) -> dict[str, 
     load = load_config(args)
     makers: list[Any] = [lambda r: NoFilter(), lambda r: Recipe(bed, sink.pid)]
     if args.bare:
-        makers.append(lambda r: Bare(bed, sink.pid, args.python, f"bare{r}"))
+        for mode in args.bare_modes:
+            makers.append(lambda r, mode=mode: Bare(bed, sink.pid, args.python, f"bare-{mode}{r}", mode))
     for w in args.smtp_workers:
         makers.append(lambda r, w=w: Inspector(bed, sink.pid, args.python, w, f"smtp{w}-{r}"))
     if args.early:
@@ -520,7 +521,7 @@ def report_smtp(smtp: dict[str, Any], args: argparse.Namespace) -> list[str]:
     names: list[str] = []
     for r in rounds:
         names += [n for n in r if n not in names]
-    order = {"none": 0, "recipe": 1, "bare": 2}
+    order = {"none": 0, "recipe": 1, "bare": 2, "bare-select": 2, "bare-batch": 2}
     names.sort(key=lambda n: (order.get(n, 3), "depth" in n, n))
     lines = [f"== SMTP line rate: {len(rounds)} round(s) x {load['seconds']:g} s per filter, interleaved;"
              f" concurrency C={load['concurrency']} ({load['procs']} generator processes);"
@@ -571,7 +572,7 @@ def report_smtp(smtp: dict[str, Any], args: argparse.Namespace) -> list[str]:
         blocked_total = sum(s[k]["blocked"] for k in KINDS)
         expected_total = sum(s[k]["expected"] for k in KINDS)
         s["reset_seen"] = sum(s[k]["reset"] for k in KINDS)
-        if n.startswith("inspector") or n == "bare":
+        if n.startswith("inspector") or n.startswith("bare"):
             cpu = sum(x["cpu_s"] for x in runs)
             queued = sum(x["queued"] for x in runs)
             s.update({"cpu_us_per_tx": cpu * 1e6 / tx, "cpu_us_per_pkt": cpu * 1e6 / queued if queued else None,
@@ -754,6 +755,9 @@ def main() -> int:
                    help="inspector worker counts for the SMTP runs, one row each (default: 1 and one per CPU)")
     p.add_argument("--no-bare", dest="bare", action="store_false",
                    help="skip the bare NetfilterQueue loop (the binding's floor per packet)")
+    p.add_argument("--bare-modes", default="blocking",
+                   help="bare loops to run, comma-separated: blocking (the binding's run()), select (the"
+                        " service's reading pattern), batch (one batch verdict per wakeup); default blocking")
     p.add_argument("--flood", action="store_true", help="run the SYN flood only")
     p.add_argument("--all", action="store_true", help="SMTP line rate, bulk mail and the SYN flood")
     p.add_argument("--flood-sources", type=int, help="distinct flood sources (default 100,000; --quick 10,000)")
@@ -784,6 +788,9 @@ def main() -> int:
     args.flood_sources = args.flood_sources or (10_000 if q else 100_000)
     args.flood_passes = args.flood_passes or (1 if q else 2)
     args.flood_rounds = args.flood_rounds or (1 if q else 3)
+    args.bare_modes = [m for m in args.bare_modes.split(",") if m]
+    if not set(args.bare_modes) <= {"blocking", "select", "batch"}:
+        p.error("--bare-modes: blocking, select, batch")
     ncpu = os.cpu_count() or 1
     try:
         args.smtp_workers = ([int(x) for x in args.smtp_workers.split(",")] if args.smtp_workers

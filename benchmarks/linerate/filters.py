@@ -296,10 +296,11 @@ class Bare(Inspector):
 
     name = "bare"
 
-    def __init__(self, bed: Bed, ns_pid: int, python: str, tag: str) -> None:
+    def __init__(self, bed: Bed, ns_pid: int, python: str, tag: str, mode: str = "blocking") -> None:
         super().__init__(bed, ns_pid, python, 1, tag)
-        self.name = "bare"
-        self.label = "bare NetfilterQueue loop"
+        self.mode = mode  # see bare.py
+        self.name = "bare" if mode == "blocking" else f"bare-{mode}"
+        self.label = "bare NetfilterQueue loop" + ("" if mode == "blocking" else f" ({mode})")
 
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -307,7 +308,8 @@ class Bare(Inspector):
         self.bed.s("bash", str(SETUP), "install", "--queue", "0", "--workers", "1", "--ports", "25",
                    "--no-ssh-whitelist")
         self.proc = self.bed.spawn(f"bare-{self.tag}", self.bed.server,
-                                   [self.python, str(Path(__file__).with_name("bare.py")), "0"], cwd=str(REPO))
+                                   [self.python, str(Path(__file__).with_name("bare.py")), "0", self.mode],
+                                   cwd=str(REPO))
         if b"ready" not in self.proc.readline(30):
             raise RuntimeError(f"bare.py did not start:\n{self.proc.tail()}")
         wait_for(lambda: len(self.bound()) == 1, 10, what="the queue bound")
