@@ -145,3 +145,31 @@ def test_overloaded_queue_fails_open_only_when_configured(mode):
             assert out["received"] >= 190 and out["queue_dropped"] == 0, out
         else:  # without the flag a full queue drops
             assert out["received"] < 100 and out["queue_dropped"] > 100, out
+
+
+def test_whole_messages_end_a_burst_so_the_loop_gets_its_turn():
+    """run_socket() stops at EAGAIN; under a flood the socket never empties, so the reader
+    says EAGAIN after ``burst`` messages, and reads on at the next call."""
+    import errno
+    import socket
+
+    from inspector.sources.nfqueue import WholeMessages
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    reader = WholeMessages(b.fileno(), burst=3)
+    for i in range(5):
+        a.send(b"m%d" % i)
+    got, stops = [], 0
+    for _ in range(8):
+        try:
+            got.append(reader.recv(4096))
+        except BlockingIOError as e:
+            assert e.errno == errno.EAGAIN
+            stops += 1
+    # 3 messages, a burst stop, 2 messages, then the socket is empty (a real EAGAIN, twice)
+    assert got == [b"m0", b"m1", b"m2", b"m3", b"m4"] and stops == 3
+    a.send(b"big" * 20000)
+    assert len(reader.recv(4096)) == 60000  # far past run_socket's own 4096
+    reader.close()
+    a.close()
+    b.close()

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import socket
@@ -46,18 +47,32 @@ class WholeMessages:
     The binding's own ``run()`` receives into 4096 bytes, so a packet larger than about 4 KB
     (jumbo frames, MTU 9000) arrives cut short, and the rest of its message is lost.  Reading
     through this object gives every packet in full.  ``recv`` never blocks: ``run_socket()``
-    returns once the socket is empty (EAGAIN), and goes on after ENOBUFS (the kernel dropped
-    messages because the socket buffer was full; the queue's counters show it).
+    returns once the socket is empty (EAGAIN) or after ``burst`` packets (the socket may never
+    empty under a flood), and goes on after ENOBUFS (the kernel dropped messages because the
+    socket buffer was full; the queue's counters show it).
     """
 
-    __slots__ = ("_sock", "_recv")
+    __slots__ = ("_sock", "_recv", "_left", "burst")
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, burst: int = 256) -> None:
         self._sock = socket.socket(fileno=os.dup(fd))
         self._recv = self._sock.recv
+        self.burst = burst
+        self._left = burst
 
     def recv(self, _size: int) -> bytes:
-        return self._recv(RECV_BUFFER, socket.MSG_DONTWAIT)
+        left = self._left
+        if not left:
+            # a burst is over: end this run_socket() call as if the socket were empty, so the
+            # loop around it gets its turn (signals, control, the supervisor) under a flood too
+            self._left = self.burst
+            raise BlockingIOError(errno.EAGAIN, "burst done")
+        self._left = left - 1
+        try:
+            return self._recv(RECV_BUFFER, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            self._left = self.burst
+            raise
 
     def close(self) -> None:
         self._sock.close()
