@@ -200,7 +200,8 @@ def smtp_benchmark(bed: Bed, sink: Sink, args: argparse.Namespace) -> dict[str, 
     makers: list[Any] = [lambda r: NoFilter(), lambda r: Recipe(bed, sink.pid)]
     if args.bare:
         for mode in args.bare_modes:
-            makers.append(lambda r, mode=mode: Bare(bed, sink.pid, args.python, f"bare-{mode}{r}", mode))
+            for w in args.bare_workers:
+                makers.append(lambda r, mode=mode, w=w: Bare(bed, sink.pid, args.python, f"bare-{mode}{w}-{r}", mode, w))
     for w in args.smtp_workers:
         makers.append(lambda r, w=w: Inspector(bed, sink.pid, args.python, w, f"smtp{w}-{r}"))
     if args.early:
@@ -521,8 +522,8 @@ def report_smtp(smtp: dict[str, Any], args: argparse.Namespace) -> list[str]:
     names: list[str] = []
     for r in rounds:
         names += [n for n in r if n not in names]
-    order = {"none": 0, "recipe": 1, "bare": 2, "bare-select": 2, "bare-batch": 2}
-    names.sort(key=lambda n: (order.get(n, 3), "depth" in n, n))
+    order = {"none": 0, "recipe": 1}
+    names.sort(key=lambda n: (order.get(n, 2 if n.startswith("bare") else 3), "depth" in n, n))
     lines = [f"== SMTP line rate: {len(rounds)} round(s) x {load['seconds']:g} s per filter, interleaved;"
              f" concurrency C={load['concurrency']} ({load['procs']} generator processes);"
              f" 1 in {load['blocked_every']} transactions to blocked.test (plain/upper/split in turn)",
@@ -755,6 +756,8 @@ def main() -> int:
                    help="inspector worker counts for the SMTP runs, one row each (default: 1 and one per CPU)")
     p.add_argument("--no-bare", dest="bare", action="store_false",
                    help="skip the bare NetfilterQueue loop (the binding's floor per packet)")
+    p.add_argument("--bare-workers", default="1",
+                   help="bare loops: process counts (one queue each), comma-separated; default 1")
     p.add_argument("--bare-modes", default="blocking",
                    help="bare loops to run, comma-separated: blocking (the binding's run()), select (the"
                         " service's reading pattern), batch (one batch verdict per wakeup); default blocking")
@@ -789,6 +792,10 @@ def main() -> int:
     args.flood_passes = args.flood_passes or (1 if q else 2)
     args.flood_rounds = args.flood_rounds or (1 if q else 3)
     args.bare_modes = [m for m in args.bare_modes.split(",") if m]
+    try:
+        args.bare_workers = [int(x) for x in args.bare_workers.split(",")]
+    except ValueError:
+        p.error("--bare-workers takes process counts separated by commas, e.g. 1,2")
     if not set(args.bare_modes) <= {"blocking", "select", "batch"}:
         p.error("--bare-modes: blocking, select, batch")
     ncpu = os.cpu_count() or 1

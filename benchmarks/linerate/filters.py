@@ -290,30 +290,36 @@ control_socket = "{self.sock}"
 
 
 class Bare(Inspector):
-    """The binding's floor (``bare.py``: accept everything) behind the same rules, one queue.
-    It never decides a flow, so every payload packet of a transaction reaches it: compare
-    its CPU per *packet*, not per transaction."""
+    """The binding's floor (``bare.py``: accept everything) behind the same rules, one process
+    per queue.  It never decides a flow, so every payload packet of a transaction reaches it:
+    compare its CPU per *packet*, not per transaction."""
 
     name = "bare"
 
-    def __init__(self, bed: Bed, ns_pid: int, python: str, tag: str, mode: str = "blocking") -> None:
-        super().__init__(bed, ns_pid, python, 1, tag)
+    def __init__(self, bed: Bed, ns_pid: int, python: str, tag: str, mode: str = "blocking",
+                 workers: int = 1) -> None:
+        super().__init__(bed, ns_pid, python, workers, tag)
         self.mode = mode  # see bare.py
-        self.name = "bare" if mode == "blocking" else f"bare-{mode}"
-        self.label = "bare NetfilterQueue loop" + ("" if mode == "blocking" else f" ({mode})")
+        self.name = ("bare" if mode == "blocking" else f"bare-{mode}") + (f"-w{workers}" if workers > 1 else "")
+        self.label = ("bare NetfilterQueue loop" + ("" if mode == "blocking" else f" ({mode})")
+                      + (f" ({workers} processes)" if workers > 1 else ""))
 
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.installed = True
-        self.bed.s("bash", str(SETUP), "install", "--queue", "0", "--workers", "1", "--ports", "25",
+        self.bed.s("bash", str(SETUP), "install", "--queue", "0", "--workers", str(self.workers), "--ports", "25",
                    "--no-ssh-whitelist")
-        self.proc = self.bed.spawn(f"bare-{self.tag}", self.bed.server,
-                                   [self.python, str(Path(__file__).with_name("bare.py")), "0", self.mode],
-                                   cwd=str(REPO))
-        if b"ready" not in self.proc.readline(30):
-            raise RuntimeError(f"bare.py did not start:\n{self.proc.tail()}")
-        wait_for(lambda: len(self.bound()) == 1, 10, what="the queue bound")
-        self.pids = self.process_pids()
+        procs = []
+        for q in range(self.workers):
+            proc = self.bed.spawn(f"bare-{self.tag}-{q}", self.bed.server,
+                                  [self.python, str(Path(__file__).with_name("bare.py")), str(q), self.mode],
+                                  cwd=str(REPO))
+            if b"ready" not in proc.readline(30):
+                raise RuntimeError(f"bare.py did not start:\n{proc.tail()}")
+            procs.append(proc)
+        self.proc = procs[0]
+        wait_for(lambda: len(self.bound()) == self.workers, 10, what="every queue bound")
+        self.pids = [p.pid for p in procs]
 
     def events(self) -> list[dict[str, Any]]:
         return []
