@@ -282,33 +282,19 @@ class Service:
         except Exception:  # noqa: BLE001
             pass
         self._messages.close()
-        if self.control is not None:
-            self.control.close()
-            try:
-                os.unlink(self.config.service.control_socket)
-            except OSError:
-                pass
+        close_control(self.control, self.config.service.control_socket)
         self.events.emit({"event": "stopped", "time": round(now, 3), "at": now_iso(now),
                           "packets": self.engine.packets, "counts": dict(self.runner.counts)})
         self.resets.close()
-        self.firewall.close()
-        if self.logs is not None:
-            self.logs.close()
-        if self._log_file:
-            self._log_file.close()
+        close_shared(self.firewall, self.logs, self._log_file)
         return 0
 
     def _save(self, now: float, force: bool = False) -> None:
         bans = self.runner.counts["bans"]
         if force or bans != self._saved_bans or self._store_dirty:
-            try:
-                self.store.save(now, compact=True if force else None)
+            if save_bans(self.store, now, True if force else None, self.logs, self.events):
                 self._saved_bans = bans
                 self._store_dirty = False
-                if self.logs is not None:
-                    self.logs.export_hosts_deny(r.network for r in self.store.active(now))
-            except OSError as e:
-                self.events.emit({"event": "error", "what": "state-save", "error": str(e)})
 
     _store_dirty = False
 
@@ -447,6 +433,40 @@ def ban_summary(store: BanStore, now: float) -> dict[str, Any]:
     active = store.active(now)
     return {"bans_active": len(active), "bans_by_reason": dict(Counter(r.reason for r in active)),
             "recent_bans": recent_bans(active, now)}
+
+
+def save_bans(store: BanStore, now: float, compact: bool | None, logs: Any, events: EventSink) -> bool:
+    """Persist the ban store (and the hosts.deny export of the log sources); a failure is an
+    event, never raised.  True if saved."""
+    try:
+        store.save(now, compact)
+        if logs is not None:
+            logs.export_hosts_deny(r.network for r in store.active(now))
+    except OSError as e:
+        events.emit({"event": "error", "what": "state-save", "error": str(e)})
+        return False
+    return True
+
+
+def close_control(sock: socket.socket | None, path: str) -> None:
+    """Close the control socket and remove its path."""
+    if sock is None:
+        return
+    sock.close()
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def close_shared(firewall: Any, logs: Any, log_file: Any) -> None:
+    """Close what both service forms own last: the firewall's netlink sockets, the log
+    followers and the event log file."""
+    firewall.close()
+    if logs is not None:
+        logs.close()
+    if log_file:
+        log_file.close()
 
 
 def serve_control(sock: socket.socket, handle: Callable[[dict[str, Any]], dict[str, Any]]) -> None:

@@ -39,8 +39,8 @@ from .rules import RuleError
 from .app import load
 from .runner import issue_ban
 from .service import (SAVE_EVERY, Service, ServiceError, _Fanout, _record_json, apply_log_bans, apply_overrides,
-                      ban_summary, lift_ban, make_log_monitor, open_control_socket, open_firewall, open_sinks,
-                      report_log_failures, restore_bans, serve_control)
+                      ban_summary, close_control, close_shared, lift_ban, make_log_monitor, open_control_socket,
+                      open_firewall, open_sinks, report_log_failures, restore_bans, save_bans, serve_control)
 
 __all__ = ["Supervisor", "detect_queues"]
 
@@ -454,12 +454,7 @@ class Supervisor:
             self._spawn(index)
 
     def _save(self, now: float, compact: bool | None = None) -> None:
-        try:
-            self.store.save(now, compact)
-            if self.logs is not None:
-                self.logs.export_hosts_deny(r.network for r in self.store.active(now))
-        except OSError as e:
-            self.events.emit({"event": "error", "what": "state-save", "error": str(e)})
+        save_bans(self.store, now, compact, self.logs, self.events)
 
     def stop(self) -> int:
         self._broadcast(("stop", None))
@@ -473,19 +468,10 @@ class Supervisor:
             self._drain(index, conn)
         now = self.clock()
         self._save(now, compact=True)
-        if self.control is not None:
-            self.control.close()
-            try:
-                os.unlink(self.config.service.control_socket)
-            except OSError:
-                pass
+        close_control(self.control, self.config.service.control_socket)
         self.events.emit({"event": "stopped", "time": round(now, 3), "at": now_iso(now),
                           "workers": {i: s.get("counts", {}) for i, s in sorted(self.stats.items())}})
-        self.firewall.close()
-        if self.logs is not None:
-            self.logs.close()
-        if self._log_file:
-            self._log_file.close()
+        close_shared(self.firewall, self.logs, self._log_file)
         return 0
 
     # -- control socket: the same requests as the single-process service --------------
