@@ -85,10 +85,11 @@ class _Outbox:
             self.conn.send((kind, body))
             return
         items = self.items
+        now = monotonic()
         if not items:
-            self.since = monotonic()
+            self.since = now
         items.append((kind, body))
-        if len(items) >= self.MAX_ITEMS or monotonic() - self.since >= self.MAX_DELAY:
+        if len(items) >= self.MAX_ITEMS or now - self.since >= self.MAX_DELAY:
             self._send()
 
     def hold(self) -> None:

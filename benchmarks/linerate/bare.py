@@ -27,16 +27,16 @@ import sys
 
 from netfilterqueue import NetfilterQueue
 
-from inspector.sources.nfqueue import FAIL_OPEN, WholeMessages, set_copy_range, set_queue_flags
+from inspector.sources.nfqueue import (FAIL_OPEN, WholeMessages, build_message, pack_attr, set_copy_range,
+                                      set_queue_flags)
 
-_NFNL_SUBSYS_QUEUE, _NFQNL_MSG_VERDICT_BATCH, _NFQA_VERDICT_HDR, _NF_ACCEPT = 3, 3, 2, 1
+_NFQNL_MSG_VERDICT_BATCH, _NFQA_VERDICT_HDR, _NF_ACCEPT, _NLM_F_REQUEST = 3, 2, 1, 1
 
 
 def batch_accept(queue: int, last_id: int) -> bytes:
     """NFQNL_MSG_VERDICT_BATCH: accept every packet of ``queue`` with an id up to ``last_id``."""
-    body = struct.pack("=BBH", socket.AF_UNSPEC, 0, socket.htons(queue))
-    body += struct.pack("=HH", 12, _NFQA_VERDICT_HDR) + struct.pack(">II", _NF_ACCEPT, last_id)
-    return struct.pack("=IHHII", 16 + len(body), (_NFNL_SUBSYS_QUEUE << 8) | _NFQNL_MSG_VERDICT_BATCH, 1, 0, 0) + body
+    return build_message(_NFQNL_MSG_VERDICT_BATCH, queue,
+                         pack_attr(_NFQA_VERDICT_HDR, struct.pack(">II", _NF_ACCEPT, last_id)), 0, _NLM_F_REQUEST)
 
 
 def main() -> int:

@@ -27,17 +27,6 @@ def proc_cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / TICK  # fields 14 and 15 of proc(5)
 
 
-def proc_cpu_split(pid: int) -> tuple[float, float] | None:
-    """(utime, stime) of a process in seconds; None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return None
-    fields = raw[raw.rindex(b")") + 2:].split()
-    return int(fields[11]) / TICK, int(fields[12]) / TICK
-
-
 def children(pid: int) -> list[int]:
     """Direct children of ``pid`` (every thread's list)."""
     out: list[int] = []

@@ -22,8 +22,8 @@ import socket
 import struct
 from dataclasses import dataclass
 
-__all__ = ["FAIL_OPEN", "MAX_COPY_RANGE", "build_config", "build_config_flags", "build_copy_range", "set_queue_flags",
-           "set_copy_range", "QueueStats", "parse_queue_stats", "queue_stats",
+__all__ = ["FAIL_OPEN", "MAX_COPY_RANGE", "build_message", "pack_attr", "build_config", "build_config_flags",
+           "build_copy_range", "set_queue_flags", "set_copy_range", "QueueStats", "parse_queue_stats", "queue_stats",
            "WholeMessages", "RECV_BUFFER"]
 
 FAIL_OPEN, CONNTRACK, GSO = 0x1, 0x2, 0x4
@@ -78,29 +78,33 @@ class WholeMessages:
         self._sock.close()
 
 
-def _attr(kind: int, value: bytes) -> bytes:
+def pack_attr(kind: int, value: bytes) -> bytes:
     length = 4 + len(value)
     return struct.pack("=HH", length, kind) + value + b"\0" * (-length % 4)
 
 
+def build_message(kind: int, queue: int, attrs: bytes, seq: int, flags: int = _NLM_F_REQUEST | _NLM_F_ACK) -> bytes:
+    """An nfnetlink_queue message of type ``kind`` (NFQNL_MSG_*) for ``queue``, carrying the
+    attributes ``attrs`` (packed with :func:`pack_attr`)."""
+    body = struct.pack("=BBH", socket.AF_UNSPEC, 0, socket.htons(queue)) + attrs  # nfgenmsg, res_id = queue
+    return struct.pack("=IHHII", 16 + len(body), (_NFNL_SUBSYS_QUEUE << 8) | kind, flags, seq, 0) + body
+
+
 def build_config(queue: int, attrs: bytes, seq: int) -> bytes:
     """An NFQNL_MSG_CONFIG netlink message for ``queue`` carrying the packed attributes ``attrs``."""
-    body = struct.pack("=BBH", socket.AF_UNSPEC, 0, socket.htons(queue)) + attrs  # nfgenmsg, res_id = queue
-    header = struct.pack("=IHHII", 16 + len(body), (_NFNL_SUBSYS_QUEUE << 8) | _NFQNL_MSG_CONFIG,
-                         _NLM_F_REQUEST | _NLM_F_ACK, seq, 0)
-    return header + body
+    return build_message(_NFQNL_MSG_CONFIG, queue, attrs, seq)
 
 
 def build_config_flags(queue: int, flags: int, mask: int, seq: int) -> bytes:
     """The NFQNL_MSG_CONFIG netlink message setting ``flags`` (under ``mask``) on ``queue``."""
-    return build_config(queue, _attr(_NFQA_CFG_FLAGS, struct.pack(">I", flags))
-                        + _attr(_NFQA_CFG_MASK, struct.pack(">I", mask)), seq)
+    return build_config(queue, pack_attr(_NFQA_CFG_FLAGS, struct.pack(">I", flags))
+                        + pack_attr(_NFQA_CFG_MASK, struct.pack(">I", mask)), seq)
 
 
 def build_copy_range(queue: int, copy_range: int, seq: int) -> bytes:
     """The NFQNL_MSG_CONFIG message asking for whole packets up to ``copy_range`` bytes
     (``struct nfqnl_msg_config_params``: a big-endian range, then the copy mode, packed)."""
-    return build_config(queue, _attr(_NFQA_CFG_PARAMS, struct.pack(">IB", copy_range, _NFQNL_COPY_PACKET)), seq)
+    return build_config(queue, pack_attr(_NFQA_CFG_PARAMS, struct.pack(">IB", copy_range, _NFQNL_COPY_PACKET)), seq)
 
 
 def _configure(fd: int, message: bytes, seq: int, timeout: float) -> int | None:
