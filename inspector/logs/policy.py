@@ -50,7 +50,7 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class LogBan:
-    """A ban the policy decided; the service hands it to ``Runner.ban``."""
+    """A ban the policy decided; the service issues it through ``BanPipeline.issue``."""
 
     network: str
     seconds: int

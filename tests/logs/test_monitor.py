@@ -1,4 +1,4 @@
-"""LogMonitor → Runner.ban: log bans land in the ban store, the firewall and the events the packet path uses."""
+"""LogMonitor → BanPipeline.issue: log bans land in the ban store, the firewall and the events the packet path uses."""
 
 import json
 
