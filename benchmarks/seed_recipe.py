@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from inspector.config import Config  # noqa: E402
 from inspector.engine import Engine  # noqa: E402
 from inspector.rules import DOMAIN, RuleFile, load_rules  # noqa: E402
-from inspector.testing import StringRecipe  # noqa: E402
+from benchmarks.string_recipe import StringRecipe  # noqa: E402
 from tests.test_seed_recipe import CASES, RULE  # noqa: E402
 
 

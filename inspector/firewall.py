@@ -20,7 +20,7 @@ from .ipset_netlink import IpsetError, IpsetNetlink
 __all__ = ["Firewall", "FirewallError", "IpsetFirewall", "SetNames", "MAX_TIMEOUT", "detect_queues", "parse_queues"]
 
 MAX_TIMEOUT = 2_147_483  # ipset's largest timeout; netlink silently clamps larger ones
-_ERR_EXIST, _ERR_HASH_FULL = 4103, 4352
+_ERR_HASH_FULL = 4352  # IPSET_ERR_HASH_FULL (include/uapi/linux/netfilter/ipset/ip_set_hash.h)
 
 
 class FirewallError(RuntimeError):

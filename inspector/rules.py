@@ -50,9 +50,6 @@ class RuleSet:
     def payload_for(self, port: int) -> PayloadMatcher | None:
         return self.payload.get(port) or self.payload.get(None)
 
-    def source_of(self, domain_rule: str) -> str:
-        return str(self.files[self.domains.source(domain_rule)].path)
-
 
 def rule_files_in(path: Path) -> list[RuleFile]:
     """The rule files a ``--rules`` path names.

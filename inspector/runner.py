@@ -20,7 +20,7 @@ from .events import EventSink
 from .respond.bans import Ban, BanPipeline
 from .respond.reset import build_resets
 from .telemetry import SAMPLE, Telemetry
-from .verdict import ACCEPT, ACCEPT_FINAL, Action, Decision, Reason
+from .verdict import ACCEPT, BYPASS, Action, Decision, Reason
 
 __all__ = ["Runner", "QueuedPacket", "ResetSender", "RawResetSender"]
 
@@ -101,8 +101,8 @@ class Runner:
         if decision is ACCEPT:
             packet.accept()
             return
-        if decision is ACCEPT_FINAL:
-            # nothing more to inspect: mark the packet and let it traverse the chain again
+        if decision is BYPASS:
+            # bypass: nothing more to inspect; mark the packet and let it traverse the chain again
             # (repeat); the chain saves the mark on the connection, whose later packets
             # then never leave the kernel
             if self.mark:

@@ -40,7 +40,7 @@ class Verdict:
     ban: int = 0
     alert: bool = False
     detail: str | None = None
-    final: bool = False  # accept, and nothing more of this connection needs inspecting
+    bypass: bool = False  # accept, and let the rest of this connection bypass inspection
 
     @property
     def applied(self) -> Action:
@@ -59,7 +59,7 @@ class Decision:
     and the decoded ``fields`` a responder needs (so a reset does not decode the packet again;
     None for a malformed packet).  The verdict's attributes are readable on the decision itself
     (``decision.reason``, ``decision.action`` ...).  Accepts are the shared constants
-    :data:`ACCEPT` and :data:`ACCEPT_FINAL`, compared with ``is``.
+    :data:`ACCEPT` and :data:`BYPASS`, compared with ``is``.
     """
 
     verdict: Verdict
@@ -100,8 +100,8 @@ class Decision:
         return self.verdict.detail
 
     @property
-    def final(self) -> bool:
-        return self.verdict.final
+    def bypass(self) -> bool:
+        return self.verdict.bypass
 
     @property
     def applied(self) -> Action:
@@ -134,5 +134,6 @@ class Decision:
 
 
 ACCEPT = Decision(Verdict(Action.ACCEPT))
-# the flow is decided: the kernel may let the rest of the connection through (connmark)
-ACCEPT_FINAL = Decision(Verdict(Action.ACCEPT, final=True))
+# bypass (Suricata's term): the flow is decided, the kernel may let the rest of the connection
+# through without queueing it (the runner marks the packet; the chain saves the mark on the connection)
+BYPASS = Decision(Verdict(Action.ACCEPT, bypass=True))

@@ -28,7 +28,7 @@ __all__ = ["FAIL_OPEN", "MAX_COPY_RANGE", "build_message", "pack_attr", "build_c
            "build_copy_range", "set_queue_flags", "set_copy_range", "QueueStats", "parse_queue_stats", "queue_stats",
            "WholeMessages", "RECV_BUFFER", "NfQueue", "QueueError"]
 
-FAIL_OPEN, CONNTRACK, GSO = 0x1, 0x2, 0x4
+FAIL_OPEN = 0x1  # NFQA_CFG_F_FAIL_OPEN (include/uapi/linux/netfilter/nfnetlink_queue.h)
 _NFNL_SUBSYS_QUEUE, _NFQNL_MSG_CONFIG = 3, 2
 _NLM_F_REQUEST, _NLM_F_ACK = 0x1, 0x4
 _NLMSG_ERROR = 2
