@@ -9,13 +9,12 @@ import sys
 import time
 from pathlib import Path
 
-
 from .bans import BanStore, StateError
 from .config import load_config
+from .control import control_request
 from .events import now_iso
 from .firewall import FirewallError, IpsetFirewall, SetNames
 from .nets import ban_network
-from .control import control_request
 
 
 def list_bans(config_path: str | None, as_json: bool) -> int:

@@ -178,7 +178,9 @@ def main_bench(packets: int, sources: int, domains: int, seed: int) -> int:
     built = time.perf_counter() - t
     cpu, verdicts = run_engine(engine, workload)
     print(f"workload: {len(workload)} packets ({sources} flood sources) built in {built:.1f}s")
-    print(f"engine: {len(workload) / cpu:,.0f} packets/s on one core ({cpu:.2f}s CPU, {cpu / len(workload) * 1e6:.2f} us/packet)")
-    print(f"verdicts: {verdicts} non-accept; {dict((k, v) for k, v in sorted(engine.counts.items()) if k.startswith('verdict:'))}")
+    print(f"engine: {len(workload) / cpu:,.0f} packets/s on one core ({cpu:.2f}s CPU, "
+          f"{cpu / len(workload) * 1e6:.2f} us/packet)")
+    by_reason = {k: v for k, v in sorted(engine.counts.items()) if k.startswith("verdict:")}
+    print(f"verdicts: {verdicts} non-accept; {by_reason}")
     print(f"peak RSS: {peak_rss_mb():.0f} MB")
     return 0

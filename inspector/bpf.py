@@ -42,7 +42,7 @@ def _assemble(lines: list[tuple]) -> list[Insn]:
             code.append(item)
     out = []
     for pc, (op, jt, jf, k) in enumerate(code):
-        def rel(target: object) -> int:
+        def rel(target: object, pc: int = pc) -> int:
             return labels[target] - pc - 1 if isinstance(target, str) else int(target)  # type: ignore[call-overload]
         out.append((op, rel(jt), rel(jf), k))
     return out

@@ -301,7 +301,8 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
         rules.insert(0, RateRule(
             ports=tuple(_port_list(extra["ports"], lambda m: fail("rate", "rules", m))),
             limit=_bounded(extra.get("limit", base_rule.limit), 0, 1_000_000, lambda m: fail("rate", "rules", m)),
-            window=float(_bounded(extra.get("window", base_rule.window), 0.001, 86400 * 7, lambda m: fail("rate", "rules", m))),
+            window=float(_bounded(extra.get("window", base_rule.window), 0.001, 86400 * 7,
+                                  lambda m: fail("rate", "rules", m))),
             ban=_ban(extra.get("ban", base_rule.ban), lambda m: fail("rate", "rules", m)),
         ))
     cfg["rates"] = tuple(rules)
@@ -348,7 +349,8 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
     if "queue" in svc:
         settings["queue"] = _bounded(svc["queue"], 0, 65535, lambda m: fail("service", "queue", m))
     if "queue_maxlen" in svc:
-        settings["queue_maxlen"] = _bounded(svc["queue_maxlen"], 1, 1 << 20, lambda m: fail("service", "queue_maxlen", m))
+        settings["queue_maxlen"] = _bounded(svc["queue_maxlen"], 1, 1 << 20,
+                                            lambda m: fail("service", "queue_maxlen", m))
     if "mark" in svc:
         mark = svc["mark"]
         if not isinstance(mark, int) or mark <= 0 or mark > 0xFFFFFFFF or mark & (mark - 1):
@@ -405,7 +407,8 @@ def _logs(logs: dict[str, Any], path: Path, where: _Locator, fail: Any) -> LogSe
     if "capacity" in logs:
         out["capacity"] = _bounded(logs["capacity"], 16, 10_000_000, lambda m: fail("logs", "capacity", m))
     if "poll_interval" in logs:
-        out["poll_interval"] = float(_bounded(logs["poll_interval"], 0.05, 10, lambda m: fail("logs", "poll_interval", m)))
+        out["poll_interval"] = float(_bounded(logs["poll_interval"], 0.05, 10,
+                                              lambda m: fail("logs", "poll_interval", m)))
     if "from_start" in logs:
         out["from_start"] = logs["from_start"]
     if "hosts_deny" in logs:
@@ -424,7 +427,8 @@ def _logs(logs: dict[str, Any], path: Path, where: _Locator, fail: Any) -> LogSe
         for key, value in f.items():
             want = _LOG_FILTER_KEYS.get(key)
             if want is None:
-                raise entry_fail("filter", i, key, f"unknown setting (known here: {', '.join(sorted(_LOG_FILTER_KEYS))})")
+                known = ", ".join(sorted(_LOG_FILTER_KEYS))
+                raise entry_fail("filter", i, key, f"unknown setting (known here: {known})")
             if not isinstance(value, want):
                 raise entry_fail("filter", i, key, f"expected {_kind(want)}, got {value!r}")
         for key in ("name", "regex"):
@@ -454,16 +458,19 @@ def _logs(logs: dict[str, Any], path: Path, where: _Locator, fail: Any) -> LogSe
         for key, value in src.items():
             want = _LOG_SOURCE_KEYS.get(key)
             if want is None:
-                raise entry_fail("source", i, key, f"unknown setting (known here: {', '.join(sorted(_LOG_SOURCE_KEYS))})")
+                known = ", ".join(sorted(_LOG_SOURCE_KEYS))
+                raise entry_fail("source", i, key, f"unknown setting (known here: {known})")
             if isinstance(value, bool) or not isinstance(value, want):
                 kinds = want if isinstance(want, tuple) else (want,)
                 raise entry_fail("source", i, key, f"expected {' or '.join(_kind(k) for k in kinds)}, got {value!r}")
         if "filter" not in src:
             raise entry_fail("source", i, None, f"'filter' is required (one of: {', '.join(known_filters)})")
         if src["filter"] not in known_filters:
-            raise entry_fail("source", i, "filter", f"unknown filter {src['filter']!r} (known: {', '.join(known_filters)})")
+            raise entry_fail("source", i, "filter",
+                             f"unknown filter {src['filter']!r} (known: {', '.join(known_filters)})")
         if ("path" in src) == ("journal" in src):
-            raise entry_fail("source", i, None, "needs either path = \"/var/log/...\" or journal = [\"FIELD=value\", ...]")
+            raise entry_fail("source", i, None,
+                             "needs either path = \"/var/log/...\" or journal = [\"FIELD=value\", ...]")
         log_path = None
         journal: tuple[str, ...] = ()
         if "path" in src:
@@ -478,10 +485,10 @@ def _logs(logs: dict[str, Any], path: Path, where: _Locator, fail: Any) -> LogSe
             raise entry_fail("source", i, "name" if "name" in src else None, f"two sources named {name!r}")
         limits = {
             "maxretry": int(_bounded(src.get("maxretry", out["maxretry"]), 1, 1000,
-                                     lambda m: entry_fail("source", i, "maxretry", m))),
+                                     lambda m, i=i: entry_fail("source", i, "maxretry", m))),
             "findtime": float(_bounded(src.get("findtime", out["findtime"]), 1, 86400 * 30,
-                                       lambda m: entry_fail("source", i, "findtime", m))),
-            "bantime": _ban(src.get("bantime", out["bantime"]), lambda m: entry_fail("source", i, "bantime", m)),
+                                       lambda m, i=i: entry_fail("source", i, "findtime", m))),
+            "bantime": _ban(src.get("bantime", out["bantime"]), lambda m, i=i: entry_fail("source", i, "bantime", m)),
         }
         if limits["bantime"] > out["bantime_max"]:
             raise entry_fail("source", i, "bantime" if "bantime" in src else None,

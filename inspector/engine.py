@@ -19,10 +19,10 @@ from .config import Config, RateRule
 from .detect.rate import RateLimiter
 from .detect.smtp import SmtpSession
 from .flow import KIND_PAYLOAD, KIND_SMTP, Flow, FlowTable
+from .nets import Whitelist, mask_address, network_text
 from .packet import ACK, FIN, PSH, RST, SYN, URG, Malformed, decode, format_addr
 from .rules import RuleSet
 from .stream import Stream
-from .nets import Whitelist, mask_address, network_text
 from .verdict import ACCEPT, BYPASS, Action, Decision, Fields, Reason, Verdict
 
 __all__ = ["Engine", "Decision"]

@@ -44,7 +44,7 @@ class StatusCollector:
         yield CounterMetricFamily("inspector_rule_reloads", "Successful rule reloads", value=st.get("reloads", 0))
         lat = live.get("latency") or {"buckets": [0] * (len(LATENCY_BOUNDS) + 1), "sum": 0.0}
         cumulative, running = [], 0
-        for bound, n in zip([*map(str, LATENCY_BOUNDS), "+Inf"], lat["buckets"]):
+        for bound, n in zip([*map(str, LATENCY_BOUNDS), "+Inf"], lat["buckets"], strict=False):
             running += n
             cumulative.append((bound, running))
         yield HistogramMetricFamily("inspector_engine_seconds", "Engine time per packet (sampled 1 in 64)",

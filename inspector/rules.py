@@ -154,6 +154,7 @@ def load_rules(files: Iterable[RuleFile]) -> RuleSet:
                         raise RuleError(f"{rf.path}:{number}: {e}") from None
     # port-specific lists also carry the default ones
     default = payload_lists.get(None, [])
-    payload = {port: PayloadMatcher(sorted(set(p + (default if port is not None else [])))) for port, p in payload_lists.items()}
+    payload = {port: PayloadMatcher(sorted(set(p + (default if port is not None else []))))
+               for port, p in payload_lists.items()}
     counts = {DOMAIN: len(table), PAYLOAD: len({p for lst in payload_lists.values() for p in lst})}
     return RuleSet(DomainMatcher(table), payload, files, counts, duplicates)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import socket
 from collections import Counter
-from time import perf_counter
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any, Protocol
 
 from .engine import Engine

@@ -50,7 +50,8 @@ def render(path: str, st: dict[str, Any] | None) -> str:
         f"inspector: RUNNING  pid {st['pid']}  up {_duration(st.get('uptime', 0))}  mode {st['mode'].upper()}"
         + ("  (reporting only, blocking nothing)" if st["mode"] == "alert" else ""),
         f"queues {st['queue']}..{st['queue'] + st.get('workers', 1) - 1} ({st.get('workers', 1)} worker"
-        f"{'s' if st.get('workers', 1) != 1 else ''}), bound: {', '.join(str(q['queue']) for q in queues if q['portid'])}"
+        f"{'s' if st.get('workers', 1) != 1 else ''}), "
+        f"bound: {', '.join(str(q['queue']) for q in queues if q['portid'])}"
         if queues else f"queue {st['queue']}: not bound!",
         f"last minute: {live.get('packets_per_s', 0):,.1f} packets/s, {live.get('verdicts_per_s', 0):,.1f} verdicts/s"
         f"   packets inspected {seen:,}",

@@ -88,7 +88,7 @@ def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
     for s in snapshots:
         lat = s.get("latency")
         if lat:
-            latency["buckets"] = [a + b for a, b in zip(latency["buckets"], lat["buckets"])]
+            latency["buckets"] = [a + b for a, b in zip(latency["buckets"], lat["buckets"], strict=False)]
             latency["sum"] += lat["sum"]
             latency["count"] += lat["count"]
         sources.update(dict(s.get("top_sources", [])))

@@ -6,8 +6,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-
+import contextlib
+from collections.abc import Callable
 
 
 class FakeFirewall:
@@ -109,10 +109,8 @@ class FakeQueue:
     def read(self) -> None:
         import os
 
-        try:
+        with contextlib.suppress(BlockingIOError):
             os.read(self._r, 4096)
-        except BlockingIOError:
-            pass
         waiting, self.waiting = self.waiting, []
         assert self.handler is not None
         for packet in waiting:

@@ -10,13 +10,13 @@ import enum
 from dataclasses import dataclass
 
 
-class Action(str, enum.Enum):
+class Action(enum.StrEnum):
     ACCEPT = "accept"
     DROP = "drop"
     RESET = "reset"  # drop, and answer both ends with TCP resets
 
 
-class Reason(str, enum.Enum):
+class Reason(enum.StrEnum):
     DOMAIN = "domain"
     PAYLOAD = "payload"
     RATE = "rate"

@@ -74,7 +74,7 @@ def test_rate_limit_window_slides(make_engine):
     e2 = make_engine(domains="")
     # four at t=0..3, then one at t=59.9: five in the window
     times = [0, 1, 2, 3, 59.9]
-    out = [e2.process(s, t) for s, t in zip(syns, times)]
+    out = [e2.process(s, t) for s, t in zip(syns, times, strict=False)]
     assert out[-1].reason is Reason.RATE
 
 

@@ -200,9 +200,9 @@ def _apache(line: str) -> str | None:
             return None
     # 2.4 always appends ":port", to IPv6 too (without brackets); 2.2 writes the address alone
     head, _, port = client.rpartition(":")
-    if head and port.isdigit() and normalize_host(head) is not None:
-        if normalize_host(client) is None or "] [pid " in line:
-            return head
+    if head and port.isdigit() and normalize_host(head) is not None \
+            and (normalize_host(client) is None or "] [pid " in line):
+        return head
     return client
 
 

@@ -26,6 +26,7 @@ The service's select loop calls ``poll()`` every tick (0.2-0.5 s).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import Counter
 from pathlib import Path
@@ -265,10 +266,8 @@ class FileFollower:
     def _close(self, f: _Open) -> None:
         self.counts["too-long-closed"] += f.lines.too_long
         f.lines.too_long = 0
-        try:
+        with contextlib.suppress(OSError):
             os.close(f.fd)
-        except OSError:
-            pass
 
 
 def journal_available() -> bool:

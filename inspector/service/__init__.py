@@ -16,6 +16,7 @@ The mode is chosen by :func:`inspector.cli.run_service`.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 from collections import Counter
@@ -60,10 +61,8 @@ class Fanout:
     def emit(self, event: dict[str, Any]) -> None:
         with self._lock:
             for sink in self.sinks:
-                try:
+                with contextlib.suppress(Exception):  # a full disk must not stop verdicts
                     sink.emit(event)
-                except Exception:  # noqa: BLE001 - a full disk must not stop verdicts
-                    pass
 
 
 def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:

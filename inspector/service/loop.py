@@ -12,6 +12,7 @@ counted and reported, and the packet is accepted, never stranded in the kernel.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -187,16 +188,12 @@ class PacketLoop:
             self.runner.handle(packet)
         except Exception as e:  # noqa: BLE001 - an exception here would strand the packet in the kernel
             self.runner.counts["errors:handle"] += 1
-            try:
+            with contextlib.suppress(Exception):  # it may already have had its verdict
                 packet.accept()
-            except Exception:  # noqa: BLE001 - it already had its verdict
-                pass
             self.events.emit({"event": "error", "what": "handle", "error": f"{type(e).__name__}: {e}"})
 
     def close(self) -> None:
         """Stop reading and unbind the queue."""
-        try:
+        with contextlib.suppress(Exception):  # an unbound queue has no descriptor
             self.loop.remove_reader(self.queue.fileno())
-        except Exception:  # noqa: BLE001 - an unbound queue has no descriptor
-            pass
         self.queue.close()

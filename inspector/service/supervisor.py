@@ -15,6 +15,7 @@ restarts a worker that dies (its queue fails open meanwhile, through ``--queue-b
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import threading
@@ -124,10 +125,8 @@ class Supervisor:
         with self._send_lock:
             for index, (_, conn) in list(self.workers.items()):
                 if index != skip:
-                    try:
+                    with contextlib.suppress(OSError):
                         conn.send(message)
-                    except OSError:
-                        pass
 
     def _to_workers(self, kind: str, what: Ban | str) -> None:
         if kind == "unban":

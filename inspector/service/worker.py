@@ -9,6 +9,7 @@ supervisor goes away the worker stops; ``--queue-bypass`` keeps the traffic flow
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -165,10 +166,8 @@ class Worker:
         self.loop.run()
         now = self.clock()
         self.side.close()
-        try:
+        with contextlib.suppress(OSError):
             self.outbox.put("event", {"event": "stopped", "time": round(now, 3), "at": now_iso(now)})
-        except OSError:
-            pass
         self.firewall.close()
         self.loop.close()
         return 0
@@ -180,10 +179,8 @@ def worker_main(config_path: str | None, rules_path: str | None, overrides: dict
     """The worker process's entry point (after fork): close the supervisor's descriptors, die
     with the supervisor, run a :class:`Worker`."""
     for fd in close:  # the supervisor's sockets are not ours
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
     signal.set_wakeup_fd(-1)
     die_with_parent()
     worker = Worker(config_path, rules_path, overrides, index, queue, conn, bans, own)
@@ -201,9 +198,7 @@ def die_with_parent() -> None:
     import ctypes
 
     pr_set_pdeathsig = 1
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
     if os.getppid() == 1:  # the supervisor died before prctl took effect
         os.kill(os.getpid(), signal.SIGTERM)

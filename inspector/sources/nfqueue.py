@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import select
@@ -224,10 +225,8 @@ class NfQueue:
     def close(self) -> None:
         """Unbind the queue (with --queue-bypass the kernel then lets its traffic through)."""
         if self._nfq is not None:
-            try:
+            with contextlib.suppress(Exception):  # closing must not fail the shutdown
                 self._nfq.unbind()
-            except Exception:  # noqa: BLE001 - closing must not fail the shutdown
-                pass
             self._nfq = None
         if self._messages is not None:
             self._messages.close()

@@ -91,7 +91,8 @@ def test_other_sections_unchanged_by_logs(tmp_path):
     ('[[logs.filter]]\nregex = \'(?P<host>x)\'\n', 1, "logs.filter[1]: 'name' is required"),
     ('[[logs.filter]]\nname = "a"\nregex = \'(?P<host>x)\'\n[[logs.filter]]\nname = "a"\nregex = \'(?P<host>y)\'\n',
      5, "filter 'a' is defined twice"),
-    ('[[logs.filter]]\nname = "a"\nregex = \'(?P<host>x)\'\nliteral = ""\n', 4, "logs.filter[1].literal: must not be empty"),
+    ('[[logs.filter]]\nname = "a"\nregex = \'(?P<host>x)\'\nliteral = ""\n', 4,
+     "logs.filter[1].literal: must not be empty"),
     ('[logs]\nsource = "x"\n', 2, "logs.source: expected a list"),
 ])
 def test_logs_errors_name_file_and_line(tmp_path, text, line, message):
