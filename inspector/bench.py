@@ -97,11 +97,11 @@ def mixed_workload(packets: int, flood_sources: int, seed: int = 1, step: float 
     i = 0
     while True:
         while len(active) < 256:
-            s = next(pending, None)
-            if s is None:
+            session = next(pending, None)
+            if session is None:
                 break
-            s.reverse()
-            active.append(s)
+            session.reverse()
+            active.append(session)
         if not active:
             break
         k = rng.randrange(len(active))

@@ -163,7 +163,7 @@ def run_service(config_path: str | None, rules_path: str | None, overrides: dict
     except ServiceError as e:
         print(f"inspector: error: {e}", file=sys.stderr)
         return 1
-    queue = overrides.get("queue") if overrides.get("queue") is not None else config.service.queue
+    queue = int(overrides["queue"]) if overrides.get("queue") is not None else config.service.queue
     print(f"inspector: running on queue {queue}" + (f"..{queue + workers - 1} ({workers} workers)" if workers > 1
           else "") + f" ({service.config.mode} mode)", file=sys.stderr)
     return service.run()

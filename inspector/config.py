@@ -373,9 +373,9 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
 
 
 _LOG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-_LOG_SOURCE_KEYS = {"path": str, "journal": list, "filter": str, "name": str, "maxretry": int,
-                    "findtime": (int, float), "bantime": int}
-_LOG_FILTER_KEYS = {"name": str, "regex": str, "literal": str}
+_LOG_SOURCE_KEYS: dict[str, type | tuple[type, ...]] = {
+    "path": str, "journal": list, "filter": str, "name": str, "maxretry": int, "findtime": (int, float), "bantime": int}
+_LOG_FILTER_KEYS: dict[str, type] = {"name": str, "regex": str, "literal": str}
 
 
 def _logs(logs: dict[str, Any], path: Path, where: _Locator, fail: Any) -> LogSettings:
@@ -456,12 +456,12 @@ def _logs(logs: dict[str, Any], path: Path, where: _Locator, fail: Any) -> LogSe
         if not isinstance(src, dict):
             raise entry_fail("source", i, None, "must be a table: [[logs.source]] path = \"...\" filter = \"...\"")
         for key, value in src.items():
-            want = _LOG_SOURCE_KEYS.get(key)
-            if want is None:
+            wanted = _LOG_SOURCE_KEYS.get(key)
+            if wanted is None:
                 known = ", ".join(sorted(_LOG_SOURCE_KEYS))
                 raise entry_fail("source", i, key, f"unknown setting (known here: {known})")
-            if isinstance(value, bool) or not isinstance(value, want):
-                kinds = want if isinstance(want, tuple) else (want,)
+            if isinstance(value, bool) or not isinstance(value, wanted):
+                kinds = wanted if isinstance(wanted, tuple) else (wanted,)
                 raise entry_fail("source", i, key, f"expected {' or '.join(_kind(k) for k in kinds)}, got {value!r}")
         if "filter" not in src:
             raise entry_fail("source", i, None, f"'filter' is required (one of: {', '.join(known_filters)})")
@@ -483,17 +483,15 @@ def _logs(logs: dict[str, Any], path: Path, where: _Locator, fail: Any) -> LogSe
         name = src.get("name") or f"{src['filter']}:{log_path or ','.join(journal)}"
         if any(s.name == name for s in sources):
             raise entry_fail("source", i, "name" if "name" in src else None, f"two sources named {name!r}")
-        limits = {
-            "maxretry": int(_bounded(src.get("maxretry", out["maxretry"]), 1, 1000,
-                                     lambda m, i=i: entry_fail("source", i, "maxretry", m))),
-            "findtime": float(_bounded(src.get("findtime", out["findtime"]), 1, 86400 * 30,
-                                       lambda m, i=i: entry_fail("source", i, "findtime", m))),
-            "bantime": _ban(src.get("bantime", out["bantime"]), lambda m, i=i: entry_fail("source", i, "bantime", m)),
-        }
-        if limits["bantime"] > out["bantime_max"]:
+        maxretry = int(_bounded(src.get("maxretry", out["maxretry"]), 1, 1000,
+                                lambda m, i=i: entry_fail("source", i, "maxretry", m)))
+        findtime = float(_bounded(src.get("findtime", out["findtime"]), 1, 86400 * 30,
+                                  lambda m, i=i: entry_fail("source", i, "findtime", m)))
+        bantime = _ban(src.get("bantime", out["bantime"]), lambda m, i=i: entry_fail("source", i, "bantime", m))
+        if bantime > out["bantime_max"]:
             raise entry_fail("source", i, "bantime" if "bantime" in src else None,
-                             f"bantime {limits['bantime']} is above [logs] bantime_max {out['bantime_max']}")
-        sources.append(LogSource(src["filter"], log_path, journal, name, **limits))
+                             f"bantime {bantime} is above [logs] bantime_max {out['bantime_max']}")
+        sources.append(LogSource(src["filter"], log_path, journal, name, maxretry, findtime, bantime))
     out["sources"] = tuple(sources)
     return LogSettings(**out)
 

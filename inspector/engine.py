@@ -217,13 +217,14 @@ class Engine:
             session = flow.state
             if session is None:
                 session = flow.state = SmtpSession()
-            hit = session.feed(chunk, rules.domains)  # type: ignore[union-attr]
+            assert isinstance(session, SmtpSession)
+            hit = session.feed(chunk, rules.domains)
             if hit is not None:
                 flow.done = flow.blocked = True
                 verdict = Verdict(Action.RESET, Reason.DOMAIN, rule=hit[0], match=hit[1],
                                   ban=self.config.ban_domain)
                 return self._decide(verdict, data, d, now)
-            if session.finished or (self._bypass_early and session.in_message):  # type: ignore[union-attr]
+            if session.finished or (self._bypass_early and session.in_message):
                 flow.done = True
             matcher = rules.payload.get(dport)
         else:

@@ -204,7 +204,7 @@ def protects(address: str, whitelist: Whitelist | None = None,
     address).  Raises ValueError if ``address`` is not an address or network.
     """
     net = ipaddress.ip_network(address, strict=False)
-    if any(net.version == n.version and net.overlaps(n) for n in LOOPBACK):  # type: ignore[arg-type]
+    if any(net.version == n.version and net.overlaps(n) for n in LOOPBACK):
         return "loopback"
     if whitelist is not None and whitelist.overlaps(str(net)):
         return "whitelist"

@@ -84,16 +84,18 @@ def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
     sources: Counter[str] = Counter()
     domains: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
-    latency = {"buckets": [0] * (len(LATENCY_BOUNDS) + 1), "sum": 0.0, "count": 0}
+    buckets = [0] * (len(LATENCY_BOUNDS) + 1)
+    total, count = 0.0, 0
     for s in snapshots:
         lat = s.get("latency")
         if lat:
-            latency["buckets"] = [a + b for a, b in zip(latency["buckets"], lat["buckets"], strict=False)]
-            latency["sum"] += lat["sum"]
-            latency["count"] += lat["count"]
+            buckets = [a + b for a, b in zip(buckets, lat["buckets"], strict=False)]
+            total += lat["sum"]
+            count += lat["count"]
         sources.update(dict(s.get("top_sources", [])))
         domains.update(dict(s.get("top_domains", [])))
         reasons.update(s.get("reasons", {}))
+    latency = {"buckets": buckets, "sum": total, "count": count}
     return {
         "packets_per_s": round(sum(s.get("packets_per_s", 0) for s in snapshots), 1),
         "verdicts_per_s": round(sum(s.get("verdicts_per_s", 0) for s in snapshots), 1),

@@ -292,12 +292,12 @@ def get_filter(name: str, user: Iterable[Filter] = ()) -> Filter:
     for f in user:
         if f.name == name:
             return f
-    f = BUILTIN.get(name)
-    if f is None:
+    found = BUILTIN.get(name)
+    if found is None:
         mine = sorted(u.name for u in user)
         raise FilterError(f"unknown filter {name!r} (built-in: {', '.join(builtin_names())}"
                           + (f"; from the config: {', '.join(mine)})" if mine else ")"))
-    return f
+    return found
 
 
 # -- time ------------------------------------------------------------------------

@@ -272,7 +272,7 @@ class FileFollower:
 
 def journal_available() -> bool:
     try:
-        import systemd.journal  # type: ignore[import-not-found]  # noqa: F401
+        import systemd.journal  # noqa: F401
     except ImportError:
         return False
     return True
@@ -286,7 +286,7 @@ class JournalFollower:
     """
 
     def __init__(self, matches: tuple[str, ...] | list[str], from_start: bool = False) -> None:
-        from systemd import journal  # type: ignore[import-not-found]
+        from systemd import journal
 
         self.path = "journal:" + ",".join(matches)
         self.counts: Counter[str] = Counter()

@@ -80,7 +80,13 @@ class Loop:
               first: float | None = None) -> None:
         """Call ``callback(now)`` every ``interval`` seconds (a number, or a callable read at each
         run), the first time at ``first`` (default: one interval from now)."""
-        get = interval if callable(interval) else (lambda: float(interval))  # type: ignore[misc]
+        if callable(interval):
+            get = interval
+        else:
+            seconds = float(interval)
+
+            def get() -> float:
+                return seconds
         self._timers.append(_Timer(get, callback, self.clock() + get() if first is None else first))
 
     def catch_signals(self) -> None:
@@ -92,7 +98,12 @@ class Loop:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
-        self.add_reader(r, lambda: os.read(r, 512) and None)
+        self.add_reader(r, lambda: self._drain_wake(r))
+
+    @staticmethod
+    def _drain_wake(fd: int) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.read(fd, 512)
 
     def wake_fds(self) -> list[int]:
         """The signal wakeup pipe's descriptors (a forked child closes them)."""

@@ -123,7 +123,7 @@ def _configure(fd: int, message: bytes, seq: int, timeout: float) -> int | None:
         length, kind, _flags, rseq, _pid = struct.unpack_from("=IHHII", buf, 0)
         if kind == _NLMSG_ERROR and rseq == seq:
             sock.recv(length)
-            return -struct.unpack_from("=i", buf, 16)[0]
+            return -int(struct.unpack_from("=i", buf, 16)[0])
         return None
     finally:
         sock.close()
