@@ -9,14 +9,14 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from .rules import DOMAIN, PAYLOAD, SCOPES, RuleFile
 
-__all__ = ["Config", "ConfigError", "LogFilter", "LogSettings", "LogSource", "RateRule", "ServiceSettings",
-           "load_config", "DEFAULT_RULES"]
+__all__ = ["Config", "ConfigError", "LogFilter", "LogSettings", "LogSource", "MetricsSettings", "RateRule",
+           "ServiceSettings", "load_config", "DEFAULT_RULES"]
 
 DEFAULT_RULES = Path(__file__).resolve().parent.parent / "rules"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -52,6 +52,14 @@ class ServiceSettings:
     maxelem: int = 1_000_000
     mark: int = 0x40000000  # packet/connection mark bit for decided flows (setup-nfqueue.sh --mark)
     workers: int = 0  # queues queue..queue+workers-1; 0: as many as the installed rules use
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """The ``[metrics]`` section: ``listen = "host:port"`` serves Prometheus metrics ("" = off;
+    an empty host is 127.0.0.1; IPv6 as ``"[::1]:9478"``)."""
+
+    listen: str = ""
 
 
 @dataclass(frozen=True)
@@ -116,8 +124,8 @@ class Config:
     rules: tuple[RuleFile, ...] = ()
     service: ServiceSettings = ServiceSettings()
     logs: LogSettings = LogSettings()
+    metrics: MetricsSettings = MetricsSettings()
     source: str | None = None  # the file this came from
-    extra: dict[str, Any] = field(default_factory=dict)  # sections later stages read (metrics)
 
     @property
     def ports(self) -> tuple[int, ...]:
@@ -143,12 +151,11 @@ _KNOWN: dict[str, dict[str, type | tuple[type, ...]]] = {
     "service": {"queue": int, "queue_maxlen": int, "fail_open": bool, "state_file": str, "events": str,
                 "syslog": bool, "control_socket": str, "ipset_v4": str, "ipset_v6": str, "maxelem": int,
                 "mark": int, "workers": int},
+    "metrics": {"listen": str},
     "logs": {"whitelist": list, "maxretry": int, "findtime": (int, float), "bantime": int, "bantime_max": int,
              "capacity": int, "poll_interval": (int, float), "from_start": bool, "hosts_deny": str,
              "hosts_deny_daemon": str, "source": list, "filter": list},
 }
-# sections owned by later stages (log sources, metrics): kept, checked there
-_PASSTHROUGH = {"metrics", "log"}
 
 
 class _Locator:
@@ -242,7 +249,7 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
 
     # unknown keys and wrong types, everywhere
     for key, value in data.items():
-        if isinstance(value, dict) and key not in _KNOWN and key not in _PASSTHROUGH:
+        if isinstance(value, dict) and key not in _KNOWN:
             raise fail(key, None, f"unknown section (known: {', '.join(sorted(k for k in _KNOWN if k))})")
         if key == "rules":
             continue
@@ -368,7 +375,8 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
     cfg["service"] = ServiceSettings(**settings)
     if "logs" in data:
         cfg["logs"] = _logs(data["logs"], path, where, fail)
-    cfg["extra"] = {k: v for k, v in data.items() if k in _PASSTHROUGH}
+    if "metrics" in data:
+        cfg["metrics"] = _metrics(data["metrics"], fail)
     return Config(**cfg)
 
 
@@ -494,6 +502,17 @@ def _logs(logs: dict[str, Any], path: Path, where: _Locator, fail: Any) -> LogSe
         sources.append(LogSource(src["filter"], log_path, journal, name, maxretry, findtime, bantime))
     out["sources"] = tuple(sources)
     return LogSettings(**out)
+
+
+def _metrics(section: dict[str, Any], fail: Any) -> MetricsSettings:
+    """The ``[metrics]`` section (its types are already checked)."""
+    listen = section.get("listen", "")
+    if listen:
+        host, sep, port = listen.rpartition(":")
+        if not sep or not port.isdigit() or not 1 <= int(port) <= 65535 or (":" in host and not host.startswith("[")):
+            raise fail("metrics", "listen", f"expected \"host:port\" such as \"127.0.0.1:9478\" or \"[::1]:9478\", "
+                                            f"not {listen!r}")
+    return MetricsSettings(listen)
 
 
 def _check_type(table: str, key: str, value: Any, fail: Any) -> None:

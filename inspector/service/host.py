@@ -197,7 +197,7 @@ class Host:
 
     def _start_metrics(self) -> Any:
         """The Prometheus endpoint, if ``[metrics] listen`` asks for one (off by default)."""
-        listen = str(self.config.extra.get("metrics", {}).get("listen", "") or "")
+        listen = self.config.metrics.listen
         if not listen:
             return None
         from ..metrics import serve
