@@ -9,10 +9,13 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from .nets import parse_networks
 from .rules import DOMAIN, PAYLOAD, SCOPES, RuleFile
 
 __all__ = ["Config", "ConfigError", "LogFilter", "LogSettings", "LogSource", "MetricsSettings", "RateRule",
@@ -319,14 +322,10 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
         if key in bans:
             cfg[name] = _ban(bans[key], lambda m, k=key: fail("bans", k, m))
 
-    wl = data.get("whitelist", {})
-    nets = []
-    for entry in wl.get("cidrs", []):
-        try:
-            nets.append(ipaddress.ip_network(str(entry), strict=False))
-        except ValueError:
-            raise fail("whitelist", "cidrs", f"invalid network {entry!r}") from None
-    cfg["whitelist"] = tuple(nets)
+    try:
+        cfg["whitelist"] = parse_networks(data.get("whitelist", {}).get("cidrs", []))
+    except ValueError as e:
+        raise fail("whitelist", "cidrs", str(e)) from None
 
     rule_files = []
     raw_rules = data.get("rules", [])
@@ -383,7 +382,7 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
 _LOG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _LOG_SOURCE_KEYS: dict[str, type | tuple[type, ...]] = {
     "path": str, "journal": list, "filter": str, "name": str, "maxretry": int, "findtime": (int, float), "bantime": int}
-_LOG_FILTER_KEYS: dict[str, type] = {"name": str, "regex": str, "literal": str}
+_LOG_FILTER_KEYS: dict[str, type | tuple[type, ...]] = {"name": str, "regex": str, "literal": str}
 
 
 def _logs(logs: dict[str, Any], path: Path, where: _Locator, fail: Any) -> LogSettings:
@@ -396,13 +395,10 @@ def _logs(logs: dict[str, Any], path: Path, where: _Locator, fail: Any) -> LogSe
         return ConfigError(f"{loc}: logs.{table}[{i + 1}]{'.' + key if key else ''}: {msg}")
 
     out: dict[str, Any] = {}
-    nets = []
-    for entry in logs.get("whitelist", []):
-        try:
-            nets.append(ipaddress.ip_network(str(entry), strict=False))
-        except ValueError:
-            raise fail("logs", "whitelist", f"invalid network {entry!r}") from None
-    out["whitelist"] = tuple(nets)
+    try:
+        out["whitelist"] = parse_networks(logs.get("whitelist", []))
+    except ValueError as e:
+        raise fail("logs", "whitelist", str(e)) from None
     out["maxretry"] = int(_bounded(logs.get("maxretry", 5), 1, 1000, lambda m: fail("logs", "maxretry", m)))
     out["findtime"] = float(_bounded(logs.get("findtime", 600), 1, 86400 * 30, lambda m: fail("logs", "findtime", m)))
     out["bantime"] = _ban(logs.get("bantime", 86400), lambda m: fail("logs", "bantime", m))
@@ -432,13 +428,7 @@ def _logs(logs: dict[str, Any], path: Path, where: _Locator, fail: Any) -> LogSe
     for i, f in enumerate(logs.get("filter", [])):
         if not isinstance(f, dict):
             raise entry_fail("filter", i, None, "must be a table: [[logs.filter]] name = \"...\" regex = '...'")
-        for key, value in f.items():
-            want = _LOG_FILTER_KEYS.get(key)
-            if want is None:
-                known = ", ".join(sorted(_LOG_FILTER_KEYS))
-                raise entry_fail("filter", i, key, f"unknown setting (known here: {known})")
-            if not isinstance(value, want):
-                raise entry_fail("filter", i, key, f"expected {_kind(want)}, got {value!r}")
+        _check_entry(f, _LOG_FILTER_KEYS, partial(entry_fail, "filter", i))
         for key in ("name", "regex"):
             if key not in f:
                 raise entry_fail("filter", i, None, f"'{key}' is required")
@@ -463,14 +453,7 @@ def _logs(logs: dict[str, Any], path: Path, where: _Locator, fail: Any) -> LogSe
     for i, src in enumerate(logs.get("source", [])):
         if not isinstance(src, dict):
             raise entry_fail("source", i, None, "must be a table: [[logs.source]] path = \"...\" filter = \"...\"")
-        for key, value in src.items():
-            wanted = _LOG_SOURCE_KEYS.get(key)
-            if wanted is None:
-                known = ", ".join(sorted(_LOG_SOURCE_KEYS))
-                raise entry_fail("source", i, key, f"unknown setting (known here: {known})")
-            if isinstance(value, bool) or not isinstance(value, wanted):
-                kinds = wanted if isinstance(wanted, tuple) else (wanted,)
-                raise entry_fail("source", i, key, f"expected {' or '.join(_kind(k) for k in kinds)}, got {value!r}")
+        _check_entry(src, _LOG_SOURCE_KEYS, partial(entry_fail, "source", i))
         if "filter" not in src:
             raise entry_fail("source", i, None, f"'filter' is required (one of: {', '.join(known_filters)})")
         if src["filter"] not in known_filters:
@@ -502,6 +485,18 @@ def _logs(logs: dict[str, Any], path: Path, where: _Locator, fail: Any) -> LogSe
         sources.append(LogSource(src["filter"], log_path, journal, name, maxretry, findtime, bantime))
     out["sources"] = tuple(sources)
     return LogSettings(**out)
+
+
+def _check_entry(entry: dict[str, Any], known: dict[str, type | tuple[type, ...]],
+                 fail: Callable[[str, str], ConfigError]) -> None:
+    """Unknown keys and wrong types in one ``[[table]]`` entry; ``fail(key, message)`` makes the error."""
+    for key, value in entry.items():
+        wanted = known.get(key)
+        if wanted is None:
+            raise fail(key, f"unknown setting (known here: {', '.join(sorted(known))})")
+        if isinstance(value, bool) or not isinstance(value, wanted):
+            kinds = wanted if isinstance(wanted, tuple) else (wanted,)
+            raise fail(key, f"expected {' or '.join(_kind(k) for k in kinds)}, got {value!r}")
 
 
 def _metrics(section: dict[str, Any], fail: Any) -> MetricsSettings:

@@ -291,10 +291,9 @@ class Engine:
             ban_network = self.ban_network(bkey)
             self.counts["bans"] += 1
         if self._alert:
-            verdict = Verdict(verdict.action, verdict.reason, verdict.rule, verdict.match,
-                              verdict.ban, True, verdict.detail)
             self.counts["alerts"] += 1
-        return Decision(verdict, now, format_addr(src_raw) if src_raw else "", sport,
+        return Decision(verdict.action, verdict.reason, verdict.rule, verdict.match, verdict.ban, self._alert,
+                        verdict.detail, False, now, format_addr(src_raw) if src_raw else "", sport,
                         format_addr(dst_raw) if dst_raw else "", dport, ban_network, d)
 
     def ban_network(self, bkey: bytes) -> str:

@@ -142,7 +142,7 @@ class Runner:
             self._error("reset-client", e)
 
     def _after(self, decision: Decision, now: float) -> None:
-        v = decision.verdict
+        v = decision
         if v.reason is Reason.BANNED:
             if not v.alert:
                 # the kernel drops banned sources; these slipped through before the ipset entry

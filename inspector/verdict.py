@@ -53,17 +53,15 @@ Fields = tuple[bytes, bytes, int, int, int, int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(Verdict):
     """What :meth:`inspector.engine.Engine.process` returns for one packet: the verdict, and for a
-    non-accept verdict the packet facts a report needs (addresses as text, ports, the ban network)
-    and the decoded ``fields`` a responder needs (so a reset does not decode the packet again;
-    None for a malformed packet).  The verdict's attributes are readable on the decision itself
-    (``decision.reason``, ``decision.action`` ...).  Accepts are the shared constants
+    non-accept verdict the packet facts a report needs (``time`` in seconds, addresses as text,
+    ports, the ban network) and the decoded ``fields`` a responder needs (so a reset does not
+    decode the packet again; None for a malformed packet).  Accepts are the shared constants
     :data:`ACCEPT` and :data:`BYPASS`, compared with ``is``.
     """
 
-    verdict: Verdict
-    time: float = 0.0  # seconds, the packet's timestamp
+    time: float = 0.0
     src: str = ""
     sport: int = 0
     dst: str = ""
@@ -71,45 +69,9 @@ class Decision:
     ban_network: str | None = None
     fields: Fields | None = None
 
-    @property
-    def action(self) -> Action:
-        return self.verdict.action
-
-    @property
-    def reason(self) -> Reason | None:
-        return self.verdict.reason
-
-    @property
-    def rule(self) -> str | None:
-        return self.verdict.rule
-
-    @property
-    def match(self) -> str | None:
-        return self.verdict.match
-
-    @property
-    def ban(self) -> int:
-        return self.verdict.ban
-
-    @property
-    def alert(self) -> bool:
-        return self.verdict.alert
-
-    @property
-    def detail(self) -> str | None:
-        return self.verdict.detail
-
-    @property
-    def bypass(self) -> bool:
-        return self.verdict.bypass
-
-    @property
-    def applied(self) -> Action:
-        return self.verdict.applied
-
     def as_dict(self) -> dict[str, object]:
         """The ``verdict`` event's fields (JSON-ready)."""
-        v = self.verdict
+        v = self
         out: dict[str, object] = {
             "time": round(self.time, 6),
             "verdict": v.action.value,
@@ -133,7 +95,7 @@ class Decision:
         return out
 
 
-ACCEPT = Decision(Verdict(Action.ACCEPT))
+ACCEPT = Decision(Action.ACCEPT)
 # bypass (Suricata's term): the flow is decided, the kernel may let the rest of the connection
 # through without queueing it (the runner marks the packet; the chain saves the mark on the connection)
-BYPASS = Decision(Verdict(Action.ACCEPT, bypass=True))
+BYPASS = Decision(Action.ACCEPT, bypass=True)
