@@ -20,17 +20,17 @@ import contextlib
 import sys
 import threading
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, Protocol
 
 from ..bans import BanRecord
-from ..config import Config
+from ..config import Config, ConfigError, load_config
 from ..events import EventSink, JsonLinesSink, SyslogBans, now_iso
-from ..rules import RuleSet
+from ..rules import RuleError, RuleSet, load_rules
 
-__all__ = ["ServiceError", "Component", "Fanout", "apply_overrides", "open_sinks", "rules_info", "record_json",
-           "ban_summary", "SAVE_EVERY"]
+__all__ = ["ServiceError", "Component", "Fanout", "Inputs", "apply_overrides", "open_sinks", "rules_info",
+           "record_json", "ban_summary", "SAVE_EVERY"]
 
 SAVE_EVERY = 1.0  # seconds between ban-state saves (when there is something new)
 
@@ -75,6 +75,29 @@ def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
         t = int(overrides["ban_time"])
         config = replace(config, ban_domain=t, ban_payload=t, rates=tuple(replace(r, ban=t) for r in config.rates))
     return config
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Where a service process reads its config and rules: the files (None: the defaults) and the
+    command-line ``overrides`` (``alert``, ``queue``, ``ban_time``).  Loaded at start and again
+    on every reload."""
+
+    config_path: str | None
+    rules_path: str | None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def load_config(self) -> Config:
+        """The config with the overrides applied; raises ConfigError naming ``file:line``."""
+        return apply_overrides(load_config(self.config_path, self.rules_path), self.overrides)
+
+    def load(self) -> tuple[Config, RuleSet]:
+        """Config and rules; raises ServiceError naming the bad input."""
+        try:
+            config = self.load_config()
+            return config, load_rules(config.rules)
+        except (ConfigError, RuleError) as e:
+            raise ServiceError(str(e)) from None
 
 
 def open_sinks(config: Config) -> tuple[list[EventSink], IO[str] | None]:

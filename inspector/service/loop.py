@@ -17,6 +17,7 @@ import os
 import select
 import signal
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..events import EventSink
@@ -160,6 +161,7 @@ class Loop:
             self._wake = None
 
 
+@dataclass(eq=False)
 class PacketLoop:
     """A queue's packets through a runner, on ``loop`` (see the module docstring).
 
@@ -168,14 +170,12 @@ class PacketLoop:
     bursts read, ``errors:handle``: packets whose handling raised).
     """
 
-    def __init__(self, loop: Loop, queue: PacketQueue, runner: Runner, events: EventSink,
-                 hold: Callable[[], None] | None = None, flush: Callable[[], None] | None = None) -> None:
-        self.loop = loop
-        self.queue = queue
-        self.runner = runner
-        self.events = events
-        self.hold = hold
-        self.flush = flush
+    loop: Loop
+    queue: PacketQueue
+    runner: Runner
+    events: EventSink
+    hold: Callable[[], None] | None = None
+    flush: Callable[[], None] | None = None
 
     def bind(self) -> None:
         """Bind the queue and start reading it (errors are the queue's, e.g. QueueError)."""

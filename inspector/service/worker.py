@@ -25,10 +25,10 @@ from ..events import now_iso
 from ..nets import Address, Whitelist
 from ..respond.bans import Ban, BanPipeline
 from ..sources.nfqueue import NfQueue
-from . import SAVE_EVERY, ServiceError
+from . import SAVE_EVERY, Inputs, ServiceError
 from .host import open_firewall
 from .loop import Loop
-from .packets import PacketSide, load_config_and_rules
+from .packets import PacketSide
 
 __all__ = ["Outbox", "ChannelSink", "Worker", "worker_main"]
 
@@ -90,12 +90,9 @@ class ChannelSink:
 class Worker:
     """One worker; :meth:`start` raises ServiceError, :meth:`run` returns the exit code."""
 
-    def __init__(self, config_path: str | None, rules_path: str | None, overrides: dict[str, Any], index: int,
-                 queue: int, conn: Connection, bans: list[tuple[str, float, str]], own: list[Address],
-                 clock: Callable[[], float] = time.time) -> None:
-        self.config_path = config_path
-        self.rules_path = rules_path
-        self.overrides = overrides
+    def __init__(self, inputs: Inputs, index: int, queue: int, conn: Connection, bans: list[tuple[str, float, str]],
+                 own: list[Address], clock: Callable[[], float] = time.time) -> None:
+        self.inputs = inputs
         self.index = index
         self.queue = queue
         self.conn = conn
@@ -107,13 +104,13 @@ class Worker:
 
     def start(self) -> None:
         """Load, bind the queue, announce ``started`` to the supervisor."""
-        config, rules = load_config_and_rules(self.config_path, self.rules_path, self.overrides)
+        config, rules = self.inputs.load()
         events = ChannelSink(self.outbox)
         self.firewall = open_firewall(config)
         self.bans = BanPipeline(None, self.firewall, events, Whitelist(config.whitelist), self.own,
                                 config.ipv4_prefix, config.ipv6_prefix)
         self.bans.add_listener(self._report_ban)
-        self.side = side = PacketSide(self.config_path, self.rules_path, self.overrides, config, rules, self.clock)
+        self.side = side = PacketSide(self.inputs, config, rules, self.clock)
         for network, expires, reason in self.snapshot:
             side.engine.add_ban(network, expires, reason)
         svc = config.service
@@ -173,9 +170,8 @@ class Worker:
         return 0
 
 
-def worker_main(config_path: str | None, rules_path: str | None, overrides: dict[str, Any], index: int,
-                queue: int, conn: Connection, bans: list[tuple[str, float, str]], own: list[Address],
-                close: list[int]) -> None:
+def worker_main(inputs: Inputs, index: int, queue: int, conn: Connection, bans: list[tuple[str, float, str]],
+                own: list[Address], close: list[int]) -> None:
     """The worker process's entry point (after fork): close the supervisor's descriptors, die
     with the supervisor, run a :class:`Worker`."""
     for fd in close:  # the supervisor's sockets are not ours
@@ -183,7 +179,7 @@ def worker_main(config_path: str | None, rules_path: str | None, overrides: dict
             os.close(fd)
     signal.set_wakeup_fd(-1)
     die_with_parent()
-    worker = Worker(config_path, rules_path, overrides, index, queue, conn, bans, own)
+    worker = Worker(inputs, index, queue, conn, bans, own)
     try:
         worker.start()
     except ServiceError as e:
