@@ -20,6 +20,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``inspector`` command and its subcommands."""
     parser = argparse.ArgumentParser(prog="inspector", description="Inline packet inspector for mail and SSH servers.")
     parser.add_argument("--version", action="version", version=f"inspector {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``inspector`` command line with ``argv`` (default: ``sys.argv``); returns the exit code (1: config or
+    rule error, 130: interrupted, 141: the reader of stdout went away).
+    """
     args = build_parser().parse_args(argv)
     try:
         if args.command == "check":

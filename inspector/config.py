@@ -107,6 +107,10 @@ class LogSettings:
 
 @dataclass(frozen=True)
 class Config:
+    """The whole configuration, frozen: engine settings at the top level, and one settings object per section
+    (``service``, ``logs``, ``metrics``). ``decide`` is the ``[stream] decide`` value: when a flow is bypassed (see
+    :data:`inspector.verdict.BYPASS`).
+    """
     mode: str = "enforce"  # or "alert"
     smtp_ports: tuple[int, ...] = (25,)
     other_ports: tuple[int, ...] = (22,)
@@ -132,13 +136,16 @@ class Config:
 
     @property
     def ports(self) -> tuple[int, ...]:
+        """Every protected port, SMTP first, without repeats."""
         return tuple(dict.fromkeys(self.smtp_ports + self.other_ports))
 
     @property
     def alert(self) -> bool:
+        """Alert mode: report what would be done, accept everything."""
         return self.mode == "alert"
 
     def with_overrides(self, **changes: Any) -> Config:
+        """A copy with these fields replaced (e.g. ``mode="alert"``)."""
         return replace(self, **changes)
 
 

@@ -154,10 +154,14 @@ class Engine:
         self.bans[self.ban_key(net.network_address.packed)] = (expires, reason)
 
     def remove_ban(self, network: str) -> bool:
+        """Forget the ban covering ``network`` (after ``inspector unban``); True if there was one."""
         net = ipaddress.ip_network(network, strict=False)
         return self.bans.pop(self.ban_key(net.network_address.packed), None) is not None
 
     def stats(self) -> dict[str, object]:
+        """Counters for ``status``: packets, flows (active, evicted, expired), malformed packets, bans, rate-limit
+        sources, and every named count.
+        """
         return {
             "packets": self.packets,
             "flows": self.counts["flows"],
@@ -297,4 +301,5 @@ class Engine:
                         format_addr(dst_raw) if dst_raw else "", dport, ban_network, d)
 
     def ban_network(self, bkey: bytes) -> str:
+        """The ban network of a ban key (see :meth:`ban_key`), as text: ``203.0.113.7`` or ``2001:db8:1::/64``."""
         return network_text(bkey, self._prefix[len(bkey)])

@@ -57,6 +57,7 @@ class IpsetNetlink:
         self.seq = 0
 
     def close(self) -> None:
+        """Close the netlink socket."""
         self.sock.close()
 
     def _request(self, cmd: int, set_name: str, network: str, timeout: int | None, net: bool,

@@ -30,17 +30,27 @@ ALERT_REPEAT = 60.0  # seconds between two alert-mode reports of the same would-
 class QueuedPacket(Protocol):
     """What NetfilterQueue's packet offers (and the fake in tests)."""
 
-    def get_payload(self) -> bytes: ...
-    def set_payload(self, payload: bytes) -> None: ...
-    def get_mark(self) -> int: ...
-    def set_mark(self, mark: int) -> None: ...
-    def repeat(self) -> None: ...
-    def accept(self) -> None: ...
-    def drop(self) -> None: ...
+    def get_payload(self) -> bytes:
+        """The packet's bytes (the IP header on)."""
+    def set_payload(self, payload: bytes) -> None:
+        """Replace the packet's bytes (given with the next verdict)."""
+    def get_mark(self) -> int:
+        """The packet's mark."""
+    def set_mark(self, mark: int) -> None:
+        """Set the mark given with the next verdict."""
+    def repeat(self) -> None:
+        """Verdict NF_REPEAT: the packet traverses the hook again (with its new mark)."""
+    def accept(self) -> None:
+        """Verdict NF_ACCEPT."""
+    def drop(self) -> None:
+        """Verdict NF_DROP."""
 
 
 class ResetSender(Protocol):
-    def send(self, packet: bytes) -> None: ...
+    """Sends a prebuilt IP packet (a reset): :class:`RawResetSender`, or the recording fake of the tests."""
+
+    def send(self, packet: bytes) -> None:
+        """Send ``packet`` (IPv4 or IPv6, header included); raises OSError."""
 
 
 class RawResetSender:
@@ -51,12 +61,14 @@ class RawResetSender:
         self._v6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
 
     def send(self, packet: bytes) -> None:
+        """Send ``packet`` to its destination address through the raw socket of its family; raises OSError."""
         if packet[0] >> 4 == 4:
             self._v4.sendto(packet, (socket.inet_ntop(socket.AF_INET, packet[16:20]), 0))
         else:
             self._v6.sendto(packet, (socket.inet_ntop(socket.AF_INET6, packet[24:40]), 0))
 
     def close(self) -> None:
+        """Close both raw sockets."""
         self._v4.close()
         self._v6.close()
 

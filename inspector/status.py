@@ -18,6 +18,9 @@ from .control import control_request
 
 
 def fetch(config_path: str | None) -> tuple[str, dict[str, Any] | None]:
+    """The control socket path of the config at ``config_path``, and the running service's status (None if none
+    answers).
+    """
     config = load_config(config_path)
     path = config.service.control_socket
     try:
@@ -72,6 +75,9 @@ def render(path: str, st: dict[str, Any] | None) -> str:
 
 
 def main_status(config_path: str | None, watch: bool, as_json: bool) -> int:
+    """``inspector status``: print the status screen once, as JSON, or redrawn every second (``watch``). Returns 0 if a
+    service answered, else 3.
+    """
     import json
 
     path, st = fetch(config_path)

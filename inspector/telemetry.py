@@ -21,6 +21,9 @@ SAMPLE = 64
 
 
 class Telemetry:
+    """Per-second counters of packets and verdicts over the last minute, the top sources and blocked domains, and the
+    engine's latency histogram (see the module docstring).
+    """
     __slots__ = ("second", "packets", "verdicts", "history", "sources", "domains", "reasons", "latency",
                  "latency_sum", "latency_count")
 
@@ -37,6 +40,7 @@ class Telemetry:
         self.latency_count = 0
 
     def observe(self, seconds: float) -> None:
+        """Count one engine latency sample of ``seconds``."""
         i = 0
         for bound in LATENCY_BOUNDS:
             if seconds <= bound:
@@ -47,6 +51,7 @@ class Telemetry:
         self.latency_count += 1
 
     def tick(self, now: float) -> None:
+        """Close the current second's bucket when ``now`` (Unix seconds) is in a new one."""
         second = int(now)
         if second != self.second:
             if self.second:
@@ -54,6 +59,7 @@ class Telemetry:
             self.second, self.packets, self.verdicts = second, 0, 0
 
     def decision(self, src: str, reason: str, rule: str | None) -> None:
+        """Count one non-accept verdict from ``src`` for ``reason`` (and the blocked domain ``rule``)."""
         self.verdicts += 1
         self.reasons[reason] += 1
         if src:
@@ -66,6 +72,7 @@ class Telemetry:
                 self.domains = Counter(dict(self.domains.most_common(_KEEP // 2)))
 
     def snapshot(self, now: float) -> dict[str, Any]:
+        """The last minute's rates, the counts and the latency histogram at ``now``, JSON-ready."""
         self.tick(now)
         recent = [h for h in self.history if h[0] >= int(now) - WINDOW]
         seconds = max(1, len(recent))

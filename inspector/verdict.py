@@ -11,12 +11,14 @@ from dataclasses import dataclass
 
 
 class Action(enum.StrEnum):
+    """What happens to the packet: accept, drop, or reset (drop, and answer both ends with TCP resets)."""
     ACCEPT = "accept"
     DROP = "drop"
     RESET = "reset"  # drop, and answer both ends with TCP resets
 
 
 class Reason(enum.StrEnum):
+    """Why a packet was not simply accepted (the ``reason`` of events and bans)."""
     DOMAIN = "domain"
     PAYLOAD = "payload"
     RATE = "rate"
@@ -44,6 +46,7 @@ class Verdict:
 
     @property
     def applied(self) -> Action:
+        """What the kernel is told: accept in alert mode, else the action."""
         return Action.ACCEPT if self.alert else self.action
 
 

@@ -45,9 +45,12 @@ class Component(Protocol):
     saved for the last time; ``status()`` is its section of ``inspector status``.  It may call
     :meth:`inspector.respond.bans.BanPipeline.issue` from its own thread."""
 
-    def start(self) -> None: ...
-    def close(self) -> None: ...
-    def status(self) -> dict[str, Any]: ...
+    def start(self) -> None:
+        """Start (its own thread, socket ...); raise ServiceError if it cannot."""
+    def close(self) -> None:
+        """Stop and release what it holds; never raises."""
+    def status(self) -> dict[str, Any]:
+        """Its section of ``inspector status`` (JSON-ready)."""
 
 
 class Fanout:
@@ -59,6 +62,7 @@ class Fanout:
         self._lock = threading.Lock()
 
     def emit(self, event: dict[str, Any]) -> None:
+        """Write ``event`` to every sink."""
         with self._lock:
             for sink in self.sinks:
                 with contextlib.suppress(Exception):  # a full disk must not stop verdicts

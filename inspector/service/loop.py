@@ -34,10 +34,14 @@ class PacketQueue(Protocol):
 
     number: int
 
-    def bind(self, handler: Callable[[Any], None]) -> None: ...
-    def fileno(self) -> int: ...
-    def read(self) -> None: ...
-    def close(self) -> None: ...
+    def bind(self, handler: Callable[[Any], None]) -> None:
+        """Bind the queue; ``handler(packet)`` is called for every packet :meth:`read` takes."""
+    def fileno(self) -> int:
+        """The descriptor that becomes readable when packets wait."""
+    def read(self) -> None:
+        """Hand the waiting packets (one burst) to the handler; never blocks."""
+    def close(self) -> None:
+        """Unbind."""
 
 
 class _Timer:

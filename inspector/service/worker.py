@@ -86,6 +86,7 @@ class ChannelSink:
         self.outbox = outbox
 
     def emit(self, event: dict[str, Any]) -> None:
+        """Send ``event`` to the supervisor (with the burst's batch while one is handled)."""
         self.outbox.put("event", event)
 
 

@@ -64,6 +64,9 @@ class WholeMessages:
         self._left = burst
 
     def recv(self, _size: int) -> bytes:
+        """One whole netlink message from the socket, without blocking (BlockingIOError when it is empty or the burst
+        is over).
+        """
         left = self._left
         if not left:
             # a burst is over: end this run_socket() call as if the socket were empty, so the
@@ -78,10 +81,12 @@ class WholeMessages:
             raise
 
     def close(self) -> None:
+        """Close the duplicated descriptor."""
         self._sock.close()
 
 
 def pack_attr(kind: int, value: bytes) -> bytes:
+    """A netlink attribute: length, type, ``value``, padded to 4 bytes."""
     length = 4 + len(value)
     return struct.pack("=HH", length, kind) + value + b"\0" * (-length % 4)
 
@@ -144,6 +149,7 @@ def set_copy_range(fd: int, queue: int, copy_range: int = MAX_COPY_RANGE, timeou
 
 @dataclass(frozen=True)
 class QueueStats:
+    """One queue's line of ``/proc/net/netfilter/nfnetlink_queue``."""
     queue: int
     portid: int  # the netlink port bound to the queue (0: nobody)
     waiting: int  # packets in the queue now
@@ -153,6 +159,7 @@ class QueueStats:
 
 
 def parse_queue_stats(text: str) -> list[QueueStats]:
+    """The queues listed in the text of ``/proc/net/netfilter/nfnetlink_queue``."""
     out = []
     for line in text.splitlines():
         f = line.split()
