@@ -69,7 +69,7 @@ def test_other_sections_unchanged_by_logs(tmp_path):
     ('[logs]\nfindtme = 600\n', 2, "logs.findtme: unknown setting"),
     ('[logs]\nhosts_deny_daemon = "ALL: x"\n', 2, "logs.hosts_deny_daemon: a daemon name"),
     ('[logs]\n\n[[logs.source]]\npath = "/var/log/x"\nfilter = "nginx"\n', 5,
-     "logs.source[1].filter: unknown filter 'nginx' (known: apache-probe, courier, postfix-sasl, proftpd"),
+     "logs.source[1].filter: unknown filter 'nginx' (known: apache-probe, courier, dovecot, exim, postfix-sasl, proftpd"),
     ('[[logs.source]]\npath = "/a"\nfilter = "sshd"\n[[logs.source]]\npath = "/b"\n', 4,
      "logs.source[2]: 'filter' is required"),
     ('[[logs.source]]\nfilter = "sshd"\n', 1, "logs.source[1]: needs either path"),
