@@ -243,7 +243,7 @@ def parse_logs(logs: dict[str, Any], path: Path, where: Locator,
         if any(s.name == name for s in sources):
             raise entry_fail("source", i, "name" if "name" in src else None, f"two sources named {name!r}")
         def limit_fail(key: str, i: int = i) -> Callable[[str], Exception]:
-            return lambda m: entry_fail("source", i, key, m)
+            return lambda msg: entry_fail("source", i, key, msg)
 
         maxretry = int(bounded(src.get("maxretry", out["maxretry"]), 1, 1000, limit_fail("maxretry")))
         findtime = float(bounded(src.get("findtime", out["findtime"]), 1, 86400 * 30, limit_fail("findtime")))
