@@ -209,11 +209,18 @@ class FileFollower:
                 self._drain(cur, out, budget)
 
     @property
+    def state(self) -> str:
+        """``error`` (cannot open or read the path), ``reading`` (open) or ``waiting`` (no file yet)."""
+        if self.error:
+            return "error"
+        return "reading" if self._cur is not None else "waiting"
+
+    @property
     def too_long(self) -> int:
         return sum(o.lines.too_long for o in self._files()) + self.counts["too-long-closed"]
 
     def stats(self) -> dict[str, Any]:
-        return {"path": self.path, "open": self._cur is not None, "rotated_open": len(self._old),
+        return {"path": self.path, "state": self.state, "open": self._cur is not None, "rotated_open": len(self._old),
                 "too_long": self.too_long, "error": self.error, **dict(self.counts)}
 
     def close(self) -> None:
