@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from .config import load_config
+from .logs import status_lines
 from .service import control_request
 
 
@@ -66,6 +67,7 @@ def render(path: str, st: dict[str, Any] | None) -> str:
         "top blocked domains: " + (", ".join(f"{d} ({n})" for d, n in live.get("top_domains", [])[:5]) or "none"),
         f"rules: {rules.get('domains', '?'):,} domains, {rules.get('payload', 0)} payload strings, loaded "
         f"{rules.get('loaded_at', '?')}" if rules else "rules: ?",
+        *status_lines(st.get("logs")),
     ]
     return "\n".join(lines) + "\n"
 

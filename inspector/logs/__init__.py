@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from ..config import Config
 
 __all__ = ["LogMonitor", "LogBan", "Failure", "Limits", "LogPolicy", "Whitelist", "user_filters",
-           "local_addresses", "write_hosts_deny", "BUILTIN", "probe_all"]
+           "local_addresses", "write_hosts_deny", "BUILTIN", "probe_all", "check_lines", "status_lines"]
 
 
 class Follower(Protocol):
@@ -212,3 +212,33 @@ class LogMonitor:
         for feed in self.feeds.values():
             feed.follower.close()
         self.feeds = {}
+
+
+def check_lines(settings: LogSettings) -> list[str]:
+    """``inspector check``'s [logs] lines: each source, where it reads, and every one that cannot be read now."""
+    lines = []
+    problems = {p.source: p for p in probe_all(settings)}
+    for src in settings.sources:
+        place = resolve(src, settings)
+        where = place.path if place.kind == "file" else (
+            "journal " + (f"in {place.directory} " if place.directory else "") + " ".join(place.matches))
+        lines.append(f"log source {src.name}: filter {src.filter}, backend {src.backend} -> {where}; "
+                     f"{src.maxretry} in {src.findtime:g}s -> ban {src.bantime}s")
+        p = problems.get(src.name)
+        if p is not None:
+            lines.append(f"  WARNING: cannot be read now: {p.reason}")
+    if problems:
+        lines.append(f"log sources that cannot be read now: {len(problems)} of {len(settings.sources)}")
+    return lines
+
+
+def status_lines(stats: dict[str, Any] | None) -> list[str]:
+    """``inspector status``'s lines for the log monitor's stats (one per followed file or journal query)."""
+    if not stats:
+        return []
+    out = []
+    for feed in stats.get("logs", []):
+        err = f": {feed['error']}" if feed.get("error") else ""
+        out.append(f"log {feed.get('state', '?'):<8} {feed.get('backend', 'file'):<7} {feed.get('path')} "
+                   f"({', '.join(feed.get('sources', []))}){err}")
+    return out
