@@ -357,8 +357,11 @@ class JournalFollower:
             if from_start:
                 self._reader.seek_head()
             else:
+                # at the last matching entry, so the next _next() is the first new one; with no match
+                # yet, the head (a bare seek_tail would skip the first entry written after it: measured)
                 self._reader.seek_tail()
-                self._reader._previous()  # the next _next() is the first new entry
+                if not self._reader._previous():
+                    self._reader.seek_head()
 
     def _resume(self) -> bool:
         """Position after the stored cursor; False when there is none (or it is unusable)."""
