@@ -69,7 +69,8 @@ def test_other_sections_unchanged_by_logs(tmp_path):
     ('[logs]\nfindtme = 600\n', 2, "logs.findtme: unknown setting"),
     ('[logs]\nhosts_deny_daemon = "ALL: x"\n', 2, "logs.hosts_deny_daemon: a daemon name"),
     ('[logs]\n\n[[logs.source]]\npath = "/var/log/x"\nfilter = "nginx"\n', 5,
-     "logs.source[1].filter: unknown filter 'nginx' (known: apache-probe, courier, dovecot, exim, postfix-sasl, proftpd"),
+     "logs.source[1].filter: unknown filter 'nginx' (known: apache-probe, courier, dovecot, exim, postfix-sasl, "
+     "proftpd"),
     ('[[logs.source]]\npath = "/a"\nfilter = "sshd"\n[[logs.source]]\npath = "/b"\n', 4,
      "logs.source[2]: 'filter' is required"),
     ('[[logs.source]]\nfilter = "roundcube"\n', 1, "logs.source[1]: needs path = "),
@@ -97,7 +98,8 @@ def test_other_sections_unchanged_by_logs(tmp_path):
     ('[[logs.filter]]\nregex = \'(?P<host>x)\'\n', 1, "logs.filter[1]: 'name' is required"),
     ('[[logs.filter]]\nname = "a"\nregex = \'(?P<host>x)\'\n[[logs.filter]]\nname = "a"\nregex = \'(?P<host>y)\'\n',
      5, "filter 'a' is defined twice"),
-    ('[[logs.filter]]\nname = "a"\nregex = \'(?P<host>x)\'\nliteral = ""\n', 4, "logs.filter[1].literal: must not be empty"),
+    ('[[logs.filter]]\nname = "a"\nregex = \'(?P<host>x)\'\nliteral = ""\n', 4,
+     "logs.filter[1].literal: must not be empty"),
     ('[logs]\nsource = "x"\n', 2, "logs.source: expected a list"),
 ])
 def test_logs_errors_name_file_and_line(tmp_path, text, line, message):
