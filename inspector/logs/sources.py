@@ -88,7 +88,8 @@ def probe(src: LogSource, settings: LogSettings) -> SourceProblem | None:
     if place.kind == "file":
         path = str(place.path)
         if not os.path.exists(path):
-            return SourceProblem(src.name, path, "missing file (waited for; no journal to fall back to)")
+            why = "" if src.backend == "file" else "; no journal matches to fall back to"
+            return SourceProblem(src.name, path, f"missing file (waited for{why})")
         try:
             with open(path, "rb") as f:
                 f.read(1)
