@@ -14,8 +14,8 @@ import time
 from typing import Any
 
 from .config import load_config
+from .control import control_request
 from .logs import status_lines
-from .service import control_request
 
 
 def fetch(config_path: str | None) -> tuple[str, dict[str, Any] | None]:
