@@ -15,7 +15,7 @@ class Daemon:
     def __init__(self, path):
         self.path = path
         self.n = 0
-        self.f = open(path, "ab", buffering=0)
+        self.f = open(path, "ab", buffering=0)  # noqa: SIM115 - a daemon's log stays open across calls
         Daemon.open_ones.append(self)
 
     def write(self, count=1, prefix="line"):
@@ -29,7 +29,7 @@ class Daemon:
 
     def reopen(self):
         self.f.close()
-        self.f = open(self.path, "ab", buffering=0)
+        self.f = open(self.path, "ab", buffering=0)  # noqa: SIM115 - reopened like a daemon's log
 
     def close(self):
         self.f.close()

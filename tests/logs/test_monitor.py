@@ -7,8 +7,8 @@ from inspector.config import load_config
 from inspector.engine import Engine
 from inspector.events import MemorySink
 from inspector.logs import LogMonitor
-from inspector.rules import load_rules
 from inspector.respond.bans import Ban, BanPipeline
+from inspector.rules import load_rules
 from inspector.runner import Runner
 from inspector.testing import FakeFirewall, RecordingSender
 
