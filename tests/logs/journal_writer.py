@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -31,7 +32,14 @@ def export_entry(message: str, unit: str = "ssh.service", ident: str = "sshd", p
     fields = {"__REALTIME_TIMESTAMP": str(usec), "__MONOTONIC_TIMESTAMP": str(seq),
               "_BOOT_ID": "0123456789abcdef0123456789abcdef", "_HOSTNAME": "testhost", "_SYSTEMD_UNIT": unit,
               "SYSLOG_IDENTIFIER": ident, "_PID": str(pid), "MESSAGE": message}
-    return "".join(f"{k}={v}\n" for k, v in fields.items()).encode() + b"\n"
+    out = b""
+    for k, v in fields.items():
+        data = v.encode()
+        if b"\n" in data:  # the export format's binary form: name, newline, 64-bit LE length, data
+            out += k.encode() + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
+        else:
+            out += k.encode() + b"=" + data + b"\n"
+    return out + b"\n"
 
 
 class JournalWriter:

@@ -99,11 +99,14 @@ def test_matches_or_and_a_broken_cursor_file(tmp_path):
         writer.write("a", unit="ssh.service")
         writer.write("b", unit="cron.service")
         writer.write("c", unit="dovecot.service", ident="dovecot")
+        writer.write("d\nFailed password for root from 198.51.100.1 port 1 ssh2", unit="ssh.service")
         time.sleep(0.3)
         cursor.write_text("not a cursor\n")
         f = JournalFollower(("_SYSTEMD_UNIT=ssh.service", "+", "SYSLOG_IDENTIFIER=dovecot"), from_start=True,
                             directory=str(journal), cursor_file=cursor)
-        assert [line.rsplit(": ", 1)[1] for line in poll_until(f, 2)] == ["a", "c"]
+        lines = poll_until(f, 3)
+        assert [line.split(": ", 1)[1] for line in lines] == ["a", "c", "d#012Failed password for root from "
+                                                              "198.51.100.1 port 1 ssh2"]  # one entry, one line
         assert f.counts["cursor-errors"] == 1
         f.close()
         assert cursor.read_text().startswith("s=")  # replaced by a real one
