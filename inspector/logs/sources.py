@@ -79,7 +79,10 @@ def _unit_installed(unit: str) -> bool:
     if "@" in unit:  # an instance: postfix@-.service comes from the template postfix@.service
         head, _, rest = unit.partition("@")
         names.append(f"{head}@.{rest.rsplit('.', 1)[-1]}")
-    return any(os.path.exists(os.path.join(d, n)) for d in UNIT_DIRS for n in names)
+    if any(os.path.exists(os.path.join(d, n)) for d in UNIT_DIRS for n in names):
+        return True
+    # a SysV script becomes NAME.service through systemd-sysv-generator (Debian's exim4)
+    return unit.endswith(".service") and os.path.exists(os.path.join("/etc/init.d", unit[:-len(".service")]))
 
 
 def probe(src: LogSource, settings: LogSettings) -> SourceProblem | None:

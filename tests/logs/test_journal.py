@@ -173,3 +173,20 @@ def test_probe_names_an_unknown_unit_and_a_missing_directory(tmp_path):
     assert gone is not None and "no directory" in gone.reason
     missing = probe(LogSource("roundcube", path=str(tmp_path / "errors.log")), settings)
     assert missing is not None and "missing file" in missing.reason
+
+
+def test_probe_knows_an_installed_unit_the_journal_has_not_seen(tmp_path):
+    import os
+
+    if not os.path.exists("/lib/systemd/system/ssh.service"):
+        pytest.skip("needs Debian's openssh-server (its unit file ssh.service)")
+    journal = tmp_path / "journal"
+    writer = JournalWriter(journal)
+    try:
+        writer.write("x", unit="cron.service")
+    finally:
+        writer.close()
+    settings = LogSettings(journal_directory=str(journal))
+    assert probe(LogSource("sshd", backend="journal"), settings) is None  # installed, silent so far
+    assert probe(LogSource("dovecot", journal=("_SYSTEMD_UNIT=nosuch-xyz.service",), backend="journal"),
+                 settings) is not None
