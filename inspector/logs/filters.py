@@ -185,8 +185,8 @@ def _roundcube(line: str) -> str | None:
     chosen = imap or other
     if not chosen:
         return None
-    if not imap and line.startswith(". Could not connect to ", chosen[-1].end()) \
-            or line.startswith(". Empty startup", chosen[-1].end()):
+    end = chosen[-1].end()
+    if not imap and (line.startswith(". Could not connect to ", end) or line.startswith(". Empty startup", end)):
         return None  # the IMAP server was down: nobody's password was wrong
     found = {_roundcube_client(m.group(1), m.group(2)) for m in chosen}
     if len(found) > 1:
