@@ -348,6 +348,9 @@ class JournalFollower:
         self._stamps: dict[int, str] = {}
         self._check_cursor = False  # the first entry after a seek to the cursor may be that entry
         self._reader = journal.Reader(path=directory) if directory else journal.Reader()
+        # sd_journal_get_fd() starts the inotify watch that lets process() see new and rotated
+        # journal files (sd_journal_get_fd(3)); without it a file created later is never read
+        self._reader.fileno()
         for i, group in enumerate(parse_matches(self.matches)):
             if i:
                 self._reader.add_disjunction()
@@ -388,9 +391,21 @@ class JournalFollower:
 
     @property
     def state(self) -> str:
+        """``error``, ``waiting`` (no journal files yet: journald not running) or ``reading``."""
         if self.error:
             return "error"
-        return "reading"
+        return "reading" if self.cursor is not None or self._has_files() else "waiting"
+
+    def _has_files(self) -> bool:
+        if self.directory is not None:
+            try:
+                return any(name.endswith((".journal", ".journal~")) for name in os.listdir(self.directory))
+            except OSError:
+                return False
+        try:
+            return bool(self._reader.has_runtime_files() or self._reader.has_persistent_files())
+        except OSError:
+            return False
 
     def _stamp(self, usec: int) -> str:
         sec = usec // 1_000_000

@@ -26,10 +26,11 @@ def why_no_journal() -> str | None:
 
 
 def export_entry(message: str, unit: str = "ssh.service", ident: str = "sshd", pid: int = 4242,
-                 seq: int = 1, when: float | None = None) -> bytes:
+                 when: float | None = None) -> bytes:
     """One entry in the journal export format (systemd's JOURNAL_EXPORT_FORMATS)."""
     usec = int((time.time() if when is None else when) * 1e6)
-    fields = {"__REALTIME_TIMESTAMP": str(usec), "__MONOTONIC_TIMESTAMP": str(seq),
+    # one boot, one monotonic clock for every writer: entries of several files interleave as journald's do
+    fields = {"__REALTIME_TIMESTAMP": str(usec), "__MONOTONIC_TIMESTAMP": str(time.monotonic_ns() // 1000),
               "_BOOT_ID": "0123456789abcdef0123456789abcdef", "_HOSTNAME": "testhost", "_SYSTEMD_UNIT": unit,
               "SYSLOG_IDENTIFIER": ident, "_PID": str(pid), "MESSAGE": message}
     out = b""
@@ -45,17 +46,15 @@ def export_entry(message: str, unit: str = "ssh.service", ident: str = "sshd", p
 class JournalWriter:
     """A running ``systemd-journal-remote -o DIR/remote.journal -``: entries appear as they are written."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, name: str = "remote.journal") -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / "remote.journal"
-        self.seq = 0
+        self.path = directory / name
         self.proc = subprocess.Popen([REMOTE, "-o", str(self.path), "-"], stdin=subprocess.PIPE,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def write(self, message: str, **kw: object) -> None:
         assert self.proc.stdin is not None
-        self.seq += 1
-        self.proc.stdin.write(export_entry(message, seq=self.seq, **kw))  # type: ignore[arg-type]
+        self.proc.stdin.write(export_entry(message, **kw))  # type: ignore[arg-type]
         self.proc.stdin.flush()
 
     def close(self) -> None:

@@ -190,3 +190,29 @@ def test_probe_knows_an_installed_unit_the_journal_has_not_seen(tmp_path):
     assert probe(LogSource("sshd", backend="journal"), settings) is None  # installed, silent so far
     assert probe(LogSource("dovecot", journal=("_SYSTEMD_UNIT=nosuch-xyz.service",), backend="journal"),
                  settings) is not None
+
+
+def test_a_journal_without_files_is_waited_for(tmp_path):
+    empty = tmp_path / "journal"
+    empty.mkdir()
+    f = JournalFollower(SSH, directory=str(empty))
+    assert f.poll() == [] and f.state == "waiting"
+    writer = JournalWriter(empty)
+    try:
+        writer.write(SSHD.format(i=1, h=1, port=1))
+        time.sleep(0.3)
+        assert f.state == "reading"
+        assert len(poll_until(f, 1)) == 1
+        # journald's rotation: the file is closed, newer entries go to a new file beside it
+        writer.close()
+        second = JournalWriter(empty, "system@0001.journal")
+        try:
+            second.write(SSHD.format(i=2, h=2, port=2))
+            second.write(SSHD.format(i=3, h=3, port=3))
+            got = poll_until(f, 2)
+        finally:
+            second.close()
+        assert [line.split(" from ")[1].split()[0] for line in got] == ["203.0.113.2", "203.0.113.3"]
+    finally:
+        writer.close()
+        f.close()
