@@ -438,8 +438,8 @@ class JournalFollower:
             except KeyError:
                 continue
             text = msg.decode("utf-8", "replace") if isinstance(msg, bytes) else str(msg)
-            if "\n" in text or "\r" in text:  # one entry, one line: written as rsyslog escapes them
-                text = text.replace("\r", "#015").replace("\n", "#012")
+            if "\n" in text or "\r" in text:  # one entry, one line: inner ones written as rsyslog escapes them
+                text = text.rstrip("\r\n").replace("\r", "#015").replace("\n", "#012")
             if len(text) > limit:
                 self.too_long += 1
                 continue

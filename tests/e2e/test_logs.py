@@ -118,7 +118,7 @@ LogLevel INFO
     def _pump(self) -> None:
         assert self.proc.stderr is not None
         for raw in self.proc.stderr:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
+            line = raw.decode("utf-8", "replace").rstrip("\n")  # sshd -e ends lines with "\r\n": kept
             self.lines.append(line)
             self.writer.write(line, unit="ssh.service", ident="sshd", pid=self.proc.pid)
 
@@ -186,7 +186,12 @@ bantime = 3600
         started = time.monotonic()
         r = brute_force(net, a, 3)
         assert r.returncode != 0  # three wrong passwords
-        wait_for(lambda: net.banned(a) is not None, 10, interval=0.05, what=f"{a} banned")
+        try:
+            wait_for(lambda: net.banned(a) is not None, 10, interval=0.05, what=f"{a} banned")
+        except TimeoutError:
+            print("sshd logged:", *map(repr, sshd.lines), sep="\n  ")
+            print(net.cli("status", "--json").stdout)
+            raise
         took = time.monotonic() - started
         assert sum("Failed password for invalid user nosuchuser from " + a in line for line in sshd.lines) == 3
         ban = net.wait_event(event="ban", reason="log:sshd")

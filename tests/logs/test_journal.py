@@ -99,7 +99,7 @@ def test_matches_or_and_a_broken_cursor_file(tmp_path):
         writer.write("a", unit="ssh.service")
         writer.write("b", unit="cron.service")
         writer.write("c", unit="dovecot.service", ident="dovecot")
-        writer.write("d\nFailed password for root from 198.51.100.1 port 1 ssh2", unit="ssh.service")
+        writer.write("d\nFailed password for root from 198.51.100.1 port 1 ssh2\r\n", unit="ssh.service")
         time.sleep(0.3)
         cursor.write_text("not a cursor\n")
         f = JournalFollower(("_SYSTEMD_UNIT=ssh.service", "+", "SYSLOG_IDENTIFIER=dovecot"), from_start=True,
