@@ -69,3 +69,12 @@ def test_status_lines_show_state_backend_and_reason():
         "log waiting  file    /var/log/mail.log (dovecot:/var/log/mail.log, postfix-sasl:/var/log/mail.log)",
     ]
     assert status_lines(None) == []
+
+
+def test_status_screen_shows_the_log_sources():
+    from inspector.status import render
+
+    st = {"ok": True, "pid": 1, "uptime": 5, "mode": "enforce", "queue": 0, "workers": 1, "queues": [],
+          "logs": {"logs": [{"sources": ["sshd:x"], "backend": "journal", "path": "journal:_SYSTEMD_UNIT=ssh.service",
+                             "state": "reading", "error": None}]}}
+    assert "log reading  journal journal:_SYSTEMD_UNIT=ssh.service (sshd:x)" in render("/run/x.sock", st)
