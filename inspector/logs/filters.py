@@ -57,6 +57,7 @@ class Filter:
     ``time`` optionally finds the timestamp text (user filters' ``time`` group).
     ``units``: the systemd units whose journal entries the filter reads when a
     source names no ``journal`` matches (alternatives: any of them).
+    ``attempts(line)``: how many failed attempts the line reports (default 1).
     """
 
     name: str
@@ -65,6 +66,7 @@ class Filter:
     description: str = ""
     units: tuple[str, ...] = ()
     time: Callable[[str], str | None] | None = None
+    attempts: Callable[[str], int] | None = None  # failures one line reports (Dovecot: "N attempts")
 
     @property
     def journal_matches(self) -> tuple[str, ...]:
@@ -312,7 +314,7 @@ def _sshd(line: str) -> str | None:
 # login_log_format_elements puts user=<%u> (the client's) before rip=%r; what follows rip (lip, mpid, TLS,
 # session) is Dovecot's own: the last ", rip=ADDR," is Dovecot's.  The auth process's own lines
 # ("auth: pam(user,ADDR): ... failed") describe the same attempts and are not counted twice.
-_DOVECOT = re.compile(r"-login: (?:Aborted login|Disconnected|Login aborted)\b[^()]*\(auth failed, \d+ attempts?")
+_DOVECOT = re.compile(r"-login: (?:Aborted login|Disconnected|Login aborted)\b[^()]*\(auth failed, (\d+) attempts?")
 _DOVECOT_RIP = re.compile(r", rip=(" + _IP + r")(?=,|\s*$)")
 
 
@@ -322,6 +324,12 @@ def _dovecot(line: str) -> str | None:
         return None
     rips = _DOVECOT_RIP.findall(line, m.end())
     return rips[-1] if rips else NOT_ADDRESS
+
+
+def _dovecot_attempts(line: str) -> int:
+    # one connection may try several passwords (Dovecot's "3 attempts"): each counts, as each sshd line does
+    m = _DOVECOT.search(line)
+    return min(int(m.group(1)), 100) if m else 1
 
 
 # Exim mainlog (log_selector defaults; +incoming_interface adds I=[..]:port):
@@ -356,7 +364,7 @@ BUILTIN: dict[str, Filter] = {f.name: f for f in (
            "OpenSSH: Failed password (also for invalid users), Invalid user", ("ssh.service", "sshd.service")),
     Filter("dovecot", ("(auth failed, ",), _dovecot,
            "Dovecot imap-login/pop3-login: Aborted login / Disconnected (auth failed ...), rip=",
-           ("dovecot.service",)),
+           ("dovecot.service",), attempts=_dovecot_attempts),
     Filter("exim", ("authenticator failed for ",), _exim,
            "Exim: authenticator failed for ... 535 Incorrect authentication data (mainlog)",
            ("exim4.service", "exim.service")),
@@ -556,6 +564,8 @@ class LineMatcher:
         if host is None:
             self.not_address += 1
             return NOT_ADDRESS
+        if filt.attempts is not None:
+            count *= max(1, filt.attempts(text))
         stamp = None
         if filt.time is not None:
             t_text = filt.time(line)
