@@ -124,6 +124,9 @@ class Messages:
         self.pos += 1
         return m
 
+    def close(self) -> None:
+        pass
+
     @property
     def done(self) -> bool:
         return self.pos >= len(self.messages)
@@ -188,13 +191,19 @@ control_socket = "{workdir / 'control.sock'}"
     os.write(w, b"x")
 
     class Fed(NfQueue):
-        """The service's queue, reading the built messages instead of the socket."""
+        """The service's queue, its socket reads replaced by the built messages."""
+
+        def bind(self, handler: Any) -> None:
+            super().bind(handler)
+            assert self._messages is not None
+            self._messages.close()
+            self._messages = src  # type: ignore[assignment]
 
         def fileno(self) -> int:
             return r
 
         def read(self) -> None:
-            self._nfq.run_socket(src)
+            super().read()
             if src.done:
                 service.loop.stop()
 
@@ -232,6 +241,8 @@ def child(args: argparse.Namespace) -> int:
     results: dict[str, list[float]] = {"bare": [], "inspector": []}
     extra: dict[str, Any] = {}
     modes = [args.mode] if args.mode else ["bare", "inspector"]
+    if args.mode == "none":
+        modes = []
     with tempfile.TemporaryDirectory() as tmp:
         for rnd in range(args.rounds):
             for mode in modes if rnd % 2 == 0 else list(reversed(modes)):
@@ -241,7 +252,7 @@ def child(args: argparse.Namespace) -> int:
                     cpu, n, counts = run_inspector(messages, args.burst, Path(tmp),
                                                    args.profile if rnd == args.rounds - 1 else None)
                     extra["counts"] = counts
-                if n != count:
+                if n != count and mode != "none":
                     raise SystemExit(f"{mode}: handled {n} of {count} packets")
                 results[mode].append(cpu * 1e6 / count)
     print(json.dumps({"packets": count, "transactions": args.transactions, "burst": args.burst,
@@ -255,7 +266,8 @@ def main() -> int:
     ap.add_argument("--transactions", type=int, default=4000)
     ap.add_argument("--burst", type=int, default=1, help="messages read per wakeup (default 1)")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--mode", choices=("bare", "inspector"), help="run only this one")
+    ap.add_argument("--mode", choices=("bare", "inspector", "none"),
+                    help="run only this one (none: build the messages only, for instruction-count baselines)")
     ap.add_argument("--profile", metavar="FILE", help="cProfile the last inspector round into FILE")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -78,6 +78,9 @@ class Runner:
     (resets, the verdict event, the ban through the :class:`~inspector.respond.bans.BanPipeline`).
 
     ``mark``: the packet-mark bit that tells the kernel a connection is decided (0: never mark);
+    ``accept_later``/``accept_noted``: the queue's batched accept (see
+    :class:`~inspector.sources.nfqueue.NfQueue`; None: every accept is given at once), set by
+    the packet loop; the noted accepts are given before any drop or reset;
     ``counts``: what was done (``accept``, ``drop``, ``reset``, ``resets``, ``decided``,
     ``banned-late``, ``errors:<what>``).
     """
@@ -93,6 +96,8 @@ class Runner:
         self.counts: Counter[str] = Counter()
         self._alerted: dict[str, float] = {}  # alert mode: when each would-be-banned source was last reported
         self.telemetry = Telemetry()
+        self.accept_later: Callable[[QueuedPacket], None] | None = None
+        self.accept_noted: Callable[[], None] | None = None
 
     def handle(self, packet: QueuedPacket) -> None:
         """Decide ``packet`` (its bytes, at the clock's ``now``), give it exactly one verdict, then
@@ -111,7 +116,11 @@ class Runner:
             decision = self.engine.process(data, now)
             telemetry.observe(perf_counter() - started)
         if decision is ACCEPT:
-            packet.accept()
+            later = self.accept_later
+            if later is None:
+                packet.accept()
+            else:
+                later(packet)  # with the others of this burst, in one batch verdict
             return
         if decision is BYPASS:
             # bypass: nothing more to inspect; mark the packet and let it traverse the chain again
@@ -127,10 +136,13 @@ class Runner:
         applied = decision.applied
         if applied is Action.ACCEPT:
             packet.accept()
-        elif applied is Action.DROP:
-            packet.drop()
         else:
-            self._reset(packet, data, decision)
+            if self.accept_noted is not None:
+                self.accept_noted()  # the earlier packets first: a reset never overtakes them
+            if applied is Action.DROP:
+                packet.drop()
+            else:
+                self._reset(packet, data, decision)
         self.counts[applied.value] += 1
         self._after(decision, now)
 

@@ -115,3 +115,23 @@ def test_decided_flow_is_marked_and_repeated(make_engine, tmp_path):
     packets = feed(runner, [c.syn(), c.send(b"EHLO a\r\n"), c.send(b"x" * 100)])
     assert [p.verdict for p in packets] == ["accept", "accept", "repeat"]
     assert packets[2].mark == 0x40000000 and runner.counts["decided"] == 1
+
+
+def test_noted_accepts_are_given_before_a_reset(make_engine, tmp_path):
+    """With the queue's batched accepts, the accepts noted so far are given before a drop or a
+    reset, so the reset never overtakes an earlier packet of its connection; plain accepts wait
+    for the batch, a decided flow's packet gets its verdict at once."""
+    runner, *_ = make(make_engine, tmp_path)
+    order = []
+    noted = []
+    runner.accept_later = noted.append
+    runner.accept_noted = lambda: (order.append(("batch", len(noted))), noted.clear())
+    c = Conn()
+    syn, ehlo, data = feed(runner, [c.syn(), c.send(b"EHLO x\r\n"), c.send(BLOCKED)])
+    assert syn.verdict is None and ehlo.verdict is None  # noted for the batch
+    assert order == [("batch", 2)] and data.verdict == "accept" and not noted  # the batch, then the RST
+    ok = Conn(sport=40001, src="198.51.100.8")
+    packets = feed(runner, [ok.syn(), ok.send(b"EHLO x\r\n"), ok.send(b"MAIL FROM:<a@b.example>\r\n"),
+                            ok.send(b"RCPT TO:<c@d.example>\r\n"), ok.send(b"DATA\r\n")])
+    # decided (no mark configured here): its accept is given at once
+    assert [p.verdict for p in packets] == [None, None, None, None, "accept"] and len(noted) == 4

@@ -182,8 +182,12 @@ class PacketLoop:
     flush: Callable[[], None] | None = None
 
     def bind(self) -> None:
-        """Bind the queue and start reading it (errors are the queue's, e.g. QueueError)."""
+        """Bind the queue and start reading it (errors are the queue's, e.g. QueueError); the
+        runner gives its accepts through the queue's batch (``accept_later``) if it has one."""
         self.queue.bind(self.handle)
+        later, noted = getattr(self.queue, "accept_later", None), getattr(self.queue, "accept_noted", None)
+        if later is not None and noted is not None:
+            self.runner.accept_later, self.runner.accept_noted = later, noted
         self.loop.add_reader(self.queue.fileno(), self.read)
 
     def read(self) -> None:
