@@ -22,7 +22,9 @@ Default mode (SMTP line rate, then the bulk-mail check; about 6 minutes):
   NetfilterQueue loop that accepts everything, behind the same rules); inspector
   (``setup-nfqueue.sh install --workers N`` + ``inspector run``, one row per ``--smtp-workers``
   count, default 1 and one per CPU) with its default configuration and, when the installed
-  version supports it, with ``[stream] decide = "depth"`` (the default is "early"); Suricata only if installed;
+  version supports it, with ``[stream] decide = "depth"`` (the default is "early"); Suricata 7 as
+  an NFQ IPS with one ``reject`` rule (``linerate/filters.py``: ``Suricata``), only if installed
+  (``apt-get install -t bookworm-backports suricata``; skipped with a note otherwise);
 * then one 10 MB message through the inspector (each configuration), counting the packets of
   its connection that reach userspace.
 
@@ -57,7 +59,16 @@ import contextlib
 
 from linerate import procfs, profile
 from linerate.bed import SERVER4, Bed, wait_for
-from linerate.filters import REPO, Bare, Inspector, NoFilter, Recipe, supports_decide_early
+from linerate.filters import (
+    REPO,
+    Bare,
+    Inspector,
+    NoFilter,
+    Recipe,
+    Suricata,
+    supports_decide_early,
+    suricata_binary,
+)
 
 HERE = Path(__file__).resolve().parent / "linerate"
 LOADGEN, SINK, FLOOD = HERE / "loadgen.py", HERE / "sink.py", HERE / "flood.py"
@@ -152,6 +163,7 @@ def smtp_run(bed: Bed, sink: Sink, flt: Any, load: dict[str, Any], python: str, 
             status = flt.status()
             errors = [e for e in flt.events() if e.get("event") == "error"]
             alive = all(flt.alive().values())
+            alerts = flt.alerts() if isinstance(flt, Suricata) else None
     finally:
         flt.stop()
     out: dict[str, Any] = {"filter": flt.name, "label": flt.label, "tx": res["transactions"],
@@ -188,7 +200,7 @@ def smtp_run(bed: Bed, sink: Sink, flt: Any, load: dict[str, Any], python: str, 
                     "pkts_per_tx": queued / max(out["tx"], 1),
                     "queue_drops": (f1["queue"]["queue_dropped"] - f0["queue"]["queue_dropped"]
                                     + f1["queue"]["user_dropped"] - f0["queue"]["user_dropped"]),
-                    "workers": flt.workers, "alive": alive, "error_events": len(errors),
+                    "workers": flt.workers, "alive": alive, "error_events": len(errors), "alerts": alerts,
                     "errors_sample": errors[:3],
                     "counts": (status or {}).get("counts"), "engine_packets": (status or {}).get("packets")})
     elif isinstance(flt, Recipe):
@@ -210,6 +222,9 @@ def smtp_benchmark(bed: Bed, sink: Sink, args: argparse.Namespace) -> dict[str, 
     if args.early:
         w0 = args.smtp_workers[0]
         makers.append(lambda r: Inspector(bed, sink.pid, args.python, w0, f"smtpd{r}", decide="depth"))
+    suricata = suricata_binary()
+    if suricata and args.suricata:
+        makers.append(lambda r: Suricata(bed, sink.pid, f"suri{r}"))
     rounds: list[dict[str, dict[str, Any]]] = []
     for r in range(args.rounds):
         this: dict[str, dict[str, Any]] = {}
@@ -244,15 +259,18 @@ def smtp_benchmark(bed: Bed, sink: Sink, args: argparse.Namespace) -> dict[str, 
             log("[profile] py-spy not found (pip install py-spy): skipped")
         for make in makers[2:] if exe else []:
             flt = make(args.rounds)
+            if isinstance(flt, Suricata):
+                continue
             log(f"[profile] {flt.label}: py-spy on worker 0 and the supervisor ({args.seconds:g} s, not measured) ...")
             try:
                 profiles[flt.name] = profile_run(bed, sink, flt, load, args, exe)
             except Exception as e:  # noqa: BLE001
                 log(f"    FAILED: {type(e).__name__}: {e}")
                 profiles[flt.name] = {"error": f"{type(e).__name__}: {e}"}
-    suricata = shutil.which("suricata")
+    note = (suricata if args.suricata else "skipped (--no-suricata)") if suricata else \
+        "not installed: apt-get install -t bookworm-backports suricata (Debian 12: add bookworm-backports first)"
     return {"load": {k: v for k, v in load.items() if k not in ("dst", "port")}, "rounds": rounds, "profiles": profiles,
-            "suricata": suricata or "not installed", "recent_ip_list_tot": Recipe.recent_table_size()}
+            "suricata": note, "recent_ip_list_tot": Recipe.recent_table_size()}
 
 
 def profile_run(bed: Bed, sink: Sink, flt: Inspector, load: dict[str, Any], args: argparse.Namespace,
@@ -526,7 +544,7 @@ def report_smtp(smtp: dict[str, Any], args: argparse.Namespace) -> list[str]:
     names: list[str] = []
     for r in rounds:
         names += [n for n in r if n not in names]
-    order = {"none": 0, "recipe": 1}
+    order = {"none": 0, "recipe": 1, "suricata": 4}
     names.sort(key=lambda n: (order.get(n, 2 if n.startswith("bare") else 3), "depth" in n, n))
     lines = [f"== SMTP line rate: {len(rounds)} round(s) x {load['seconds']:g} s per filter, interleaved;"
              f" concurrency C={load['concurrency']} ({load['procs']} generator processes);"
@@ -580,7 +598,7 @@ def report_smtp(smtp: dict[str, Any], args: argparse.Namespace) -> list[str]:
         blocked_total = sum(s[k]["blocked"] for k in KINDS)
         expected_total = sum(s[k]["expected"] for k in KINDS)
         s["reset_seen"] = sum(s[k]["reset"] for k in KINDS)
-        if n.startswith("inspector") or n.startswith("bare"):
+        if n.startswith("inspector") or n.startswith("bare") or n == "suricata":
             cpu = sum(x["cpu_s"] for x in runs)
             queued = sum(x["queued"] for x in runs)
             s.update({"cpu_us_per_tx": cpu * 1e6 / tx, "cpu_us_per_pkt": cpu * 1e6 / queued if queued else None,
@@ -600,7 +618,8 @@ def report_smtp(smtp: dict[str, Any], args: argparse.Namespace) -> list[str]:
                      f"{str(s['server_told']) + '/' + str(blocked_total):>10}"
                      f"{str(s['legit_failed']) + '/' + str(s['legit']):>11}")
         s["blocked_total"], s["expected_total"] = blocked_total, expected_total
-    lines.append(f"{'suricata (NFQ)':<28}  {smtp['suricata']}")
+    if "suricata" not in summary:
+        lines.append(f"{'Suricata 7 NFQ':<28}  {smtp['suricata']}")
     smtp["summary"] = summary
     lines.append("")
     lines.append("CPU per transaction of every process in the test (us; kernel work done in a process's context,"
@@ -629,6 +648,8 @@ def report_smtp(smtp: dict[str, Any], args: argparse.Namespace) -> list[str]:
         for x in ins:
             for k, v in (x.get("counts") or {}).items():
                 counts[k] = counts.get(k, 0) + v
+            if x.get("alerts") is not None:
+                counts["alerts (fast.log)"] = counts.get("alerts (fast.log)", 0) + x["alerts"]
         lines.append(f"{ins[0]['label']} counts (all rounds): {json.dumps(counts, sort_keys=True)}; queue drops "
                      f"{sum(x['queue_drops'] for x in ins)}; error events {sum(x['error_events'] for x in ins)}; "
                      f"processes alive at the end of each run: {all(x['alive'] for x in ins)}")
@@ -729,7 +750,8 @@ How the figures are measured:
                what /proc/stat shows busy beyond our own processes: the machine is shared).
   p50/p99      latency from connect() to the QUIT reply, legitimate transactions that ended in the window
                (per run; median over rounds).
-  CPU us/tx    inspector: utime+stime (/proc/PID/stat) of the supervisor and its workers between the
+  CPU us/tx    inspector: utime+stime (/proc/PID/stat) of the supervisor and its workers (Suricata: its
+               process, all threads; the bare loop: its processes) between the
                generator's "go" and "done", over every transaction of the run (recipe: runs in the kernel,
                its cost lands in the sink's and generator's system time, see the second table).
   us/pkt, pkts/tx  the same CPU over the queue's id_sequence delta (/proc/net/netfilter/nfnetlink_queue
@@ -796,6 +818,8 @@ def main() -> int:
     p.add_argument("--no-early", action="store_true",
                    help='skip the second inspector configuration, [stream] decide = "depth" (the default is "early")')
     p.add_argument("--no-bulk", action="store_true", help="skip the 10 MB bulk-mail check")
+    p.add_argument("--no-suricata", dest="suricata", action="store_false",
+                   help="skip the Suricata row (it runs only where suricata is installed)")
     p.add_argument("--json", default="/tmp/line-rate-results.json", help="where to write the results")
     p.add_argument("--python", default=sys.executable, help="interpreter with inspector, NetfilterQueue, aiosmtpd")
     p.add_argument("--keep", action="store_true", help="keep the working directory (logs, events) for inspection")

@@ -334,3 +334,129 @@ def supports_decide_early(python: str, workdir: Path) -> bool:
     r = subprocess.run([python, "-m", "inspector", "check", "--config", str(cfg)], capture_output=True, text=True,
                        cwd=REPO, timeout=60)
     return r.returncode == 0
+
+
+SURICATA_YAML = """\
+%YAML 1.1
+---
+vars:
+  address-groups:
+    HOME_NET: "[192.0.2.0/24]"
+    EXTERNAL_NET: "any"
+  port-groups:
+    SMTP_PORTS: "25"
+default-log-dir: {dir}
+default-rule-path: {dir}
+rule-files:
+  - blocked.rules
+classification-file: /etc/suricata/classification.config
+reference-config-file: /etc/suricata/reference.config
+outputs:
+  - fast:
+      enabled: yes
+      filename: fast.log
+      append: yes
+logging:
+  default-log-level: notice
+  outputs:
+    - console:
+        enabled: no
+    - file:
+        enabled: yes
+        level: info
+        filename: suricata.log
+nfq:
+  mode: accept
+  fail-open: yes
+app-layer:
+  protocols:
+    smtp:
+      enabled: yes
+stream:
+  inline: auto
+"""
+
+# one rule for the blocked domain, case-insensitive, matched on the reassembled client stream
+SURICATA_RULE = (f'reject tcp any any -> $HOME_NET 25 (msg:"blocked domain {BLOCKED}"; flow:to_server,established;'
+                 f' content:"@{BLOCKED}"; nocase; sid:1000001; rev:1;)\n')
+
+
+def suricata_binary() -> str | None:
+    """The Suricata binary, if installed (bookworm-backports: ``apt-get install -t bookworm-backports suricata``)."""
+    return shutil.which("suricata")
+
+
+class Suricata(Inspector):
+    """Suricata 7 as an NFQ IPS in the server namespace: a minimal config (``SURICATA_YAML``:
+    NFQ accept mode with fail-open, the SMTP parser on, inline stream reassembly, alerts to
+    ``fast.log`` only) and one ``reject`` rule for the blocked domain (``SURICATA_RULE``,
+    ``nocase``).  Both directions of port 25 are queued (INPUT ``--dport 25``, OUTPUT
+    ``--sport 25``, queue 0, ``--queue-bypass``): Suricata's stream engine needs the server's
+    side to follow the connection.  CPU is the Suricata process's (all its threads)."""
+
+    name = "suricata"
+    label = "Suricata 7 NFQ, 1 reject"
+
+    def __init__(self, bed: Bed, ns_pid: int, tag: str) -> None:
+        super().__init__(bed, ns_pid, "", 1, tag)
+        self.name, self.label = Suricata.name, Suricata.label
+        self.rules: list[list[str]] = []
+        self.had_table = True
+
+    def start(self) -> None:
+        exe = suricata_binary()
+        if exe is None:
+            raise RuntimeError("suricata is not installed")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "suricata.yaml").write_text(SURICATA_YAML.format(dir=self.dir))
+        (self.dir / "blocked.rules").write_text(SURICATA_RULE)
+        for leftover in ("suricata.log", "fast.log", "suricata.pid"):
+            (self.dir / leftover).unlink(missing_ok=True)
+        self.installed = True
+        self.had_table = "*filter" in self.bed.s("iptables-save", check=False).stdout
+        for chain, port in (("INPUT", "--dport"), ("OUTPUT", "--sport")):
+            rule = [chain, "-p", "tcp", port, "25", "-j", "NFQUEUE", "--queue-num", "0", "--queue-bypass"]
+            self.bed.s("iptables", "-w", "-I", *rule)
+            self.rules.append(rule)
+        self.proc = self.bed.spawn(f"suricata-{self.tag}", self.bed.server,
+                                   [exe, "-c", str(self.dir / "suricata.yaml"), "-q", "0", "-l", str(self.dir),
+                                    "--pidfile", str(self.dir / "suricata.pid")], stdout=False)
+        proc = self.proc
+
+        def started() -> bool:
+            if not proc.alive():
+                raise RuntimeError(f"suricata exited with {proc.popen.returncode}:\n{proc.tail()}")
+            try:
+                log = (self.dir / "suricata.log").read_text(errors="replace")
+            except FileNotFoundError:
+                return False
+            return "engine started" in log.lower() or "threads created" in log.lower()
+
+        wait_for(started, 120, 0.2, "Suricata's engine started")
+        wait_for(lambda: len(self.bound()) == 1, 10, what="queue 0 bound")
+        self.pids = [proc.pid]
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop(signal.SIGTERM, 30)
+            self.proc = None
+        if self.installed:
+            while self.rules:
+                self.bed.s("iptables", "-w", "-D", *self.rules.pop(), check=False)
+            if not self.had_table and _filter_table_empty(self.bed, "iptables"):
+                self.bed.s("nft", "delete", "table", "ip", "filter", check=False)
+            self.bed.s("conntrack", "-F", check=False)
+            self.installed = False
+
+    def alerts(self) -> int:
+        """Alerts in fast.log so far."""
+        try:
+            return len((self.dir / "fast.log").read_text(errors="replace").splitlines())
+        except FileNotFoundError:
+            return 0
+
+    def events(self) -> list[dict[str, Any]]:
+        return []
+
+    def status(self) -> dict[str, Any] | None:
+        return None
