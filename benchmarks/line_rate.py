@@ -373,8 +373,11 @@ def run_sender(bed: Bed, python: str, cfg: dict[str, Any], name: str, poll: Any 
 
 
 def flood_run(bed: Bed, sink: Sink, args: argparse.Namespace, workers: int, tag: str) -> dict[str, Any]:
+    """One flood against inspector with ``workers`` workers, or (``workers`` 0) the bare loop: its
+    saturated verdicts/s are the floor the inspector's are compared with."""
     n = args.flood_sources
-    flt = Inspector(bed, sink.pid, args.python, workers, f"flood{workers}{tag}", rate="limit = 4\nwindow = 60")
+    flt = (Bare(bed, sink.pid, args.python, f"floodbare{tag}") if workers == 0 else
+           Inspector(bed, sink.pid, args.python, workers, f"flood{workers}{tag}", rate="limit = 4\nwindow = 60"))
     log(f"[flood] {n:,} sources + {len(ATTACKERS)} attackers x {args.per_attacker} SYNs against {flt.label} ...")
     silent = False
     try:
@@ -410,7 +413,8 @@ def flood_run(bed: Bed, sink: Sink, args: argparse.Namespace, workers: int, tag:
 
         # the attackers went over the limit during the flood: banned, so the kernel drops them
         with contextlib.suppress(TimeoutError):
-            wait_for(lambda: set(ATTACKERS) <= flt.banned(), 5, what="every attacker banned")
+            if workers:  # the bare loop bans nothing
+                wait_for(lambda: set(ATTACKERS) <= flt.banned(), 5, what="every attacker banned")
         banned = sorted(set(ATTACKERS) & flt.banned())
         c2, q2 = flt.chain_counters(), procfs.queue_totals(sink.pid)
         more = 50
@@ -427,6 +431,9 @@ def flood_run(bed: Bed, sink: Sink, args: argparse.Namespace, workers: int, tag:
             bed.c(*[("-D" if a == "-A" else a) for a in SILENT], check=False)
         flt.stop()
     verdicts = int(st1.get("packets", 0)) - int(st0.get("packets", 0))
+    if not workers:  # the bare loop accepts every packet it reads: the queue's id delta, drained
+        verdicts = procfs.delta(q1, q0)["id_sequence"] - procfs.delta(q1, q0)["queue_dropped"] \
+            - procfs.delta(q1, q0)["user_dropped"]
     dq = procfs.delta(q1, q0)
     nfq = c1["nfqueue"] - c0["nfqueue"]
     elapsed = t_drained - sent["t_go"]
@@ -494,7 +501,8 @@ def flood_benchmark(bed: Bed, sink: Sink, args: argparse.Namespace) -> dict[str,
     runs: list[dict[str, Any]] = []
     warm = flood_warmup(bed, args)
     for r in range(args.flood_rounds):
-        for w in ((1, 2) if r % 2 == 0 else (2, 1)):  # alternate the order
+        kinds = (0, 1, 2) if args.bare else (1, 2)  # 0: the bare loop
+        for w in (kinds if r % 2 == 0 else tuple(reversed(kinds))):  # alternate the order
             try:
                 run = flood_run(bed, sink, args, w, str(r))
             except Exception as e:  # noqa: BLE001
@@ -508,7 +516,7 @@ def flood_benchmark(bed: Bed, sink: Sink, args: argparse.Namespace) -> dict[str,
             # per CPU left to this benchmark, scaled to the whole machine (the flood is CPU-bound)
             x["verdicts_per_s_norm"] = x["verdicts_per_s"] * ncpu / max(ncpu - x["cpus_others"], 0.1)
     med, med_norm, us = {}, {}, {}
-    for w in (1, 2):
+    for w in (0, 1, 2):
         rates = [x["verdicts_per_s"] for x in runs if x["workers"] == w and "verdicts_per_s" in x]
         med[w] = statistics.median(rates) if rates else None
         normed = [x["verdicts_per_s_norm"] for x in runs if x["workers"] == w and "verdicts_per_s_norm" in x]
@@ -525,7 +533,8 @@ def flood_benchmark(bed: Bed, sink: Sink, args: argparse.Namespace) -> dict[str,
             "median_verdicts_per_s_norm": {str(k): v for k, v in med_norm.items()},
             "ratio_2_over_1_norm": med_norm[2] / med_norm[1] if med_norm[1] and med_norm[2] else None,
             "median_us_per_verdict": {str(k): v for k, v in us.items()},
-            "capacity_one_core_per_worker": {str(w): w * 1e6 / v for w, v in us.items() if v},
+            "capacity_one_core_per_worker": {str(w): max(w, 1) * 1e6 / v for w, v in us.items() if v},
+            "ratio_1_over_bare": med[1] / med[0] if med[0] and med[1] else None,
             "silent_sources": args.flood_silent, "sender_pinned_to_cpu": args.pin_sender,
             "warmup": {k: warm.get(k) for k in ("sent", "rate", "seconds")}}
 
@@ -704,9 +713,10 @@ def report_flood(flood: dict[str, Any]) -> list[str]:
     lines += [head, "-" * len(head)]
     for r in runs:
         if "error" in r:
-            lines.append(f"{r['round']:>5}{r['workers']:>8}  FAILED {r['error']}")
+            lines.append(f"{r['round']:>5}{r['workers'] or 'bare':>8}  FAILED {r['error']}")
             continue
-        lines.append(f"{r['round']:>5}{r['workers']:>8}{r['sent']:>9,}{r['send_rate']:>9,.0f}{r['reached_filter']:>9,}"
+        lines.append(f"{r['round']:>5}{r['workers'] or 'bare':>8}{r['sent']:>9,}{r['send_rate']:>9,.0f}"
+                     f"{r['reached_filter']:>9,}"
                      f"{r['verdicts']:>10,}{r['verdicts_per_s']:>11,.0f}{r['fail_open']:>10,}"
                      f"{r['queue_dropped'] + r['user_dropped']:>8}{r['peak_waiting']:>8}"
                      f"{fmt(r['cpu_us_per_verdict']):>11}"
@@ -714,7 +724,8 @@ def report_flood(flood: dict[str, Any]) -> list[str]:
                      f"{'yes' if r['alive_at_end'] else 'NO':>7}"
                      f"{r['worker_exits']:>6}{fmt(r['cpus_ours'], '.2f') + ' / ' + fmt(r['cpus_others'], '.2f'):>17}")
     med = flood["median_verdicts_per_s"]
-    lines.append(f"median verdicts/s: 1 worker {fmt(med.get('1'), ',.0f')}, 2 workers {fmt(med.get('2'), ',.0f')};"
+    lines.append(f"median verdicts/s: bare loop {fmt(med.get('0'), ',.0f')}, 1 worker {fmt(med.get('1'), ',.0f')},"
+                 f" 2 workers {fmt(med.get('2'), ',.0f')};"
                  f" ratio 2/1 = {fmt(flood['ratio_2_over_1'], '.2f')} (per round: "
                  f"{', '.join(format(x, '.2f') for x in flood['ratio_per_round']) or '-'})")
     norm = flood.get("median_verdicts_per_s_norm", {})
@@ -738,6 +749,76 @@ def report_flood(flood: dict[str, Any]) -> list[str]:
         lines.append(f"    bans: {b['attackers_banned']}/{b['attackers']} attackers banned during the flood;"
                      f" {b['syns_sent_after']} more SYNs from them -> ban DROP rule counter +{b['ban_drop_delta']},"
                      f" NFQUEUE rule +{b['queue_rule_delta']}, queue id_sequence +{b['id_sequence_delta']}")
+    return lines
+
+
+def replay_target(args: argparse.Namespace) -> dict[str, Any]:
+    """``replay_flows.py`` (replay of a new-flow-heavy capture vs a bare pass, one run) as a child."""
+    argv = [args.python, str(Path(__file__).with_name("replay_flows.py"))] + (["--quick"] if args.quick else [])
+    log("[replay] a new-flow-heavy capture: replay vs a bare pass ...")
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=1800, cwd=REPO)
+    out: dict[str, Any] = {"output": r.stdout, "error": r.stderr.strip()[-2000:] if r.returncode else None}
+    m = re.search(r"TARGET .*?: ([\d.]+)x", r.stdout)
+    out["ratio"] = float(m.group(1)) if m else None
+    return out
+
+
+def verdict(value: float | None, ok: bool | None) -> str:
+    return "not measured" if value is None else ("met" if ok else "NOT met")
+
+
+def report_targets(results: dict[str, Any]) -> list[str]:
+    """Every target of issue 16 with the figure measured in this run."""
+    lines = ["== targets (issue 16), from this run"]
+    summary = results.get("smtp", {}).get("summary", {})
+    ins = summary.get("inspector-w1")
+    bare = summary.get("bare")
+    suri = summary.get("suricata")
+    pkts = ins.get("pkts_per_tx") if ins else None
+    lines.append(f"TARGET queued packets per non-pipelining transaction <= 4: inspector (1 worker) {fmt(pkts, '.2f')}"
+                 f" -> {verdict(pkts, pkts is not None and pkts <= 4)}")
+    r = (ins["cpu_us_per_pkt"] / bare["cpu_us_per_pkt"]
+         if ins and bare and ins.get("cpu_us_per_pkt") and bare.get("cpu_us_per_pkt") else None)
+    lines.append(f"TARGET per queued packet <= 1.5x the bare loop: inspector (1 worker)"
+                 f" {fmt(ins and ins.get('cpu_us_per_pkt'))} us / bare {fmt(bare and bare.get('cpu_us_per_pkt'))} us"
+                 f" = {fmt(r, '.2f')}x -> {verdict(r, r is not None and r <= 1.5)}")
+    if suri is None:
+        lines.append(f"TARGET CPU per transaction <= 0.5x Suricata's: no Suricata row"
+                     f" ({results.get('smtp', {}).get('suricata', 'not run')})")
+    else:
+        r = ins["cpu_us_per_tx"] / suri["cpu_us_per_tx"] if ins and suri.get("cpu_us_per_tx") else None
+        lines.append(f"TARGET CPU per transaction <= 0.5x Suricata's: inspector (1 worker)"
+                     f" {fmt(ins and ins.get('cpu_us_per_tx'))} us / Suricata {fmt(suri.get('cpu_us_per_tx'))} us"
+                     f" = {fmt(r, '.2f')}x -> {verdict(r, r is not None and r <= 0.5)}; tx/s ratio to no filter:"
+                     f" inspector {fmt(ins and ins.get('ratio'), '.2f')}, Suricata {fmt(suri.get('ratio'), '.2f')};"
+                     f" blocked and reset: inspector {ins and ins.get('reset_seen')}/"
+                     f"{ins and ins.get('blocked_total')},"
+                     f" Suricata {suri.get('reset_seen')}/{suri.get('blocked_total')}")
+    flood = results.get("flood")
+    if flood:
+        med = flood["median_verdicts_per_s"]
+        r = flood.get("ratio_1_over_bare")
+        rss = [x["peak_rss_mb_max"] for x in flood["runs"] if x.get("workers") == 1 and "peak_rss_mb_max" in x]
+        lines.append(f"TARGET flood verdicts/s per worker >= 0.5x the bare loop's saturated verdicts/s: 1 worker"
+                     f" {fmt(med.get('1'), ',.0f')} / bare {fmt(med.get('0'), ',.0f')} = {fmt(r, '.2f')}x ->"
+                     f" {verdict(r, r is not None and r >= 0.5)}; peak RSS of the worker per round (MB):"
+                     f" {', '.join(format(x, '.0f') for x in rss) or '-'}")
+    else:
+        lines.append("TARGET flood verdicts/s: not run (--flood or --all)")
+    rep = results.get("replay")
+    if rep:
+        r = rep.get("ratio")
+        lines.append(f"TARGET replay of a new-flow-heavy capture >= 0.5x a bare pass: {fmt(r, '.3f')}x ->"
+                     f" {verdict(r, r is not None and r >= 0.5)}" + (f" ({rep['error']})" if rep.get("error") else ""))
+    else:
+        lines.append("TARGET replay: not run (--all, or benchmarks/replay_flows.py)")
+    w = sorted((int(n.split("-w")[1]), s) for n, s in summary.items()
+               if n.startswith("inspector-w") and "-" not in n[len("inspector-w"):])
+    if len(w) > 1:
+        cells = "; ".join(f"{n} worker(s): tx/s ratio {fmt(s.get('ratio'), '.2f')}, {fmt(s.get('cpu_us_per_tx'))} us/tx"
+                          for n, s in w)
+        lines.append(f"TARGET defaults from measurement: {cells}; default rule: one worker per two CPUs"
+                     f" (at least one), so {max(1, (os.cpu_count() or 1) // 2)} here")
     return lines
 
 
@@ -896,6 +977,8 @@ def main() -> int:
                     results["bulk"].append({"error": f"{type(e).__name__}: {e}"})
         if do_flood:
             results["flood"] = flood_benchmark(bed, sink, args)
+        if args.all or q:
+            results["replay"] = replay_target(args)
     except KeyboardInterrupt as e:
         log(f"line_rate: interrupted ({e}); cleaning up")
         status = 130
@@ -914,6 +997,9 @@ def main() -> int:
         out += report_bulk(results["bulk"]) + [""]
     if "flood" in results:
         out += report_flood(results["flood"]) + [""]
+    if "replay" in results:
+        out += [results["replay"].get("output", "").rstrip(), ""]
+    out += report_targets(results) + [""]
     out += [METHOD, "", f"machine: {os.cpu_count()} CPUs, kernel {os.uname().release}, load average "
             f"{' '.join(results['machine']['loadavg_before'])} before / {' '.join(results['machine']['loadavg_after'])}"
             f" after; the whole benchmark took {results['seconds']:.0f} s. Results: {args.json}"]
