@@ -140,11 +140,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_service(config_path: str | None, rules_path: str | None, overrides: dict[str, Any]) -> int:
     """``inspector run``: choose the mode (one process, or a supervisor with workers: ``--workers``,
-    ``[service] workers``, else as many as the installed rules spread over), start it, run it.
+    ``[service] workers``, else as many as the installed rules spread over, else
+    :func:`~inspector.service.default_workers`), start it, run it.
     Returns the exit code (1 when it cannot start, with the reason on stderr)."""
     from .app import load
     from .firewall import detect_queues
-    from .service import ServiceError
+    from .service import ServiceError, default_workers
     from .service.single import Service
     from .service.supervisor import Supervisor
 
@@ -158,7 +159,7 @@ def run_service(config_path: str | None, rules_path: str | None, overrides: dict
         found = detect_queues()
         if found is not None and overrides.get("queue") is None:
             overrides = {**overrides, "queue": found[0]}
-        workers = found[1] if found is not None else 1
+        workers = found[1] if found is not None else default_workers()
     service: Service | Supervisor
     service = Supervisor(config_path, rules_path, overrides, workers) if workers > 1 else \
         Service(config_path, rules_path, overrides)

@@ -54,7 +54,7 @@ while [ $# -gt 0 ]; do
         --whitelist) WHITELIST+=("${2:?}"); shift ;;
         --try) TRY=${2:?}; shift ;;
         --no-ssh-whitelist) SSH_WHITELIST=0 ;;
-        --workers) WORKERS=${2:?}; shift ;;
+        --workers) WORKERS=${2:?}; WORKERS_GIVEN=1; shift ;;
         --mark) MARK=${2:?}; shift ;;
         --maxelem) MAXELEM=${2:?}; shift ;;
         --no-ipv6) IPV6=0 ;;
@@ -64,6 +64,9 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
+# default workers: one per two CPUs, at least one (README "Line rate on this machine": on 2 CPUs
+# shared with the MTA one worker costs less per mail and passes more than two)
+[ -n "${WORKERS_GIVEN:-}" ] || WORKERS=$(( $(nproc 2>/dev/null || echo 2) / 2 )); [ "$WORKERS" -ge 1 ] || WORKERS=1
 [[ $QUEUE =~ ^[0-9]+$ ]] && [ "$QUEUE" -le 65535 ] || die "--queue must be 0..65535"
 [[ $PORTS =~ ^[0-9]+(,[0-9]+)*$ ]] || die "--ports must be a comma-separated list of ports, e.g. 25,22"
 [[ $WORKERS =~ ^[0-9]+$ ]] && [ "$WORKERS" -ge 1 ] && [ $((QUEUE + WORKERS - 1)) -le 65535 ] \

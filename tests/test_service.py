@@ -211,3 +211,10 @@ def test_a_side_component_is_started_shown_in_status_bans_and_is_closed(tmp_path
     assert b.service.host.status()["recorder"] == {"calls": ["start"]}
     b.service.stop()
     assert component.calls == ["start", "close"]
+
+
+def test_default_workers_one_per_two_cpus():
+    from inspector.service import default_workers
+
+    assert [default_workers(c) for c in (1, 2, 3, 4, 8)] == [1, 1, 1, 2, 4]
+    assert default_workers() >= 1

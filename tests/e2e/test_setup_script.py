@@ -21,6 +21,11 @@ def test_remove_restores_the_rules_exactly(net: Bed, preexisting: bool) -> None:
     net.install()
     installed = net.snapshot_rules()
     assert installed != before
+    # no --workers: one queue per two CPUs, at least one (inspector.service.default_workers)
+    from inspector.firewall import parse_queues
+    from inspector.service import default_workers
+
+    assert parse_queues(net.s("iptables", "-S", "INSPECTOR").stdout)[1] == default_workers()
     assert any("INSPECTOR" in line for line in installed["iptables-save"])
     assert any("INSPECTOR" in line for line in installed["ip6tables-save"])
     status = net.setup("status")
