@@ -218,3 +218,38 @@ def test_default_workers_one_per_two_cpus():
 
     assert [default_workers(c) for c in (1, 2, 3, 4, 8)] == [1, 1, 1, 2, 4]
     assert default_workers() >= 1
+
+
+def test_loop_after_a_fork_has_its_own_epoll():
+    """A forked child that changes its readers leaves the parent's loop as it was."""
+    import os
+    import time
+
+    from inspector.service.loop import Loop
+
+    loop = Loop(time.time, max_wait=0.01)
+    r, w = os.pipe()
+    hits = []
+    loop.add_reader(r, lambda: (hits.append(1), os.read(r, 16)))
+    os.write(w, b"x")
+    loop.turn()
+    assert hits == [1]
+    pid = os.fork()
+    if pid == 0:  # the child: drop the parent's reader, watch a pipe of its own
+        code = 2
+        try:
+            loop.remove_reader(r)
+            r2, w2 = os.pipe()
+            seen = []
+            loop.add_reader(r2, lambda: seen.append(1))
+            os.write(w2, b"y")
+            loop.turn()
+            code = 0 if seen else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    os.write(w, b"x")
+    loop.turn()
+    assert hits == [1, 1]
+    loop.close()

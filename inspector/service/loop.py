@@ -16,8 +16,10 @@ import contextlib
 import os
 import select
 import signal
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 from ..events import EventSink
@@ -69,7 +71,7 @@ class Loop:
         self.on_hup: Callable[[], None] = lambda: None
         self._readers: dict[int, Callable[[], None]] = {}
         self._epoll: select.epoll | None = None
-        self._epoll_pid = 0
+        os.register_at_fork(after_in_child=partial(_forget_epoll, weakref.ref(self)))
         self._each: list[Callable[[float], None]] = []
         self._timers: list[_Timer] = []
         self._wake: tuple[int, int] | None = None
@@ -77,13 +79,13 @@ class Loop:
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
         """Call ``callback()`` whenever ``fd`` is readable."""
         self._readers[fd] = callback
-        if self._epoll is not None and self._epoll_pid == os.getpid():
+        if self._epoll is not None:
             self._watch(self._epoll, fd)
 
     def remove_reader(self, fd: int) -> None:
         """Stop watching ``fd``."""
         self._readers.pop(fd, None)
-        if self._epoll is not None and self._epoll_pid == os.getpid():
+        if self._epoll is not None:
             with contextlib.suppress(OSError, ValueError):  # closed already: the kernel dropped it
                 self._epoll.unregister(fd)
 
@@ -97,12 +99,8 @@ class Loop:
     def _poller(self) -> select.epoll:
         """This process's epoll over the readers (made on first use, and anew after a fork)."""
         ep = self._epoll
-        pid = os.getpid()
-        if ep is None or self._epoll_pid != pid:
-            if ep is not None and self._epoll_pid != pid:
-                ep.close()  # the parent's: this process's copy of the descriptor only
+        if ep is None:
             ep = self._epoll = select.epoll()
-            self._epoll_pid = pid
             for fd in self._readers:
                 self._watch(ep, fd)
         return ep
@@ -156,6 +154,14 @@ class Loop:
         """End :meth:`run` after the current turn."""
         self.stopping = True
 
+    def forget_epoll(self) -> None:
+        """In a forked child: close this process's copy of the parent's epoll (the parent keeps
+        its own); the next wait makes a new one."""
+        if self._epoll is not None:
+            with contextlib.suppress(OSError):
+                self._epoll.close()
+            self._epoll = None
+
     def turn(self) -> None:
         """One turn: wait for a reader (or the next timer), then run what is ready and due."""
         now = self.clock()
@@ -163,7 +169,7 @@ class Loop:
         for t in self._timers:
             wait = min(wait, max(0.0, t.due - now))
         try:
-            ready = self._poller().poll(wait)
+            ready = (self._epoll or self._poller()).poll(wait)
         except InterruptedError:
             ready = []
         readers = self._readers
@@ -197,6 +203,12 @@ class Loop:
             for fd in self._wake:
                 os.close(fd)
             self._wake = None
+
+
+def _forget_epoll(ref: weakref.ref[Loop]) -> None:
+    loop = ref()
+    if loop is not None:
+        loop.forget_epoll()
 
 
 @dataclass(eq=False)
