@@ -210,7 +210,8 @@ class NfQueue:
     handler raised, and the runner before any drop or reset, so a packet is never held past its
     burst and a reset never overtakes an earlier packet of its connection.  If the batch message
     cannot be sent, each noted packet gets its own accept.  ``batches`` counts the batch messages
-    sent, ``batched`` the packets they accepted.
+    sent, ``batched`` the packets they accepted, ``late_errors`` noted packets whose own accept
+    failed (they had a verdict already).
     """
 
     def __init__(self, number: int, maxlen: int = 4096, fail_open: bool = True, batch_accepts: bool = True) -> None:
@@ -222,6 +223,7 @@ class NfQueue:
         self.fail_open_errno: int | None = None
         self.batches = 0
         self.batched = 0
+        self.late_errors = 0
         self._nfq: Any = None
         self._messages: WholeMessages | None = None
         self._out: socket.socket | None = None
@@ -272,9 +274,10 @@ class NfQueue:
     def accept_noted(self) -> None:
         """Give every packet noted with :meth:`accept_later` its accept: one batch message, or one
         verdict each if there is a single one or the batch cannot be sent.  Never raises."""
-        noted, self._noted = self._noted, []
+        noted = self._noted
         if not noted:
             return
+        self._noted = []
         if len(noted) > 1 and self._out is not None:
             batch = self._batch
             struct.pack_into(">I", batch, len(batch) - 4, noted[-1].id)
@@ -287,8 +290,10 @@ class NfQueue:
                 self.batched += len(noted)
                 return
         for packet in noted:
-            with contextlib.suppress(Exception):  # a packet that already has its verdict
+            try:
                 packet.accept()
+            except Exception:  # noqa: BLE001 - it already had its verdict: nothing is lost
+                self.late_errors += 1
 
     def close(self) -> None:
         """Unbind the queue (with --queue-bypass the kernel then lets its traffic through)."""
