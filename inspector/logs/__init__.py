@@ -22,11 +22,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..nets import Network
-from .filters import BUILTIN, NOT_ADDRESS, Failure, Filter, LineMatcher, TimeParser, get_filter, user_filter
-from .follow import JOURNAL_MISSING, FileFollower, JournalFollower, journal_available
+from .filters import BUILTIN, NOT_ADDRESS, Failure, Filter, LineMatcher, get_filter, user_filter
+from .follow import FileFollower
+from .journal import JOURNAL_MISSING, JournalFollower, journal_available
 from .policy import Limits, LogBan, LogPolicy, Whitelist, local_addresses, write_hosts_deny
 from .settings import LogSettings
 from .sources import Place, cursor_path, probe_all, resolve
+from .timestamps import TimeParser
 
 __all__ = ["LogMonitor", "LogBan", "Failure", "Limits", "LogPolicy", "Whitelist", "user_filters",
            "local_addresses", "write_hosts_deny", "BUILTIN", "probe_all", "check_lines", "status_lines"]

@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from ..progress import Progress
-from .filters import NOT_ADDRESS, Failure, Filter, FilterError, LineMatcher, TimeParser, get_filter, user_filter
+from .filters import NOT_ADDRESS, Failure, Filter, FilterError, LineMatcher, get_filter, user_filter
 from .follow import MAX_LINE, TOO_LONG, LineSplitter
 from .policy import Limits, LogPolicy, Whitelist, local_addresses
+from .timestamps import TimeParser
 
 __all__ = ["ScanResult", "scan_file", "main_scan"]
 

@@ -113,7 +113,7 @@ def test_no_export_unless_configured(tmp_path):
 
 
 def test_a_journal_source_without_the_module_is_counted_not_fatal(tmp_path):
-    from inspector.logs.follow import journal_available
+    from inspector.logs.journal import journal_available
 
     cfg = tmp_path / "c.toml"
     cfg.write_text('[[logs.source]]\njournal = ["_SYSTEMD_UNIT=ssh.service"]\nfilter = "sshd"\n')
