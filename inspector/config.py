@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .policy.settings import KEYS as POLICY_KEYS
+from .policy.settings import PolicySettings, parse_policy
 from .rules import DOMAIN, PAYLOAD, SCOPES, RuleFile
 
 __all__ = ["Config", "ConfigError", "LogFilter", "LogSettings", "LogSource", "RateRule", "ServiceSettings",
@@ -116,6 +118,7 @@ class Config:
     rules: tuple[RuleFile, ...] = ()
     service: ServiceSettings = ServiceSettings()
     logs: LogSettings = LogSettings()
+    policy: PolicySettings = PolicySettings()  # [policy]: the MTA policy service (inspector/policy/)
     source: str | None = None  # the file this came from
     extra: dict[str, Any] = field(default_factory=dict)  # sections later stages read (metrics)
 
@@ -146,6 +149,7 @@ _KNOWN: dict[str, dict[str, type | tuple[type, ...]]] = {
     "logs": {"whitelist": list, "maxretry": int, "findtime": (int, float), "bantime": int, "bantime_max": int,
              "capacity": int, "poll_interval": (int, float), "from_start": bool, "hosts_deny": str,
              "hosts_deny_daemon": str, "source": list, "filter": list},
+    "policy": POLICY_KEYS,
 }
 # sections owned by later stages (log sources, metrics): kept, checked there
 _PASSTHROUGH = {"metrics", "log"}
@@ -366,6 +370,8 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
     cfg["service"] = ServiceSettings(**settings)
     if "logs" in data:
         cfg["logs"] = _logs(data["logs"], path, where, fail)
+    if "policy" in data:
+        cfg["policy"] = parse_policy(data["policy"], fail)
     cfg["extra"] = {k: v for k, v in data.items() if k in _PASSTHROUGH}
     return Config(**cfg)
 
