@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker processes on queues N..N+workers-1 (default: as the installed rules spread them)")
     p.add_argument("--alert", action="store_true", help="alert mode: report what would be done, accept everything")
 
+    p = sub.add_parser("policy", help="serve only the MTA policy path ([policy] listen; bans through the ipset)")
+    _common(p)
+
     p = sub.add_parser("bans", help="list current bans with the time left")
     p.add_argument("--config", metavar="FILE")
     p.add_argument("--json", action="store_true", help="one JSON object per ban")
@@ -101,6 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_service(args.config, args.rules, {"queue": args.queue, "ban_time": args.ban_time,
                                                           "alert": args.alert, "workers": args.workers})
+        if args.command == "policy":
+            from .policy.main import main_policy
+
+            return main_policy(args.config, args.rules)
         if args.command == "bans":
             from .admin import list_bans
 
