@@ -1,0 +1,249 @@
+"""The policy path with real MTAs and real TLS: Postfix (check_policy_service) and Exim (ACL readsocket).
+
+Server namespace: the setup script's rules (the ban sets drop in the kernel), the MTA on
+port 25 with STARTTLS (a self-signed certificate) and ``inspector policy`` on
+127.0.0.1:10040.  Client namespace: ``swaks --tls`` and a small smtplib client for
+sessions with several transactions.  Each MTA gets one bed, and the cases use distinct
+client addresses, since every hit bans its source.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .bed import CLIENTS, PY, REPO, SERVER, Bed, NamespaceUnavailable, Proc, wait_for
+from .bed import why_not as bed_why_not
+
+BLOCKED = "blocked.test"
+POLICY = "127.0.0.1:10040"
+SNIPPET = REPO / "packaging" / "postfix-main.cf.snippet"
+EXIM_ACL = REPO / "packaging" / "exim4-acl.conf"
+
+# one SMTP session over STARTTLS with several transactions; prints what happened as JSON
+SESSION = r"""
+import json, smtplib, ssl, sys
+server, src, transactions = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+out = {"tls": None, "replies": [], "closed": False, "delivered": 0}
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+try:
+    s = smtplib.SMTP(server, 25, source_address=(src, 0), timeout=10, local_hostname="client.test")
+    s.ehlo(); s.starttls(context=ctx); s.ehlo()
+    out["tls"] = s.sock.version()
+    for sender, rcpts in transactions:
+        code, _ = s.mail(sender); out["replies"].append(["MAIL", code])
+        ok = 0
+        for r in rcpts:
+            code, text = s.rcpt(r); out["replies"].append(["RCPT", code, text.decode(errors="replace")])
+            ok += code == 250
+        if ok:
+            code, _ = s.data(b"Subject: t\r\n\r\nhello\r\n"); out["replies"].append(["DATA", code])
+            out["delivered"] += code == 250
+    s.quit()
+except (smtplib.SMTPServerDisconnected, ConnectionError, OSError) as e:
+    out["closed"] = True; out["error"] = type(e).__name__
+print(json.dumps(out))
+"""
+
+
+def why_not() -> str | None:
+    reason = bed_why_not()
+    if reason:
+        return reason
+    if shutil.which("swaks") is None:
+        return "needs swaks (scripts/bootstrap.sh installs it)"
+    if shutil.which("openssl") is None:
+        return "needs openssl"
+    return None
+
+
+class PolicyBed:
+    """The bed, the setup script's rules and ``inspector policy`` in the server namespace."""
+
+    def __init__(self, bed: Bed, tmp: Path) -> None:
+        self.bed = bed
+        self.tmp = tmp
+        self.proc: Proc | None = None
+
+    def start_policy(self, timeout: float = 20) -> Proc:
+        bed = self.bed
+        seen = len(bed.events(event="started"))
+        proc = bed._spawn("policy", bed.server, [PY, "-m", "inspector", "policy", "--config", str(bed.config_file)])
+        bed.stack.callback(proc.stop)
+        self.proc = proc
+
+        def started() -> bool:
+            if not proc.alive():
+                raise RuntimeError(f"inspector policy exited early:\n{proc.tail()}")
+            return len(bed.events(event="started")) > seen
+        wait_for(started, timeout, what="inspector policy's 'started' event")
+        return proc
+
+    def swaks(self, src: str, sender: str, rcpts: list[str], v: int = 4) -> subprocess.CompletedProcess[str]:
+        return self.bed.c("swaks", "--tls", "--server", SERVER[v], "--port", "25", "--local-interface", src,
+                          "--helo", "client.test", "--from", sender, "--to", ",".join(rcpts), "--timeout", "15",
+                          check=False, timeout=60)
+
+    def session(self, src: str, transactions: list[tuple[str, list[str]]], v: int = 4) -> dict[str, Any]:
+        r = self.bed.c(PY, "-c", SESSION, SERVER[v], src, json.dumps(transactions), check=False, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return dict(json.loads(r.stdout))
+
+    def dropped(self, src: str) -> bool:
+        """A new connection from ``src`` gets no answer at all (the kernel drops it)."""
+        return self.bed.connect(src, 25, timeout=1.5).get("error") == "timeout"
+
+    def policy_verdicts(self) -> list[dict[str, Any]]:
+        return self.bed.events(event="verdict", path="policy")
+
+
+@pytest.fixture
+def pbed(tmp_path: Path) -> Iterator[PolicyBed]:
+    reason = why_not()
+    if reason:
+        pytest.skip(reason)
+    bed = Bed(tmp_path)
+    try:
+        try:
+            bed.up()
+        except NamespaceUnavailable as e:
+            pytest.skip(str(e))
+        bed.install()
+        bed.write_config(domains=f"{BLOCKED}\n", extra=f'[policy]\nlisten = "{POLICY}"\n')
+        yield PolicyBed(bed, tmp_path)
+    finally:
+        bed.close()
+
+
+def _certificate(tmp: Path) -> tuple[Path, Path]:
+    from .exim import make_certificate
+
+    return make_certificate(tmp / "tls")
+
+
+def postfix_settings(cert: Path, key: Path) -> dict[str, str]:
+    """The shipped main.cf snippet, plus the certificate of this test."""
+    settings: dict[str, str] = {}
+    for line in SNIPPET.read_text().splitlines():
+        if line.strip() and not line.startswith("#") and "=" in line:
+            name, _, value = line.partition("=")
+            settings[name.strip()] = value.strip()
+    settings.update({"smtpd_tls_cert_file": str(cert), "smtpd_tls_key_file": str(key),
+                     "smtpd_tls_security_level": "may", "smtpd_tls_loglevel": "1",
+                     "smtpd_tls_session_cache_database": ""})
+    return settings
+
+
+def _cut(r: subprocess.CompletedProcess[str], code: str) -> bool:
+    """swaks saw ``code`` inside TLS, then the server closed the session: no reply followed."""
+    out = r.stdout + r.stderr
+    if "TLS started" not in out or f"<~* {code}" not in out or "Remote host closed connection" not in out:
+        return False
+    return "<~" not in out.split(f"<~* {code}", 1)[1]
+
+
+@pytest.mark.e2e
+def test_postfix_policy_path_inside_tls(pbed: PolicyBed, tmp_path: Path) -> None:
+    from .mta import Postfix, why_not as postfix_why_not
+
+    if postfix_why_not():
+        pytest.skip(postfix_why_not() or "")
+    bed = pbed.bed
+    cert, key = _certificate(tmp_path)
+    pbed.start_policy()
+    a4, b4, c4, w4 = (CLIENTS[4][k] for k in "abcw")
+    a6, b6 = CLIENTS[6]["a"], CLIENTS[6]["b"]
+    with Postfix(tmp_path / "pf", bed.server, mynetworks=["198.51.100.0/24", "203.0.113.0/24", "[2001:db8::]/32"],
+                 main=postfix_settings(cert, key), master=["tlsmgr unix - - n 1000? 1 tlsmgr"]) as pf:
+        # clean mail inside TLS is delivered
+        r = pbed.swaks(b6, "a@example.org", ["clean@example.net"], v=6)
+        assert r.returncode == 0 and "TLS started" in r.stdout, r.stdout
+        # a blocked RCPT inside TLS: 421, the session ends before the next RCPT, the source is banned
+        r = pbed.swaks(a4, "a@example.org", [f"x@mx.{BLOCKED}", "y@example.net"])
+        assert _cut(r, "421 4.7.1"), r.stdout + r.stderr
+        assert bed.banned(a4), "not in the ipset"
+        assert pbed.dropped(a4)
+        # IPv6, upper case and a trailing dot: same rules as the packet path; the /64 is banned
+        r = pbed.swaks(a6, "a@example.org", [f"X@{BLOCKED.upper()}."], v=6)
+        assert _cut(r, "421 4.7.1"), r.stdout + r.stderr
+        assert bed.banned(a6)
+        # a blocked MAIL FROM (Postfix asks at RCPT: smtpd_delay_reject)
+        r = pbed.swaks(b4, f"s@{BLOCKED}", ["clean@example.net"])
+        assert _cut(r, "421 4.7.1"), r.stdout + r.stderr
+        assert bed.banned(b4) and pbed.dropped(b4)
+        # a second transaction in the same TLS session: the first is delivered, the second cut
+        s = pbed.session(c4, [("a@example.org", ["first@example.net"]), ("a@example.org", [f"z@{BLOCKED}"])])
+        assert s["tls"] == "TLSv1.3" and s["delivered"] == 1 and s["closed"], s
+        assert s["replies"][-1][:2] == ["RCPT", 421], s
+        assert bed.banned(c4) and pbed.dropped(c4)
+        # the whitelist is honoured: DUNNO, delivered, not banned
+        r = pbed.swaks(w4, "a@example.org", [f"ok@{BLOCKED}"])
+        assert r.returncode == 0, r.stdout
+        assert not bed.banned(w4)
+        pf.wait_settled()
+        assert {"clean@example.net", "first@example.net", f"ok@{BLOCKED}"} <= pf.recipients(), pf.log_tail()
+        assert not {f"x@mx.{BLOCKED}", "y@example.net", f"z@{BLOCKED}"} & pf.recipients()
+        verdicts = pbed.policy_verdicts()
+        assert sorted(v["src"] for v in verdicts) == sorted([a4, a6, b4, c4]), verdicts
+        assert all(v["tls"] == "TLSv1.3" and v["reason"] == "domain" for v in verdicts)
+        assert {v["field"] for v in verdicts} == {"sender", "recipient"}
+        bans = bed.events(event="ban")
+        assert len(bans) == 4 and all(b.get("path") == "policy" and b["reason"] == "domain" for b in bans), bans
+        status = json.loads(bed.cli("status", "--json").stdout)
+        assert status["policy"]["counts"]["reject"] == 4 and status["policy"]["counts"]["whitelisted"] == 1
+        # the policy service killed: mail still flows (smtpd_policy_service_default_action = DUNNO)
+        assert pbed.proc is not None
+        pbed.proc.stop(signal.SIGKILL)
+        r = pbed.swaks(b6, "a@example.org", ["after@example.net"], v=6)
+        assert r.returncode == 0, r.stdout
+        pf.wait_settled()
+        assert "after@example.net" in pf.recipients()
+
+
+@pytest.mark.e2e
+def test_exim_policy_path_inside_tls(pbed: PolicyBed, tmp_path: Path) -> None:
+    from .exim import Exim, EximUnavailable
+
+    bed = pbed.bed
+    cert, key = _certificate(tmp_path)
+    try:
+        exim = Exim(bed.server, cert, key, acl_rcpt=[f".include {EXIM_ACL}"], workdir=tmp_path / "exim")
+    except EximUnavailable as e:
+        pytest.skip(str(e))
+    pbed.start_policy()
+    a4, b4, w4 = (CLIENTS[4][k] for k in "abw")
+    a6 = CLIENTS[6]["a"]
+    with exim:
+        r = pbed.swaks(a6, "a@example.org", ["clean@example.net"], v=6)
+        assert r.returncode == 0 and "TLS started" in r.stdout, r.stdout + exim.log_tail()
+        # Exim's drop answers 550 and closes the session
+        r = pbed.swaks(a4, "a@example.org", [f"x@mx.{BLOCKED}", "y@example.net"])
+        assert _cut(r, "550 5.7.1"), r.stdout + r.stderr + exim.log_tail()
+        assert bed.banned(a4) and pbed.dropped(a4)
+        s = pbed.session(b4, [("a@example.org", ["first@example.net"]), (f"s@{BLOCKED}", ["second@example.net"])])
+        assert s["delivered"] == 1 and s["closed"] and s["replies"][-1][:2] == ["RCPT", 550], s
+        assert bed.banned(b4)
+        r = pbed.swaks(w4, "a@example.org", [f"ok@{BLOCKED}"])
+        assert r.returncode == 0 and not bed.banned(w4), r.stdout
+        verdicts = pbed.policy_verdicts()
+        assert sorted(v["src"] for v in verdicts) == sorted([a4, b4]) and all(v["tls"] for v in verdicts), verdicts
+        # the policy service killed: ${readsocket} fails, the ACL goes on (fail open)
+        assert pbed.proc is not None
+        pbed.proc.stop(signal.SIGKILL)
+        r = pbed.swaks(a6, "a@example.org", ["after@example.net"], v=6)
+        assert r.returncode == 0, r.stdout + exim.log_tail()
+        received = [rc for _, rcpts in exim.received() for rc in rcpts]
+        assert {"clean@example.net", "first@example.net", f"ok@{BLOCKED}", "after@example.net"} <= set(received)
+        assert f"x@mx.{BLOCKED}" not in received and "second@example.net" not in received
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-x", "-q"]))
