@@ -152,7 +152,8 @@ def _cut(r: subprocess.CompletedProcess[str], code: str) -> bool:
 
 @pytest.mark.e2e
 def test_postfix_policy_path_inside_tls(pbed: PolicyBed, tmp_path: Path) -> None:
-    from .mta import Postfix, why_not as postfix_why_not
+    from .mta import Postfix
+    from .mta import why_not as postfix_why_not
 
     if postfix_why_not():
         pytest.skip(postfix_why_not() or "")
