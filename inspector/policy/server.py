@@ -313,7 +313,8 @@ class PolicyServer:
                 started = None
                 wait = limits.idle_timeout
             try:
-                data = await asyncio.wait_for(reader.read(65536), wait)
+                async with asyncio.timeout(wait):  # cheaper than wait_for: no task per read
+                    data = await reader.read(65536)
             except TimeoutError:
                 counts["timeouts:request" if parser.pending else "timeouts:idle"] += 1
                 return
@@ -349,7 +350,9 @@ class PolicyServer:
             except TimeoutError:
                 counts["act-late"] += 1
         writer.write(encode_reply(decision.action))
-        await asyncio.wait_for(writer.drain(), self.limits.request_timeout)
+        if writer.transport.get_write_buffer_size() > 65536:  # the MTA does not read its answers
+            async with asyncio.timeout(self.limits.request_timeout):
+                await writer.drain()
         self.latencies.append(time.perf_counter() - begun)
 
     def _acted(self, job: asyncio.Future[None]) -> None:
