@@ -423,3 +423,38 @@ def test_policy_config_section(tmp_path: Path) -> None:
         cfg.write_text(text)
         with pytest.raises(ConfigError, match=where):
             load_config(cfg)
+
+
+def test_report_counts_both_paths() -> None:
+    import json
+
+    from inspector.report import build_report, render_text
+
+    lines = [json.dumps(e) for e in (
+        {"event": "verdict", "time": 10, "verdict": "reset", "reason": "domain", "src": "198.51.100.1",
+         "rule": "blocked.test", "match": "<x@blocked.test>"},
+        {"event": "ban", "time": 10, "network": "198.51.100.1", "seconds": 60, "reason": "domain"},
+        {"event": "verdict", "time": 11, "path": "policy", "verdict": "reject", "reason": "domain",
+         "src": "198.51.100.2", "rule": "blocked.test", "match": "y@blocked.test", "tls": "TLSv1.3"},
+        {"event": "ban", "time": 11, "network": "198.51.100.2", "seconds": 60, "reason": "domain", "path": "policy"},
+        {"event": "ban", "time": 12, "network": "198.51.100.3", "seconds": 60, "reason": "log:sshd"},
+    )]
+    r = build_report(lines, 0, 100)
+    assert r.blocks["domain"] == 2 and r.bans["domain"] == 2
+    assert dict(r.block_paths) == {"packet": 1, "policy": 1}
+    assert dict(r.ban_paths) == {"packet": 1, "policy": 1, "log": 1}
+    text = render_text(r)
+    assert "blocks by path" in text and "policy" in text
+    assert r.as_dict()["bans_by_path"] == {"packet": 1, "policy": 1, "log": 1}
+
+
+def test_status_shows_the_policy_path() -> None:
+    from inspector.status import render
+
+    st = {"ok": True, "pid": 7, "mode": "enforce", "paths": ["policy"], "uptime": 5, "bans_active": 1,
+          "bans_by_reason": {"domain": 1}, "recent_bans": [],
+          "policy": {"listen": "127.0.0.1:10040", "connections": 3,
+                     "counts": {"requests": 10, "reject": 1, "dunno": 8, "malformed": 1, "timeouts:request": 2},
+                     "latency_ms": {"p50": 0.1, "p99": 0.4, "samples": 10}}}
+    text = render("/run/x", st)
+    assert "policy path only" in text and "10 requests: 1 rejected, 8 DUNNO" in text and "timeouts:request 2" in text
