@@ -16,7 +16,7 @@ from inspector.config import ConfigError, load_config
 from inspector.detect.domains import DomainMatcher
 from inspector.events import MemorySink
 from inspector.policy import PolicyService
-from inspector.policy.decide import DUNNO, Decision, PolicyDecider, address_domain
+from inspector.policy.decide import DUNNO, Decision, PolicyDecider, address_domain, address_domains
 from inspector.policy.protocol import Request, RequestReader, encode_reply
 from inspector.policy.server import Limits, PolicyServer, parse_listen, peer_uid
 from inspector.policy.settings import PolicySettings
@@ -140,6 +140,8 @@ def request(**attrs: str) -> Request:
 @pytest.mark.parametrize("address", [
     "x@blocked.test", "x@BLOCKED.Test", "x@mx.blocked.test", "x@blocked.test.", "x@y@blocked.test",
     "x@b\u00fccher.test", "x@MX.B\u00dcCHER.test",
+    "v%blocked.test@[192.0.2.25]", "v%x.org%Blocked.Test@mx.example.net", "blocked.test!v",
+    "blocked.test!v@[192.0.2.25]",
 ])
 def test_blocked_recipient_and_sender_same_semantics_as_the_packet_path(address: str) -> None:
     d = decider().decide(request(recipient=address))
@@ -150,6 +152,7 @@ def test_blocked_recipient_and_sender_same_semantics_as_the_packet_path(address:
 
 @pytest.mark.parametrize("address", [
     "x@notblocked.test", "x@blocked.test.evil.example", "blocked.test@example.net", "x@[192.0.2.1]", "", "postmaster",
+    "v%blocked.test%example.org@[192.0.2.25]", "v!blocked.test@example.org",
 ])
 def test_clean_addresses_are_dunno(address: str) -> None:
     assert decider().decide(request(recipient=address)).action == DUNNO
@@ -158,6 +161,7 @@ def test_clean_addresses_are_dunno(address: str) -> None:
 def test_address_domain() -> None:
     assert address_domain("A@Example.COM.") == "example.com"
     assert address_domain("") is None and address_domain("x@[192.0.2.1]") is None
+    assert address_domains("a!b!v%c.org%d.org@e.org") == ["e.org", "d.org", "a"]
 
 
 def test_whitelist_alert_unknown_client_and_ipv6_prefix() -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from ..detect.domains import DomainMatcher, normalize_domain
 from .protocol import Request
 
-__all__ = ["DUNNO", "Decision", "PolicyDecider", "address_domain"]
+__all__ = ["DUNNO", "Decision", "PolicyDecider", "address_domain", "address_domains"]
 
 DUNNO = "DUNNO"
 CHECKED = ("sender", "recipient")  # the attributes holding envelope addresses, in the order checked
@@ -35,6 +35,36 @@ def address_domain(address: str) -> str | None:
     if at < 0:
         return None
     return normalize_domain(address[at + 1:])
+
+
+def address_domains(address: str) -> list[str]:
+    """Every domain the address may be delivered to, as Postfix rewrites it by default.
+
+    The domain after the last ``@``; and, in the local part (the whole address
+    when it has no ``@``), the domain after the rightmost ``%``
+    (``allow_percent_hack``: ``v%example.com@[192.0.2.25]`` goes to
+    ``v@example.com``) and the one before the first ``!`` (``swap_bangpath``:
+    ``example.com!v`` goes to ``v@example.com``).  Postfix rewrites these after
+    the policy check, so the policy request still carries the original form.
+    """
+    out = []
+    at = address.rfind("@")
+    local = address if at < 0 else address[:at]
+    if at >= 0:
+        d = normalize_domain(address[at + 1:])
+        if d:
+            out.append(d)
+    pct = local.rfind("%")
+    if pct >= 0:
+        d = normalize_domain(local[pct + 1:])
+        if d:
+            out.append(d)
+    bang = local.find("!")
+    if bang > 0:
+        d = normalize_domain(local[:bang])
+        if d:
+            out.append(d)
+    return out
 
 
 @dataclass(frozen=True)
@@ -92,13 +122,10 @@ class PolicyDecider:
             address = request.get(name)
             if not address:
                 continue
-            domain = address_domain(address)
-            if domain is None:
-                continue
-            rule = matcher.match(domain)
-            if rule is None:
-                continue
-            return self._hit(request, rule, address, name)
+            for domain in address_domains(address):
+                rule = matcher.match(domain)
+                if rule is not None:
+                    return self._hit(request, rule, address, name)
         return Decision(DUNNO, "dunno")
 
     def _hit(self, request: Request, rule: str, address: str, name: str) -> Decision:

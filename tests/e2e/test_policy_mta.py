@@ -185,6 +185,11 @@ def test_postfix_policy_path_inside_tls(pbed: PolicyBed, tmp_path: Path) -> None
         assert s["tls"] == "TLSv1.3" and s["delivered"] == 1 and s["closed"], s
         assert s["replies"][-1][:2] == ["RCPT", 421], s
         assert bed.banned(c4) and pbed.dropped(c4)
+        # Postfix's percent hack would deliver this to v@blocked.test (the request carries the original form)
+        bed.add_client_addresses(["198.51.100.13"])
+        r = pbed.swaks("198.51.100.13", "a@example.org", [f"v%{BLOCKED}@[{SERVER[4]}]"])
+        assert _cut(r, "421 4.7.1"), r.stdout + r.stderr
+        assert bed.banned("198.51.100.13")
         # the whitelist is honoured: DUNNO, delivered, not banned
         r = pbed.swaks(w4, "a@example.org", [f"ok@{BLOCKED}"])
         assert r.returncode == 0, r.stdout
@@ -193,13 +198,13 @@ def test_postfix_policy_path_inside_tls(pbed: PolicyBed, tmp_path: Path) -> None
         assert {"clean@example.net", "first@example.net", f"ok@{BLOCKED}"} <= pf.recipients(), pf.log_tail()
         assert not {f"x@mx.{BLOCKED}", "y@example.net", f"z@{BLOCKED}"} & pf.recipients()
         verdicts = pbed.policy_verdicts()
-        assert sorted(v["src"] for v in verdicts) == sorted([a4, a6, b4, c4]), verdicts
+        assert sorted(v["src"] for v in verdicts) == sorted([a4, a6, b4, c4, "198.51.100.13"]), verdicts
         assert all(v["tls"] == "TLSv1.3" and v["reason"] == "domain" for v in verdicts)
         assert {v["field"] for v in verdicts} == {"sender", "recipient"}
         bans = bed.events(event="ban")
-        assert len(bans) == 4 and all(b.get("path") == "policy" and b["reason"] == "domain" for b in bans), bans
+        assert len(bans) == 5 and all(b.get("path") == "policy" and b["reason"] == "domain" for b in bans), bans
         status = json.loads(bed.cli("status", "--json").stdout)
-        assert status["policy"]["counts"]["reject"] == 4 and status["policy"]["counts"]["whitelisted"] == 1
+        assert status["policy"]["counts"]["reject"] == 5 and status["policy"]["counts"]["whitelisted"] == 1
         # the policy service killed: mail still flows (smtpd_policy_service_default_action = DUNNO)
         assert pbed.proc is not None
         pbed.proc.stop(signal.SIGKILL)
