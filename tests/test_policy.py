@@ -174,6 +174,10 @@ def test_whitelist_alert_unknown_client_and_ipv6_prefix() -> None:
     assert (d.action, d.ban_network) == (REPLY, None)
     d = decider().decide(request(recipient="x@blocked.test", client_address="2001:db8:1:2::99"))
     assert d.ban_network == "2001:db8:1:2::/64"
+    d = decider().decide(request(recipient="x@blocked.test", client_address="::ffff:198.51.100.9"))
+    assert (d.client, d.ban_network) == ("198.51.100.9", "198.51.100.9")
+    assert decider().decide(request(recipient="x@blocked.test", client_address="::ffff:203.0.113.9")).outcome \
+        == "whitelisted"
 
 
 def test_malformed_is_dunno_and_reply_must_end_the_session() -> None:
@@ -373,6 +377,23 @@ def test_server_unix_socket_and_peer_uid(tmp_path: Path) -> None:
         assert refused.status()["counts"]["refused:peer"] == 1
     finally:
         refused.close()
+
+
+def test_server_ipv6_loopback_peer_uid() -> None:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    s = PolicyServer(parse_listen("[::1]:0"), decider().decide, Recorder(), uids=frozenset({os.getuid()}))
+    s.start()
+    try:
+        with socket.create_connection(("::1", s.address[1]), timeout=5) as c:
+            assert peer_uid(c) == os.getuid()
+            c.sendall(wire(recipient="x@blocked.test", client_address="2001:db8:1:2::99"))
+            assert read_replies(c, 1) == [f"action={REPLY}".encode()]
+    finally:
+        s.close()
 
 
 def test_parse_listen() -> None:

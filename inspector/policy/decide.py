@@ -130,11 +130,15 @@ class PolicyDecider:
 
     def _hit(self, request: Request, rule: str, address: str, name: str) -> Decision:
         client = request.get("client_address").strip()
+        try:
+            ip = ipaddress.ip_address(client)
+            if ip.version == 6 and ip.ipv4_mapped is not None:  # a dual-stack socket's view of an IPv4 client
+                client = str(ip.ipv4_mapped)
+        except ValueError:
+            ip = None
         extra = {"rule": rule, "match": address, "field": name, "client": client or None,
                  "state": request.get("protocol_state") or None, "tls": request.get("encryption_protocol") or None}
-        try:
-            ipaddress.ip_address(client)
-        except ValueError:
+        if ip is None:
             # no usable client address (Postfix sends "unknown" only for a non-IP client): reject, ban nothing
             return Decision(self.reply, "reject", **extra)
         if self.whitelisted(client):

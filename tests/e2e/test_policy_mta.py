@@ -215,6 +215,41 @@ def test_postfix_policy_path_inside_tls(pbed: PolicyBed, tmp_path: Path) -> None
 
 
 @pytest.mark.e2e
+def test_both_paths_plaintext_is_cut_by_the_packet_path_tls_by_the_policy_hook(pbed: PolicyBed,
+                                                                               tmp_path: Path) -> None:
+    """``inspector run`` with ``[policy] listen``: one service, both paths, one ban pipeline."""
+    from .mta import Postfix
+    from .mta import why_not as postfix_why_not
+
+    if postfix_why_not():
+        pytest.skip(postfix_why_not() or "")
+    bed = pbed.bed
+    cert, key = _certificate(tmp_path)
+    bed.start_inspector()
+    a4, b4 = CLIENTS[4]["a"], CLIENTS[4]["b"]
+    with Postfix(tmp_path / "pf", bed.server, mynetworks=["198.51.100.0/24", "203.0.113.0/24", "[2001:db8::]/32"],
+                 main=postfix_settings(cert, key), master=["tlsmgr unix - - n 1000? 1 tlsmgr"]) as pf:
+        # plain text: the packet path resets the session at the blocked RCPT; Postfix never sees it
+        r = bed.smtp(a4, rcpts=[f"x@{BLOCKED}"], timeout=5)
+        assert r["error"] in ("reset", "closed") and not r["delivered"], r
+        assert bed.banned(a4) and pbed.dropped(a4)
+        # inside TLS: the packet path sees nothing, the policy hook served by the same process acts
+        r = pbed.swaks(b4, "a@example.org", [f"y@{BLOCKED}", "z@example.net"])
+        assert _cut(r, "421 4.7.1"), r.stdout + r.stderr
+        assert bed.banned(b4) and pbed.dropped(b4)
+        pf.wait_settled()
+        status = json.loads(bed.cli("status", "--json").stdout)
+    verdicts = bed.events(event="verdict")
+    assert [(v["src"], v.get("path", "packet")) for v in verdicts if v.get("reason") == "domain"] == [
+        (a4, "packet"), (b4, "policy")], verdicts
+    assert status["policy"]["counts"]["requests"] == 1, "the plain-text session reached the policy service"
+    assert f"x@{BLOCKED}" not in pf.log(), "Postfix saw the plain-text blocked RCPT"
+    report = json.loads(bed.cli("report", "--json", "--since", "1h").stdout)
+    assert report["blocks_by_path"] == {"packet": 1, "policy": 1}, report
+    assert report["bans_by_path"].get("policy") == 1 and report["bans_by_path"].get("packet") == 1, report
+
+
+@pytest.mark.e2e
 def test_exim_policy_path_inside_tls(pbed: PolicyBed, tmp_path: Path) -> None:
     from .exim import Exim, EximUnavailable
 
