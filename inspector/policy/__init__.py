@@ -16,8 +16,9 @@ whitelist, the ban pipeline and the events: a side component with
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..detect.domains import DomainMatcher
 from ..events import EventSink
@@ -25,7 +26,11 @@ from .decide import Decision, PolicyDecider
 from .server import PolicyServer
 from .settings import PolicySettings
 
-__all__ = ["BanIssuer", "PolicyService"]
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..service.host import Host
+
+__all__ = ["BanIssuer", "PolicyService", "attach"]
 
 # (network, seconds, rule, now) -> issued; the one ban pipeline, callable from any thread
 BanIssuer = Callable[[str, int, str, float], bool]
@@ -60,6 +65,20 @@ class PolicyService:
         """Use new rules from the next request on (one reference swap)."""
         self._domains = domains
 
+    def reload(self, config: Config) -> None:
+        """Load ``config``'s rules aside (a thread: a big list takes seconds) and swap them in;
+        a broken rule file keeps the rules in use (an ``error`` event says why).  The listen
+        address and the limits change on restart only."""
+        from ..rules import RuleError, load_rules
+
+        def build() -> None:
+            try:
+                self.swap_domains(load_rules(config.rules).domains)
+            except RuleError as e:
+                self.events.emit({"event": "error", "what": "policy-reload", "path": "policy",
+                                  "time": round(self.clock(), 3), "error": str(e), "kept": "the rules in use"})
+        threading.Thread(target=build, name="inspector-policy-reload", daemon=True).start()
+
     def start(self) -> None:
         """Bind and serve; raises OSError if the address cannot be bound."""
         self.server.start()
@@ -93,3 +112,54 @@ class PolicyService:
         self.events.emit(event)
         if decision.outcome == "reject" and seconds and decision.ban_network and decision.rule:
             self.ban(decision.ban_network, seconds, decision.rule, now)
+
+
+def attach(host: Host) -> None:
+    """Run the policy service beside ``host`` (the process that owns the ban store) when
+    ``[policy] listen`` is set: same rules, same whitelist, bans through ``host.bans`` with
+    ``path`` ``policy``.  Raises ServiceError if the rules cannot be loaded."""
+    from ..nets import Whitelist
+    from ..respond.bans import Ban
+    from ..rules import RuleError, load_rules
+    from ..service import ServiceError
+
+    config = host.config
+    if config.policy.listen is None:
+        return
+    try:
+        rules = load_rules(config.rules)
+    except RuleError as e:
+        raise ServiceError(str(e)) from None
+    pipeline = host.bans
+    whitelist = Whitelist(config.whitelist)
+
+    def ban(network: str, seconds: int, rule: str, now: float) -> bool:
+        return pipeline.issue(Ban(network, seconds, "domain", rule, path="policy"), now)
+
+    host.add_component("policy", _Started(PolicyService(
+        config.policy, rules.domains, whitelist.__contains__, pipeline.network, ban, config.ban_domain,
+        host.events, host.clock, alert=config.alert)))
+
+
+class _Started:
+    """A policy service as a host component: a bind failure at start is a ServiceError."""
+
+    def __init__(self, service: PolicyService) -> None:
+        self.service = service
+
+    def start(self) -> None:
+        from ..service import ServiceError
+
+        try:
+            self.service.start()
+        except OSError as e:
+            raise ServiceError(f"[policy] listen: {e}") from None
+
+    def close(self) -> None:
+        self.service.close()
+
+    def status(self) -> dict[str, Any]:
+        return self.service.status()
+
+    def reload(self, config: Config) -> None:
+        self.service.reload(config)

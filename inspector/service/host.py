@@ -116,6 +116,9 @@ class Host:
         self.logs = make_log_monitor(config)
         self.loop.every(lambda: self.config.logs.poll_interval, self._poll_logs, first=0.0)
         self.loop.every(SAVE_EVERY, self._save)
+        from ..policy import attach as attach_policy  # [policy] listen: the MTA's policy hook
+
+        attach_policy(self)
         for component in self.components.values():
             component.start()
         self.metrics = self._start_metrics()
@@ -165,6 +168,10 @@ class Host:
         if self.logs is not None or config.logs.sources:
             self.logs = make_log_monitor(config, previous=self.logs)
         self.config = config
+        for component in self.components.values():  # those that follow the rules (the policy service)
+            reload = getattr(component, "reload", None)
+            if reload is not None:
+                reload(config)
 
     # -- control ------------------------------------------------------------------------
 
