@@ -367,6 +367,15 @@ def test_server_unix_socket_and_peer_uid(tmp_path: Path) -> None:
     finally:
         allowed.close()
     assert not path.exists()
+    with socket.socket(socket.AF_UNIX) as other:  # a live socket of another process is left alone
+        other.bind(str(path))
+        other.listen(1)
+        second = PolicyServer(parse_listen(f"unix:{path}"), decider().decide, Recorder())
+        with pytest.raises(OSError, match="another process answers"):
+            second.start()
+        second.close()
+        assert path.exists()
+    path.unlink()
     refused = PolicyServer(parse_listen("127.0.0.1:0"), decider().decide, Recorder(), uids=frozenset({me + 1}))
     refused.start()
     try:
@@ -483,3 +492,72 @@ def test_status_shows_the_policy_path() -> None:
                      "latency_ms": {"p50": 0.1, "p99": 0.4, "samples": 10}}}
     text = render("/run/x", st)
     assert "policy path only" in text and "10 requests: 1 rejected, 8 DUNNO" in text and "timeouts:request 2" in text
+
+
+# -- inside the service: a side component of inspector run (fakes, no root) ------------------------
+
+
+def test_inspector_run_serves_the_policy_path_bans_through_the_pipeline_and_reloads(tmp_path: Path) -> None:
+    from inspector.testing import FakeQueue
+    from tests.conftest import Conn
+    from tests.test_service import Bed as ServiceBed
+
+    bed = ServiceBed(tmp_path, extra='[policy]\nlisten = "127.0.0.1:0"\nusers = []\n')
+    bed.service.start()
+    try:
+        component = bed.service.host.components["policy"]
+        address = component.service.server.address  # type: ignore[attr-defined]
+        with socket.create_connection(tuple(address), timeout=5) as c:
+            c.sendall(wire(recipient="x@mx.blocked.test", client_address="198.51.100.7") + wire())
+            assert read_replies(c, 2) == [f"action={REPLY}".encode(), b"action=DUNNO"]
+        assert bed.firewall.entries == {"198.51.100.7": 1000.0 + 86400}
+        ban = next(e for e in bed.events.events if e["event"] == "ban")
+        assert (ban["path"], ban["reason"], ban["rule"]) == ("policy", "domain", "blocked.test")
+        # the packet path knows the ban too (the pipeline's listener): the next SYN is dropped
+        assert isinstance(bed.queue, FakeQueue)
+        [late] = bed.feed(Conn(sport=7).syn())
+        assert late.verdict == "drop"
+        st = bed.service.host.status()
+        assert st["policy"]["counts"]["reject"] == 1 and st["policy"]["counts"]["requests"] == 2
+        # SIGHUP: new rules for both paths
+        (tmp_path / "rules" / "blocked.txt").write_text("example.net\n")
+        bed.service.side.request_reload()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            bed.service.loop.turn()
+            with socket.create_connection(tuple(address), timeout=5) as c:
+                c.sendall(wire(client_address="198.51.100.8"))
+                if read_replies(c, 1) != [b"action=DUNNO"]:
+                    break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the policy path did not take the reloaded rules")
+    finally:
+        bed.service.stop()
+    assert any(e["event"] == "stopped" for e in bed.events.events)
+
+
+def test_a_taken_listen_address_is_a_clear_start_error() -> None:
+    from inspector.policy import _Started
+    from inspector.service import ServiceError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        d = decider()
+        service = PolicyService(PolicySettings(listen=parse_listen(f"127.0.0.1:{port}")), DomainMatcher({}),
+                                d.whitelisted, d.ban_network, lambda *a: True, 60, MemorySink(), time.time)
+        with pytest.raises(ServiceError, match=r"\[policy\] listen: .*Address already in use"):
+            _Started(service).start()
+        service.close()
+
+
+def test_status_screen_of_inspector_run_has_a_policy_line() -> None:
+    from inspector.status import render
+
+    st = {"ok": True, "pid": 7, "mode": "enforce", "queue": 0, "workers": 1, "uptime": 5, "packets": 10,
+          "queues": [], "live": {}, "rules": {},
+          "policy": {"listen": "127.0.0.1:10040", "connections": 1, "counts": {"requests": 4, "reject": 1}}}
+    text = render("/run/x", st)
+    assert "policy path: 127.0.0.1:10040" in text and "4 requests: 1 rejected" in text

@@ -170,6 +170,7 @@ class PolicyServer:
         self._lookup = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inspector-policy-peer")
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self._bound = False
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -183,6 +184,25 @@ class PolicyServer:
             raise OSError(f"cannot serve policy requests on {self.listen}: {self._error}")
 
     def _bind(self) -> socket.socket:
+        sock = self._socket()
+        try:
+            if self.listen.kind == "unix":
+                sock.bind(self.listen.path)
+                os.chmod(self.listen.path, 0o666)  # who may ask is decided by the peer's uid, not the file mode
+                self.address = self.listen.path
+            else:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((self.listen.host, self.listen.port))
+                self.address = sock.getsockname()[:2]
+            sock.listen(512)
+            sock.setblocking(False)
+            self._bound = True
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def _socket(self) -> socket.socket:
         if self.listen.kind == "unix":
             path = Path(self.listen.path)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -195,19 +215,8 @@ class PolicyServer:
                     path.unlink()  # stale, from a previous run
                 finally:
                     probe.close()
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.bind(str(path))
-            os.chmod(path, 0o666)  # who may ask is decided by the peer's uid, not the file mode
-            self.address = str(path)
-        else:
-            family = socket.AF_INET6 if ":" in self.listen.host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.listen.host, self.listen.port))
-            self.address = sock.getsockname()[:2]
-        sock.listen(512)
-        sock.setblocking(False)
-        return sock
+            return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        return socket.socket(socket.AF_INET6 if ":" in self.listen.host else socket.AF_INET, socket.SOCK_STREAM)
 
     def _run(self, sock: socket.socket) -> None:
         loop = asyncio.new_event_loop()
@@ -243,7 +252,7 @@ class PolicyServer:
             thread.join(10)
         self._pool.shutdown(wait=False)
         self._lookup.shutdown(wait=False)
-        if self.listen.kind == "unix":
+        if self.listen.kind == "unix" and self._bound:  # never another process's socket
             with contextlib.suppress(OSError):
                 os.unlink(self.listen.path)
 
