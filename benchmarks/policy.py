@@ -310,9 +310,26 @@ def report(rows: list[dict[str, Any]], directs: dict[str, list[dict[str, Any]]],
         print(f"{name:10} {med(name, 'per_s'):8.1f} {med(name, 'rcpt_p50_ms'):7.2f}ms "
               f"{med(name, 'rcpt_p99_ms'):7.2f}ms {med(name, 'cpu_us_per_msg'):7.0f}us "
               f"{'' if pol != pol else f'{pol:13.0f}us'}")
-    print(f"ratios inspector/dunno: requests/s {med('inspector', 'per_s') / med('dunno', 'per_s'):.2f}, "
-          f"RCPT p50 {med('inspector', 'rcpt_p50_ms') / med('dunno', 'rcpt_p50_ms'):.2f}, "
-          f"RCPT p99 {med('inspector', 'rcpt_p99_ms') / med('dunno', 'rcpt_p99_ms'):.2f}")
+    def paired(key: str, a: str, b: str, diff: bool = False) -> str:
+        """Per round (the two ran minutes apart at most): a/b (or a-b); the median and the range."""
+        vals = []
+        for rnd in sorted({r["round"] for r in rows}):
+            x = [r[key] for r in rows if r["round"] == rnd and r["config"] == a]
+            y = [r[key] for r in rows if r["round"] == rnd and r["config"] == b]
+            if x and y and x[0] is not None and y[0] is not None:
+                vals.append(x[0] - y[0] if diff else x[0] / y[0])
+        if not vals:
+            return "-"
+        spec = ".0f" if diff else ".2f"
+        return f"{statistics.median(vals):{spec}} ({min(vals):{spec}}..{max(vals):{spec}})"
+
+    print("per round, median (range): "
+          f"requests/s inspector/dunno {paired('per_s', 'inspector', 'dunno')}, "
+          f"RCPT p50 {paired('rcpt_p50_ms', 'inspector', 'dunno')}, p99 {paired('rcpt_p99_ms', 'inspector', 'dunno')}")
+    print("policy server's own CPU per request (= per accepted message), inspector - dunno: "
+          f"{paired('policy_cpu_us_per_req', 'inspector', 'dunno', diff=True)} us; whole server namespace per "
+          f"message: inspector - dunno {paired('cpu_us_per_msg', 'inspector', 'dunno', diff=True)} us, "
+          f"inspector - none {paired('cpu_us_per_msg', 'inspector', 'none', diff=True)} us")
     cpu = {name: med(name, "cpu_us_per_msg") for name in ("none", "dunno", "inspector")}
     print(f"extra CPU per accepted message: inspector vs none {cpu['inspector'] - cpu['none']:.0f} us, "
           f"inspector vs dunno {cpu['inspector'] - cpu['dunno']:.0f} us, "

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -276,13 +277,20 @@ def test_exim_policy_path_inside_tls(pbed: PolicyBed, tmp_path: Path) -> None:
         assert r.returncode == 0 and not bed.banned(w4), r.stdout
         verdicts = pbed.policy_verdicts()
         assert sorted(v["src"] for v in verdicts) == sorted([a4, b4]) and all(v["tls"] for v in verdicts), verdicts
-        # the policy service killed: ${readsocket} fails, the ACL goes on (fail open)
+        # the policy service hung (stopped): ${readsocket} times out after 5 s and returns its fail string
         assert pbed.proc is not None
+        pbed.proc.send(signal.SIGSTOP)
+        started = time.monotonic()
+        r = pbed.swaks(a6, "a@example.org", ["hung@example.net"], v=6)
+        assert r.returncode == 0, r.stdout + exim.log_tail()
+        assert 4.0 < time.monotonic() - started < 15.0
+        # the policy service killed: ${readsocket} cannot connect, the ACL goes on (fail open)
         pbed.proc.stop(signal.SIGKILL)
         r = pbed.swaks(a6, "a@example.org", ["after@example.net"], v=6)
         assert r.returncode == 0, r.stdout + exim.log_tail()
         received = [rc for _, rcpts in exim.received() for rc in rcpts]
-        assert {"clean@example.net", "first@example.net", f"ok@{BLOCKED}", "after@example.net"} <= set(received)
+        assert {"clean@example.net", "first@example.net", f"ok@{BLOCKED}", "hung@example.net",
+                "after@example.net"} <= set(received)
         assert f"x@mx.{BLOCKED}" not in received and "second@example.net" not in received
 
 
