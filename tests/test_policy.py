@@ -561,3 +561,30 @@ def test_status_screen_of_inspector_run_has_a_policy_line() -> None:
           "policy": {"listen": "127.0.0.1:10040", "connections": 1, "counts": {"requests": 4, "reject": 1}}}
     text = render("/run/x", st)
     assert "policy path: 127.0.0.1:10040" in text and "4 requests: 1 rejected" in text
+
+
+def test_reader_fast_path_and_line_path_agree() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    line = st.one_of(
+        st.sampled_from([b"request=smtpd_access_policy", b"recipient=x@blocked.test", b"sender=", b"=v", b"noeq",
+                         b"sender=a@b", b"x=" + b"y" * 300, b"request=other", b"k=\xff\xfe\xc3"]),
+        st.binary(max_size=40).filter(lambda b: b"\n" not in b))
+    request = st.lists(line, max_size=12).map(lambda ls: b"".join(x + b"\n" for x in ls) + b"\n")
+    stream = st.lists(st.tuples(request, st.booleans()), max_size=6).map(
+        lambda rs: b"".join(r.replace(b"\n", b"\r\n") if crlf else r for r, crlf in rs))
+
+    def parse(data: bytes, step: int) -> list[tuple[dict[str, str], bool]]:
+        reader = RequestReader(max_line=200, max_request=1000, max_attributes=8)
+        out: list[Request] = []
+        for i in range(0, len(data), step):
+            out += reader.feed(data[i:i + step])
+        return [(r.attributes, r.error is None) for r in out]
+
+    @settings(max_examples=300, deadline=None)
+    @given(stream)
+    def agree(data: bytes) -> None:
+        assert parse(data, max(1, len(data))) == parse(data, 1)
+
+    agree()

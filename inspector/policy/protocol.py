@@ -68,6 +68,11 @@ class RequestReader:
         buf += data
         start = 0
         while True:
+            if not self._lines and not self._skipping_line and self._error is None:
+                request, start = self._whole(buf, start)
+                if request is not None:
+                    out.append(request)
+                    continue
             eol = buf.find(b"\n", start)
             if eol < 0:
                 break
@@ -92,6 +97,38 @@ class RequestReader:
             if self._error is None:
                 self._error = f"attribute line longer than {self.max_line} bytes"
         return out
+
+    def _whole(self, buf: bytearray, start: int) -> tuple[Request | None, int]:
+        """The fast path: a whole request at ``start``, within every bound, parsed at once.
+
+        Returns (None, start) for anything else (an unfinished request, CR LF line
+        ends, a bound exceeded, a line without ``=``), which the line-by-line path
+        then reads, with the same result.
+        """
+        n = len(buf)
+        while start < n and buf[start] == 0x0A:  # stray empty lines between requests
+            start += 1
+        end = buf.find(b"\n\n", start, start + self.max_request)
+        if end < 0:
+            return None, start
+        block = bytes(buf[start:end])
+        if b"\r" in block:
+            return None, start
+        text = block.decode("utf-8", "replace")
+        lines = text.split("\n")
+        if len(lines) > self.max_attributes or (len(block) > self.max_line and
+                                                max(map(len, block.split(b"\n"))) > self.max_line):
+            return None, start
+        attributes: dict[str, str] = {}
+        for line in lines:
+            name, eq, value = line.partition("=")
+            if not eq or not name:
+                return None, start
+            attributes.setdefault(name, value)  # the first value wins: Postfix never repeats an attribute
+        size = end + 2 - start
+        if attributes.get("request") != POLICY_REQUEST:
+            return Request({}, f"not request={POLICY_REQUEST}", size), end + 2
+        return Request(attributes, None, size), end + 2
 
     def eof(self) -> Request | None:
         """The end of the stream: an unfinished request is complete (Exim's half-close)."""
