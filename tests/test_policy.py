@@ -588,3 +588,40 @@ def test_reader_fast_path_and_line_path_agree() -> None:
         assert parse(data, max(1, len(data))) == parse(data, 1)
 
     agree()
+
+
+def test_reader_never_raises_and_stays_bounded_on_any_bytes() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.binary(max_size=300), max_size=20))
+    def check(chunks: list[bytes]) -> None:
+        reader = RequestReader(max_line=64, max_request=256, max_attributes=4)
+        for chunk in chunks:
+            for r in reader.feed(chunk):
+                assert (r.error is None) == bool(r.attributes)
+            assert len(reader._buffer) <= 64  # noqa: SLF001 - the bound is the point
+        reader.eof()
+        assert not reader.pending
+
+    check()
+
+
+def test_server_one_hundred_concurrent_mta_connections() -> None:
+    s = PolicyServer(parse_listen("127.0.0.1:0"), decider().decide, Recorder(), Limits(max_connections=256))
+    s.start()
+    try:
+        conns = [connect(s) for _ in range(100)]
+        try:
+            for i, c in enumerate(conns):
+                c.sendall(wire(recipient=f"u{i}@{'blocked.test' if i % 10 == 0 else 'example.net'}"))
+            for i, c in enumerate(conns):
+                want = f"action={REPLY}".encode() if i % 10 == 0 else b"action=DUNNO"
+                assert read_replies(c, 1) == [want]
+            assert s.status()["connections"] == 100
+        finally:
+            for c in conns:
+                c.close()
+    finally:
+        s.close()

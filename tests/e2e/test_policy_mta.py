@@ -25,6 +25,7 @@ from .bed import CLIENTS, PY, REPO, SERVER, Bed, NamespaceUnavailable, Proc, wai
 from .bed import why_not as bed_why_not
 
 BLOCKED = "blocked.test"
+IDN = "b\u00fccher.test"  # an internationalised rule: stored and matched in its IDNA form
 POLICY = "127.0.0.1:10040"
 SNIPPET = REPO / "packaging" / "postfix-main.cf.snippet"
 EXIM_ACL = REPO / "packaging" / "exim4-acl.conf"
@@ -35,12 +36,13 @@ import json, smtplib, ssl, sys
 server, src, transactions = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 out = {"tls": None, "replies": [], "closed": False, "delivered": 0}
 ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+utf8 = lambda *a: ["SMTPUTF8"] if any(not x.isascii() for x in a) else []
 try:
     s = smtplib.SMTP(server, 25, source_address=(src, 0), timeout=10, local_hostname="client.test")
     s.ehlo(); s.starttls(context=ctx); s.ehlo()
     out["tls"] = s.sock.version()
     for sender, rcpts in transactions:
-        code, _ = s.mail(sender); out["replies"].append(["MAIL", code])
+        code, _ = s.mail(sender, utf8(sender, *rcpts)); out["replies"].append(["MAIL", code])
         ok = 0
         for r in rcpts:
             code, text = s.rcpt(r); out["replies"].append(["RCPT", code, text.decode(errors="replace")])
@@ -118,7 +120,7 @@ def pbed(tmp_path: Path) -> Iterator[PolicyBed]:
         except NamespaceUnavailable as e:
             pytest.skip(str(e))
         bed.install()
-        bed.write_config(domains=f"{BLOCKED}\n", extra=f'[policy]\nlisten = "{POLICY}"\n')
+        bed.write_config(domains=f"{BLOCKED}\n{IDN}\n", extra=f'[policy]\nlisten = "{POLICY}"\n')
         yield PolicyBed(bed, tmp_path)
     finally:
         bed.close()
@@ -191,6 +193,11 @@ def test_postfix_policy_path_inside_tls(pbed: PolicyBed, tmp_path: Path) -> None
         r = pbed.swaks("198.51.100.13", "a@example.org", [f"v%{BLOCKED}@[{SERVER[4]}]"])
         assert _cut(r, "421 4.7.1"), r.stdout + r.stderr
         assert bed.banned("198.51.100.13")
+        # an internationalised domain in UTF-8 (SMTPUTF8), upper case, inside TLS: the rule's IDNA form matches
+        bed.add_client_addresses(["198.51.100.14"])
+        s = pbed.session("198.51.100.14", [("a@example.org", ["x@MX.B\u00dcCHER.test"])])
+        assert s["closed"] and s["replies"][-1][:2] == ["RCPT", 421], s
+        assert bed.banned("198.51.100.14")
         # the whitelist is honoured: DUNNO, delivered, not banned
         r = pbed.swaks(w4, "a@example.org", [f"ok@{BLOCKED}"])
         assert r.returncode == 0, r.stdout
@@ -199,13 +206,13 @@ def test_postfix_policy_path_inside_tls(pbed: PolicyBed, tmp_path: Path) -> None
         assert {"clean@example.net", "first@example.net", f"ok@{BLOCKED}"} <= pf.recipients(), pf.log_tail()
         assert not {f"x@mx.{BLOCKED}", "y@example.net", f"z@{BLOCKED}"} & pf.recipients()
         verdicts = pbed.policy_verdicts()
-        assert sorted(v["src"] for v in verdicts) == sorted([a4, a6, b4, c4, "198.51.100.13"]), verdicts
+        assert sorted(v["src"] for v in verdicts) == sorted([a4, a6, b4, c4, "198.51.100.13", "198.51.100.14"])
         assert all(v["tls"] == "TLSv1.3" and v["reason"] == "domain" for v in verdicts)
         assert {v["field"] for v in verdicts} == {"sender", "recipient"}
         bans = bed.events(event="ban")
-        assert len(bans) == 5 and all(b.get("path") == "policy" and b["reason"] == "domain" for b in bans), bans
+        assert len(bans) == 6 and all(b.get("path") == "policy" and b["reason"] == "domain" for b in bans), bans
         status = json.loads(bed.cli("status", "--json").stdout)
-        assert status["policy"]["counts"]["reject"] == 5 and status["policy"]["counts"]["whitelisted"] == 1
+        assert status["policy"]["counts"]["reject"] == 6 and status["policy"]["counts"]["whitelisted"] == 1
         # the policy service killed: mail still flows (smtpd_policy_service_default_action = DUNNO)
         assert pbed.proc is not None
         pbed.proc.stop(signal.SIGKILL)
