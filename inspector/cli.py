@@ -193,6 +193,9 @@ def _check(args: argparse.Namespace) -> int:
     print(f"rate capacity: {config.rate_capacity} sources; IPv6 counted per /{config.ipv6_prefix}")
     print(f"bans: domain {config.ban_domain}s, payload {config.ban_payload}s, tcp-flags {config.ban_flags}s")
     print(f"whitelist: {', '.join(map(str, config.whitelist)) or '(none)'}")
+    policy = config.policy
+    print(f"policy path: {policy.listen}, reply {policy.reply!r}, request timeout {policy.limits.request_timeout:g}s, "
+          f"users {', '.join(policy.users) or 'anyone'}" if policy.listen else "policy path: off ([policy] listen)")
     for rf in rules.files:
         extra = f" ports {list(rf.ports)}" if rf.ports else ""
         print(f"rules: {rf.path} ({rf.scope}{extra})")
