@@ -155,7 +155,9 @@ class RequestReader:
         self._lines += 1
         if self._error is not None:
             return None
-        if self._size > self.max_request:
+        if length > self.max_line + 1:  # a whole over-long line in one read (a split one is caught in feed)
+            self._error = f"attribute line longer than {self.max_line} bytes"
+        elif self._size > self.max_request:
             self._error = f"request longer than {self.max_request} bytes"
         elif self._lines > self.max_attributes:
             self._error = f"more than {self.max_attributes} attribute lines"
