@@ -143,8 +143,8 @@ class Host:
             return
         for b in logs.poll(now):
             if self.config.alert:
-                self.events.emit({"event": "verdict", "time": round(now, 3), "verdict": "drop", "reason": b.reason,
-                                  "src": b.network, "rule": b.rule, "match": b.match, "ban": b.seconds,
+                self.events.emit({"event": "verdict", "path": "log", "time": round(now, 3), "verdict": "drop",
+                                  "reason": b.reason, "src": b.network, "rule": b.rule, "match": b.match, "ban": b.seconds,
                                   "alert": True})
             else:
                 self.bans.issue(Ban(b.network, b.seconds, b.reason, b.rule, "log"), now)

@@ -78,7 +78,7 @@ def test_log_bans_go_through_the_one_ban_pipeline(tmp_path):
     assert (record.reason, record.rule, record.expires) == ("log:sshd", "sshd", clock[0] + 2 + 3600)
     ban_events = [e for e in events.events if e["event"] == "ban"]
     assert ban_events == [{"event": "ban", "time": round(clock[0] + 2, 3), "network": "203.0.113.5",
-                           "seconds": 3600, "reason": "log:sshd", "rule": "sshd", "dport": None}]
+                           "seconds": 3600, "reason": "log:sshd", "rule": "sshd", "dport": None, "path": "log"}]
     assert [b.network for b in engine.active_bans(clock[0] + 3)] == ["203.0.113.5"]
     store.save(clock[0] + 3)
     saved = json.loads((tmp_path / "bans.json").read_text())
