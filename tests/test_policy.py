@@ -502,14 +502,26 @@ def test_inspector_run_serves_the_policy_path_bans_through_the_pipeline_and_relo
     from tests.conftest import Conn
     from tests.test_service import Bed as ServiceBed
 
-    bed = ServiceBed(tmp_path, extra='[policy]\nlisten = "127.0.0.1:0"\nusers = []\n')
+    bed = ServiceBed(tmp_path, extra='[policy]\nlisten = "127.0.0.1:0"\nusers = []\n',
+                     own=("192.0.2.25", "2001:db8::25"))
     bed.service.start()
     try:
         component = bed.service.host.components["policy"]
         address = component.service.server.address  # type: ignore[attr-defined]
         with socket.create_connection(tuple(address), timeout=5) as c:
-            c.sendall(wire(recipient="x@mx.blocked.test", client_address="198.51.100.7") + wire())
-            assert read_replies(c, 2) == [f"action={REPLY}".encode(), b"action=DUNNO"]
+            c.sendall(wire(recipient="x@mx.blocked.test", client_address="198.51.100.7") + wire()
+                      # this host itself and loopback (local submission): as whitelisted
+                      + wire(recipient="x@blocked.test", client_address="192.0.2.25")
+                      + wire(recipient="x@blocked.test", client_address="::1")
+                      # a neighbour in this host's /64: rejected, not banned (the pipeline refuses)
+                      + wire(recipient="x@blocked.test", client_address="2001:db8::99"))
+            assert read_replies(c, 5) == [f"action={REPLY}".encode(), b"action=DUNNO", b"action=DUNNO",
+                                          b"action=DUNNO", f"action={REPLY}".encode()]
+        deadline = time.monotonic() + 5
+        while not any(e["event"] == "ban-refused" for e in bed.events.events) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        refused = next(e for e in bed.events.events if e["event"] == "ban-refused")
+        assert (refused["network"], refused["protected"], refused["path"]) == ("2001:db8::/64", "own /64", "policy")
         assert bed.firewall.entries == {"198.51.100.7": 1000.0 + 86400}
         ban = next(e for e in bed.events.events if e["event"] == "ban")
         assert (ban["path"], ban["reason"], ban["rule"]) == ("policy", "domain", "blocked.test")
@@ -518,7 +530,8 @@ def test_inspector_run_serves_the_policy_path_bans_through_the_pipeline_and_relo
         [late] = bed.feed(Conn(sport=7).syn())
         assert late.verdict == "drop"
         st = bed.service.host.status()
-        assert st["policy"]["counts"]["reject"] == 1 and st["policy"]["counts"]["requests"] == 2
+        assert st["policy"]["counts"]["reject"] == 2 and st["policy"]["counts"]["requests"] == 5
+        assert st["policy"]["counts"]["whitelisted"] == 2
         # SIGHUP: new rules for both paths
         (tmp_path / "rules" / "blocked.txt").write_text("example.net\n")
         bed.service.side.request_reload()

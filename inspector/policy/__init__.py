@@ -131,13 +131,19 @@ def attach(host: Host) -> None:
     except RuleError as e:
         raise ServiceError(str(e)) from None
     pipeline = host.bans
-    whitelist = Whitelist(config.whitelist)
+    whitelist = Whitelist(config.whitelist)  # with loopback, as the packet path (it never sees lo)
+    own = {str(a) for a in pipeline.own}
+
+    def whitelisted(address: str) -> bool:
+        # this host's own addresses reach the MTA over lo, which the packet path never inspects;
+        # other hosts in an own /64 are rejected like anyone else (and not banned: the pipeline refuses)
+        return address in whitelist or address in own
 
     def ban(network: str, seconds: int, rule: str, now: float) -> bool:
         return pipeline.issue(Ban(network, seconds, "domain", rule, path="policy"), now)
 
     host.add_component("policy", _Started(PolicyService(
-        config.policy, rules.domains, whitelist.__contains__, pipeline.network, ban, config.ban_domain,
+        config.policy, rules.domains, whitelisted, pipeline.network, ban, config.ban_domain,
         host.events, host.clock, alert=config.alert)))
 
 
