@@ -202,19 +202,27 @@ def test_postfix_policy_path_inside_tls(pbed: PolicyBed, tmp_path: Path) -> None
         r = pbed.swaks(w4, "a@example.org", [f"ok@{BLOCKED}"])
         assert r.returncode == 0, r.stdout
         assert not bed.banned(w4)
+        # SIGHUP: a rule added to the file takes effect without a restart
+        assert pbed.proc is not None
+        bed.rules_file.write_text(f"{BLOCKED}\n{IDN}\nlate.test\n")
+        pbed.proc.send(signal.SIGHUP)
+        bed.wait_event(event="reload", ok=True, timeout=10)
+        c6 = CLIENTS[6]["c"]
+        r = wait_for(lambda: (lambda r: r if _cut(r, "421 4.7.1") else None)(
+            pbed.swaks(c6, "a@example.org", ["x@late.test"], v=6)), 10, interval=0.3, what="the reloaded rule")
+        assert bed.banned(c6)
         pf.wait_settled()
         assert {"clean@example.net", "first@example.net", f"ok@{BLOCKED}"} <= pf.recipients(), pf.log_tail()
         assert not {f"x@mx.{BLOCKED}", "y@example.net", f"z@{BLOCKED}"} & pf.recipients()
         verdicts = pbed.policy_verdicts()
-        assert sorted(v["src"] for v in verdicts) == sorted([a4, a6, b4, c4, "198.51.100.13", "198.51.100.14"])
+        assert sorted(v["src"] for v in verdicts) == sorted([a4, a6, b4, c4, "198.51.100.13", "198.51.100.14", c6])
         assert all(v["tls"] == "TLSv1.3" and v["reason"] == "domain" for v in verdicts)
         assert {v["field"] for v in verdicts} == {"sender", "recipient"}
         bans = bed.events(event="ban")
-        assert len(bans) == 6 and all(b.get("path") == "policy" and b["reason"] == "domain" for b in bans), bans
+        assert len(bans) == 7 and all(b.get("path") == "policy" and b["reason"] == "domain" for b in bans), bans
         status = json.loads(bed.cli("status", "--json").stdout)
-        assert status["policy"]["counts"]["reject"] == 6 and status["policy"]["counts"]["whitelisted"] == 1
+        assert status["policy"]["counts"]["reject"] == 7 and status["policy"]["counts"]["whitelisted"] == 1
         # the policy service killed: mail still flows (smtpd_policy_service_default_action = DUNNO)
-        assert pbed.proc is not None
         pbed.proc.stop(signal.SIGKILL)
         r = pbed.swaks(b6, "a@example.org", ["after@example.net"], v=6)
         assert r.returncode == 0, r.stdout
