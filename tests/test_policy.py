@@ -508,6 +508,8 @@ def test_inspector_run_serves_the_policy_path_bans_through_the_pipeline_and_relo
     try:
         component = bed.service.host.components["policy"]
         address = component.service.server.address  # type: ignore[attr-defined]
+        # one process: the policy path shares the packet side's rules (a big list is not held twice)
+        assert component.service.decider.domains() is bed.service.side.rules.domains  # type: ignore[attr-defined]
         with socket.create_connection(tuple(address), timeout=5) as c:
             c.sendall(wire(recipient="x@mx.blocked.test", client_address="198.51.100.7") + wire()
                       # this host itself and loopback (local submission): as whitelisted
@@ -545,6 +547,7 @@ def test_inspector_run_serves_the_policy_path_bans_through_the_pipeline_and_relo
             time.sleep(0.05)
         else:
             pytest.fail("the policy path did not take the reloaded rules")
+        assert component.service.decider.domains() is bed.service.side.rules.domains  # type: ignore[attr-defined]
     finally:
         bed.service.stop()
     assert any(e["event"] == "stopped" for e in bed.events.events)

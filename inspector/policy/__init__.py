@@ -28,6 +28,7 @@ from .settings import PolicySettings
 
 if TYPE_CHECKING:
     from ..config import Config
+    from ..rules import RuleSet
     from ..service.host import Host
 
 __all__ = ["BanIssuer", "PolicyService", "attach"]
@@ -65,11 +66,16 @@ class PolicyService:
         """Use new rules from the next request on (one reference swap)."""
         self._domains = domains
 
-    def reload(self, config: Config) -> None:
-        """Load ``config``'s rules aside (a thread: a big list takes seconds) and swap them in;
-        a broken rule file keeps the rules in use (an ``error`` event says why).  The listen
-        address and the limits change on restart only."""
+    def reload(self, config: Config, rules: RuleSet | None = None) -> None:
+        """Swap in ``rules`` (already loaded by the packet side), or load ``config``'s rules aside
+        (a thread: a big list takes seconds) and swap them in; a broken rule file keeps the rules
+        in use (an ``error`` event says why).  The listen address and the limits change on
+        restart only."""
         from ..rules import RuleError, load_rules
+
+        if rules is not None:
+            self.swap_domains(rules.domains)
+            return
 
         def build() -> None:
             try:
@@ -114,10 +120,11 @@ class PolicyService:
             self.ban(decision.ban_network, seconds, decision.rule, now)
 
 
-def attach(host: Host) -> None:
+def attach(host: Host, rules: RuleSet | None = None) -> None:
     """Run the policy service beside ``host`` (the process that owns the ban store) when
-    ``[policy] listen`` is set: same rules, same whitelist, bans through ``host.bans`` with
-    ``path`` ``policy``.  Raises ServiceError if the rules cannot be loaded."""
+    ``[policy] listen`` is set: same rules (``rules``, the packet side's when it is in this
+    process, else loaded here), same whitelist, bans through ``host.bans`` with ``path``
+    ``policy``.  Raises ServiceError if the rules cannot be loaded."""
     from ..nets import Whitelist
     from ..respond.bans import Ban
     from ..rules import RuleError, load_rules
@@ -126,10 +133,11 @@ def attach(host: Host) -> None:
     config = host.config
     if config.policy.listen is None:
         return
-    try:
-        rules = load_rules(config.rules)
-    except RuleError as e:
-        raise ServiceError(str(e)) from None
+    if rules is None:
+        try:
+            rules = load_rules(config.rules)
+        except RuleError as e:
+            raise ServiceError(str(e)) from None
     pipeline = host.bans
     whitelist = Whitelist(config.whitelist)  # with loopback, as the packet path (it never sees lo)
     own = {str(a) for a in pipeline.own}
@@ -167,5 +175,5 @@ class _Started:
     def status(self) -> dict[str, Any]:
         return self.service.status()
 
-    def reload(self, config: Config) -> None:
-        self.service.reload(config)
+    def reload(self, config: Config, rules: RuleSet | None = None) -> None:
+        self.service.reload(config, rules)

@@ -26,6 +26,7 @@ from ..events import EventSink
 from ..firewall import Firewall, FirewallError, IpsetFirewall, SetNames
 from ..nets import Address, Whitelist, own_addresses
 from ..respond.bans import Ban, BanPipeline
+from ..rules import RuleSet
 from ..sources.nfqueue import queue_stats
 from . import SAVE_EVERY, Component, Fanout, ServiceError, ban_summary, open_sinks, record_json
 from .loop import Loop
@@ -91,6 +92,7 @@ class Host:
         self.control.add_status("", self._status)
         self.components: dict[str, Component] = {}
         self.packet_status: PacketStatus = lambda now: {}
+        self.rules: RuleSet | None = None  # the packet side's rules, when in this process (shared, not loaded twice)
         self.logs: Any = None
         self.metrics: Any = None
         self.started = clock()
@@ -118,7 +120,7 @@ class Host:
         self.loop.every(SAVE_EVERY, self._save)
         from ..policy import attach as attach_policy  # [policy] listen: the MTA's policy hook
 
-        attach_policy(self)
+        attach_policy(self, self.rules)
         for component in self.components.values():
             component.start()
         self.metrics = self._start_metrics()
@@ -144,8 +146,8 @@ class Host:
         for b in logs.poll(now):
             if self.config.alert:
                 self.events.emit({"event": "verdict", "path": "log", "time": round(now, 3), "verdict": "drop",
-                                  "reason": b.reason, "src": b.network, "rule": b.rule, "match": b.match, "ban": b.seconds,
-                                  "alert": True})
+                                  "reason": b.reason, "src": b.network, "rule": b.rule, "match": b.match,
+                                  "ban": b.seconds, "alert": True})
             else:
                 self.bans.issue(Ban(b.network, b.seconds, b.reason, b.rule, "log"), now)
         if now >= self._next_minute:
@@ -163,15 +165,16 @@ class Host:
             self.events.emit({"event": "log-failures", "time": round(now, 3), "counts": delta})
         self._log_counts = counts
 
-    def reload_logs(self, config: Config) -> None:
-        """Take the new config's log sources (the open files and the counts carry over)."""
+    def reload_logs(self, config: Config, rules: RuleSet | None = None) -> None:
+        """Take the new config's log sources (the open files and the counts carry over), and give the
+        components that follow the rules the new ones (``rules``: already loaded, else they load them)."""
         if self.logs is not None or config.logs.sources:
             self.logs = make_log_monitor(config, previous=self.logs)
         self.config = config
         for component in self.components.values():  # those that follow the rules (the policy service)
             reload = getattr(component, "reload", None)
             if reload is not None:
-                reload(config)
+                reload(config, rules)
 
     # -- control ------------------------------------------------------------------------
 
