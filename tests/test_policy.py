@@ -339,6 +339,25 @@ def test_server_slow_ban_never_holds_the_answer_past_the_deadline() -> None:
         s.close()
 
 
+def test_server_a_stuck_ban_pipeline_holds_bounded_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    import inspector.policy.server as server_module
+
+    monkeypatch.setattr(server_module, "MAX_PENDING_ACTS", 3)
+    gate = threading.Event()
+    s = PolicyServer(parse_listen("127.0.0.1:0"), decider().decide, lambda d: gate.wait(10),
+                     Limits(request_timeout=0.2))
+    s.start()
+    try:
+        with connect(s) as c:
+            c.sendall(b"".join(wire(recipient="x@blocked.test") for _ in range(10)))
+            assert read_replies(c, 10) == [f"action={REPLY}".encode()] * 10
+        counts = s.status()["counts"]
+        assert counts["act-dropped"] == 7 and counts["act-late"] == 3
+    finally:
+        gate.set()
+        s.close()
+
+
 def test_server_decide_failure_fails_open() -> None:
     def broken(r: Request) -> Decision:
         raise RuntimeError("boom")

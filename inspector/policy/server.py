@@ -15,6 +15,8 @@ Bounds, each counted in :meth:`PolicyServer.status`:
 * ``request_timeout``: from the first byte of a request to its reply, else the
   connection is closed; ``idle_timeout`` between requests;
 * request size and line length (:mod:`~inspector.policy.protocol`);
+* at most ``MAX_PENDING_ACTS`` decisions waiting for ``act`` (a stuck ban pipeline never grows
+  memory: the answers still go out, and the drops are counted);
 * only local peers running as one of ``uids`` (SO_PEERCRED on a UNIX socket,
   the socket table for loopback TCP), since a request can ban an address.
 
@@ -47,6 +49,7 @@ from .protocol import MAX_ATTRIBUTES, MAX_LINE, MAX_REQUEST, Request, RequestRea
 __all__ = ["Limits", "Listen", "PolicyServer", "parse_listen", "peer_uid"]
 
 LATENCY_SAMPLES = 4096
+MAX_PENDING_ACTS = 1024  # decisions waiting for ``act`` (bans, events) before more are dropped, counted
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,7 @@ class PolicyServer:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._bound = False
+        self._acting = 0  # decisions handed to ``act`` and not yet done
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -349,8 +353,11 @@ class PolicyServer:
             counts["errors:decide"] += 1
             decision = Decision(DUNNO, "error")
         counts[decision.outcome] += 1
-        if decision.outcome != "dunno":
+        if decision.outcome != "dunno" and self._acting >= MAX_PENDING_ACTS:
+            counts["act-dropped"] += 1  # the ban pipeline is stuck: answer, and hold no more work for it
+        elif decision.outcome != "dunno":
             loop = asyncio.get_running_loop()
+            self._acting += 1
             job = loop.run_in_executor(self._pool, self.act, decision)
             job.add_done_callback(self._acted)  # runs on the loop, so only the loop thread counts
             left = max(0.05, started + self.limits.request_timeout - self.clock() - 0.05)
@@ -365,5 +372,6 @@ class PolicyServer:
         self.latencies.append(time.perf_counter() - begun)
 
     def _acted(self, job: asyncio.Future[None]) -> None:
+        self._acting -= 1
         if not job.cancelled() and job.exception() is not None:
             self.counts["errors:act"] += 1  # the answer went out regardless
