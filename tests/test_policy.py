@@ -172,6 +172,8 @@ def test_whitelist_alert_unknown_client_and_ipv6_prefix() -> None:
     assert (d.action, d.outcome) == (DUNNO, "alert")
     d = decider().decide(request(recipient="x@blocked.test", client_address="unknown"))
     assert (d.action, d.ban_network) == (REPLY, None)
+    d = decider().decide(request(recipient="x@blocked.test", client_address=""))  # Exim: a local -bs submission
+    assert (d.action, d.outcome) == (DUNNO, "whitelisted")
     d = decider().decide(request(recipient="x@blocked.test", client_address="2001:db8:1:2::99"))
     assert d.ban_network == "2001:db8:1:2::/64"
     d = decider().decide(request(recipient="x@blocked.test", client_address="::ffff:198.51.100.9"))

@@ -138,8 +138,11 @@ class PolicyDecider:
             ip = None
         extra = {"rule": rule, "match": address, "field": name, "client": client or None,
                  "state": request.get("protocol_state") or None, "tls": request.get("encryption_protocol") or None}
+        if not client:
+            # no client address at all: a local submission (Exim's -bs), which the packet path never sees
+            return Decision(DUNNO, "whitelisted", **extra)
         if ip is None:
-            # no usable client address (Postfix sends "unknown" only for a non-IP client): reject, ban nothing
+            # an unusable client address ("unknown"): reject, ban nothing
             return Decision(self.reply, "reject", **extra)
         if self.whitelisted(client):
             return Decision(DUNNO, "whitelisted", **extra)

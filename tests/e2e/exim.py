@@ -1,24 +1,30 @@
-"""A real Exim for tests: Debian's ``exim4-daemon-light``, unpacked, one private instance per test.
+"""A real Exim for tests: Debian's ``exim4-daemon-light`` with Debian's own configuration, one instance per test.
 
 ``exim4-daemon-light`` and ``postfix`` conflict in apt (both are the
-``mail-transport-agent``), so the package is never installed: :func:`ensure_exim`
-fetches it with ``apt-get download`` and unpacks it with ``dpkg-deb -x`` into a
-cache directory (``INSPECTOR_EXIM_CACHE``, default ``/var/cache/inspector-e2e``),
-once per machine; a fresh CI machine gets it on the first test that needs it.
-The binary needs the ``Debian-exim`` user at start (even for ``-bV``) and
-``libidn12`` (scripts/bootstrap.sh installs it); :func:`ensure_exim` creates the
-system user when it is missing, as the ``exim4-base`` package would.
+``mail-transport-agent``), so neither it nor ``exim4-config`` is installed:
+:func:`unpacked` fetches a package with ``apt-get download`` and unpacks it with
+``dpkg-deb -x`` into a cache directory (``INSPECTOR_EXIM_CACHE``, default
+``/var/cache/inspector-e2e``), once per machine; a fresh CI machine gets them on
+the first test that needs them.  The binary needs the ``Debian-exim`` user at
+start (even for ``-bV``) and ``libidn12`` (scripts/bootstrap.sh installs it);
+:func:`ensure_exim` creates the system user when it is missing, as the
+``exim4-base`` package would.
 
-:class:`Exim` writes its own configuration into a fresh world-traversable
+:func:`debian_config` builds the configuration a Debian host runs: the
+``exim4-config`` package's split ``conf.d``, our debconf answers
+(:data:`DEBCONF`: an internet site for ``example.net``, relaying for
+``relay_nets``) and ``00_local_macros``, put together by the package's own
+``update-exim4.conf``.  :class:`Exim` runs it in a fresh world-traversable
 ``/tmp/exim-XXXX`` (Exim's unprivileged processes must read the spool, the
 certificate and the config; pytest's ``tmp_path`` sits under a 0700 directory),
-runs ``exim4 -bdf`` (a foreground daemon) as a child of the test inside a
-network namespace, and is stopped by that PID.  It accepts every recipient (no
-relay check: ``acl_rcpt`` lines come first, then ``accept``), delivers everything
-to ``:blackhole:`` (Exim's discard) and logs to ``mainlog`` in its directory;
+with only ``exim_path``, the spool, the log path and the certificate pointed at
+that directory, as ``exim4 -bdf`` (a foreground daemon), a child of the test
+inside a network namespace, stopped by that PID.  STARTTLS is offered with a
+self-signed certificate.  Mail for local users would be written to the host's
+``/var/mail``: tests stop those sessions after RCPT; mail to other domains is
+accepted from relay clients and then deferred in the private spool (no DNS).
 :meth:`Exim.received` lists the accepted messages (``<=`` lines) with their
-recipients (``for ...``).  ``$tls_in_*``: STARTTLS is offered with a
-self-signed certificate (``tls_advertise_hosts = *``).
+recipients.
 """
 
 from __future__ import annotations
@@ -32,13 +38,31 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 
 CACHE = Path(os.environ.get("INSPECTOR_EXIM_CACHE", "/var/cache/inspector-e2e"))
 PACKAGE = "exim4-daemon-light"
 USER = "Debian-exim"
+LOG_SELECTOR = "+smtp_protocol_error +smtp_syntax_error +tls_cipher +received_recipients +incoming_port"
+# debconf's answers (update-exim4.conf.conf): an internet site, local domain example.net, relaying
+# for {relay_nets} (an Exim list), the split configuration
+DEBCONF = """\
+dc_eximconfig_configtype='internet'
+dc_other_hostnames='example.net'
+dc_local_interfaces=''
+dc_readhost=''
+dc_relay_domains=''
+dc_minimaldns='false'
+dc_relay_nets='{relay_nets}'
+dc_smarthost=''
+CFILEMODE='644'
+dc_use_split_config='true'
+dc_hide_mailname=''
+dc_mailname_in_oh='true'
+dc_localdelivery='mail_spool'
+"""
 
 _RECEIVED = re.compile(r" <= (?P<sender>\S+) .*? for (?P<rcpts>.+)$")
 
@@ -51,26 +75,33 @@ class EximError(RuntimeError):
     """The instance did not start; the message carries the log's tail."""
 
 
+def unpacked(package: str, cache: Path = CACHE) -> Path:
+    """The root of Debian package ``package`` unpacked into ``cache`` (``apt-get download`` and
+    ``dpkg-deb -x`` on first use, never installed); EximUnavailable if that is impossible."""
+    root = cache / package
+    if root.exists():
+        return root
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        raise EximUnavailable(f"needs apt-get and dpkg-deb to fetch {package}")
+    download = cache / "download"
+    download.mkdir(parents=True, exist_ok=True)
+    os.chmod(cache, 0o755)
+    r = subprocess.run(["apt-get", "download", package], cwd=download, capture_output=True, text=True, timeout=300)
+    debs = sorted(download.glob(f"{package}_*.deb"))
+    if r.returncode or not debs:
+        raise EximUnavailable(f"apt-get download {package} failed: {r.stderr.strip()[-300:]}")
+    target = cache / f"{package}.tmp"
+    shutil.rmtree(target, ignore_errors=True)
+    subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(target)], check=True, timeout=120)
+    os.replace(target, root)
+    return root
+
+
 def ensure_exim(cache: Path = CACHE) -> Path:
     """The unpacked ``exim4`` binary (fetched and unpacked on first use); EximUnavailable if impossible."""
-    binary = cache / PACKAGE / "usr" / "sbin" / "exim4"
     if os.geteuid() != 0:
         raise EximUnavailable("Exim's daemon must start as root")
-    if not binary.exists():
-        if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
-            raise EximUnavailable("needs apt-get and dpkg-deb to fetch exim4-daemon-light")
-        download = cache / "download"
-        download.mkdir(parents=True, exist_ok=True)
-        os.chmod(cache, 0o755)
-        r = subprocess.run(["apt-get", "download", PACKAGE], cwd=download, capture_output=True, text=True,
-                           timeout=300)
-        debs = sorted(download.glob(f"{PACKAGE}_*.deb"))
-        if r.returncode or not debs:
-            raise EximUnavailable(f"apt-get download {PACKAGE} failed: {r.stderr.strip()[-300:]}")
-        target = cache / f"{PACKAGE}.tmp"
-        shutil.rmtree(target, ignore_errors=True)
-        subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(target)], check=True, timeout=120)
-        os.replace(target, cache / PACKAGE)
+    binary = unpacked(PACKAGE, cache) / "usr" / "sbin" / "exim4"
     try:
         pwd.getpwnam(USER)
     except KeyError:
@@ -84,15 +115,36 @@ def ensure_exim(cache: Path = CACHE) -> Path:
     return binary
 
 
+def debian_config(directory: Path, relay_nets: str, local_macros: Iterable[str] = (),
+                  extra_files: Mapping[str, str] | None = None) -> str:
+    """Debian's own split configuration (the ``exim4-config`` package, unpacked), built by its
+    ``update-exim4.conf`` from :data:`DEBCONF` (relaying for ``relay_nets``, an Exim list), with
+    ``local_macros`` in ``conf.d/main/00_local_macros`` and ``extra_files`` (paths under the conf
+    dir -> text).  Returns the generated configuration's text."""
+    update_conf = DEBCONF.format(relay_nets=relay_nets)
+    extra_files = extra_files or {}
+    root = unpacked("exim4-config")
+    confdir = directory / "etc-exim4"
+    shutil.copytree(root / "etc" / "exim4", confdir)
+    (confdir / "update-exim4.conf.conf").write_text(update_conf)
+    (confdir / "conf.d" / "main" / "00_local_macros").write_text(
+        "".join(m + "\n" for m in (f"CONFDIR = {confdir}", *local_macros)))
+    for name, text in extra_files.items():
+        (confdir / name).parent.mkdir(parents=True, exist_ok=True)
+        (confdir / name).write_text(text)
+    out = directory / "debian.conf"
+    r = subprocess.run(["sh", str(root / "usr" / "sbin" / "update-exim4.conf"), "-d", str(confdir), "-o", str(out)],
+                       capture_output=True, text=True, timeout=60)
+    if r.returncode or not out.exists():
+        raise EximError(f"update-exim4.conf failed: {r.stdout}{r.stderr}")
+    return out.read_text()
+
+
 class Exim:
-    """A private Exim daemon (see the module docstring); use as a context manager.
+    """A private Exim daemon running ``config`` (see the module docstring); a context manager."""
 
-    ``acl_rcpt``: lines placed first in the RCPT ACL (e.g. ``.include /path/exim4-acl.conf``);
-    ``macros``: ``NAME = value`` lines at the top of the configuration.
-    """
-
-    def __init__(self, netns: str | None, cert: Path, key: Path, *, port: int = 25,
-                 acl_rcpt: Iterable[str] = (), macros: Iterable[str] = (), workdir: Path | None = None) -> None:
+    def __init__(self, netns: str | None, cert: Path, key: Path, config: str, *, port: int = 25,
+                 workdir: Path | None = None) -> None:
         self.binary = ensure_exim()
         self.netns = netns
         self.port = port
@@ -112,48 +164,13 @@ class Exim:
             os.chmod(f, 0o640)
         self.spool.mkdir()
         os.chown(self.spool, uid, gid)
-        self.config.write_text(self._config(list(acl_rcpt), list(macros)))
+        macros = (f"SPOOLDIR = {self.spool}", "MAIN_TLS_ENABLE = yes", f"MAIN_TLS_CERTIFICATE = {self.cert}",
+                  f"MAIN_TLS_PRIVATEKEY = {self.key}", f"MAIN_LOG_SELECTOR = {LOG_SELECTOR}")
+        text = re.sub(r"(?m)^exim_path = .*$", f"exim_path = {self.binary}\nlog_file_path = {self.spool}/log/%slog\n"
+                      f"daemon_smtp_ports = {port}", config)
+        self.config.write_text("".join(m + "\n" for m in macros) + text)
         self.proc: subprocess.Popen[bytes] | None = None
         self._final_log: str | None = None
-
-    def _config(self, acl_rcpt: list[str], macros: list[str]) -> str:
-        acl = "".join(f"  {line}\n" if not line.startswith(".") else f"{line}\n" for line in acl_rcpt)
-        return f"""\
-{''.join(m + chr(10) for m in macros)}exim_path = {self.binary}
-spool_directory = {self.spool}
-log_file_path = {self.spool}/log/%slog
-primary_hostname = mx.example.net
-daemon_smtp_ports = {self.port}
-local_interfaces = <; ::0 ; 0.0.0.0
-host_lookup =
-rfc1413_hosts =
-keep_environment =
-tls_advertise_hosts = *
-tls_certificate = {self.cert}
-tls_privatekey = {self.key}
-acl_smtp_rcpt = acl_rcpt
-log_selector = +tls_cipher +incoming_port +received_recipients
-queue_only = false
-smtp_accept_max = 200
-
-begin acl
-
-acl_rcpt:
-{acl}  accept
-
-begin routers
-
-blackhole:
-  driver = redirect
-  data = :blackhole:
-
-begin transports
-
-begin retry
-*   *   F,1m,1m
-
-begin rewrite
-"""
 
     # ---- life cycle -------------------------------------------------------------------------------
     def start(self, timeout: float = 20.0) -> None:
