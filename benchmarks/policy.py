@@ -176,8 +176,7 @@ def postfix_main(policy: str | None, snippet: Path) -> dict[str, str]:
     for line in snippet.read_text().splitlines():
         if line.strip() and not line.startswith("#") and "=" in line:
             name, _, value = line.partition("=")
-            settings[name.strip()] = value.strip()
-    settings["smtpd_recipient_restrictions"] = f"check_policy_service inet:{policy}"
+            settings[name.strip()] = value.strip().replace("inet:127.0.0.1:10040", f"inet:{policy}")
     return settings
 
 

@@ -28,6 +28,8 @@ BLOCKED = "blocked.test"
 IDN = "b\u00fccher.test"  # an internationalised rule: stored and matched in its IDNA form
 POLICY = "127.0.0.1:10040"
 SNIPPET = REPO / "packaging" / "postfix-main.cf.snippet"
+RELAY_NETS = ["198.51.100.0/24", "203.0.113.0/24", "[2001:db8:1::]/48", "[2001:db8:2::]/48", "[2001:db8:3::]/48",
+              "[2001:db8:ffff::]/48"]
 EXIM_ACL = REPO / "packaging" / "exim4-acl.conf"
 
 # one SMTP session over STARTTLS with several transactions; prints what happened as JSON
@@ -165,8 +167,17 @@ def test_postfix_policy_path_inside_tls(pbed: PolicyBed, tmp_path: Path) -> None
     pbed.start_policy()
     a4, b4, c4, w4 = (CLIENTS[4][k] for k in "abcw")
     a6, b6 = CLIENTS[6]["a"], CLIENTS[6]["b"]
-    with Postfix(tmp_path / "pf", bed.server, mynetworks=["198.51.100.0/24", "203.0.113.0/24", "[2001:db8::]/32"],
+    outsider = "2001:db8:4::10"  # not in mynetworks: may not relay
+    bed.add_client_addresses([outsider])
+    with Postfix(tmp_path / "pf", bed.server, mynetworks=RELAY_NETS,
                  main=postfix_settings(cert, key), master=["tlsmgr unix - - n 1000? 1 tlsmgr"]) as pf:
+        # a client that may not relay: Postfix answers a clean foreign recipient "Relay access denied"
+        # itself, but a blocked one is judged first (the check leads smtpd_relay_restrictions) and cut
+        r = pbed.swaks(outsider, "a@example.org", ["y@example.org"], v=6)
+        assert "Relay access denied" in r.stdout and not bed.banned(outsider), r.stdout
+        r = pbed.swaks(outsider, "a@example.org", [f"y@{BLOCKED}"], v=6)
+        assert _cut(r, "421 4.7.1"), r.stdout + r.stderr
+        assert bed.banned(outsider)
         # clean mail inside TLS is delivered
         r = pbed.swaks(b6, "a@example.org", ["clean@example.net"], v=6)
         assert r.returncode == 0 and "TLS started" in r.stdout, r.stdout
@@ -215,13 +226,14 @@ def test_postfix_policy_path_inside_tls(pbed: PolicyBed, tmp_path: Path) -> None
         assert {"clean@example.net", "first@example.net", f"ok@{BLOCKED}"} <= pf.recipients(), pf.log_tail()
         assert not {f"x@mx.{BLOCKED}", "y@example.net", f"z@{BLOCKED}"} & pf.recipients()
         verdicts = pbed.policy_verdicts()
-        assert sorted(v["src"] for v in verdicts) == sorted([a4, a6, b4, c4, "198.51.100.13", "198.51.100.14", c6])
+        assert sorted(v["src"] for v in verdicts) == sorted([outsider, a4, a6, b4, c4, "198.51.100.13",
+                                                             "198.51.100.14", c6])
         assert all(v["tls"] == "TLSv1.3" and v["reason"] == "domain" for v in verdicts)
         assert {v["field"] for v in verdicts} == {"sender", "recipient"}
         bans = bed.events(event="ban")
-        assert len(bans) == 7 and all(b.get("path") == "policy" and b["reason"] == "domain" for b in bans), bans
+        assert len(bans) == 8 and all(b.get("path") == "policy" and b["reason"] == "domain" for b in bans), bans
         status = json.loads(bed.cli("status", "--json").stdout)
-        assert status["policy"]["counts"]["reject"] == 7 and status["policy"]["counts"]["whitelisted"] == 1
+        assert status["policy"]["counts"]["reject"] == 8 and status["policy"]["counts"]["whitelisted"] == 1
         # the policy service killed: mail still flows (smtpd_policy_service_default_action = DUNNO)
         pbed.proc.stop(signal.SIGKILL)
         r = pbed.swaks(b6, "a@example.org", ["after@example.net"], v=6)
@@ -243,7 +255,7 @@ def test_both_paths_plaintext_is_cut_by_the_packet_path_tls_by_the_policy_hook(p
     cert, key = _certificate(tmp_path)
     bed.start_inspector()
     a4, b4 = CLIENTS[4]["a"], CLIENTS[4]["b"]
-    with Postfix(tmp_path / "pf", bed.server, mynetworks=["198.51.100.0/24", "203.0.113.0/24", "[2001:db8::]/32"],
+    with Postfix(tmp_path / "pf", bed.server, mynetworks=RELAY_NETS,
                  main=postfix_settings(cert, key), master=["tlsmgr unix - - n 1000? 1 tlsmgr"]) as pf:
         # plain text: the packet path resets the session at the blocked RCPT; Postfix never sees it
         r = bed.smtp(a4, rcpts=[f"x@{BLOCKED}"], timeout=5)
