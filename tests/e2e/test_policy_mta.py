@@ -234,6 +234,11 @@ def test_postfix_policy_path_inside_tls(pbed: PolicyBed, tmp_path: Path) -> None
         assert len(bans) == 8 and all(b.get("path") == "policy" and b["reason"] == "domain" for b in bans), bans
         status = json.loads(bed.cli("status", "--json").stdout)
         assert status["policy"]["counts"]["reject"] == 8 and status["policy"]["counts"]["whitelisted"] == 1
+        # inspector policy owns the ban state: bans and unban work as with inspector run
+        listed = [json.loads(line)["network"] for line in bed.cli("bans", "--json").stdout.splitlines()]
+        assert a4 in listed and "2001:db8:1::/64" in listed, listed
+        assert bed.cli("unban", a4).returncode == 0
+        assert not bed.banned(a4) and bed.connect(a4, 25, timeout=3).get("connected")
         # the policy service killed: mail still flows (smtpd_policy_service_default_action = DUNNO)
         pbed.proc.stop(signal.SIGKILL)
         r = pbed.swaks(b6, "a@example.org", ["after@example.net"], v=6)
