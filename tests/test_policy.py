@@ -15,10 +15,10 @@ import pytest
 from inspector.config import ConfigError, load_config
 from inspector.detect.domains import DomainMatcher
 from inspector.events import MemorySink
-from inspector.policy import PolicyService
 from inspector.policy.decide import DUNNO, Decision, PolicyDecider, address_domain, address_domains
 from inspector.policy.protocol import Request, RequestReader, encode_reply
 from inspector.policy.server import Limits, PolicyServer, parse_listen, peer_uid
+from inspector.policy.service import PolicyService
 from inspector.policy.settings import PolicySettings
 
 REPLY = "421 4.7.1 Service not available, closing transmission channel"
@@ -575,8 +575,8 @@ def test_inspector_run_serves_the_policy_path_bans_through_the_pipeline_and_relo
 
 
 def test_a_taken_listen_address_is_a_clear_start_error() -> None:
-    from inspector.policy import _Started
     from inspector.service import ServiceError
+    from inspector.service.components import _PolicyComponent
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -586,7 +586,7 @@ def test_a_taken_listen_address_is_a_clear_start_error() -> None:
         service = PolicyService(PolicySettings(listen=parse_listen(f"127.0.0.1:{port}")), DomainMatcher({}),
                                 d.whitelisted, d.ban_network, lambda *a: True, 60, MemorySink(), time.time)
         with pytest.raises(ServiceError, match=r"\[policy\] listen: .*Address already in use"):
-            _Started(service).start()
+            _PolicyComponent(service).start()
         service.close()
 
 

@@ -110,7 +110,8 @@ class Host:
         """Restore the bans, listen on the control socket, open the log sources, start the timers,
         the components and the metrics endpoint.  Raises ServiceError."""
         config = self.config
-        for name, component in configured(config, self.bans, self.events, self.control, self.clock).items():
+        for name, component in configured(config, self.bans, self.events, self.control, self.clock,
+                                          self.rules).items():
             self.add_component(name, component)
         self.restored = self.bans.restore(self.clock())
         try:
@@ -122,9 +123,6 @@ class Host:
         self.logs = make_log_monitor(config)
         self.loop.every(lambda: self.config.logs.poll_interval, self._poll_logs, first=0.0)
         self.loop.every(SAVE_EVERY, self._save)
-        from ..policy import attach as attach_policy  # [policy] listen: the MTA's policy hook
-
-        attach_policy(self, self.rules)
         for component in self.components.values():
             component.start()
         self.metrics = self._start_metrics()
