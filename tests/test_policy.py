@@ -662,3 +662,15 @@ def test_server_one_hundred_concurrent_mta_connections() -> None:
                 c.close()
     finally:
         s.close()
+
+
+def test_metrics_show_the_policy_path() -> None:
+    pytest.importorskip("prometheus_client")
+    from inspector.metrics import StatusCollector
+
+    st = {"policy": {"connections": 2, "counts": {"requests": 5, "reject": 1, "dunno": 4}}}
+    families = {f.name: f for f in StatusCollector(lambda: st).collect()}
+    samples = {s.labels.get("outcome"): s.value for s in families["inspector_policy_requests"].samples
+               if s.name.endswith("_total")}
+    assert samples == {"dunno": 4, "reject": 1, "requests": 5}
+    assert families["inspector_policy_connections"].samples[0].value == 2
