@@ -148,7 +148,7 @@ _KNOWN: dict[str, dict[str, type | tuple[type, ...]]] = {
              "hosts_deny_daemon": str, "source": list, "filter": list},
 }
 # sections owned by later stages (log sources, metrics): kept, checked there
-_PASSTHROUGH = {"metrics", "log"}
+_PASSTHROUGH = {"metrics", "log", "fleet"}
 
 
 class _Locator:
@@ -367,6 +367,10 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
     if "logs" in data:
         cfg["logs"] = _logs(data["logs"], path, where, fail)
     cfg["extra"] = {k: v for k, v in data.items() if k in _PASSTHROUGH}
+    if "fleet" in data:  # [fleet]: parsed by its own module (inspector/fleet.py)
+        from .fleet import parse_fleet
+
+        cfg["extra"]["fleet"] = parse_fleet(data["fleet"], lambda key, msg: fail("fleet", key, msg))
     return Config(**cfg)
 
 
