@@ -35,9 +35,10 @@ from typing import IO, Any
 from .app import load
 from .bans import BanRecord, BanStore, StateError
 from .config import Config, ConfigError
-from .engine import Engine, ban_network_for
+from .engine import Engine
 from .events import EventSink, JsonLinesSink, SyslogBans, now_iso
 from .firewall import FirewallError, IpsetFirewall, SetNames
+from .manual import ban_form
 from .rules import RuleError, RuleSet
 from .runner import RawResetSender, Runner
 from .sources.nfqueue import FAIL_OPEN, WholeMessages, queue_stats, set_copy_range, set_queue_flags
@@ -414,7 +415,7 @@ def lift_ban(address: str, config: Config, store: BanStore, firewall: Any, logs:
              now: float, forget: Callable[[str], Any], save: Callable[[], None]) -> dict[str, Any]:
     """``unban`` in a running service: the state, the engines (``forget``), the log policy and
     the kernel set; ``save`` persists the state.  Returns the control socket's reply."""
-    network = ban_network_for(address, config.ipv4_prefix, config.ipv6_prefix)
+    network = ban_form(address, config.ipv4_prefix, config.ipv6_prefix)
     found = store.remove(network)
     forget(network)
     if logs is not None:
