@@ -38,15 +38,12 @@ def parse_target(text: str, ipv6_prefix: int = 64) -> list[str]:
         except ValueError:
             raise TargetError(f"{text!r}: a range is two addresses of one family, e.g. "
                               "198.51.100.10-198.51.100.20") from None
-        nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
-        if isinstance(first, ipaddress.IPv4Address) and isinstance(last, ipaddress.IPv4Address) and first <= last:
-            nets = list(ipaddress.summarize_address_range(first, last))
-        elif isinstance(first, ipaddress.IPv6Address) and isinstance(last, ipaddress.IPv6Address) and first <= last:
-            nets = list(ipaddress.summarize_address_range(first, last))
-        elif first.version != last.version:
+        if first.version != last.version:
             raise TargetError(f"{text!r}: the two ends are of different families")
-        else:
+        if int(first) > int(last):
             raise TargetError(f"{text!r}: the range ends before it starts")
+        nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = list(
+            ipaddress.summarize_address_range(first, last))  # one family: checked above
         if len(nets) > MAX_NETWORKS:
             raise TargetError(f"{text!r}: more than {MAX_NETWORKS} networks")
         return [_network_text(n) for n in nets]

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from inspector.bans import BanRecord, BanStore
-from inspector.fleet import FleetBan, FleetClient, FleetSettings
 from inspector.firewall import IpsetFirewall
+from inspector.fleet import FleetBan, FleetClient, FleetSettings
 
 
 class Ban:
