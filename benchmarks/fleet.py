@@ -4,7 +4,8 @@ No packet path and no kernel sets: each host is the real :class:`~inspector.flee
 in a process of its own, with a ban pipeline that only notes when each ban arrived.  It prints
 
 * propagation (publisher's ``issue`` to each subscriber's ``issue``) p50/p99/max over every
-  (ban, subscriber) pair, for ``--bans`` bans issued at ``--rate`` per second;
+  (ban, subscriber) pair, for ``--bans`` bans issued at each ``--rates`` per second; and the CPU
+  it took: Redis's (``INFO cpu``) and the subscribers' own, per ban delivered to one host;
 * Redis memory per 100,000 active bans: ``used_memory`` before and after publishing
   ``--memory-bans`` bans (stream + snapshot sorted set + detail hash), and each key's
   ``MEMORY USAGE``.
@@ -13,7 +14,11 @@ redis-server runs as a child process with its own config on a UNIX socket only (
 in a temporary directory, and is stopped by PID at the end.  Bounded: every phase has a
 deadline.  Usage::
 
-    python benchmarks/fleet.py [--subscribers 50] [--bans 2000] [--rate 1000] [--memory-bans 100000]
+    python benchmarks/fleet.py [--subscribers 50] [--bans 1000] [--rates 100,1000] [--memory-bans 100000]
+
+On a machine with fewer CPUs than subscribers, the subscribers' own CPU bounds the higher
+rates (every simulated host is a Python process sharing the same cores); the Redis CPU per
+delivered ban is what bounds a real fleet, where each host has its own CPUs.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import tempfile
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -74,10 +80,12 @@ def subscriber(index: int, url: str, expected: int, conn: Connection, deadline: 
     while not client.connected and time.time() < deadline:
         time.sleep(0.02)
     conn.send("ready")
+    cpu0 = time.process_time()
     while len(arrived) < expected and time.time() < deadline:
         time.sleep(0.05)
+    cpu = time.process_time() - cpu0
     client.close()
-    conn.send(arrived)
+    conn.send((arrived, cpu))
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -112,6 +120,49 @@ def publish(url: str, nets: list[str], rate: float, timeout: float) -> tuple[dic
     return issued, took
 
 
+def redis_cpu(admin: Any) -> float:
+    info = admin.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+def propagation(url: str, admin: Any, subscribers: int, nets: list[str], rate: float, timeout: float) -> None:
+    ctx = multiprocessing.get_context("fork")
+    deadline = time.time() + timeout
+    pipes, procs = [], []
+    for i in range(subscribers):
+        parent, child = ctx.Pipe()
+        p = ctx.Process(target=subscriber, args=(i, url, len(nets), child, deadline), daemon=True)
+        p.start()
+        child.close()
+        pipes.append(parent)
+        procs.append(p)
+    for parent in pipes:
+        if not parent.poll(max(0.1, deadline - time.time())):
+            raise SystemExit("a subscriber did not get ready in time")
+        parent.recv()
+    cpu0 = redis_cpu(admin)
+    issued, took = publish(url, nets, rate, timeout)
+    delays: list[float] = []
+    missed = 0
+    sub_cpu = 0.0
+    for parent in pipes:
+        arrived, cpu = parent.recv() if parent.poll(max(0.1, deadline - time.time() + 5)) else ({}, 0.0)
+        sub_cpu += cpu
+        missed += sum(1 for n in nets if n not in arrived)
+        delays += [arrived[n] - issued[n] for n in nets if n in arrived]
+    server_cpu = redis_cpu(admin) - cpu0
+    for p in procs:
+        p.join(5)
+        if p.is_alive():
+            os.kill(p.pid or 0, signal.SIGKILL)
+    delivered = max(1, len(delays))
+    print(f"propagation: {len(nets)} bans at {rate:g}/s (issued in {took:.2f}s) to {subscribers} subscriber "
+          f"processes on {os.cpu_count()} CPUs: p50 {percentile(delays, 50) * 1000:.1f} ms, "
+          f"p99 {percentile(delays, 99) * 1000:.1f} ms, max {max(delays) * 1000:.1f} ms, missed {missed}; "
+          f"CPU per ban delivered to one host: Redis {server_cpu / delivered * 1e6:.1f} us, "
+          f"subscriber {sub_cpu / delivered * 1e6:.1f} us")
+
+
 def addresses(base: str, n: int) -> list[str]:
     start = ipaddress.ip_address(base)
     return [str(start + i) for i in range(n)]
@@ -120,8 +171,8 @@ def addresses(base: str, n: int) -> list[str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--subscribers", type=int, default=50)
-    ap.add_argument("--bans", type=int, default=2000, help="bans timed from publisher to every subscriber")
-    ap.add_argument("--rate", type=float, default=1000, help="bans per second issued (0: unpaced)")
+    ap.add_argument("--bans", type=int, default=1000, help="bans timed from publisher to every subscriber")
+    ap.add_argument("--rates", default="100,1000", help="bans per second issued, one run each (0: unpaced)")
     ap.add_argument("--memory-bans", type=int, default=100_000, help="active bans for the memory figure")
     ap.add_argument("--timeout", type=float, default=120, help="deadline of each phase (seconds)")
     args = ap.parse_args()
@@ -134,36 +185,11 @@ def main() -> int:
     server, url = start_redis(tmp)
     admin = redis.Redis(unix_socket_path=str(tmp / "redis.sock"))
     try:
-        # -- propagation: one publisher, N subscriber processes -------------------------
-        ctx = multiprocessing.get_context("fork")
-        deadline = time.time() + args.timeout
-        pipes, procs = [], []
-        for i in range(args.subscribers):
-            parent, child = ctx.Pipe()
-            p = ctx.Process(target=subscriber, args=(i, url, args.bans, child, deadline), daemon=True)
-            p.start()
-            child.close()
-            pipes.append(parent)
-            procs.append(p)
-        for parent in pipes:
-            if not parent.poll(max(0.1, deadline - time.time())):
-                raise SystemExit("a subscriber did not get ready in time")
-            parent.recv()
-        nets = addresses("198.18.0.0", args.bans)
-        issued, took = publish(url, nets, args.rate, args.timeout)
-        delays: list[float] = []
-        missed = 0
-        for parent in pipes:
-            arrived: dict[str, float] = parent.recv() if parent.poll(max(0.1, deadline - time.time() + 5)) else {}
-            missed += sum(1 for n in nets if n not in arrived)
-            delays += [arrived[n] - issued[n] for n in nets if n in arrived]
-        for p in procs:
-            p.join(5)
-            if p.is_alive():
-                os.kill(p.pid or 0, signal.SIGKILL)
-        print(f"propagation: {args.bans} bans at {args.rate:g}/s (issued in {took:.2f}s) to {args.subscribers} "
-              f"subscriber processes on {os.cpu_count()} CPUs: p50 {percentile(delays, 50) * 1000:.1f} ms, "
-              f"p99 {percentile(delays, 99) * 1000:.1f} ms, max {max(delays) * 1000:.1f} ms, missed {missed}")
+        # -- propagation: one publisher, N subscriber processes, at each rate -----------------
+        for n, rate in enumerate(float(r) for r in args.rates.split(",")):
+            admin.flushall()
+            nets = addresses(f"198.18.{n * 16}.0", args.bans)
+            propagation(url, admin, args.subscribers, nets, rate, args.timeout)
 
         # -- memory: N active bans in the stream and the snapshot -------------------------
         admin.flushall()

@@ -18,7 +18,7 @@ from inspector.config import ConfigError, load_config
 from inspector.fleet import FleetBan, FleetClient, FleetSettings
 
 from .netns import namespace
-from .redis_server import RedisServer, why_not
+from .redis_server import PASSWORD, RedisServer, why_not
 
 pytestmark = pytest.mark.skipif(why_not() is not None, reason=why_not() or "")
 
@@ -284,3 +284,67 @@ def test_fleet_config(tmp_path: Path) -> None:
     cfg.write_text('[fleet]\nurl = "http://x"\n')
     with pytest.raises(ConfigError, match=r"c\.toml:2: fleet\.url: must start with redis://"):
         load_config(cfg)
+
+
+TLS_CHECK = r"""
+import json, sys, time
+from inspector.fleet import FleetClient, FleetSettings
+url, ca, wait = sys.argv[1], sys.argv[2], float(sys.argv[3])
+got = []
+def client(host, issue):
+    return FleetClient(FleetSettings(url=url, host=host, ca_file=ca), None, issue, lambda n, now: True,
+                       lambda e: None)
+a = client("a", lambda b, now: True)
+b = client("b", lambda ban, now: got.append(ban.network) or True)
+a.start(); b.start()
+class Ban:
+    network, seconds, reason, rule, path, origin = "198.51.100.5", 60, "manual", None, "manual", None
+a.on_local("ban", Ban())
+deadline = time.time() + wait
+while not got and time.time() < deadline:
+    time.sleep(0.05)
+print(json.dumps({"got": got, "a": a.status(), "b": b.status()}))
+a.close(); b.close()
+"""
+
+
+def test_tls_with_a_password_reaches_peers(tmp_path: Path) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("needs openssl to make a test certificate")
+    import json
+    import subprocess
+    import sys
+
+    ca_key, ca, key, csr, cert = (tmp_path / n for n in ("ca.key", "ca.crt", "r.key", "r.csr", "r.crt"))
+    run = lambda *a: subprocess.run(a, check=True, capture_output=True)  # noqa: E731
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca),
+        "-days", "1", "-subj", "/CN=fleet test CA")
+    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
+        "-subj", "/CN=127.0.0.1")
+    ext = tmp_path / "ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    run("openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+        "-out", str(cert), "-days", "1", "-extfile", str(ext))
+    for f in (key, cert, ca):
+        f.chmod(0o644)
+    with namespace() as ns:
+        server = RedisServer(ns, port=0, bind="127.0.0.1",
+                             extra=f"tls-port 6391\ntls-cert-file {cert}\ntls-key-file {key}\n"
+                                   f"tls-ca-cert-file {ca}\ntls-auth-clients no")
+        try:
+            server.start()
+            url = f"rediss://inspector:{PASSWORD}@127.0.0.1:6391/0"
+            r = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", TLS_CHECK, url, str(ca), "15"],
+                               capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[1])
+            assert r.returncode == 0, r.stderr[-2000:]
+            out = json.loads(r.stdout)
+            assert out["got"] == ["198.51.100.5"], out
+            # the wrong password is refused, and said so
+            bad = url.replace(PASSWORD, "wrong")
+            r = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", TLS_CHECK, bad, str(ca), "2"],
+                               capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[1])
+            out = json.loads(r.stdout)
+            assert out["got"] == [] and not out["a"]["connected"]
+            assert "password" in out["a"]["last_error"].lower() or "auth" in out["a"]["last_error"].lower()
+        finally:
+            server.close()
