@@ -16,10 +16,10 @@ from pathlib import Path
 
 from .bans import BanStore, StateError
 from .config import Config, load_config
+from .control import control_request
 from .events import now_iso
 from .firewall import FirewallError, IpsetFirewall, SetNames
 from .manual import TargetError, ban_form, parse_duration, parse_target
-from .service import control_request
 
 
 def list_bans(config_path: str | None, as_json: bool) -> int:

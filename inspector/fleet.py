@@ -47,7 +47,7 @@ from typing import Any, Protocol
 
 from .fsutil import atomic_write
 
-__all__ = ["FleetBan", "FleetClient", "FleetError", "FleetSettings", "LocalBan", "parse_fleet"]
+__all__ = ["FleetBan", "FleetClient", "FleetError", "FleetSettings", "LocalBan", "attach_fleet", "parse_fleet"]
 
 STATE_VERSION = 1
 _ID_ZERO = (0, 0)
@@ -532,7 +532,11 @@ class FleetClient:
             now = self.clock()
             if op == "unban":
                 with _Flag(self._applying):
-                    self._lift(network, now)
+                    try:
+                        self._lift(network, now)
+                    except Exception as e:  # noqa: BLE001 - a kernel error must not stall the stream on this entry
+                        self._error(f"unban {network} from {origin}: {type(e).__name__}: {e}")
+                        return 0
                 self.counts["lifted"] += 1
                 return 1
             if op != "ban":
@@ -554,9 +558,38 @@ class FleetClient:
                         "origin": origin, "why": "wider than [fleet] min_prefix"})
             return 0
         with _Flag(self._applying):
-            ok = self._issue(FleetBan(network, int(left), reason, rule, origin), now)
+            try:
+                ok = self._issue(FleetBan(network, int(left), reason, rule, origin), now)
+            except Exception as e:  # noqa: BLE001 - as above: count it and read on
+                self._error(f"ban {network} from {origin}: {type(e).__name__}: {e}")
+                return 0
         self.counts["received" if ok else "refused"] += 1
         return 1 if ok else 0
+
+
+def attach_fleet(host: Any) -> FleetClient | None:
+    """Wire the fleet into a service host (:class:`inspector.service.host.Host`) if ``[fleet] url``
+    is set: peers' bans through its ban pipeline (``path="fleet"``), the client as a listener of
+    that pipeline and as the ``fleet`` component (started with the host, ``status`` section).
+    Returns None, having done nothing, when the fleet is off."""
+    settings = host.config.extra.get("fleet")
+    if not isinstance(settings, FleetSettings) or not settings.enabled:
+        return None
+    from .respond.bans import Ban
+
+    pipeline = host.bans
+    state = Path(settings.state_file or f"{host.config.service.state_file}.fleet")
+
+    def issue(ban: FleetBan, now: float) -> bool:
+        return bool(pipeline.issue(Ban(ban.network, ban.seconds, ban.reason, ban.rule, "fleet", ban.origin), now))
+
+    def lift(network: str, now: float) -> bool:
+        return bool(pipeline.lift(network, now, "fleet"))
+
+    client = FleetClient(settings, state, issue, lift, host.events.emit, host.clock)
+    pipeline.add_listener(client.on_local)
+    host.add_component("fleet", client)
+    return client
 
 
 class _Flag:

@@ -11,10 +11,16 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["TargetError", "ban_form", "parse_duration", "parse_target"]
+if TYPE_CHECKING:
+    from .respond.bans import BanPipeline
 
-MAX_NETWORKS = 512  # a range is at most 2*bits-2 networks (254 for IPv6): this only guards the format
+__all__ = ["TargetError", "ban_form", "manual_ban_handler", "parse_duration", "parse_target"]
+
+MAX_NETWORKS = 512
+MAX_SECONDS = 366 * 86400  # a range is at most 2*bits-2 networks (254 for IPv6): this only guards the format
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -74,3 +80,35 @@ def parse_duration(text: str) -> int:
     if not m or int(m.group(1)) <= 0:
         raise TargetError(f"{text!r} is not a duration like 3600, 30m, 12h, 1d or 2w")
     return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+def manual_ban_handler(pipeline: BanPipeline, clock: Callable[[], float]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The control socket's ``ban`` request: ``{"cmd": "ban", "networks": [...], "seconds": N,
+    "reason": TEXT}``, each network through ``pipeline`` as ``reason="manual"``, ``rule=TEXT``,
+    ``path="manual"``.  Replies ``{"ok": true, "banned": [...], "refused": [{"network", "why"}]}``."""
+    from .respond.bans import Ban
+
+    def handle(request: dict[str, Any]) -> dict[str, Any]:
+        networks, seconds, note = request.get("networks"), request.get("seconds"), request.get("reason")
+        if not isinstance(networks, list) or not networks or len(networks) > MAX_NETWORKS:
+            return {"ok": False, "error": f"networks: a list of 1 to {MAX_NETWORKS} networks"}
+        if not isinstance(seconds, int) or isinstance(seconds, bool) or not 0 < seconds <= MAX_SECONDS:
+            return {"ok": False, "error": f"seconds: 1 to {MAX_SECONDS}"}
+        if note is not None and (not isinstance(note, str) or len(note) > 200):
+            return {"ok": False, "error": "reason: a text of at most 200 characters"}
+        try:
+            nets = [_network_text(ipaddress.ip_network(str(n), strict=False)) for n in networks]
+        except ValueError as e:
+            return {"ok": False, "error": str(e)}
+        now = clock()
+        banned: list[str] = []
+        refused: list[dict[str, str]] = []
+        for net in nets:
+            if pipeline.issue(Ban(net, seconds, "manual", note or None, path="manual"), now):
+                banned.append(net)
+            else:
+                refused.append({"network": net, "why": pipeline.protected(net) or "the kernel set refused it "
+                                                                                   "(see the event log)"})
+        return {"ok": True, "banned": banned, "refused": refused}
+
+    return handle
