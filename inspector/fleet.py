@@ -50,6 +50,7 @@ from .fsutil import atomic_write
 __all__ = ["FleetBan", "FleetClient", "FleetError", "FleetSettings", "LocalBan", "attach_fleet", "parse_fleet"]
 
 STATE_VERSION = 1
+MAX_BAN = 366 * 86400  # the longest ban a peer can ask for (seconds)
 _ID_ZERO = (0, 0)
 
 # KEYS: stream, active (zset), detail (hash); ARGV: minid, op, net, sec, exp, reason, rule, origin, at
@@ -541,10 +542,13 @@ class FleetClient:
                 return 1
             if op != "ban":
                 raise ValueError(f"unknown op {op!r}")
-            left = math.ceil(min(float(fields["sec"]), float(fields["exp"]) - now))
-            rule = str(fields.get("rule") or "") or None
-            reason = str(fields.get("reason") or "fleet")
-        except (KeyError, ValueError, TypeError) as e:
+            sec, exp = float(fields["sec"]), float(fields["exp"])
+            if not (math.isfinite(sec) and math.isfinite(exp)):
+                raise ValueError("sec and exp must be finite numbers")
+            left = math.ceil(min(sec, exp - now, MAX_BAN))
+            rule = str(fields.get("rule") or "")[:200] or None
+            reason = str(fields.get("reason") or "fleet")[:64]
+        except (KeyError, ValueError, TypeError, OverflowError) as e:
             self.counts["invalid"] += 1
             self.last_error = f"invalid entry from {origin or '?'}: {e}"
             return 0

@@ -117,6 +117,8 @@ def hosts(redis_server: RedisServer, tmp_path: Path) -> Iterator[list[Host]]:
             for i in (1, 2, 3)]
     for h in made:
         h.client.start()
+    # each has taken its place in the stream (a first start resyncs from the snapshot)
+    assert wait_for(lambda: all(h.client.status()["last_id"] is not None for h in made))
     try:
         yield made
     finally:
@@ -348,3 +350,51 @@ def test_tls_with_a_password_reaches_peers(tmp_path: Path) -> None:
             assert "password" in out["a"]["last_error"].lower() or "auth" in out["a"]["last_error"].lower()
         finally:
             server.close()
+
+
+def test_malformed_entries_are_counted_and_skipped(hosts: list[Host], redis_server: RedisServer) -> None:
+    h1, h2, h3 = hosts
+    admin = redis_server.admin()
+    now = time.time()
+    good = {"op": "ban", "sec": 3600, "exp": now + 3600, "reason": "manual", "rule": "", "origin": "evil", "at": now}
+    for bad in ({"op": "ban"}, {**good, "net": "not-an-address"}, {**good, "net": "198.51.100.1", "sec": "x"},
+                {**good, "net": "198.51.100.2", "exp": "nan"}, {**good, "net": "198.51.100.3", "exp": "inf",
+                                                                "sec": "inf"},
+                {**good, "net": "198.51.100.4", "op": "explode"}, {**good, "net": "198.51.100.5", "exp": now - 5}):
+        admin.xadd("inspector:bans", bad)
+    admin.xadd("inspector:bans", {**good, "net": "198.51.100.6", "sec": 10**12, "exp": 10**13})
+    h1.ban("198.51.100.7")
+    assert wait_for(lambda: "198.51.100.7" in h2.pipeline.active())
+    status = h2.client.status()
+    assert status["invalid"] == 6 and status["expired"] == 1 and status["connected"]
+    assert h2.pipeline.active() == {"198.51.100.6", "198.51.100.7"}
+    expires, _ = h2.pipeline.bans["198.51.100.6"]
+    assert expires <= time.time() + 366 * 86400 + 5  # a peer cannot ask for more than a year
+
+
+def test_attach_fleet_only_when_configured(tmp_path: Path) -> None:
+    from inspector.config import Config
+    from inspector.fleet import attach_fleet
+
+    class FakeHost:
+        def __init__(self, config: Config) -> None:
+            self.config = config
+            self.bans = Pipeline()
+            self.bans.add_listener = self.bans.listeners.append  # type: ignore[attr-defined]
+            self.components: dict[str, Any] = {}
+            self.events = type("Sink", (), {"emit": lambda self, e: None})()
+            self.clock = time.time
+
+        def add_component(self, name: str, component: Any) -> None:
+            self.components[name] = component
+
+    off = FakeHost(Config())
+    assert attach_fleet(off) is None and off.components == {} and off.bans.listeners == []
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[service]\nstate_file = "{tmp_path}/bans.json"\n[fleet]\nurl = "redis://127.0.0.1:1/0"\n'
+                   'host = "mx9"\n')
+    on = FakeHost(load_config(cfg))
+    client = attach_fleet(on)
+    assert client is not None and on.components == {"fleet": client}
+    assert on.bans.listeners == [client.on_local] and client.state_path == tmp_path / "bans.json.fleet"
+    assert client.status()["host"] == "mx9" and not client.status()["connected"]
