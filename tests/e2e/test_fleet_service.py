@@ -1,4 +1,5 @@
-"""The fleet through ``inspector run``: two hosts each run the service with a ``[fleet]`` section;
+"""The fleet through ``inspector run``: two hosts each run the service with a ``[fleet]`` section
+(host 1 as a supervisor with two workers, host 2 in one process);
 ``inspector ban RANGE`` on host 1 reaches host 2's kernel set as networks, ``inspector bans`` there
 names the origin host and the reason, ``inspector status`` shows the fleet, and ``inspector unban``
 lifts the range everywhere."""
@@ -28,15 +29,18 @@ def _nfqueue() -> str | None:
 
 
 class ServiceHost:
-    def __init__(self, bed: FleetBed, i: int, tmp: Path) -> None:
+    def __init__(self, bed: FleetBed, i: int, tmp: Path, workers: int = 1) -> None:
         self.bed, self.i = bed, i
         self.dir = tmp / f"svc{i}"
         self.dir.mkdir()
+        self.log = self.dir / "auth.log"
+        self.log.write_text("")
         self.config = self.dir / "inspector.toml"
         self.config.write_text(
-            f'[service]\nqueue = {40 + i}\nworkers = 1\nstate_file = "{self.dir}/bans.json"\n'
+            f'[service]\nqueue = {40 + 10 * i}\nworkers = {workers}\nstate_file = "{self.dir}/bans.json"\n'
             f'events = "{self.dir}/events.jsonl"\nsyslog = false\ncontrol_socket = "{self.dir}/control.sock"\n'
-            f'[fleet]\nurl = "{bed.url(i)}"\nhost = "mx{i}"\n')
+            f'[fleet]\nurl = "{bed.url(i)}"\nhost = "mx{i}"\n'
+            f'[logs]\npoll_interval = 0.1\n[[logs.source]]\npath = "{self.log}"\nfilter = "sshd"\nmaxretry = 2\n')
         self.err = (self.dir / "stderr").open("wb")
         self.proc = subprocess.Popen(["ip", "netns", "exec", bed.ns[i], sys.executable, "-m", "inspector", "run",
                                       "--config", str(self.config)], cwd=REPO, stdin=subprocess.DEVNULL,
@@ -77,7 +81,7 @@ def services(tmp_path: Path) -> Iterator[tuple[FleetBed, ServiceHost, ServiceHos
     hosts: list[ServiceHost] = []
     try:
         bed.up()
-        hosts = [ServiceHost(bed, i, tmp_path) for i in (1, 2)]
+        hosts = [ServiceHost(bed, 1, tmp_path, workers=2), ServiceHost(bed, 2, tmp_path)]
         for h in hosts:
             ok = wait_until(lambda h=h: h.proc.poll() is not None or h.status().get("fleet", {}).get("connected"), 30)
             assert ok and h.proc.poll() is None, h.tail()
@@ -112,3 +116,16 @@ def test_manual_range_ban_through_the_service_reaches_the_peer_and_unban_lifts_i
     assert r.returncode == 0, r.stderr
     assert wait_until(lambda: not networks & (bed.kernel(1) | bed.kernel(2)), 20), mx2.tail()
     assert mx2.cli("bans", "--json").stdout.strip() == ""
+
+
+def test_a_log_ban_on_one_service_reaches_the_other(services: tuple[FleetBed, ServiceHost, ServiceHost]) -> None:
+    bed, mx1, mx2 = services
+    with mx1.log.open("a") as f:
+        for i in range(2):
+            f.write(f"Nov 30 10:00:0{i} mx1 sshd[{100 + i}]: Failed password for root from 198.51.100.50 "
+                    f"port {40000 + i} ssh2\n")
+    assert wait_until(lambda: "198.51.100.50" in bed.kernel(2), 20), mx1.tail() + mx2.tail()
+    bans = {b["network"]: b for b in (json.loads(x) for x in mx2.cli("bans", "--json").stdout.splitlines())}
+    assert (bans["198.51.100.50"]["origin"], bans["198.51.100.50"]["reason"]) == ("mx1", "log:sshd")
+    # host 2 applied it from the fleet and did not publish it again
+    assert mx2.status()["fleet"]["published"] == 0
