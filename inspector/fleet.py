@@ -103,6 +103,7 @@ class FleetSettings:
     cert_file: str = ""
     key_file: str = ""
     batch: int = 500  # entries per XREAD / per publish round trip
+    outbox_max: int = 100_000  # bans waiting for Redis; beyond, the oldest are dropped (counted)
     min_prefix_v4: int = 8
     min_prefix_v6: int = 32
     timeout: float = 5.0  # socket timeout for Redis calls (seconds)
@@ -118,7 +119,8 @@ class FleetSettings:
 
 _KEYS: dict[str, type | tuple[type, ...]] = {
     "url": str, "stream": str, "host": str, "keep": int, "state_file": str, "ca_file": str, "cert_file": str,
-    "key_file": str, "batch": int, "min_prefix_v4": int, "min_prefix_v6": int, "timeout": (int, float)}
+    "key_file": str, "batch": int, "min_prefix_v4": int, "min_prefix_v6": int, "timeout": (int, float),
+    "outbox_max": int}
 
 
 def parse_fleet(section: Mapping[str, Any], fail: Callable[[str | None, str], Exception]) -> FleetSettings:
@@ -134,7 +136,8 @@ def parse_fleet(section: Mapping[str, Any], fail: Callable[[str | None, str], Ex
     url = values.get("url", "")
     if url and not url.startswith(("redis://", "rediss://", "unix://")):
         raise fail("url", "must start with redis://, rediss:// (TLS) or unix://")
-    for key, low, high in (("keep", 10, 366 * 86400), ("batch", 1, 10_000), ("min_prefix_v4", 0, 32),
+    for key, low, high in (("keep", 10, 366 * 86400), ("batch", 1, 10_000), ("outbox_max", 100, 10_000_000),
+                           ("min_prefix_v4", 0, 32),
                            ("min_prefix_v6", 0, 128), ("timeout", 0.1, 60)):
         if key in values and not low <= values[key] <= high:
             raise fail(key, f"must be between {low} and {high}")
@@ -230,7 +233,7 @@ class FleetClient:
         self.connected = False
         self.lag = 0.0
         self.counts: dict[str, int] = {"published": 0, "received": 0, "refused": 0, "lifted": 0, "expired": 0,
-                                       "invalid": 0, "resyncs": 0, "errors": 0, "too-wide": 0}
+                                       "invalid": 0, "resyncs": 0, "errors": 0, "too-wide": 0, "outbox-dropped": 0}
         self.last_error = ""
         keys = settings.stream
         self._keys = (keys, f"{keys}:active", f"{keys}:detail")
@@ -260,6 +263,9 @@ class FleetClient:
         with self._lock:
             self._outbox.pop(entry.network, None)  # the newest word on a network replaces an unsent older one
             self._outbox[entry.network] = entry
+            if len(self._outbox) > self.settings.outbox_max:
+                self._outbox.popitem(last=False)  # still banned here; only the peers miss it
+                self.counts["outbox-dropped"] += 1
             self._dirty = True
         self._wake.set()
 
@@ -392,7 +398,8 @@ class FleetClient:
                     backoff = min(backoff * 2, 5.0)
             now = self.clock()
             if now >= next_save:
-                next_save = now + 1.0
+                # a long outage can leave a big outbox: write it less often then
+                next_save = now + (1.0 if len(self._outbox) < 10_000 else 10.0)
                 self.save()
             if stopping:
                 return
@@ -582,9 +589,13 @@ def attach_fleet(host: Any) -> FleetClient | None:
     from .respond.bans import Ban
 
     pipeline = host.bans
+    store = pipeline.store
     state = Path(settings.state_file or f"{host.config.service.state_file}.fleet")
 
     def issue(ban: FleetBan, now: float) -> bool:
+        current = store.records.get(ban.network) if store is not None else None
+        if current is not None and current.expires >= now + ban.seconds:
+            return True  # already banned here for as long or longer: a shorter kernel timeout would undo that
         return bool(pipeline.issue(Ban(ban.network, ban.seconds, ban.reason, ban.rule, "fleet", ban.origin), now))
 
     def lift(network: str, now: float) -> bool:

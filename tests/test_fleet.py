@@ -381,6 +381,7 @@ def test_attach_fleet_only_when_configured(tmp_path: Path) -> None:
             self.config = config
             self.bans = Pipeline()
             self.bans.add_listener = self.bans.listeners.append  # type: ignore[attr-defined]
+            self.bans.store = None  # type: ignore[attr-defined]
             self.components: dict[str, Any] = {}
             self.events = type("Sink", (), {"emit": lambda self, e: None})()
             self.clock = time.time
@@ -398,3 +399,22 @@ def test_attach_fleet_only_when_configured(tmp_path: Path) -> None:
     assert client is not None and on.components == {"fleet": client}
     assert on.bans.listeners == [client.on_local] and client.state_path == tmp_path / "bans.json.fleet"
     assert client.status()["host"] == "mx9" and not client.status()["connected"]
+
+
+def test_the_outbox_is_bounded_and_keeps_the_newest_word_per_network(tmp_path: Path) -> None:
+    settings = FleetSettings(url="redis://127.0.0.1:1/0", host="h", outbox_max=100)
+    client = FleetClient(settings, tmp_path / "f", lambda b, now: True, lambda n, now: True, lambda e: None)
+    for i in range(150):
+        client.on_local("ban", Ban(f"198.51.100.{i}", 60, "manual", path="manual"))
+    client.on_local("unban", "198.51.100.149")
+    client.on_local("ban", Ban("198.51.100.7", 60, "rate", path="fleet", origin="peer"))  # never published
+    status = client.status()
+    assert status["outbox"] == 100 and status["outbox-dropped"] == 50
+    client.save()
+    again = FleetClient(settings, tmp_path / "f", lambda b, now: True, lambda n, now: True, lambda e: None)
+    assert again.status()["outbox"] == 100  # the outbox survives a restart
+    import json
+
+    saved = json.loads((tmp_path / "f").read_text())["outbox"]
+    assert saved[-1]["op"] == "unban" and saved[-1]["net"] == "198.51.100.149"
+    assert saved[0]["net"] == "198.51.100.50"
