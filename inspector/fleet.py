@@ -383,6 +383,9 @@ class FleetClient:
             stopping = self._stop.is_set()
             self._wake.wait(1.0)
             self._wake.clear()
+            if stopping and not self.connected:
+                self.save()  # no last attempt against a Redis that is down: stopping stays prompt
+                return
             try:
                 self._publish_all()
                 now = self.clock()
