@@ -109,6 +109,7 @@ def test_manual_range_ban_through_the_service_reaches_the_peer_and_unban_lifts_i
     fleet = mx2.status()["fleet"]
     assert fleet["connected"] and fleet["received"] == 4 and fleet["host"] == "mx2"
     assert mx1.status()["fleet"]["published"] == 4
+    assert "fleet: CONNECTED as mx2" in mx2.cli("status").stdout
     # the host's own address is never banned, by hand either
     r = mx1.cli("ban", "198.18.1.2")
     assert r.returncode == 1 and "own address" in r.stderr
