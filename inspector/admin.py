@@ -37,7 +37,7 @@ def list_bans(config_path: str | None, as_json: bool) -> int:
             print(f"inspector: error: {e}", file=sys.stderr)
             return 1
         bans = [{"network": r.network, "reason": r.reason, "rule": r.rule, "seconds_left": int(r.expires - now),
-                 "expires_at": now_iso(r.expires), "origin": getattr(r, "origin", None)} for r in store.active(now)]
+                 "expires_at": now_iso(r.expires), "origin": r.origin} for r in store.active(now)]
         source = f"state file {config.service.state_file} (service not running)"
     if as_json:
         for b in bans:
