@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from ..redis_server import RedisServer
+from .bed import BLOCKED, CLIENTS, Bed, ban_network
 from .fleet_bed import REPO, FleetBed, wait_until, why_not
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(why_not() is not None, reason=why_not() or "")]
@@ -130,3 +132,29 @@ def test_a_log_ban_on_one_service_reaches_the_other(services: tuple[FleetBed, Se
     assert (bans["198.51.100.50"]["origin"], bans["198.51.100.50"]["reason"]) == ("mx1", "log:sshd")
     # host 2 applied it from the fleet and did not publish it again
     assert mx2.status()["fleet"]["published"] == 0
+
+
+def test_a_packet_ban_in_a_worker_is_published_to_the_stream(bed: Bed) -> None:
+    """The packet path: a worker's ban reaches the supervisor's pipeline and the fleet publishes it."""
+    if _nfqueue():
+        pytest.skip(_nfqueue() or "")
+    redis = RedisServer(bed.server, port=6390, bind="127.0.0.1")
+    try:
+        redis.start()
+        bed.write_config(extra=f'[fleet]\nurl = "{redis.url("127.0.0.1")}"\nhost = "mx-packet"\n')
+        bed.start_inspector("--workers", "2")
+        for src in (CLIENTS[4]["a"], CLIENTS[6]["a"]):
+            r = bed.smtp(src, [f"user@{BLOCKED}"])
+            assert not r["delivered"], r
+        want = {CLIENTS[4]["a"], ban_network(CLIENTS[6]["a"])}
+
+        def published() -> set[str]:
+            return {f["net"] for _, f in redis.admin().xrange("inspector:bans") if f["reason"] == "domain"}
+
+        assert wait_until(lambda: published() == want, 10), published()
+        entries = [f for _, f in redis.admin().xrange("inspector:bans")]
+        assert {(f["origin"], f["rule"], f["op"]) for f in entries} == {("mx-packet", BLOCKED, "ban")}
+    finally:
+        if bed.inspector is not None and bed.inspector.alive():
+            bed.stop_inspector()
+        redis.close()
