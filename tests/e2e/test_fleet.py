@@ -56,8 +56,9 @@ def test_a_thousand_bans_reach_the_peers_kernel_sets(fleet: FleetBed) -> None:
     print(f"\nfleet propagation of {len(nets)} bans (500/s) to 2 peers' kernel sets: "
           f"p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, max {worst * 1000:.1f} ms")
     assert p99 < 1.0  # the issue's target; measured far below it (see the print)
-    status = fleet.procs[2].ask(cmd="status")["status"]
-    assert status["connected"] and status["received"] == len(nets) and status["outbox"] == 0
+    # (the count follows the kernel add)
+    assert wait_until(lambda: fleet.procs[2].ask(cmd="status")["status"]["received"] == len(nets), 10)
+    assert fleet.procs[2].ask(cmd="status")["status"]["connected"]
 
 
 def test_unban_lifts_everywhere_and_a_manual_range_arrives_as_networks(fleet: FleetBed) -> None:
@@ -142,4 +143,5 @@ def test_redis_down_local_bans_as_fast_outbox_grows_and_converges(fleet: FleetBe
     assert t_down[150] < 3 * t_up[150] + 0.0005  # no wait on Redis in the ban path
     fleet.redis.start()
     assert wait_until(lambda: all(set(nets) <= fleet.kernel(i) for i in (2, 3)), 30)
-    assert fleet.procs[1].ask(cmd="status")["status"]["outbox"] == 0
+    # (peers may read an entry before the publisher has taken it off its outbox)
+    assert wait_until(lambda: fleet.procs[1].ask(cmd="status")["status"]["outbox"] == 0, 10)
