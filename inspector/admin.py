@@ -23,6 +23,9 @@ from .manual import TargetError, ban_form, parse_duration, parse_target
 
 
 def list_bans(config_path: str | None, as_json: bool) -> int:
+    """``inspector bans``: the active bans from the running service, else from the state file; one line (or, with
+    ``as_json``, one JSON object) per ban. Returns the exit code (1: the state file is unreadable).
+    """
     config = load_config(config_path)
     reply = control_request(config.service.control_socket, {"cmd": "bans"})
     if reply is not None:
@@ -77,7 +80,9 @@ def ban(config_path: str | None, target: str, duration: str, reason: str | None)
 
 
 def unban(config_path: str | None, target: str) -> int:
-    """``inspector unban TARGET`` (an address, a network or a range a-b)."""
+    """``inspector unban TARGET``: lift the bans of an address (an IPv6 address: its /64), a network or a range
+    a-b (its networks) through the running service (and so the fleet), else directly in the state file and, as
+    root, the kernel sets.  Returns the exit code (1: not a target, or the service refused)."""
     config = load_config(config_path)
     try:
         networks = [target] if "-" not in target else parse_target(target, config.ipv6_prefix)

@@ -129,7 +129,7 @@ def parse_fleet(section: Mapping[str, Any], fail: Callable[[str | None, str], Ex
     for key, value in section.items():
         kind = _KEYS.get(key)
         if kind is None:
-            raise fail(key, f"unknown key (known: {', '.join(sorted(_KEYS))})")
+            raise fail(key, f"unknown setting (known here: {', '.join(sorted(_KEYS))})")
         if not isinstance(value, kind) or isinstance(value, bool):
             raise fail(key, f"must be {getattr(kind, '__name__', 'a number')}, not {type(value).__name__}")
         values[key] = value
@@ -586,8 +586,8 @@ def attach_fleet(host: Any) -> FleetClient | None:
     is set: peers' bans through its ban pipeline (``path="fleet"``), the client as a listener of
     that pipeline and as the ``fleet`` component (started with the host, ``status`` section).
     Returns None, having done nothing, when the fleet is off."""
-    settings = host.config.extra.get("fleet")
-    if not isinstance(settings, FleetSettings) or not settings.enabled:
+    settings = host.config.fleet
+    if not settings.enabled:
         return None
     from .respond.bans import Ban
 

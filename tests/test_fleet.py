@@ -276,14 +276,14 @@ def test_redis_that_lost_its_data_is_noticed_and_reading_starts_over(redis_serve
 
 
 def test_fleet_config(tmp_path: Path) -> None:
-    assert "fleet" not in load_config(None).extra  # off by default
+    assert not load_config(None).fleet.enabled  # off by default
     cfg = tmp_path / "c.toml"
     cfg.write_text('[fleet]\nurl = "rediss://inspector:pw@redis.example:6380/0"\nhost = "mx1"\nkeep = 3600\n')
-    fleet = load_config(cfg).extra["fleet"]
+    fleet = load_config(cfg).fleet
     assert (fleet.url, fleet.host_id, fleet.keep, fleet.enabled) == ("rediss://inspector:pw@redis.example:6380/0",
                                                                     "mx1", 3600, True)
     cfg.write_text('[fleet]\nurl = "redis://x"\n\nstreem = "a"\n')
-    with pytest.raises(ConfigError, match=r"c\.toml:4: fleet\.streem: unknown key"):
+    with pytest.raises(ConfigError, match=r"c\.toml:4: fleet\.streem: unknown setting"):
         load_config(cfg)
     cfg.write_text('[fleet]\nurl = "http://x"\n')
     with pytest.raises(ConfigError, match=r"c\.toml:2: fleet\.url: must start with redis://"):
