@@ -17,7 +17,6 @@ import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 

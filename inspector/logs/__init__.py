@@ -19,19 +19,33 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
+from ..nets import Network
 from .filters import BUILTIN, NOT_ADDRESS, Failure, Filter, LineMatcher, TimeParser, get_filter, user_filter
 from .follow import JOURNAL_MISSING, FileFollower, JournalFollower, journal_available
 from .policy import Limits, LogBan, LogPolicy, Whitelist, local_addresses, write_hosts_deny
 from .settings import LogSettings
 from .sources import Place, cursor_path, probe_all, resolve
 
-if TYPE_CHECKING:
-    from ..config import Config
-
 __all__ = ["LogMonitor", "LogBan", "Failure", "Limits", "LogPolicy", "Whitelist", "user_filters",
            "local_addresses", "write_hosts_deny", "BUILTIN", "probe_all", "check_lines", "status_lines"]
+
+
+class MonitorConfig(Protocol):
+    """What :class:`LogMonitor` reads of the service's :class:`inspector.config.Config` (a protocol,
+    so that this package does not import the config module, which parses its ``[logs]`` section)."""
+
+    @property
+    def logs(self) -> LogSettings: ...
+    @property
+    def whitelist(self) -> tuple[Network, ...]: ...
+    @property
+    def ipv4_prefix(self) -> int: ...
+    @property
+    def ipv6_prefix(self) -> int: ...
+    @property
+    def service(self) -> Any: ...  # ``state_file``: the journal cursors are kept beside it
 
 
 class Follower(Protocol):
@@ -102,7 +116,7 @@ class LogMonitor:
     is lost or read twice across the reload.
     """
 
-    def __init__(self, config: Config, local: Iterable[str] | None = None, utc: bool = False,
+    def __init__(self, config: MonitorConfig, local: Iterable[str] | None = None, utc: bool = False,
                  previous: LogMonitor | None = None, cursor_dir: str | Path | None = None) -> None:
         settings = config.logs
         self.settings = settings
