@@ -375,6 +375,7 @@ BUILTIN: dict[str, Filter] = {f.name: f for f in (
 
 
 def builtin_names() -> list[str]:
+    """The names of the built-in filters, sorted."""
     return sorted(BUILTIN)
 
 

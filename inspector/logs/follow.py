@@ -62,10 +62,14 @@ class LineSplitter:
         self._skip = True
 
     def reset(self) -> None:
+        """Forget the partial line and stop skipping (a new file starts at a line)."""
         self._buf = b""
         self._skip = False
 
     def feed(self, data: bytes) -> list[str]:
+        """The complete lines in ``data`` plus what was buffered before it, decoded as UTF-8 (bad bytes replaced); a
+        partial last line waits for the next call, a line over ``max_line`` bytes is skipped and counted.
+        """
         if self._skip:
             i = data.find(b"\n")
             if i < 0:
@@ -213,13 +217,16 @@ class FileFollower:
 
     @property
     def too_long(self) -> int:
+        """Lines skipped for being over ``max_line`` bytes, in every file read so far."""
         return sum(o.lines.too_long for o in self._files()) + self.counts["too-long-closed"]
 
     def stats(self) -> dict[str, Any]:
+        """Path, state, open files and counters, for ``status``."""
         return {"path": self.path, "state": self.state, "open": self._cur is not None, "rotated_open": len(self._old),
                 "too_long": self.too_long, "error": self.error, **dict(self.counts)}
 
     def close(self) -> None:
+        """Close every open file (the current one and rotated ones still drained)."""
         for o in self._files():
             self._close(o)
         self._cur = None

@@ -210,10 +210,12 @@ class JournalFollower:
             self.error = None
 
     def stats(self) -> dict[str, Any]:
+        """Matches, state, error and counters, for ``status``."""
         return {"path": self.path, "state": self.state, "too_long": self.too_long, "error": self.error,
                 "cursor_file": str(self.cursor_file) if self.cursor_file else None, **dict(self.counts)}
 
     def close(self) -> None:
+        """Save the cursor and close the journal."""
         self.save_cursor()
         self._reader.close()
 

@@ -76,8 +76,10 @@ class LogSettings:
 class Locator(Protocol):
     """Finds the line of a key in the TOML text (``config._Locator``)."""
 
-    def line(self, table: str, key: str | None = None) -> int | None: ...
-    def nth(self, table: str, index: int, key: str | None = None) -> int | None: ...
+    def line(self, table: str, key: str | None = None) -> int | None:
+        """The line of ``key`` in ``[table]`` (of the ``[table]`` header when ``key`` is None), or None."""
+    def nth(self, table: str, index: int, key: str | None = None) -> int | None:
+        """The line of ``key`` in the ``index``-th (0-based) ``[[table]]`` entry, else of its header, or None."""
 
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
