@@ -15,13 +15,15 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .fleet import FleetSettings, parse_fleet
 from .logs.settings import LogFilter, LogSettings, LogSource, parse_logs
 from .nets import parse_networks
+from .policy.settings import KEYS as POLICY_KEYS
+from .policy.settings import PolicySettings, parse_policy
 from .rules import DOMAIN, PAYLOAD, SCOPES, RuleFile
 
 __all__ = ["Config", "ConfigError", "LogFilter", "LogSettings", "LogSource", "MetricsSettings", "RateRule",
@@ -98,6 +100,8 @@ class Config:
     service: ServiceSettings = ServiceSettings()
     logs: LogSettings = LogSettings()
     metrics: MetricsSettings = MetricsSettings()
+    fleet: FleetSettings = FleetSettings()  # off unless [fleet] url is set
+    policy: PolicySettings = PolicySettings()  # [policy]: the MTA policy service (inspector/policy/)
     source: str | None = None  # the file this came from
 
     @property
@@ -129,6 +133,8 @@ _KNOWN: dict[str, dict[str, type | tuple[type, ...]]] = {
                 "mark": int, "workers": int},
     "metrics": {"listen": str},
     "logs": {},  # checked by inspector.logs.settings.parse_logs
+    "fleet": {},  # checked by inspector.fleet.parse_fleet
+    "policy": POLICY_KEYS,
 }
 
 
@@ -225,7 +231,7 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
     for key, value in data.items():
         if isinstance(value, dict) and key not in _KNOWN:
             raise fail(key, None, f"unknown section (known: {', '.join(sorted(k for k in _KNOWN if k))})")
-        if key in ("rules", "logs"):
+        if key in ("rules", "logs", "fleet"):
             continue
         if isinstance(value, dict) and key in _KNOWN:
             for sub, v in value.items():
@@ -349,19 +355,11 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
         cfg["logs"] = parse_logs(data["logs"], path, where, ConfigError)
     if "metrics" in data:
         cfg["metrics"] = _metrics(data["metrics"], fail)
+    if "fleet" in data:
+        cfg["fleet"] = parse_fleet(data["fleet"], lambda key, msg: fail("fleet", key, msg))
+    if "policy" in data:
+        cfg["policy"] = parse_policy(data["policy"], fail)
     return Config(**cfg)
-
-
-def _check_entry(entry: dict[str, Any], known: dict[str, type | tuple[type, ...]],
-                 fail: Callable[[str, str], ConfigError]) -> None:
-    """Unknown keys and wrong types in one ``[[table]]`` entry; ``fail(key, message)`` makes the error."""
-    for key, value in entry.items():
-        wanted = known.get(key)
-        if wanted is None:
-            raise fail(key, f"unknown setting (known here: {', '.join(sorted(known))})")
-        if isinstance(value, bool) or not isinstance(value, wanted):
-            kinds = wanted if isinstance(wanted, tuple) else (wanted,)
-            raise fail(key, f"expected {' or '.join(_kind(k) for k in kinds)}, got {value!r}")
 
 
 def _metrics(section: dict[str, Any], fail: Any) -> MetricsSettings:

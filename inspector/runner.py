@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any, Protocol
 
@@ -73,31 +74,31 @@ class RawResetSender:
         self._v6.close()
 
 
+@dataclass(eq=False)
 class Runner:
     """Gives one queued packet its kernel verdict from the engine's decision, then the side effects
     (resets, the verdict event, the ban through the :class:`~inspector.respond.bans.BanPipeline`).
 
-    ``mark``: the packet-mark bit that tells the kernel a connection is decided (0: never mark);
+    ``mark``: the packet-mark bit that tells the kernel a connection is bypassed (0: never mark);
     ``accept_later``/``accept_noted``: the queue's batched accept (see
     :class:`~inspector.sources.nfqueue.NfQueue`; None: every accept is given at once), set by
     the packet loop; the noted accepts are given before any drop or reset;
-    ``counts``: what was done (``accept``, ``drop``, ``reset``, ``resets``, ``decided``,
+    ``counts``: what was done (``accept``, ``drop``, ``reset``, ``resets``, ``decided`` (bypassed),
     ``banned-late``, ``errors:<what>``).
     """
 
-    def __init__(self, engine: Engine, resets: ResetSender, events: EventSink, bans: BanPipeline,
-                 clock: Callable[[], float], mark: int = 0) -> None:
-        self.mark = mark
-        self.engine = engine
-        self.resets = resets
-        self.events = events
-        self.bans = bans
-        self.clock = clock
-        self.counts: Counter[str] = Counter()
-        self._alerted: dict[str, float] = {}  # alert mode: when each would-be-banned source was last reported
-        self.telemetry = Telemetry()
-        self.accept_later: Callable[[QueuedPacket], None] | None = None
-        self.accept_noted: Callable[[], None] | None = None
+    engine: Engine
+    resets: ResetSender
+    events: EventSink
+    bans: BanPipeline
+    clock: Callable[[], float]
+    mark: int = 0
+    counts: Counter[str] = field(default_factory=Counter, init=False)
+    telemetry: Telemetry = field(default_factory=Telemetry, init=False)
+    # alert mode: when each would-be-banned source was last reported
+    _alerted: dict[str, float] = field(default_factory=dict, init=False)
+    accept_later: Callable[[QueuedPacket], None] | None = field(default=None, init=False)
+    accept_noted: Callable[[], None] | None = field(default=None, init=False)
 
     def handle(self, packet: QueuedPacket) -> None:
         """Decide ``packet`` (its bytes, at the clock's ``now``), give it exactly one verdict, then
@@ -181,7 +182,7 @@ class Runner:
                 self._alerted.clear()
             self._alerted[decision.src] = now
         self.telemetry.decision(decision.src, v.reason.value if v.reason else "", v.rule)
-        event: dict[str, Any] = {"event": "verdict", **decision.as_dict()}
+        event: dict[str, Any] = {"event": "verdict", "path": "packet", **decision.as_dict()}
         self.events.emit(event)
         if v.ban and not v.alert and decision.ban_network:
             self.bans.issue(Ban(decision.ban_network, v.ban, v.reason.value if v.reason else "", v.rule,

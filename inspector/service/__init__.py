@@ -8,6 +8,7 @@ The parts, each a module:
 * :mod:`.host` -- what the process that owns the ban store holds: events, firewall, the
   :class:`~inspector.respond.bans.BanPipeline`, the control socket, log sources, metrics, and
   the side components (policy server, fleet client ...) registered with it;
+* :mod:`.components` -- the side components the config enables, wired in one place;
 * :mod:`.single` -- one process: a host and a packet loop together;
 * :mod:`.worker` and :mod:`.supervisor` -- one packet process per queue, one host.
 
@@ -134,7 +135,7 @@ def rules_info(rules: RuleSet, loaded: float) -> dict[str, Any]:
 def record_json(r: BanRecord, now: float) -> dict[str, Any]:
     """One ban as ``inspector bans`` shows it."""
     return {"network": r.network, "reason": r.reason, "rule": r.rule, "seconds_left": int(r.expires - now),
-            "expires_at": now_iso(r.expires)}
+            "expires_at": now_iso(r.expires), "origin": r.origin}
 
 
 def ban_summary(active: list[BanRecord], now: float, newest: int = 5) -> dict[str, Any]:
