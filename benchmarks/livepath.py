@@ -66,8 +66,9 @@ def message(packet_id: int, payload: bytes, mark: int = 0) -> bytes:
     return struct.pack("=IHHII", 16 + len(body), (3 << 8) | _NFQNL_MSG_PACKET, 0, 0, 0) + body
 
 
-def workload(transactions: int, seed: int = 16) -> tuple[list[bytes], int]:
-    """The queued packets of ``transactions`` SMTP transactions, interleaved over 64 at a time."""
+def workload(transactions: int, seed: int = 16, syn: bool = True) -> tuple[list[bytes], int]:
+    """The queued packets of ``transactions`` SMTP transactions, interleaved over 64 at a time
+    (``syn`` False: without the SYNs, as if the kernel kept them)."""
     rng = random.Random(seed)
     convs: list[list[bytes]] = []
     for n in range(transactions):
@@ -77,7 +78,7 @@ def workload(transactions: int, seed: int = 16) -> tuple[list[bytes], int]:
         sport = 20000 + (n * 7) % 40000
         isn = rng.getrandbits(32)
         rcpt = b"RCPT TO:<user@blocked.test>\r\n" if blocked else b"RCPT TO:<user@ok-%d.example>\r\n" % (n % 50)
-        out = [tcp_packet(src, SERVER4, sport, 25, isn, SYN)]
+        out = [tcp_packet(src, SERVER4, sport, 25, isn, SYN)] if syn else []
         seq = isn + 1
         cmds = [b"EHLO client.example\r\n", b"MAIL FROM:<bot@sender.example>\r\n", rcpt]
         if not blocked:
@@ -237,7 +238,7 @@ def child(args: argparse.Namespace) -> int:
                 ["ip", "addr", "add", "192.0.2.25/24", "dev", "v0"], ["ip", "link", "set", "v0", "up"],
                 ["ip", "link", "set", "v1", "up"], ["ip", "route", "add", "default", "dev", "v0"]):
         subprocess.run(cmd, check=True)
-    messages, count = workload(args.transactions)
+    messages, count = workload(args.transactions, syn=not args.no_syn)
     results: dict[str, list[float]] = {"bare": [], "inspector": []}
     extra: dict[str, Any] = {}
     modes = [args.mode] if args.mode else ["bare", "inspector"]
@@ -269,6 +270,7 @@ def main() -> int:
     ap.add_argument("--mode", choices=("bare", "inspector", "none"),
                     help="run only this one (none: build the messages only, for instruction-count baselines)")
     ap.add_argument("--profile", metavar="FILE", help="cProfile the last inspector round into FILE")
+    ap.add_argument("--no-syn", action="store_true", help="leave the SYNs out (what they cost: the difference)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
