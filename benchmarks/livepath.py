@@ -239,6 +239,15 @@ def child(args: argparse.Namespace) -> int:
                 ["ip", "link", "set", "v1", "up"], ["ip", "route", "add", "default", "dev", "v0"]):
         subprocess.run(cmd, check=True)
     messages, count = workload(args.transactions, syn=not args.no_syn)
+    if args.stub_engine:
+        from inspector.engine import Engine
+        from inspector.verdict import ACCEPT
+
+        def accept_all(self: Engine, data: bytes, now: float) -> Any:
+            self.packets += 1
+            return ACCEPT
+
+        Engine.process = accept_all  # type: ignore[method-assign]
     results: dict[str, list[float]] = {"bare": [], "inspector": []}
     extra: dict[str, Any] = {}
     modes = [args.mode] if args.mode else ["bare", "inspector"]
@@ -270,6 +279,8 @@ def main() -> int:
     ap.add_argument("--mode", choices=("bare", "inspector", "none"),
                     help="run only this one (none: build the messages only, for instruction-count baselines)")
     ap.add_argument("--profile", metavar="FILE", help="cProfile the last inspector round into FILE")
+    ap.add_argument("--stub-engine", action="store_true",
+                    help="the engine accepts every packet at once: what the service costs around it")
     ap.add_argument("--no-syn", action="store_true", help="leave the SYNs out (what they cost: the difference)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
