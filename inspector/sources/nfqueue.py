@@ -200,12 +200,12 @@ class NfQueue:
 
     :meth:`bind` binds queue ``number`` and calls ``handler(packet)`` for every packet
     :meth:`read` takes from the socket (each packet gets its verdict through its own
-    ``accept``/``drop``/``repeat``, or :meth:`accept_later`), asks the kernel for whole packets
+    ``accept``/``drop``/``repeat``, or ``accept_later``), asks the kernel for whole packets
     (:func:`set_copy_range`) and, with ``fail_open``, for the fail-open flag; ``copy_range`` and
     ``fail_open_errno`` keep the kernel's answers (0: done).  :meth:`read` handles one burst (at
     most ``burst`` packets, or until the socket is empty) and returns.
 
-    Accept verdicts are batched (``batch_accepts``): :meth:`accept_later` notes a packet, and
+    Accept verdicts are batched (``batch_accepts``): ``accept_later(packet)`` notes a packet, and
     :meth:`accept_noted` gives every noted packet its accept in one ``NFQNL_MSG_VERDICT_BATCH``
     (the last noted id: the kernel accepts every packet still queued up to it, and the packets
     noted come in id order).  :meth:`read` calls it at the end of every burst, also when the
@@ -230,6 +230,9 @@ class NfQueue:
         self._messages: WholeMessages | None = None
         self._out: socket.socket | None = None
         self._noted: list[Any] = []
+        # accept ``packet`` with the others of this burst (at the latest when read() returns): the
+        # list's own append, no Python frame per packet
+        self.accept_later: Callable[[Any], None] = self._noted.append if batch_accepts else self._accept_now
         self._batch = bytearray(build_batch_accept(number, 0))
 
     def bind(self, handler: Callable[[Any], None]) -> None:
@@ -259,28 +262,31 @@ class NfQueue:
 
     def read(self) -> None:
         """Handle the packets waiting on the socket (one burst); never blocks.  The packets noted
-        with :meth:`accept_later` get their accept before it returns."""
+        with ``accept_later`` get their accept before it returns."""
         try:
             self._nfq.run_socket(self._messages)
         finally:
             if self._noted:
                 self.accept_noted()
 
-    def accept_later(self, packet: Any) -> None:
-        """Accept ``packet`` with the others of this burst (at the latest when :meth:`read` returns)."""
-        if self.batch_accepts:
-            self._noted.append(packet)
-        else:
-            packet.accept()
+    @staticmethod
+    def _accept_now(packet: Any) -> None:
+        packet.accept()
 
     def accept_noted(self) -> None:
-        """Give every packet noted with :meth:`accept_later` its accept: one batch message, or one
+        """Give every packet noted with ``accept_later`` its accept: one batch message, or one
         verdict each if there is a single one or the batch cannot be sent.  Never raises."""
         noted = self._noted
         if not noted:
             return
-        self._noted = []
-        if len(noted) > 1 and self._out is not None:
+        if len(noted) == 1:
+            packet = noted.pop()
+            try:
+                packet.accept()
+            except Exception:  # noqa: BLE001 - it already had its verdict: nothing is lost
+                self.late_errors += 1
+            return
+        if self._out is not None:
             batch = self._batch
             struct.pack_into(">I", batch, len(batch) - 4, noted[-1].id)
             try:
@@ -290,8 +296,11 @@ class NfQueue:
             else:
                 self.batches += 1
                 self.batched += len(noted)
+                noted.clear()
                 return
-        for packet in noted:
+        packets = noted[:]
+        noted.clear()
+        for packet in packets:
             try:
                 packet.accept()
             except Exception:  # noqa: BLE001 - it already had its verdict: nothing is lost
