@@ -74,6 +74,7 @@ class Loop:
         os.register_at_fork(after_in_child=partial(_forget_epoll, weakref.ref(self)))
         self._each: list[Callable[[float], None]] = []
         self._timers: list[_Timer] = []
+        self._next_due = float("inf")  # the earliest timer's due time
         self._wake: tuple[int, int] | None = None
 
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
@@ -120,7 +121,9 @@ class Loop:
 
             def get() -> float:
                 return seconds
-        self._timers.append(_Timer(get, callback, self.clock() + get() if first is None else first))
+        timer = _Timer(get, callback, self.clock() + get() if first is None else first)
+        self._timers.append(timer)
+        self._next_due = min(self._next_due, timer.due)
 
     def catch_signals(self) -> None:
         """SIGTERM/SIGINT stop the loop, SIGHUP calls ``on_hup``; a signal wakes ``select()``."""
@@ -165,9 +168,7 @@ class Loop:
     def turn(self) -> None:
         """One turn: wait for a reader (or the next timer), then run what is ready and due."""
         now = self.clock()
-        wait = self.max_wait
-        for t in self._timers:
-            wait = min(wait, max(0.0, t.due - now))
+        wait = min(self.max_wait, max(0.0, self._next_due - now))
         try:
             ready = (self._epoll or self._poller()).poll(wait)
         except InterruptedError:
@@ -183,10 +184,12 @@ class Loop:
         now = self.clock()
         for each in self._each:
             each(now)
-        for t in self._timers:
-            if now >= t.due:
-                t.due = now + t.interval()
-                t.callback(now)
+        if now >= self._next_due:
+            for t in self._timers:
+                if now >= t.due:
+                    t.due = now + t.interval()
+                    t.callback(now)
+            self._next_due = min((t.due for t in self._timers), default=float("inf"))
 
     def run(self) -> None:
         """Turn until stopped."""
