@@ -2,8 +2,14 @@
 """The live packet path without traffic: what one queued packet costs in userspace, deterministic.
 
     python benchmarks/livepath.py [--transactions 4000] [--burst 1] [--rounds 3]
-    python benchmarks/livepath.py --mode inspector --profile      # cProfile of the inspector path
-    valgrind --tool=callgrind python benchmarks/livepath.py --mode inspector --transactions 1000 --rounds 1
+    python benchmarks/livepath.py --mode inspector --profile FILE   # cProfile of the inspector path
+    python benchmarks/livepath.py --stub-engine     # the service around an engine that accepts at once
+    python benchmarks/livepath.py --no-syn          # the same transactions without their SYNs
+
+Instruction counts (deterministic whatever the machine's load): run the child under callgrind,
+``unshare -n valgrind --tool=callgrind python benchmarks/livepath.py --child --mode inspector
+--rounds 1 --transactions N`` for two values of N and for ``--mode none`` (builds the messages
+only), and take the difference per packet.
 
 Runs itself in a private network namespace (``unshare -n``; root needed), binds a real NFQUEUE
 there with the NetfilterQueue binding, and feeds the binding NFQUEUE netlink messages built in
