@@ -17,6 +17,9 @@ FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 _IP4 = struct.Struct("!BxHxxHxB").unpack_from  # ver/ihl, total length, frag, proto
 _TCP = struct.Struct("!HHIxxxxBB").unpack_from  # sport, dport, seq, data offset, flags
 _IP6 = struct.Struct("!BxxxHB").unpack_from  # ver, payload length, next header
+# IPv4 without options (the first byte 0x45) and the TCP header after it, in one call:
+# total length, frag, proto; sport, dport, seq, data offset, flags
+_IP4_TCP = struct.Struct("!xxHxxHxB10xHHIxxxxBB").unpack_from
 
 # IPv6 extension headers walked over (RFC 8200 section 4, plus mobility/HIP/shim6/experimental).
 _IP6_EXT = frozenset((0, 43, 60, 135, 139, 140, 253, 254))
@@ -39,6 +42,21 @@ def decode(data: bytes) -> tuple[bytes, bytes, int, int, int, int, int, int] | N
     address and ``data[poff:pend]`` the TCP payload.
     """
     n = len(data)
+    if n >= 40 and data[0] == 0x45:
+        # the common case, both headers in one unpack; anything unusual (a fragment, not TCP,
+        # a length out of bounds) goes the general way below, which names the reason
+        total, frag, proto, sport, dport, seq, doff, flags = _IP4_TCP(data)
+        if proto == TCP_PROTO and not frag & 0x3FFF and 40 <= total <= n:
+            poff = 20 + ((doff >> 4) << 2)
+            if poff < 40 or poff > total:
+                raise Malformed("tcp-offset")
+            # addresses and ports are contiguous without IP options: the flow key is one slice
+            return data[12:24], data[12:16], sport, dport, seq, flags, poff, total
+    return _decode(data, n)
+
+
+def _decode(data: bytes, n: int) -> tuple[bytes, bytes, int, int, int, int, int, int] | None:
+    """:func:`decode` the general way (any IPv4 header, IPv6 with extension headers)."""
     if n < 20:
         raise Malformed("short")
     first = data[0]

@@ -70,3 +70,31 @@ def test_udp_fragment_is_not_malformed():
 
 def test_flags():
     assert decode(pkt(flags="A"))[5] == ACK
+
+
+def test_ipv4_fast_path_agrees_with_the_general_decoder():
+    """decode() reads IPv4 without options and TCP in one unpack; on any bytes (valid, cut short,
+    fragments, other protocols, bad offsets) it must agree with the general decoder."""
+    import random
+
+    from inspector.bench import tcp_packet
+    from inspector.packet import Malformed, _decode, decode
+
+    rng = random.Random(16)
+    base = tcp_packet(bytes([198, 51, 100, 7]), bytes([192, 0, 2, 25]), 40000, 25, 1000, 0x18, b"RCPT TO:<a@b>\r\n")
+
+    def outcome(f, data):
+        try:
+            return f(data) if f is decode else f(data, len(data))
+        except Malformed as e:
+            return ("malformed", e.args[0])
+
+    for _ in range(20000):
+        data = bytearray(base[: rng.randrange(len(base) + 1)] if rng.random() < 0.2 else base)
+        for _ in range(rng.randrange(4)):
+            if data:
+                i = rng.choice((2, 3, 6, 7, 9, 32, rng.randrange(len(data))))
+                if i < len(data):
+                    data[i] = rng.randrange(256)
+        data = bytes(data)
+        assert outcome(decode, data) == outcome(_decode, data), data.hex()
