@@ -98,3 +98,21 @@ def test_ipv4_fast_path_agrees_with_the_general_decoder():
                     data[i] = rng.randrange(256)
         data = bytes(data)
         assert outcome(decode, data) == outcome(_decode, data), data.hex()
+
+
+def test_format_addr_writes_what_ipaddress_writes():
+    import ipaddress
+    import random
+
+    from inspector.packet import format_addr
+
+    rng = random.Random(5952)
+    samples = [bytes(16), bytes(15) + b"\x01", b"\x20\x01\x0d\xb8" + bytes(12), bytes(10) + b"\xff\xff\xc0\x00\x02\x01",
+               bytes(12) + b"\xc0\x00\x02\x01", b"\x00\x01" + bytes(14), bytes(4), b"\xff" * 4]
+    for _ in range(5000):
+        n = rng.choice((4, 16))
+        # runs of zero groups of every length, as RFC 5952 compression cares about them
+        raw = bytes(rng.choice((0, 0, 0, rng.randrange(256))) for _ in range(n))
+        samples.append(raw)
+    for raw in samples:
+        assert format_addr(raw) == str(ipaddress.ip_address(raw)), raw.hex()
