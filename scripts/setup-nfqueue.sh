@@ -3,7 +3,7 @@
 #
 #   setup-nfqueue.sh install [--queue N] [--workers N] [--ports 25,22] [--whitelist CIDR]...
 #                            [--try MINUTES] [--no-ssh-whitelist] [--mark BIT] [--maxelem N] [--no-ipv6]
-#                            [--fail-closed]
+#                            [--fail-closed] [--chain INPUT|FORWARD|DOCKER-USER | --forward]
 #   setup-nfqueue.sh remove
 #   setup-nfqueue.sh status
 #   setup-nfqueue.sh confirm          # keep rules installed with --try
@@ -22,6 +22,10 @@
 #                                                   kernel; with --workers N, IPv4 is spread over queues
 #                                                   N..N+workers-1 by address pair, IPv6 uses queue N so
 #                                                   that a /64 is always counted by one worker)
+# --chain FORWARD (--forward) or DOCKER-USER (Docker's chain for admin rules) protects an MTA in a
+# container behind Docker's NAT: its packets traverse FORWARD, not INPUT.  Only connections that were
+# DNAT'ed to a published port jump (--ctstate DNAT, original direction), so the containers' own
+# outgoing mail and the servers' replies are not inspected; --ports then names the container's ports.
 # --fail-closed leaves out --queue-bypass: while no inspector is bound, the protected ports get
 # no traffic at all (for hosts where unfiltered mail is worse than none).
 # It never locks out the SSH session it runs from: that client's address is whitelisted
@@ -39,6 +43,7 @@ QUEUE=0 WORKERS=$(nproc 2>/dev/null || echo 1) PORTS=25,22 BYPASS=--queue-bypass
 BPF4="18,48 0 0 9,21 0 14 6,40 0 0 6,69 12 0 16383,177 0 0 0,80 0 0 13,69 9 0 2,80 0 0 12,84 0 0 240,116 0 0 2,12 0 0 0,2 0 0 0,40 0 0 2,97 0 0 0,28 0 0 0,21 1 0 0,6 0 0 1,6 0 0 0"
 BPF6="13,48 0 0 6,21 0 9 6,48 0 0 53,69 7 0 2,48 0 0 52,84 0 0 240,116 0 0 2,7 0 0 0,40 0 0 4,28 0 0 0,21 1 0 0,6 0 0 1,6 0 0 0"
 WHITELIST=()
+JUMP_FROM=INPUT
 
 die() { echo "setup-nfqueue: error: $*" >&2; exit 1; }
 say() { echo "setup-nfqueue: $*"; }
@@ -59,6 +64,8 @@ while [ $# -gt 0 ]; do
         --maxelem) MAXELEM=${2:?}; shift ;;
         --no-ipv6) IPV6=0 ;;
         --fail-closed) BYPASS="" ;;
+        --chain) JUMP_FROM=${2:?}; shift ;;
+        --forward) JUMP_FROM=FORWARD ;;
         -h|--help) usage ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
@@ -187,16 +194,41 @@ install_family() {
     # shellcheck disable=SC2046
     ipt "$fam" -A $CHAIN -m bpf --bytecode "$(bpf "$fam")" $(queue_target "$fam")
     ipt "$fam" -A $CHAIN -j RETURN
-    ipt "$fam" -I INPUT 1 -p tcp -m multiport --dports "$PORTS" ! -i lo \
-        -m comment --comment "$TAG table=$had_table" -j $CHAIN
+    add_jump "$fam" "$had_table"
+}
+
+# The jump into INSPECTOR, first in INPUT (TCP to the protected ports, not from lo) or, with --chain,
+# first in FORWARD or a chain FORWARD calls (DOCKER-USER): there only for connections DNAT'ed to a
+# published port, in their original direction (client to server).
+add_jump() {
+    local fam=$1 had_table=$2
+    if [ "$JUMP_FROM" = INPUT ]; then
+        ipt "$fam" -I INPUT 1 -p tcp -m multiport --dports "$PORTS" ! -i lo \
+            -m comment --comment "$TAG table=$had_table" -j $CHAIN
+    else
+        ipt "$fam" -I "$JUMP_FROM" 1 -p tcp -m multiport --dports "$PORTS" \
+            -m conntrack --ctstate DNAT --ctdir ORIGINAL -m comment --comment "$TAG table=$had_table" -j $CHAIN
+    fi
+}
+
+# Before anything changes: the chain to jump from must exist in every family.
+check_jump_chain() {
+    local fam
+    [[ $JUMP_FROM =~ ^[A-Za-z0-9_-]{1,28}$ ]] || die "--chain must be a chain name, e.g. DOCKER-USER"
+    [ "$JUMP_FROM" = INPUT ] && return 0
+    [ "$JUMP_FROM" = "$CHAIN" ] && die "--chain cannot be $CHAIN itself"
+    for fam in $(families); do
+        ipt "$fam" -S "$JUMP_FROM" >/dev/null 2>&1 || die "no chain $JUMP_FROM in $([ "$fam" = 4 ] \
+            && echo iptables || echo ip6tables) (is Docker running? Docker without IPv6 has no ip6tables chains: add --no-ipv6)"
+    done
 }
 
 remove_jumps() {
-    # delete every INPUT rule that jumps to our chain, whatever its ports
+    # delete every rule that jumps to our chain, whatever its chain (INPUT, FORWARD, DOCKER-USER) and ports
     local fam=$1 rule
-    while rule=$(ipt "$fam" -S INPUT 2>/dev/null | grep -- "-j $CHAIN\$" | head -1) && [ -n "$rule" ]; do
+    while rule=$(ipt "$fam" -S 2>/dev/null | grep -- "^-A .* -j $CHAIN\$" | head -1) && [ -n "$rule" ]; do
         # shellcheck disable=SC2086
-        eval "ipt $fam ${rule/-A INPUT/-D INPUT}"
+        eval "ipt $fam ${rule/-A /-D }"
     done
 }
 
@@ -231,6 +263,7 @@ cancel_try() {
 
 do_install() {
     need_root
+    check_jump_chain
     declare -gA HAD_TABLE HAD_SETS
     for fam in $(families); do
         HAD_TABLE[$fam]=$(table_existed "$fam" && echo old || echo new)
@@ -276,7 +309,7 @@ do_status() {
     for fam in $(families); do
         echo "== IPv$fam"
         if ipt "$fam" -S $CHAIN >/dev/null 2>&1; then
-            ipt "$fam" -S INPUT | grep -- "-j $CHAIN" || echo "(no jump from INPUT!)"
+            ipt "$fam" -S | grep -- "^-A .* -j $CHAIN\$" || echo "(no jump into $CHAIN!)"
             ipt "$fam" -L $CHAIN -v -n
         else
             echo "not installed"
