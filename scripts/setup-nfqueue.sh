@@ -7,6 +7,9 @@
 #   setup-nfqueue.sh remove
 #   setup-nfqueue.sh status
 #   setup-nfqueue.sh confirm          # keep rules installed with --try
+#   setup-nfqueue.sh baseline --open 25,465,587,993,995,22 [--try MINUTES] [--whitelist CIDR]...
+#                             [--no-ssh-whitelist] [--no-ipv6]
+#   setup-nfqueue.sh remove-baseline  # give INPUT back exactly as it was before "baseline"
 #
 # install (idempotent) creates, for IPv4 (iptables) and IPv6 (ip6tables):
 #   ipsets  inspector-ban4 (hash:ip) / inspector-ban6 (hash:net, /64 bans)   with timeouts
@@ -31,6 +34,11 @@
 # It never locks out the SSH session it runs from: that client's address is whitelisted
 # unless --no-ssh-whitelist. With --try MINUTES everything is removed again after MINUTES
 # unless "setup-nfqueue.sh confirm" is run (the seeds' 10-minute safety net).
+# baseline (the seeds' "iptables basics") adds chain INSPECTOR-BASE, jumped to from INPUT right after
+# the INSPECTOR jump: loopback accepted, conntrack INVALID and NULL/XMAS scans dropped, ESTABLISHED and
+# RELATED accepted, ICMP echo (IPv4) and ICMPv6 (neighbour discovery) accepted, the whitelist and this
+# SSH session's client accepted, new TCP connections to the --open ports accepted; INPUT's policy
+# becomes DROP.  The previous policy is recorded in the jump's comment for remove-baseline.
 # remove deletes exactly what install added and restores what it changed, so
 # iptables-save and ip6tables-save print what they printed before.
 set -euo pipefail
@@ -44,11 +52,12 @@ BPF4="18,48 0 0 9,21 0 14 6,40 0 0 6,69 12 0 16383,177 0 0 0,80 0 0 13,69 9 0 2,
 BPF6="13,48 0 0 6,21 0 9 6,48 0 0 53,69 7 0 2,48 0 0 52,84 0 0 240,116 0 0 2,7 0 0 0,40 0 0 4,28 0 0 0,21 1 0 0,6 0 0 1,6 0 0 0"
 WHITELIST=()
 JUMP_FROM=INPUT
+BASE=INSPECTOR-BASE BASE_TAG=inspector-baseline OPEN=""
 
 die() { echo "setup-nfqueue: error: $*" >&2; exit 1; }
 say() { echo "setup-nfqueue: $*"; }
 
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 [ $# -ge 1 ] || usage
 ACTION=$1; shift
@@ -66,6 +75,7 @@ while [ $# -gt 0 ]; do
         --fail-closed) BYPASS="" ;;
         --chain) JUMP_FROM=${2:?}; shift ;;
         --forward) JUMP_FROM=FORWARD ;;
+        --open) OPEN=${2:?}; shift ;;
         -h|--help) usage ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
@@ -201,7 +211,9 @@ install_family() {
 # first in FORWARD or a chain FORWARD calls (DOCKER-USER): there only for connections DNAT'ed to a
 # published port, in their original direction (client to server).
 add_jump() {
-    local fam=$1 had_table=$2
+    local fam=$1 had_table=$2 rec
+    # the baseline came first: its record of the table is the older truth
+    rec=$(baseline_recorded "$fam"); if [ -n "$rec" ]; then had_table=${rec#* }; fi
     if [ "$JUMP_FROM" = INPUT ]; then
         ipt "$fam" -I INPUT 1 -p tcp -m multiport --dports "$PORTS" ! -i lo \
             -m comment --comment "$TAG table=$had_table" -j $CHAIN
@@ -324,10 +336,135 @@ do_status() {
     return 0
 }
 
+# ---- baseline: a default-DROP INPUT with the listed ports open ---------------------------------------
+
+baseline_try_pidfile() { echo "/run/inspector/setup-baseline-try-$(netns_id).pid"; }
+
+cancel_timer() {
+    local pidfile=$1 pid
+    if [ -f "$pidfile" ]; then
+        pid=$(cat "$pidfile")
+        kill -- "-$pid" 2>/dev/null || kill "$pid" 2>/dev/null || true
+        rm -f "$pidfile"
+        return 0
+    fi
+    return 1
+}
+
+remove_base_jumps() {
+    local fam=$1 rule
+    while rule=$(ipt "$fam" -S INPUT 2>/dev/null | grep -- "^-A INPUT .* -j $BASE\$" | head -1) && [ -n "$rule" ]; do
+        # shellcheck disable=SC2086
+        eval "ipt $fam ${rule/-A /-D }"
+    done
+}
+
+# "POLICY TABLE" recorded by the first baseline run in this family, or nothing
+baseline_recorded() {
+    ipt_save "$1" 2>/dev/null | sed -n "s/.*--comment \"\{0,1\}$BASE_TAG policy=\([A-Z]*\) table=\([a-z]*\).*/\1 \2/p" | head -1
+}
+
+baseline_family() {
+    local fam=$1 had_table=$2 policy rec pos cidr
+    policy=$(ipt "$fam" -S INPUT | sed -n 's/^-P INPUT \([A-Z]*\).*/\1/p')
+    if ipt "$fam" -S $BASE >/dev/null 2>&1; then
+        rec=$(baseline_recorded "$fam")
+        if [ -n "$rec" ]; then policy=${rec% *}; had_table=${rec#* }; fi
+        remove_base_jumps "$fam"
+        ipt "$fam" -F $BASE
+    else
+        ipt "$fam" -N $BASE
+        # install came first: its record of the table is the older truth
+        rec=$(ipt_save "$fam" | sed -n "s/.*--comment \"\{0,1\}$TAG table=\([a-z]*\).*/\1/p" | head -1)
+        if [ -n "$rec" ]; then had_table=$rec; fi
+    fi
+    ipt "$fam" -A $BASE -i lo -j ACCEPT
+    # the scans by name first (conntrack would call them INVALID too, but the counters tell them apart)
+    ipt "$fam" -A $BASE -p tcp --tcp-flags ALL NONE -j DROP
+    ipt "$fam" -A $BASE -p tcp --tcp-flags ALL ALL -j DROP
+    ipt "$fam" -A $BASE -p tcp --tcp-flags ALL FIN,PSH,URG -j DROP
+    ipt "$fam" -A $BASE -m conntrack --ctstate INVALID -j DROP
+    ipt "$fam" -A $BASE -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+    if [ "$fam" = 4 ]; then
+        ipt 4 -A $BASE -p icmp --icmp-type echo-request -j ACCEPT
+    else
+        ipt 6 -A $BASE -p ipv6-icmp -j ACCEPT   # neighbour discovery, PMTU, echo (RFC 4890)
+    fi
+    for cidr in "${BASE_WHITELIST[@]}"; do
+        if [[ $cidr == *:* ]]; then [ "$fam" = 6 ] || continue; else [ "$fam" = 4 ] || continue; fi
+        ipt "$fam" -A $BASE -s "$cidr" -j ACCEPT || die "cannot whitelist $cidr"
+    done
+    ipt "$fam" -A $BASE -p tcp -m multiport --dports "$OPEN" -m conntrack --ctstate NEW -j ACCEPT
+    ipt "$fam" -A $BASE -j RETURN
+    # right after the INSPECTOR jump(s): inspection comes first, ESTABLISHED must not skip it
+    pos=$(ipt "$fam" -S INPUT | grep '^-A INPUT' | grep -n -- "-j $CHAIN\$" | tail -1 | cut -d: -f1 || true)
+    ipt "$fam" -I INPUT $((${pos:-0} + 1)) -m comment --comment "$BASE_TAG policy=$policy table=$had_table" -j $BASE
+    ipt "$fam" -P INPUT DROP
+}
+
+remove_baseline_family() {
+    local fam=$1 rec policy=ACCEPT had_table=old
+    rec=$(baseline_recorded "$fam")
+    if [ -n "$rec" ]; then policy=${rec% *}; had_table=${rec#* }; fi
+    if ipt "$fam" -S $BASE >/dev/null 2>&1; then
+        ipt "$fam" -P INPUT "$policy"   # first: never a moment of DROP without the ESTABLISHED accept
+        remove_base_jumps "$fam"
+        ipt "$fam" -F $BASE
+        ipt "$fam" -X $BASE
+    fi
+    if [ "$had_table" = new ] && [ "$(ipt "$fam" -S | grep -cv '^-P .* ACCEPT$')" = 0 ]; then
+        nft delete table "$(nft_family "$fam")" filter 2>/dev/null || true
+    fi
+}
+
+do_baseline() {
+    need_root
+    [ -n "$OPEN" ] || die "baseline needs --open PORTS, e.g. --open 25,465,587,993,995,22"
+    [[ $OPEN =~ ^[0-9]+(,[0-9]+)*$ ]] || die "--open must be a comma-separated list of ports, e.g. 25,22"
+    local fam me
+    local -A had
+    for fam in $(families); do had[$fam]=$(table_existed "$fam" && echo old || echo new); done
+    BASE_WHITELIST=("${WHITELIST[@]}")
+    if [ "$SSH_WHITELIST" = 1 ]; then
+        me=$(ssh_client)
+        if [ -n "$me" ]; then BASE_WHITELIST+=("$me"); say "accepting this SSH session's client $me"; fi
+    fi
+    [[ ,$OPEN, == *,22,* ]] || say "warning: port 22 is not in --open: new SSH sessions will be refused"
+    for fam in $(families); do baseline_family "$fam" "${had[$fam]}"; done
+    say "baseline: INPUT policy DROP, open TCP ports $OPEN; remove it with: $0 remove-baseline"
+    if [ -n "$TRY" ]; then
+        local seconds pidfile
+        seconds=$(awk -v m="$TRY" 'BEGIN { s = m * 60; if (s < 1) s = 1; printf "%d", s }')
+        pidfile=$(baseline_try_pidfile)
+        mkdir -p "$(dirname "$pidfile")"
+        cancel_timer "$pidfile" || true
+        setsid bash -c "sleep $seconds && rm -f '$pidfile' && '$0' remove-baseline >/dev/null 2>&1" \
+            </dev/null >/dev/null 2>&1 &
+        echo $! > "$pidfile"
+        say "trial: the baseline is removed again in $TRY minute(s) unless you run: $0 confirm"
+    fi
+}
+
+do_remove_baseline() {
+    need_root
+    cancel_timer "$(baseline_try_pidfile)" || true
+    for fam in 4 6; do remove_baseline_family "$fam"; done
+    say "baseline removed"
+}
+
+do_confirm() {
+    local confirmed=0
+    cancel_try && confirmed=1
+    cancel_timer "$(baseline_try_pidfile)" && confirmed=1
+    if [ "$confirmed" = 1 ]; then say "confirmed: rules stay"; else say "nothing to confirm"; fi
+}
+
 case $ACTION in
+    baseline) do_baseline ;;
+    remove-baseline) do_remove_baseline ;;
     install) do_install ;;
     remove) do_remove ;;
     status) need_root; do_status ;;
-    confirm) need_root; if cancel_try; then say "confirmed: rules stay"; else say "nothing to confirm"; fi ;;
+    confirm) need_root; do_confirm ;;
     *) usage ;;
 esac
