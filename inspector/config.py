@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .notify import NOTIFY_KEYS, NotifySettings, parse_notify
 from .rules import DOMAIN, PAYLOAD, SCOPES, RuleFile
 
 __all__ = ["Config", "ConfigError", "LogFilter", "LogSettings", "LogSource", "RateRule", "ServiceSettings",
@@ -116,6 +117,7 @@ class Config:
     rules: tuple[RuleFile, ...] = ()
     service: ServiceSettings = ServiceSettings()
     logs: LogSettings = LogSettings()
+    notify: NotifySettings | None = None  # [notify]; None: no notifications
     source: str | None = None  # the file this came from
     extra: dict[str, Any] = field(default_factory=dict)  # sections later stages read (metrics)
 
@@ -146,6 +148,7 @@ _KNOWN: dict[str, dict[str, type | tuple[type, ...]]] = {
     "logs": {"whitelist": list, "maxretry": int, "findtime": (int, float), "bantime": int, "bantime_max": int,
              "capacity": int, "poll_interval": (int, float), "from_start": bool, "hosts_deny": str,
              "hosts_deny_daemon": str, "source": list, "filter": list},
+    "notify": NOTIFY_KEYS,
 }
 # sections owned by later stages (log sources, metrics): kept, checked there
 _PASSTHROUGH = {"metrics", "log"}
@@ -366,6 +369,8 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
     cfg["service"] = ServiceSettings(**settings)
     if "logs" in data:
         cfg["logs"] = _logs(data["logs"], path, where, fail)
+    if "notify" in data:
+        cfg["notify"] = parse_notify(data["notify"], fail)
     cfg["extra"] = {k: v for k, v in data.items() if k in _PASSTHROUGH}
     return Config(**cfg)
 
