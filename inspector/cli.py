@@ -158,6 +158,13 @@ def _check(args: argparse.Namespace) -> int:
     print(f"rate capacity: {config.rate_capacity} sources; IPv6 counted per /{config.ipv6_prefix}")
     print(f"bans: domain {config.ban_domain}s, payload {config.ban_payload}s, tcp-flags {config.ban_flags}s")
     print(f"whitelist: {', '.join(map(str, config.whitelist)) or '(none)'}")
+    if config.whitelist_files:
+        from .whitelist_sources import read_whitelist_file
+
+        print("whitelist files: " + ", ".join(f"{f} ({len(read_whitelist_file(f))} entries)"
+                                               for f in config.whitelist_files))
+    if config.whitelist_hosts:
+        print(f"whitelist hosts: {', '.join(config.whitelist_hosts)} (resolved every {config.whitelist_resolve:g}s)")
     if config.notify is not None:
         n = config.notify
         channels = [f"{len(n.urls)} Apprise URL(s)"] * bool(n.urls)

@@ -114,6 +114,9 @@ class Config:
     ban_payload: int = 86400
     ban_flags: int = 0
     whitelist: tuple[Network, ...] = ()
+    whitelist_files: tuple[str, ...] = ()  # [whitelist] files: one address/CIDR per line (whitelist_sources.py)
+    whitelist_hosts: tuple[str, ...] = ()  # [whitelist] hosts: A and AAAA, re-resolved
+    whitelist_resolve: float = 300.0  # [whitelist] resolve_interval, seconds
     rules: tuple[RuleFile, ...] = ()
     service: ServiceSettings = ServiceSettings()
     logs: LogSettings = LogSettings()
@@ -141,7 +144,7 @@ _KNOWN: dict[str, dict[str, type | tuple[type, ...]]] = {
     "rate": {"limit": int, "window": (int, float), "capacity": int, "ipv4_prefix": int, "ipv6_prefix": int,
              "ports": list, "ban": int, "rules": list},
     "bans": {"domain": int, "payload": int, "tcp_flags": int},
-    "whitelist": {"cidrs": list},
+    "whitelist": {"cidrs": list, "files": list, "hosts": list, "resolve_interval": (int, float)},
     "service": {"queue": int, "queue_maxlen": int, "fail_open": bool, "state_file": str, "events": str,
                 "syslog": bool, "control_socket": str, "ipset_v4": str, "ipset_v6": str, "maxelem": int,
                 "mark": int, "workers": int},
@@ -322,6 +325,7 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
         except ValueError:
             raise fail("whitelist", "cidrs", f"invalid network {entry!r}") from None
     cfg["whitelist"] = tuple(nets)
+    cfg.update(_whitelist_sources(wl, path, fail))
 
     rule_files = []
     raw_rules = data.get("rules", [])
@@ -373,6 +377,33 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
         cfg["notify"] = parse_notify(data["notify"], fail)
     cfg["extra"] = {k: v for k, v in data.items() if k in _PASSTHROUGH}
     return Config(**cfg)
+
+
+def _whitelist_sources(wl: dict[str, Any], path: Path, fail: Any) -> dict[str, Any]:
+    """``[whitelist] files``, ``hosts``, ``resolve_interval``: each file is read once here to report errors."""
+    from .whitelist_sources import WhitelistSourceError, read_whitelist_file, valid_hostname
+
+    out: dict[str, Any] = {}
+    files = []
+    for entry in wl.get("files", []):
+        if not isinstance(entry, str) or not entry:
+            raise fail("whitelist", "files", f"expected file paths, got {entry!r}")
+        p = Path(entry) if Path(entry).is_absolute() else path.parent / entry
+        try:
+            read_whitelist_file(p)
+        except WhitelistSourceError as e:
+            raise fail("whitelist", "files", str(e)) from None
+        files.append(str(p))
+    out["whitelist_files"] = tuple(files)
+    hosts = wl.get("hosts", [])
+    for h in hosts:
+        if not isinstance(h, str) or not valid_hostname(h):
+            raise fail("whitelist", "hosts", f"not a host name: {h!r} (IDNs in A-label form, xn--...)")
+    out["whitelist_hosts"] = tuple(hosts)
+    if "resolve_interval" in wl:
+        out["whitelist_resolve"] = float(_bounded(wl["resolve_interval"], 10, 86400,
+                                                  lambda m: fail("whitelist", "resolve_interval", m)))
+    return out
 
 
 _LOG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
