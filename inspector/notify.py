@@ -223,11 +223,16 @@ def channels_for(settings: NotifySettings) -> list[Channel]:
 class BanLike(Protocol):
     """What a notice needs of a ban (``inspector.respond.bans.Ban`` has it)."""
 
-    network: str
-    seconds: int
-    reason: str
-    rule: str | None
-    dport: int | None
+    @property
+    def network(self) -> str: ...
+    @property
+    def seconds(self) -> int: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def rule(self) -> str | None: ...
+    @property
+    def dport(self) -> int | None: ...
 
 
 class Notifier:

@@ -19,6 +19,7 @@ and the kernel's whitelist sets.  Resolver, clock and file stat are injected.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import socket
@@ -26,15 +27,16 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .config import ConfigError
 
-__all__ = ["WhitelistSourceError", "WhitelistSources", "read_whitelist_file", "parse_whitelist_lines",
-           "system_resolver", "valid_hostname", "Network"]
+__all__ = ["WhitelistSourceError", "WhitelistSources", "KernelWhitelist", "WHITE_SETS", "read_whitelist_file",
+           "parse_whitelist_lines", "system_resolver", "valid_hostname", "Network"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str], Sequence[str]]
+WHITE_SETS = ("inspector-white4", "inspector-white6")  # made by setup-nfqueue.sh (RETURN before any queueing)
 MAX_ADDRESSES_PER_HOST = 64  # a round-robin name has a few; more is a misconfiguration or an attack
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
@@ -253,3 +255,63 @@ class WhitelistSources:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+
+
+class SetEditor(Protocol):
+    """What :class:`KernelWhitelist` needs of :class:`inspector.ipset_netlink.IpsetNetlink`."""
+
+    def add_entry(self, set_name: str, network: str, net: bool = True) -> bool: ...
+    def delete(self, set_name: str, network: str, net: bool) -> bool: ...
+
+
+class KernelWhitelist:
+    """Keeps the kernel whitelist sets (``inspector-white4``/``6``) holding the file and host networks.
+
+    Only entries this class added are ever removed: an entry that was already in a set (the
+    setup script's ``--whitelist``) is left alone, also when it leaves the files.  What it
+    added is remembered in ``state`` (a JSON list), so entries of a previous run that are no
+    longer listed are removed at the next start.  Errors (no such set: the setup script was
+    not run) are returned, never raised.
+    """
+
+    def __init__(self, editor: SetEditor, state: Path | None, names: tuple[str, str] = WHITE_SETS) -> None:
+        self.editor = editor
+        self.state = state
+        self.names = names
+        self.owned: set[str] = set()
+        if state is not None:
+            try:
+                self.owned = {str(ipaddress.ip_network(n)) for n in json.loads(state.read_text())}
+            except (OSError, ValueError, TypeError):
+                self.owned = set()
+
+    def sync(self, networks: Iterable[Network]) -> list[str]:
+        """Make the sets hold ``networks`` (plus what others put there); the errors, if any."""
+        want = {str(n) for n in networks}
+        errors: list[str] = []
+        for text in sorted(want - self.owned):
+            name = self.names[0 if ipaddress.ip_network(text).version == 4 else 1]
+            try:
+                if self.editor.add_entry(name, text, True):
+                    self.owned.add(text)
+            except OSError as e:
+                errors.append(f"cannot add {text} to ipset {name}: {e}")
+        for text in sorted(self.owned - want):
+            name = self.names[0 if ipaddress.ip_network(text).version == 4 else 1]
+            try:
+                self.editor.delete(name, text, True)
+                self.owned.discard(text)
+            except OSError as e:
+                errors.append(f"cannot remove {text} from ipset {name}: {e}")
+        self._save()
+        return errors
+
+    def _save(self) -> None:
+        if self.state is None:
+            return
+        try:
+            tmp = self.state.with_name(self.state.name + ".tmp")
+            tmp.write_text(json.dumps(sorted(self.owned)))
+            os.replace(tmp, self.state)
+        except OSError:
+            pass  # next start then cannot remove stale entries of this run; the sets still hold the right ones

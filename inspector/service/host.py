@@ -165,6 +165,10 @@ class Host:
         if self.logs is not None or config.logs.sources:
             self.logs = make_log_monitor(config, previous=self.logs)
         self.config = config
+        for component in self.components.values():  # components that follow the config (the whitelist)
+            reload = getattr(component, "reload", None)
+            if reload is not None:
+                reload(config)
 
     # -- control ------------------------------------------------------------------------
 

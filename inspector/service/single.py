@@ -15,11 +15,12 @@ from typing import Any
 
 from ..events import EventSink, now_iso
 from ..firewall import Firewall
-from ..nets import Address
+from ..nets import Address, Network, Whitelist
 from ..respond.bans import Ban
 from ..runner import ResetSender
 from ..sources.nfqueue import NfQueue
 from . import ServiceError
+from .components import add_components
 from .host import Host
 from .loop import Loop, PacketQueue
 from .packets import PacketSide, load_config_and_rules
@@ -60,6 +61,7 @@ class Service:
         self.side = side = PacketSide(self.config_path, self.rules_path, self.overrides, config, rules, self.clock)
         host.packet_status = self._packet_status
         host.bans.add_listener(self._to_engine)
+        add_components(host, self._whitelist_to_engine, kernel=firewall is None)
         side.on_reloaded = lambda config, rules: host.reload_logs(config)
         host.start()
         now = self.clock()
@@ -87,6 +89,9 @@ class Service:
         elif isinstance(what, Ban) and what.path != "packet" and self.host.bans.is_engine_form(what.network):
             # a narrowed IPv6 single-address ban (log policy) stays narrow: the kernel set holds it
             engine.add_ban(what.network, self.host.bans.now + what.seconds, what.reason)
+
+    def _whitelist_to_engine(self, networks: tuple[Network, ...]) -> None:
+        self.side.engine.whitelist = Whitelist(networks, loopback=False)
 
     def _packet_status(self, now: float) -> dict[str, Any]:
         side = self.side

@@ -1,0 +1,75 @@
+"""The admin's side components inside the single-process service (fakes for queue, firewall, resets)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.conftest import Conn
+from tests.test_service import BLOCKED, Bed
+
+
+def _wait(pred: Callable[[], object], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_whitelist_file_is_followed_by_the_engine_and_the_pipeline(tmp_path: Path) -> None:
+    wl = tmp_path / "friends.txt"
+    wl.write_text("198.51.100.0/24\n")
+    b = Bed(tmp_path, extra=f'[whitelist]\nfiles = ["{wl}"]\n')
+    b.service.start()
+    try:
+        comp = b.service.host.components["whitelist"]
+        assert b.service.side.engine.whitelist.contains_raw(bytes([198, 51, 100, 7]))
+        c = Conn()
+        b.feed(c.syn(), c.send(BLOCKED))
+        assert b.firewall.entries == {}  # whitelisted: neither reset nor banned
+        assert b.service.host.bans.protected("198.51.100.9") == "whitelist"
+        wl.write_text("# nobody\n")
+        changes = comp.changes
+        comp.sources.reload()  # what SIGHUP does; a changed file is also seen within check_every
+        assert _wait(lambda: comp.changes > changes)
+        c2 = Conn(sport=40001)
+        b.feed(c2.syn(), c2.send(BLOCKED))
+        assert list(b.firewall.entries) == ["198.51.100.7"]
+        assert b.service.host.status()["whitelist"]["files"][0]["entries"] == 0
+        assert [e for e in b.events.events if e["event"] == "whitelist"][-1]["from_sources"] == 0
+    finally:
+        b.service.stop()
+
+
+def test_config_reload_reapplies_the_whitelist_to_a_rebuilt_engine(tmp_path: Path) -> None:
+    wl = tmp_path / "friends.txt"
+    wl.write_text("198.51.100.7\n")
+    b = Bed(tmp_path, extra=f'[whitelist]\nfiles = ["{wl}"]\n')
+    b.service.start()
+    try:
+        engine = b.service.side.engine
+        # a config change that rebuilds the engine
+        b.config.write_text(b.config.read_text() + "\n[stream]\ndepth = 8192\n")
+        b.service.side.request_reload()
+        assert _wait(lambda: (b.service.loop.turn(), b.service.side.engine is not engine)[1])
+        assert b.service.side.engine.whitelist.contains_raw(bytes([198, 51, 100, 7]))
+    finally:
+        b.service.stop()
+
+
+def test_notifier_gets_the_pipelines_bans(tmp_path: Path) -> None:
+    script = tmp_path / "sendmail"
+    script.write_text(f'#!/bin/sh\ncat >> "{tmp_path}/mail"\n')
+    script.chmod(0o755)
+    b = Bed(tmp_path, extra=f'[notify]\nsendmail = "{script}"\nreport = "off"\nbans = true\n')
+    b.service.start()
+    try:
+        c = Conn()
+        b.feed(c.syn(), c.send(BLOCKED))
+        assert _wait(lambda: (tmp_path / "mail").exists() and "banned 198.51.100.7" in (tmp_path / "mail").read_text())
+        assert b.service.host.status()["notify"]["sent"] == 1
+    finally:
+        b.service.stop()
