@@ -199,6 +199,12 @@ def _check(args: argparse.Namespace) -> int:
                                                for f in config.whitelist_files))
     if config.whitelist_hosts:
         print(f"whitelist hosts: {', '.join(config.whitelist_hosts)} (resolved every {config.whitelist_resolve:g}s)")
+    if config.connlimit is not None:
+        cl = config.connlimit
+        for port in cl.ports or config.ports:
+            cr = cl.rule_for(port)
+            print(f"connlimit: more than {cr.limit} established connections from one source to port {port} "
+                  f"-> ban {cr.ban}s (checked every {cl.interval:g}s)")
     if config.notify is not None:
         n = config.notify
         channels = [f"{len(n.urls)} Apprise URL(s)"] * bool(n.urls)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .connlimit import CONNLIMIT_KEYS, ConnLimitSettings, parse_connlimit
 from .notify import NOTIFY_KEYS, NotifySettings, parse_notify
 from .rules import DOMAIN, PAYLOAD, SCOPES, RuleFile
 
@@ -121,6 +122,7 @@ class Config:
     service: ServiceSettings = ServiceSettings()
     logs: LogSettings = LogSettings()
     notify: NotifySettings | None = None  # [notify]; None: no notifications
+    connlimit: ConnLimitSettings | None = None  # [connlimit]; None: no cap on concurrent connections
     source: str | None = None  # the file this came from
     extra: dict[str, Any] = field(default_factory=dict)  # sections later stages read (metrics)
 
@@ -152,6 +154,7 @@ _KNOWN: dict[str, dict[str, type | tuple[type, ...]]] = {
              "capacity": int, "poll_interval": (int, float), "from_start": bool, "hosts_deny": str,
              "hosts_deny_daemon": str, "source": list, "filter": list},
     "notify": NOTIFY_KEYS,
+    "connlimit": CONNLIMIT_KEYS,
 }
 # sections owned by later stages (log sources, metrics): kept, checked there
 _PASSTHROUGH = {"metrics", "log"}
@@ -375,6 +378,8 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
         cfg["logs"] = _logs(data["logs"], path, where, fail)
     if "notify" in data:
         cfg["notify"] = parse_notify(data["notify"], fail)
+    if "connlimit" in data:
+        cfg["connlimit"] = parse_connlimit(data["connlimit"], fail, _port_list)
     cfg["extra"] = {k: v for k, v in data.items() if k in _PASSTHROUGH}
     return Config(**cfg)
 

@@ -122,8 +122,7 @@ def add_components(host: Host, to_packets: ToPackets, kernel: bool = True) -> No
                                    config.whitelist_resolve, emit=host.events.emit)
         host.add_component("whitelist", WhitelistComponent(host, sources, to_packets,
                                                            _kernel_whitelist(config) if kernel else None))
-    connlimit = getattr(config, "connlimit", None)
-    if connlimit is not None:
+    if config.connlimit is not None:
         from ..connlimit import make_connlimiter
 
-        host.add_component("connlimit", make_connlimiter(connlimit, host.bans, host.clock, host.events.emit))
+        host.add_component("connlimit", make_connlimiter(config, host.bans, host.clock, host.events.emit))
