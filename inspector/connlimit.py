@@ -166,7 +166,9 @@ class ConnLimiter:
             self.last_error = str(e)
             return []
         self.last_error = None
-        self._banned = {n: t for n, t in self._banned.items() if t > now}
+        for net, until in list(self._banned.items()):  # a copy: on_ban may pop from another thread
+            if until <= now:
+                self._banned.pop(net, None)
         self.top = [(n, p, k) for (n, p), k in counts.most_common(5)]
         acted = []
         for (net, port), n in counts.items():
@@ -188,6 +190,11 @@ class ConnLimiter:
                 self.issued += 1
             acted.append(net)
         return acted
+
+    def on_ban(self, kind: str, what: object) -> None:
+        """Ban-pipeline listener: a lifted network may be banned here again at the next read."""
+        if kind == "unban" and isinstance(what, str):
+            self._banned.pop(what, None)
 
     def _run(self) -> None:
         while not self._stop.wait(self.settings.interval):

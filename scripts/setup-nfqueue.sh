@@ -3,7 +3,7 @@
 #
 #   setup-nfqueue.sh install [--queue N] [--workers N] [--ports 25,22] [--whitelist CIDR]...
 #                            [--try MINUTES] [--no-ssh-whitelist] [--mark BIT] [--maxelem N] [--no-ipv6]
-#                            [--fail-closed] [--chain INPUT|FORWARD|DOCKER-USER | --forward]
+#                            [--fail-closed] [--chain INPUT|FORWARD|DOCKER-USER[,...] | --forward]
 #   setup-nfqueue.sh remove
 #   setup-nfqueue.sh status
 #   setup-nfqueue.sh confirm          # keep rules installed with --try
@@ -29,6 +29,7 @@
 # container behind Docker's NAT: its packets traverse FORWARD, not INPUT.  Only connections that were
 # DNAT'ed to a published port jump (--ctstate DNAT, original direction), so the containers' own
 # outgoing mail and the servers' replies are not inspected; --ports then names the container's ports.
+# --chain INPUT,DOCKER-USER protects a local MTA and a containerised one at once.
 # --fail-closed leaves out --queue-bypass: while no inspector is bound, the protected ports get
 # no traffic at all (for hosts where unfiltered mail is worse than none).
 # It never locks out the SSH session it runs from: that client's address is whitelisted
@@ -209,29 +210,34 @@ install_family() {
 
 # The jump into INSPECTOR, first in INPUT (TCP to the protected ports, not from lo) or, with --chain,
 # first in FORWARD or a chain FORWARD calls (DOCKER-USER): there only for connections DNAT'ed to a
-# published port, in their original direction (client to server).
+# published port, in their original direction (client to server).  --chain INPUT,DOCKER-USER: both.
 add_jump() {
-    local fam=$1 had_table=$2 rec
+    local fam=$1 had_table=$2 rec from
     # the baseline came first: its record of the table is the older truth
     rec=$(baseline_recorded "$fam"); if [ -n "$rec" ]; then had_table=${rec#* }; fi
-    if [ "$JUMP_FROM" = INPUT ]; then
-        ipt "$fam" -I INPUT 1 -p tcp -m multiport --dports "$PORTS" ! -i lo \
-            -m comment --comment "$TAG table=$had_table" -j $CHAIN
-    else
-        ipt "$fam" -I "$JUMP_FROM" 1 -p tcp -m multiport --dports "$PORTS" \
-            -m conntrack --ctstate DNAT --ctdir ORIGINAL -m comment --comment "$TAG table=$had_table" -j $CHAIN
-    fi
+    for from in ${JUMP_FROM//,/ }; do
+        if [ "$from" = INPUT ]; then
+            ipt "$fam" -I INPUT 1 -p tcp -m multiport --dports "$PORTS" ! -i lo \
+                -m comment --comment "$TAG table=$had_table" -j $CHAIN
+        else
+            ipt "$fam" -I "$from" 1 -p tcp -m multiport --dports "$PORTS" -m conntrack --ctstate DNAT \
+                --ctdir ORIGINAL -m comment --comment "$TAG table=$had_table" -j $CHAIN
+        fi
+    done
 }
 
-# Before anything changes: the chain to jump from must exist in every family.
+# Before anything changes: every chain to jump from must exist in every family.
 check_jump_chain() {
-    local fam
-    [[ $JUMP_FROM =~ ^[A-Za-z0-9_-]{1,28}$ ]] || die "--chain must be a chain name, e.g. DOCKER-USER"
-    [ "$JUMP_FROM" = INPUT ] && return 0
-    [ "$JUMP_FROM" = "$CHAIN" ] && die "--chain cannot be $CHAIN itself"
-    for fam in $(families); do
-        ipt "$fam" -S "$JUMP_FROM" >/dev/null 2>&1 || die "no chain $JUMP_FROM in $([ "$fam" = 4 ] \
-            && echo iptables || echo ip6tables) (is Docker running? Docker without IPv6 has no ip6tables chains: add --no-ipv6)"
+    local fam from
+    [[ $JUMP_FROM =~ ^[A-Za-z0-9_-]{1,28}(,[A-Za-z0-9_-]{1,28})*$ ]] \
+        || die "--chain must be chain names, e.g. DOCKER-USER or INPUT,DOCKER-USER"
+    for from in ${JUMP_FROM//,/ }; do
+        [ "$from" = INPUT ] && continue
+        [ "$from" = "$CHAIN" ] && die "--chain cannot be $CHAIN itself"
+        for fam in $(families); do
+            ipt "$fam" -S "$from" >/dev/null 2>&1 || die "no chain $from in $([ "$fam" = 4 ] && echo iptables \
+                || echo ip6tables) (is Docker running? Docker without IPv6 has no ip6tables chains: add --no-ipv6)"
+        done
     done
 }
 

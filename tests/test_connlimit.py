@@ -94,6 +94,8 @@ def test_no_new_ban_while_the_ban_runs_then_again() -> None:
     assert lim.poll(1010.0) == [] and lim.poll(1599.0) == []
     assert lim.poll(1601.0) == ["198.51.100.7"]
     assert len([e for e in events.events if e["event"] == "ban"]) == 2
+    lim.on_ban("unban", "198.51.100.7")  # lifted by hand while still over the limit: banned at the next read
+    assert lim.poll(1602.0) == ["198.51.100.7"]
 
 
 def test_alert_mode_reports_and_bans_nothing() -> None:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ class WhitelistComponent:
         self.base: tuple[Network, ...] = host.config.whitelist
         self.kernel_errors: list[str] = []
         self.changes = 0
+        self._lock = threading.Lock()  # the refresh thread and a reload on the loop may apply at once
 
     def start(self) -> None:
         """First load (a broken file is reported and contributes nothing), then the refresh thread."""
@@ -60,22 +62,22 @@ class WhitelistComponent:
     def apply(self, dynamic: frozenset[Network]) -> None:
         """Put ``base`` + ``dynamic`` in place everywhere (any thread)."""
         extra = tuple(sorted(dynamic, key=lambda n: (n.version, n.network_address.packed, n.prefixlen)))
-        whole = tuple(dict.fromkeys((*self.base, *extra)))
-        self.host.bans.whitelist = Whitelist(whole)
-        self.to_packets(whole)
-        if self.kernel is not None:
-            self.kernel_errors = self.kernel.sync(extra)
-            for error in self.kernel_errors:
-                self.host.events.emit({"event": "error", "what": "whitelist-set", "error": error})
-        self.changes += 1
+        with self._lock:
+            whole = tuple(dict.fromkeys((*self.base, *extra)))
+            self.host.bans.whitelist = Whitelist(whole)
+            self.to_packets(whole)
+            if self.kernel is not None:
+                self.kernel_errors = self.kernel.sync(extra)
+                for error in self.kernel_errors:
+                    self.host.events.emit({"event": "error", "what": "whitelist-set", "error": error})
+            self.changes += 1
         self.host.events.emit({"event": "whitelist", "time": round(self.host.clock(), 3), "networks": len(whole),
                                "from_sources": len(extra)})
 
     def reload(self, config: Config) -> None:
         """Config reloaded (SIGHUP): take its cidrs, re-read the files, re-resolve the hosts, apply."""
         self.base = config.whitelist
-        self.sources.reload()
-        self.sources.refresh()
+        self.sources.reload()  # the refresh thread re-reads and re-resolves now, and applies a change
         self.apply(self.sources.networks)  # the engines may have been rebuilt by the reload
 
     def close(self) -> None:
@@ -125,4 +127,6 @@ def add_components(host: Host, to_packets: ToPackets, kernel: bool = True) -> No
     if config.connlimit is not None:
         from ..connlimit import make_connlimiter
 
-        host.add_component("connlimit", make_connlimiter(config, host.bans, host.clock, host.events.emit))
+        limiter = make_connlimiter(config, host.bans, host.clock, host.events.emit)
+        host.bans.add_listener(limiter.on_ban)  # a manual unban lets the limiter ban that source again
+        host.add_component("connlimit", limiter)
