@@ -40,6 +40,9 @@ def test_whitelist_file_is_followed_by_the_engine_and_the_pipeline(tmp_path: Pat
         assert list(b.firewall.entries) == ["198.51.100.7"]
         assert b.service.host.status()["whitelist"]["files"][0]["entries"] == 0
         assert [e for e in b.events.events if e["event"] == "whitelist"][-1]["from_sources"] == 0
+        from inspector.status import render
+
+        assert "whitelist from files/hosts: 0 networks (1 files, 0 hosts)" in render("sock", b.service.host.status())
     finally:
         b.service.stop()
 
@@ -70,6 +73,9 @@ def test_notifier_gets_the_pipelines_bans(tmp_path: Path) -> None:
         c = Conn()
         b.feed(c.syn(), c.send(BLOCKED))
         assert _wait(lambda: (tmp_path / "mail").exists() and "banned 198.51.100.7" in (tmp_path / "mail").read_text())
-        assert b.service.host.status()["notify"]["sent"] == 1
+        assert _wait(lambda: b.service.host.status()["notify"]["sent"] == 1)
+        from inspector.status import render
+
+        assert "notify: 1 sent, 0 failed" in render("sock", b.service.host.status())
     finally:
         b.service.stop()

@@ -93,5 +93,6 @@ def test_200_idle_connections_from_one_source_are_banned_fewer_are_not(bed: Bed,
     assert len(bed.events(event="ban", reason="connlimit")) == 1
     status = json.loads(bed.cli("status", "--json").stdout)["connlimit"]
     assert status["bans"] == 1 and status["errors"] == 0, status
+    assert "connlimit: 1 bans" in bed.cli("status").stdout
     # the kernel drops the banned source from now on
     assert bed.connect(a, 25, timeout=1)["error"] == "timeout"
