@@ -4,7 +4,7 @@
 #   scripts/build-deb.sh [--out DIR]
 #
 # What dh-virtualenv does, without a debian/ tree: a virtualenv at /opt/venvs/inspector made with
-# the system python3 (so the package depends on that python3.X), the project and its "live" extra
+# the system python3 (so the package depends on that python3.X), the project and its "live" and "notify" extras
 # installed into it from wheels (pip's index settings and cache apply), the paths rewritten from the
 # build directory to /opt/venvs/inspector, then packed with dpkg-deb.  The package installs:
 #   /opt/venvs/inspector/               the venv (bytecode compiled by postinst, removed by prerm)
@@ -42,7 +42,7 @@ mkdir -p "$ROOT/DEBIAN" "$(dirname "$BUILD_VENV")"
 
 # the venv, built in the staging tree, then moved to its final path by rewriting the build path
 $PY -m venv "$BUILD_VENV"
-"$BUILD_VENV/bin/pip" install -q --no-compile --no-warn-script-location ".[live]"
+"$BUILD_VENV/bin/pip" install -q --no-compile --no-warn-script-location ".[live,notify]"
 "$BUILD_VENV/bin/pip" uninstall -q -y pip
 find "$BUILD_VENV" -name __pycache__ -prune -exec rm -rf {} +
 find "$BUILD_VENV" -name direct_url.json -delete   # names the source directory

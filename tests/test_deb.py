@@ -86,6 +86,8 @@ def test_build_install_run_purge(tmp_path: Path) -> None:
             # installing changed no firewall rule and enabled nothing
             assert _firewall(ns) == before
             assert not Path("/etc/systemd/system/multi-user.target.wants/inspector.service").exists()
+            bundled = run_in(ns, "/opt/venvs/inspector/bin/python", "-c", "import apprise, netfilterqueue, pyroute2")
+            assert bundled.returncode == 0
             helper = run_in(ns, "/usr/sbin/inspector-setup-nfqueue", "--help", check=False)
             assert "baseline" in helper.stdout
         finally:
