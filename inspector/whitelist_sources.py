@@ -129,8 +129,14 @@ class WhitelistSources:
         self._current: frozenset[Network] = frozenset()
         self._force = threading.Event()
         self._stop = threading.Event()
+        self.first_refresh = threading.Event()
         self._thread: threading.Thread | None = None
         self.failures = 0
+
+    @property
+    def has_hosts(self) -> bool:
+        """Are there host names to resolve?"""
+        return bool(self._hosts)
 
     @property
     def networks(self) -> frozenset[Network]:
@@ -138,9 +144,11 @@ class WhitelistSources:
         with self._lock:
             return self._current
 
-    def load(self) -> frozenset[Network]:
+    def load(self, resolve_hosts: bool = True) -> frozenset[Network]:
         """First load, at start: a broken file is an error (:class:`WhitelistSourceError`); hosts are resolved
-        (a failed lookup is reported, not raised: the host contributes nothing until it resolves)."""
+        (a failed lookup is reported, not raised: the host contributes nothing until it resolves).
+        ``resolve_hosts`` False leaves the lookups to the thread's first refresh (:meth:`start`), so a
+        slow resolver cannot hold up the caller."""
         now = self.clock()
         for f in self._files:
             f.networks = tuple(read_whitelist_file(f.path))
@@ -148,8 +156,9 @@ class WhitelistSources:
                 f.stamp = _stamp(self.stat(f.path))
             except OSError:
                 f.stamp = None
-        for h in self._hosts:
-            self._resolve(h, now)
+        if resolve_hosts:
+            for h in self._hosts:
+                self._resolve(h, now)
         self._publish()
         return self.networks
 
@@ -231,8 +240,10 @@ class WhitelistSources:
         }
 
     def _run(self) -> None:
+        first = True
         while True:
-            self._force.wait(self.check_every)
+            if not first:
+                self._force.wait(self.check_every)
             if self._stop.is_set():
                 return
             try:
@@ -241,9 +252,13 @@ class WhitelistSources:
                 self.failures += 1
                 if self.emit is not None:
                     self.emit({"event": "whitelist_source_failed", "kind": "internal", "error": repr(e)})
+            if first:
+                first = False
+                self.first_refresh.set()
 
     def start(self) -> None:
-        """Refresh in a daemon thread every ``check_every`` seconds (and at once after :meth:`reload`)."""
+        """Refresh in a daemon thread: at once (``first_refresh`` is set when that is done), then every
+        ``check_every`` seconds and at once after :meth:`reload`."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="whitelist-sources", daemon=True)
             self._thread.start()

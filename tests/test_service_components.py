@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import Conn
 from tests.test_service import BLOCKED, Bed
 
@@ -79,3 +81,40 @@ def test_notifier_gets_the_pipelines_bans(tmp_path: Path) -> None:
         assert "notify: 1 sent, 0 failed" in render("sock", b.service.host.status())
     finally:
         b.service.stop()
+
+
+def test_a_dead_resolver_does_not_hold_up_the_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    from types import SimpleNamespace
+
+    from inspector.events import MemorySink
+    from inspector.service import components
+    from inspector.whitelist_sources import WhitelistSources
+
+    wl = tmp_path / "friends.txt"
+    wl.write_text("198.51.100.7\n")
+    release = threading.Event()
+
+    def dead(host: str) -> list[str]:
+        release.wait(10)
+        raise OSError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(components, "RESOLVE_WAIT", 0.3)
+    host = SimpleNamespace(config=SimpleNamespace(whitelist=()), bans=SimpleNamespace(whitelist=None),
+                           events=MemorySink(), clock=time.time)
+    seen: list[tuple[object, ...]] = []
+    comp = components.WhitelistComponent(host, WhitelistSources([str(wl)], ["mx.example.org"], dead, time.time),
+                                         seen.append, None)  # type: ignore[arg-type]
+    started = time.monotonic()
+    comp.start()
+    try:
+        assert time.monotonic() - started < 2
+        assert "198.51.100.7" in host.bans.whitelist  # the file is in place already
+        assert seen and ipaddress_of(seen[-1]) == {"198.51.100.7/32"}
+    finally:
+        release.set()
+        comp.close()
+
+
+def ipaddress_of(networks: tuple[object, ...]) -> set[str]:
+    return {str(n) for n in networks}

@@ -27,6 +27,7 @@ from .host import Host
 __all__ = ["add_components", "WhitelistComponent"]
 
 ToPackets = Callable[[tuple[Network, ...]], None]
+RESOLVE_WAIT = 3.0  # seconds the start waits for the first lookups of [whitelist] hosts
 
 
 class WhitelistComponent:
@@ -49,24 +50,28 @@ class WhitelistComponent:
         self._lock = threading.Lock()  # the refresh thread and a reload on the loop may apply at once
 
     def start(self) -> None:
-        """First load (a broken file is reported and contributes nothing), then the refresh thread."""
+        """The files at once (a broken one is reported and contributes nothing); the host names in the
+        refresh thread, waited for up to ``RESOLVE_WAIT`` seconds so that a dead resolver cannot hold
+        up the start (the kernel sets keep the previous run's entries meanwhile)."""
         try:
-            nets = self.sources.load()
+            nets = self.sources.load(resolve_hosts=False)
         except WhitelistSourceError as e:
             self.host.events.emit({"event": "error", "what": "whitelist", "error": str(e)})
             nets = self.sources.networks
+        self.apply(nets, kernel=not self.sources.has_hosts)
         self.sources.on_change = self.apply
-        self.apply(nets)
         self.sources.start()
+        self.sources.first_refresh.wait(RESOLVE_WAIT)
+        self.apply(self.sources.networks)
 
-    def apply(self, dynamic: frozenset[Network]) -> None:
-        """Put ``base`` + ``dynamic`` in place everywhere (any thread)."""
+    def apply(self, dynamic: frozenset[Network], kernel: bool = True) -> None:
+        """Put ``base`` + ``dynamic`` in place everywhere (any thread); ``kernel`` False: not in the sets."""
         extra = tuple(sorted(dynamic, key=lambda n: (n.version, n.network_address.packed, n.prefixlen)))
         with self._lock:
             whole = tuple(dict.fromkeys((*self.base, *extra)))
             self.host.bans.whitelist = Whitelist(whole)
             self.to_packets(whole)
-            if self.kernel is not None:
+            if self.kernel is not None and kernel:
                 self.kernel_errors = self.kernel.sync(extra)
                 for error in self.kernel_errors:
                     self.host.events.emit({"event": "error", "what": "whitelist-set", "error": error})
