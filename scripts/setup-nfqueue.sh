@@ -339,6 +339,19 @@ do_status() {
     echo "== queues (queue portid waiting copy_mode copy_range queue_dropped user_dropped id_sequence)"
     cat /proc/net/netfilter/nfnetlink_queue 2>/dev/null || echo "(no queue bound)"
     [ -f "$(try_pidfile)" ] && echo "trial pending: run '$0 confirm' to keep the rules"
+    baseline_status
+    return 0
+}
+
+baseline_status() {
+    local fam
+    for fam in $(families); do
+        if ipt "$fam" -S $BASE >/dev/null 2>&1; then
+            echo "== baseline IPv$fam: INPUT policy $(ipt "$fam" -S INPUT | sed -n 's/^-P INPUT //p'), open: $(ipt "$fam" -S $BASE \
+                | sed -n 's/.*--dports \([0-9,]*\) .*/\1/p' | head -1)"
+        fi
+    done
+    [ -f "$(baseline_try_pidfile)" ] && echo "baseline trial pending: run '$0 confirm' to keep it"
     return 0
 }
 

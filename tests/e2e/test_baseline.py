@@ -44,6 +44,7 @@ def test_unlisted_port_is_closed_listed_one_open_and_remove_restores(net: Bed, v
     _baseline(net, "--open", "25", "--no-ssh-whitelist")
     tool = "iptables" if v == 4 else "ip6tables"
     assert "-P INPUT DROP" in net.s(tool, "-S", "INPUT").stdout
+    assert f"== baseline IPv{v}: INPUT policy DROP, open: 25" in net.setup("status").stdout
     a = CLIENTS[v]["a"]
     assert net.smtp(a)["delivered"]  # listed port, and ESTABLISHED carries the rest of the session
     closed = net.connect(a, 22, timeout=1)
@@ -99,6 +100,7 @@ def test_try_rolls_the_baseline_back(net: Bed) -> None:
 
 def test_confirm_keeps_the_baseline(net: Bed) -> None:
     _baseline(net, "--open", "25", "--no-ssh-whitelist", "--try", "0.05")  # three seconds
+    assert "baseline trial pending" in net.setup("status").stdout
     assert "confirmed" in net.setup("confirm").stdout
     time.sleep(4)  # past the trial
     assert "-P INPUT DROP" in net.s("iptables", "-S", "INPUT").stdout
