@@ -20,6 +20,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``inspector`` command and its subcommands."""
     parser = argparse.ArgumentParser(prog="inspector", description="Inline packet inspector for mail and SSH servers.")
     parser.add_argument("--version", action="version", version=f"inspector {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -82,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``inspector`` command line with ``argv`` (default: ``sys.argv``); returns the exit code (1: config or
+    rule error, 130: interrupted, 141: the reader of stdout went away).
+    """
     args = build_parser().parse_args(argv)
     try:
         if args.command == "check":
@@ -169,7 +173,7 @@ def run_service(config_path: str | None, rules_path: str | None, overrides: dict
     except ServiceError as e:
         print(f"inspector: error: {e}", file=sys.stderr)
         return 1
-    queue = overrides.get("queue") if overrides.get("queue") is not None else config.service.queue
+    queue = int(overrides["queue"]) if overrides.get("queue") is not None else config.service.queue
     print(f"inspector: running on queue {queue}" + (f"..{queue + workers - 1} ({workers} workers)" if workers > 1
           else "") + f" ({service.config.mode} mode)", file=sys.stderr)
     return service.run()
@@ -193,10 +197,13 @@ def _check(args: argparse.Namespace) -> int:
     print(f"bans: domain {config.ban_domain}s, payload {config.ban_payload}s, tcp-flags {config.ban_flags}s")
     print(f"whitelist: {', '.join(map(str, config.whitelist)) or '(none)'}")
     if config.whitelist_files:
-        from .whitelist_sources import read_whitelist_file
+        from .whitelist_sources import WhitelistSourceError, read_whitelist_file
 
-        print("whitelist files: " + ", ".join(f"{f} ({len(read_whitelist_file(f))} entries)"
-                                               for f in config.whitelist_files))
+        try:
+            counts = [f"{f} ({len(read_whitelist_file(f))} entries)" for f in config.whitelist_files]
+        except WhitelistSourceError as e:  # changed since the config was loaded
+            raise ConfigError(str(e)) from None
+        print("whitelist files: " + ", ".join(counts))
     if config.whitelist_hosts:
         print(f"whitelist hosts: {', '.join(config.whitelist_hosts)} (resolved every {config.whitelist_resolve:g}s)")
     if config.connlimit is not None:

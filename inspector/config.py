@@ -1,7 +1,13 @@
 """Configuration: a TOML file parsed once into a frozen :class:`Config`.
 
 Every setting has a default, so no file is needed.  Errors name the file, the
-line where the offending key stands, and what is wrong.
+line where the offending key stands, and what is wrong; an unknown section or key
+is an error too.
+
+Over 400 lines, on purpose: each section is one frozen dataclass and one parser
+block, kept side by side so that a setting and its checks read together.  A new
+section may live in its own module (dataclass + parser) with a one-line hook in
+:func:`_from_dict`, as ``[logs]`` does.
 """
 
 from __future__ import annotations
@@ -9,16 +15,19 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from .connlimit import CONNLIMIT_KEYS, ConnLimitSettings, parse_connlimit
+from .nets import parse_networks
 from .notify import NOTIFY_KEYS, NotifySettings, parse_notify
 from .rules import DOMAIN, PAYLOAD, SCOPES, RuleFile
 
-__all__ = ["Config", "ConfigError", "LogFilter", "LogSettings", "LogSource", "RateRule", "ServiceSettings",
-           "load_config", "DEFAULT_RULES"]
+__all__ = ["Config", "ConfigError", "LogFilter", "LogSettings", "LogSource", "MetricsSettings", "RateRule",
+           "ServiceSettings", "load_config", "DEFAULT_RULES"]
 
 DEFAULT_RULES = Path(__file__).resolve().parent.parent / "rules"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -54,6 +63,14 @@ class ServiceSettings:
     maxelem: int = 1_000_000
     mark: int = 0x40000000  # packet/connection mark bit for decided flows (setup-nfqueue.sh --mark)
     workers: int = 0  # queues queue..queue+workers-1; 0: as many as the installed rules use
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """The ``[metrics]`` section: ``listen = "host:port"`` serves Prometheus metrics ("" = off;
+    an empty host is 127.0.0.1; IPv6 as ``"[::1]:9478"``)."""
+
+    listen: str = ""
 
 
 @dataclass(frozen=True)
@@ -98,6 +115,10 @@ class LogSettings:
 
 @dataclass(frozen=True)
 class Config:
+    """The whole configuration, frozen: engine settings at the top level, and one settings object per section
+    (``service``, ``logs``, ``metrics``). ``decide`` is the ``[stream] decide`` value: when a flow is bypassed (see
+    :data:`inspector.verdict.BYPASS`).
+    """
     mode: str = "enforce"  # or "alert"
     smtp_ports: tuple[int, ...] = (25,)
     other_ports: tuple[int, ...] = (22,)
@@ -121,20 +142,23 @@ class Config:
     rules: tuple[RuleFile, ...] = ()
     service: ServiceSettings = ServiceSettings()
     logs: LogSettings = LogSettings()
+    metrics: MetricsSettings = MetricsSettings()
     notify: NotifySettings | None = None  # [notify]; None: no notifications
     connlimit: ConnLimitSettings | None = None  # [connlimit]; None: no cap on concurrent connections
     source: str | None = None  # the file this came from
-    extra: dict[str, Any] = field(default_factory=dict)  # sections later stages read (metrics)
 
     @property
     def ports(self) -> tuple[int, ...]:
+        """Every protected port, SMTP first, without repeats."""
         return tuple(dict.fromkeys(self.smtp_ports + self.other_ports))
 
     @property
     def alert(self) -> bool:
+        """Alert mode: report what would be done, accept everything."""
         return self.mode == "alert"
 
     def with_overrides(self, **changes: Any) -> Config:
+        """A copy with these fields replaced (e.g. ``mode="alert"``)."""
         return replace(self, **changes)
 
 
@@ -150,14 +174,13 @@ _KNOWN: dict[str, dict[str, type | tuple[type, ...]]] = {
     "service": {"queue": int, "queue_maxlen": int, "fail_open": bool, "state_file": str, "events": str,
                 "syslog": bool, "control_socket": str, "ipset_v4": str, "ipset_v6": str, "maxelem": int,
                 "mark": int, "workers": int},
+    "metrics": {"listen": str},
     "logs": {"whitelist": list, "maxretry": int, "findtime": (int, float), "bantime": int, "bantime_max": int,
              "capacity": int, "poll_interval": (int, float), "from_start": bool, "hosts_deny": str,
              "hosts_deny_daemon": str, "source": list, "filter": list},
     "notify": NOTIFY_KEYS,
     "connlimit": CONNLIMIT_KEYS,
 }
-# sections owned by later stages (log sources, metrics): kept, checked there
-_PASSTHROUGH = {"metrics", "log"}
 
 
 class _Locator:
@@ -251,7 +274,7 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
 
     # unknown keys and wrong types, everywhere
     for key, value in data.items():
-        if isinstance(value, dict) and key not in _KNOWN and key not in _PASSTHROUGH:
+        if isinstance(value, dict) and key not in _KNOWN:
             raise fail(key, None, f"unknown section (known: {', '.join(sorted(k for k in _KNOWN if k))})")
         if key == "rules":
             continue
@@ -310,7 +333,8 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
         rules.insert(0, RateRule(
             ports=tuple(_port_list(extra["ports"], lambda m: fail("rate", "rules", m))),
             limit=_bounded(extra.get("limit", base_rule.limit), 0, 1_000_000, lambda m: fail("rate", "rules", m)),
-            window=float(_bounded(extra.get("window", base_rule.window), 0.001, 86400 * 7, lambda m: fail("rate", "rules", m))),
+            window=float(_bounded(extra.get("window", base_rule.window), 0.001, 86400 * 7,
+                                  lambda m: fail("rate", "rules", m))),
             ban=_ban(extra.get("ban", base_rule.ban), lambda m: fail("rate", "rules", m)),
         ))
     cfg["rates"] = tuple(rules)
@@ -320,15 +344,11 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
         if key in bans:
             cfg[name] = _ban(bans[key], lambda m, k=key: fail("bans", k, m))
 
-    wl = data.get("whitelist", {})
-    nets = []
-    for entry in wl.get("cidrs", []):
-        try:
-            nets.append(ipaddress.ip_network(str(entry), strict=False))
-        except ValueError:
-            raise fail("whitelist", "cidrs", f"invalid network {entry!r}") from None
-    cfg["whitelist"] = tuple(nets)
-    cfg.update(_whitelist_sources(wl, path, fail))
+    try:
+        cfg["whitelist"] = parse_networks(data.get("whitelist", {}).get("cidrs", []))
+    except ValueError as e:
+        raise fail("whitelist", "cidrs", str(e)) from None
+    cfg.update(_whitelist_sources(data.get("whitelist", {}), path, fail))
 
     rule_files = []
     raw_rules = data.get("rules", [])
@@ -358,7 +378,8 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
     if "queue" in svc:
         settings["queue"] = _bounded(svc["queue"], 0, 65535, lambda m: fail("service", "queue", m))
     if "queue_maxlen" in svc:
-        settings["queue_maxlen"] = _bounded(svc["queue_maxlen"], 1, 1 << 20, lambda m: fail("service", "queue_maxlen", m))
+        settings["queue_maxlen"] = _bounded(svc["queue_maxlen"], 1, 1 << 20,
+                                            lambda m: fail("service", "queue_maxlen", m))
     if "mark" in svc:
         mark = svc["mark"]
         if not isinstance(mark, int) or mark <= 0 or mark > 0xFFFFFFFF or mark & (mark - 1):
@@ -376,11 +397,12 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
     cfg["service"] = ServiceSettings(**settings)
     if "logs" in data:
         cfg["logs"] = _logs(data["logs"], path, where, fail)
+    if "metrics" in data:
+        cfg["metrics"] = _metrics(data["metrics"], fail)
     if "notify" in data:
         cfg["notify"] = parse_notify(data["notify"], fail)
     if "connlimit" in data:
         cfg["connlimit"] = parse_connlimit(data["connlimit"], fail, _port_list)
-    cfg["extra"] = {k: v for k, v in data.items() if k in _PASSTHROUGH}
     return Config(**cfg)
 
 
@@ -412,9 +434,9 @@ def _whitelist_sources(wl: dict[str, Any], path: Path, fail: Any) -> dict[str, A
 
 
 _LOG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-_LOG_SOURCE_KEYS = {"path": str, "journal": list, "filter": str, "name": str, "maxretry": int,
-                    "findtime": (int, float), "bantime": int}
-_LOG_FILTER_KEYS = {"name": str, "regex": str, "literal": str}
+_LOG_SOURCE_KEYS: dict[str, type | tuple[type, ...]] = {
+    "path": str, "journal": list, "filter": str, "name": str, "maxretry": int, "findtime": (int, float), "bantime": int}
+_LOG_FILTER_KEYS: dict[str, type | tuple[type, ...]] = {"name": str, "regex": str, "literal": str}
 
 
 def _logs(logs: dict[str, Any], path: Path, where: _Locator, fail: Any) -> LogSettings:
@@ -427,13 +449,10 @@ def _logs(logs: dict[str, Any], path: Path, where: _Locator, fail: Any) -> LogSe
         return ConfigError(f"{loc}: logs.{table}[{i + 1}]{'.' + key if key else ''}: {msg}")
 
     out: dict[str, Any] = {}
-    nets = []
-    for entry in logs.get("whitelist", []):
-        try:
-            nets.append(ipaddress.ip_network(str(entry), strict=False))
-        except ValueError:
-            raise fail("logs", "whitelist", f"invalid network {entry!r}") from None
-    out["whitelist"] = tuple(nets)
+    try:
+        out["whitelist"] = parse_networks(logs.get("whitelist", []))
+    except ValueError as e:
+        raise fail("logs", "whitelist", str(e)) from None
     out["maxretry"] = int(_bounded(logs.get("maxretry", 5), 1, 1000, lambda m: fail("logs", "maxretry", m)))
     out["findtime"] = float(_bounded(logs.get("findtime", 600), 1, 86400 * 30, lambda m: fail("logs", "findtime", m)))
     out["bantime"] = _ban(logs.get("bantime", 86400), lambda m: fail("logs", "bantime", m))
@@ -446,7 +465,8 @@ def _logs(logs: dict[str, Any], path: Path, where: _Locator, fail: Any) -> LogSe
     if "capacity" in logs:
         out["capacity"] = _bounded(logs["capacity"], 16, 10_000_000, lambda m: fail("logs", "capacity", m))
     if "poll_interval" in logs:
-        out["poll_interval"] = float(_bounded(logs["poll_interval"], 0.05, 10, lambda m: fail("logs", "poll_interval", m)))
+        out["poll_interval"] = float(_bounded(logs["poll_interval"], 0.05, 10,
+                                              lambda m: fail("logs", "poll_interval", m)))
     if "from_start" in logs:
         out["from_start"] = logs["from_start"]
     if "hosts_deny" in logs:
@@ -462,12 +482,7 @@ def _logs(logs: dict[str, Any], path: Path, where: _Locator, fail: Any) -> LogSe
     for i, f in enumerate(logs.get("filter", [])):
         if not isinstance(f, dict):
             raise entry_fail("filter", i, None, "must be a table: [[logs.filter]] name = \"...\" regex = '...'")
-        for key, value in f.items():
-            want = _LOG_FILTER_KEYS.get(key)
-            if want is None:
-                raise entry_fail("filter", i, key, f"unknown setting (known here: {', '.join(sorted(_LOG_FILTER_KEYS))})")
-            if not isinstance(value, want):
-                raise entry_fail("filter", i, key, f"expected {_kind(want)}, got {value!r}")
+        _check_entry(f, _LOG_FILTER_KEYS, partial(entry_fail, "filter", i))
         for key in ("name", "regex"):
             if key not in f:
                 raise entry_fail("filter", i, None, f"'{key}' is required")
@@ -492,19 +507,15 @@ def _logs(logs: dict[str, Any], path: Path, where: _Locator, fail: Any) -> LogSe
     for i, src in enumerate(logs.get("source", [])):
         if not isinstance(src, dict):
             raise entry_fail("source", i, None, "must be a table: [[logs.source]] path = \"...\" filter = \"...\"")
-        for key, value in src.items():
-            want = _LOG_SOURCE_KEYS.get(key)
-            if want is None:
-                raise entry_fail("source", i, key, f"unknown setting (known here: {', '.join(sorted(_LOG_SOURCE_KEYS))})")
-            if isinstance(value, bool) or not isinstance(value, want):
-                kinds = want if isinstance(want, tuple) else (want,)
-                raise entry_fail("source", i, key, f"expected {' or '.join(_kind(k) for k in kinds)}, got {value!r}")
+        _check_entry(src, _LOG_SOURCE_KEYS, partial(entry_fail, "source", i))
         if "filter" not in src:
             raise entry_fail("source", i, None, f"'filter' is required (one of: {', '.join(known_filters)})")
         if src["filter"] not in known_filters:
-            raise entry_fail("source", i, "filter", f"unknown filter {src['filter']!r} (known: {', '.join(known_filters)})")
+            raise entry_fail("source", i, "filter",
+                             f"unknown filter {src['filter']!r} (known: {', '.join(known_filters)})")
         if ("path" in src) == ("journal" in src):
-            raise entry_fail("source", i, None, "needs either path = \"/var/log/...\" or journal = [\"FIELD=value\", ...]")
+            raise entry_fail("source", i, None,
+                             "needs either path = \"/var/log/...\" or journal = [\"FIELD=value\", ...]")
         log_path = None
         journal: tuple[str, ...] = ()
         if "path" in src:
@@ -517,19 +528,40 @@ def _logs(logs: dict[str, Any], path: Path, where: _Locator, fail: Any) -> LogSe
         name = src.get("name") or f"{src['filter']}:{log_path or ','.join(journal)}"
         if any(s.name == name for s in sources):
             raise entry_fail("source", i, "name" if "name" in src else None, f"two sources named {name!r}")
-        limits = {
-            "maxretry": int(_bounded(src.get("maxretry", out["maxretry"]), 1, 1000,
-                                     lambda m: entry_fail("source", i, "maxretry", m))),
-            "findtime": float(_bounded(src.get("findtime", out["findtime"]), 1, 86400 * 30,
-                                       lambda m: entry_fail("source", i, "findtime", m))),
-            "bantime": _ban(src.get("bantime", out["bantime"]), lambda m: entry_fail("source", i, "bantime", m)),
-        }
-        if limits["bantime"] > out["bantime_max"]:
+        maxretry = int(_bounded(src.get("maxretry", out["maxretry"]), 1, 1000,
+                                lambda m, i=i: entry_fail("source", i, "maxretry", m)))
+        findtime = float(_bounded(src.get("findtime", out["findtime"]), 1, 86400 * 30,
+                                  lambda m, i=i: entry_fail("source", i, "findtime", m)))
+        bantime = _ban(src.get("bantime", out["bantime"]), lambda m, i=i: entry_fail("source", i, "bantime", m))
+        if bantime > out["bantime_max"]:
             raise entry_fail("source", i, "bantime" if "bantime" in src else None,
-                             f"bantime {limits['bantime']} is above [logs] bantime_max {out['bantime_max']}")
-        sources.append(LogSource(src["filter"], log_path, journal, name, **limits))
+                             f"bantime {bantime} is above [logs] bantime_max {out['bantime_max']}")
+        sources.append(LogSource(src["filter"], log_path, journal, name, maxretry, findtime, bantime))
     out["sources"] = tuple(sources)
     return LogSettings(**out)
+
+
+def _check_entry(entry: dict[str, Any], known: dict[str, type | tuple[type, ...]],
+                 fail: Callable[[str, str], ConfigError]) -> None:
+    """Unknown keys and wrong types in one ``[[table]]`` entry; ``fail(key, message)`` makes the error."""
+    for key, value in entry.items():
+        wanted = known.get(key)
+        if wanted is None:
+            raise fail(key, f"unknown setting (known here: {', '.join(sorted(known))})")
+        if isinstance(value, bool) or not isinstance(value, wanted):
+            kinds = wanted if isinstance(wanted, tuple) else (wanted,)
+            raise fail(key, f"expected {' or '.join(_kind(k) for k in kinds)}, got {value!r}")
+
+
+def _metrics(section: dict[str, Any], fail: Any) -> MetricsSettings:
+    """The ``[metrics]`` section (its types are already checked)."""
+    listen = section.get("listen", "")
+    if listen:
+        host, sep, port = listen.rpartition(":")
+        if not sep or not port.isdigit() or not 1 <= int(port) <= 65535 or (":" in host and not host.startswith("[")):
+            raise fail("metrics", "listen", f"expected \"host:port\" such as \"127.0.0.1:9478\" or \"[::1]:9478\", "
+                                            f"not {listen!r}")
+    return MetricsSettings(listen)
 
 
 def _check_type(table: str, key: str, value: Any, fail: Any) -> None:

@@ -18,6 +18,9 @@ from .control import control_request
 
 
 def fetch(config_path: str | None) -> tuple[str, dict[str, Any] | None]:
+    """The control socket path of the config at ``config_path``, and the running service's status (None if none
+    answers).
+    """
     config = load_config(config_path)
     path = config.service.control_socket
     try:
@@ -50,7 +53,8 @@ def render(path: str, st: dict[str, Any] | None) -> str:
         f"inspector: RUNNING  pid {st['pid']}  up {_duration(st.get('uptime', 0))}  mode {st['mode'].upper()}"
         + ("  (reporting only, blocking nothing)" if st["mode"] == "alert" else ""),
         f"queues {st['queue']}..{st['queue'] + st.get('workers', 1) - 1} ({st.get('workers', 1)} worker"
-        f"{'s' if st.get('workers', 1) != 1 else ''}), bound: {', '.join(str(q['queue']) for q in queues if q['portid'])}"
+        f"{'s' if st.get('workers', 1) != 1 else ''}), "
+        f"bound: {', '.join(str(q['queue']) for q in queues if q['portid'])}"
         if queues else f"queue {st['queue']}: not bound!",
         f"last minute: {live.get('packets_per_s', 0):,.1f} packets/s, {live.get('verdicts_per_s', 0):,.1f} verdicts/s"
         f"   packets inspected {seen:,}",
@@ -95,6 +99,9 @@ def _toolbox_lines(st: dict[str, Any]) -> list[str]:
 
 
 def main_status(config_path: str | None, watch: bool, as_json: bool) -> int:
+    """``inspector status``: print the status screen once, as JSON, or redrawn every second (``watch``). Returns 0 if a
+    service answered, else 3.
+    """
     import json
 
     path, st = fetch(config_path)

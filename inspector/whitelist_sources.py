@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from .config import ConfigError
-
 __all__ = ["WhitelistSourceError", "WhitelistSources", "KernelWhitelist", "WHITE_SETS", "read_whitelist_file",
            "parse_whitelist_lines", "system_resolver", "valid_hostname", "Network"]
 
@@ -41,7 +39,7 @@ MAX_ADDRESSES_PER_HOST = 64  # a round-robin name has a few; more is a misconfig
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
-class WhitelistSourceError(ConfigError):
+class WhitelistSourceError(ValueError):
     """A whitelist file that cannot be used; the message names ``path:line``."""
 
 

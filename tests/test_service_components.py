@@ -100,16 +100,16 @@ def test_a_dead_resolver_does_not_hold_up_the_start(tmp_path: Path, monkeypatch:
         raise OSError("Temporary failure in name resolution")
 
     monkeypatch.setattr(components, "RESOLVE_WAIT", 0.3)
-    host = SimpleNamespace(config=SimpleNamespace(whitelist=()), bans=SimpleNamespace(whitelist=None),
-                           events=MemorySink(), clock=time.time)
+    bans = SimpleNamespace(whitelist=None)
     seen: list[tuple[object, ...]] = []
-    comp = components.WhitelistComponent(host, WhitelistSources([str(wl)], ["mx.example.org"], dead, time.time),
-                                         seen.append, None)  # type: ignore[arg-type]
+    comp = components.WhitelistComponent((), bans, MemorySink(), time.time,  # type: ignore[arg-type]
+                                         WhitelistSources([str(wl)], ["mx.example.org"], dead, time.time),
+                                         seen.append, None)
     started = time.monotonic()
     comp.start()
     try:
         assert time.monotonic() - started < 2
-        assert "198.51.100.7" in host.bans.whitelist  # the file is in place already
+        assert "198.51.100.7" in bans.whitelist  # the file is in place already
         assert seen and ipaddress_of(seen[-1]) == {"198.51.100.7/32"}
     finally:
         release.set()

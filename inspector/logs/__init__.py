@@ -18,17 +18,30 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
+from ..nets import Network
 from .filters import BUILTIN, NOT_ADDRESS, Failure, Filter, LineMatcher, TimeParser, get_filter, user_filter
 from .follow import FileFollower, JournalFollower, journal_available
 from .policy import Limits, LogBan, LogPolicy, Whitelist, local_addresses, write_hosts_deny
 
-if TYPE_CHECKING:
-    from ..config import Config, LogSettings
-
 __all__ = ["LogMonitor", "LogBan", "Failure", "Limits", "LogPolicy", "Whitelist", "user_filters",
            "local_addresses", "write_hosts_deny", "BUILTIN"]
+
+
+class MonitorConfig(Protocol):
+    """What :class:`LogMonitor` reads of the service's :class:`inspector.config.Config` (a protocol,
+    so that this package does not import the config module, which parses its ``[logs]`` section):
+    ``logs`` is the ``[logs]`` section's settings."""
+
+    @property
+    def logs(self) -> Any: ...
+    @property
+    def whitelist(self) -> tuple[Network, ...]: ...
+    @property
+    def ipv4_prefix(self) -> int: ...
+    @property
+    def ipv6_prefix(self) -> int: ...
 
 
 class Follower(Protocol):
@@ -54,7 +67,8 @@ class _Feed:
     sources: list[_Source]
 
 
-def user_filters(settings: LogSettings) -> list[Filter]:
+def user_filters(settings: Any) -> list[Filter]:
+    """The ``[[logs.filter]]`` entries of ``settings`` (the ``[logs]`` section) as filters."""
     return [user_filter(f.name, f.regex, f.literal) for f in settings.filters]
 
 
@@ -71,7 +85,7 @@ class LogMonitor:
     is lost or read twice across the reload.
     """
 
-    def __init__(self, config: Config, local: Iterable[str] | None = None, utc: bool = False,
+    def __init__(self, config: MonitorConfig, local: Iterable[str] | None = None, utc: bool = False,
                  previous: LogMonitor | None = None) -> None:
         settings = config.logs
         self.settings = settings

@@ -200,9 +200,9 @@ def _apache(line: str) -> str | None:
             return None
     # 2.4 always appends ":port", to IPv6 too (without brackets); 2.2 writes the address alone
     head, _, port = client.rpartition(":")
-    if head and port.isdigit() and normalize_host(head) is not None:
-        if normalize_host(client) is None or "] [pid " in line:
-            return head
+    if head and port.isdigit() and normalize_host(head) is not None \
+            and (normalize_host(client) is None or "] [pid " in line):
+        return head
     return client
 
 
@@ -292,12 +292,12 @@ def get_filter(name: str, user: Iterable[Filter] = ()) -> Filter:
     for f in user:
         if f.name == name:
             return f
-    f = BUILTIN.get(name)
-    if f is None:
+    found = BUILTIN.get(name)
+    if found is None:
         mine = sorted(u.name for u in user)
         raise FilterError(f"unknown filter {name!r} (built-in: {', '.join(builtin_names())}"
                           + (f"; from the config: {', '.join(mine)})" if mine else ")"))
-    return f
+    return found
 
 
 # -- time ------------------------------------------------------------------------

@@ -26,6 +26,7 @@ The service's select loop calls ``poll()`` every tick (0.2-0.5 s).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import Counter
 from pathlib import Path
@@ -265,15 +266,13 @@ class FileFollower:
     def _close(self, f: _Open) -> None:
         self.counts["too-long-closed"] += f.lines.too_long
         f.lines.too_long = 0
-        try:
+        with contextlib.suppress(OSError):
             os.close(f.fd)
-        except OSError:
-            pass
 
 
 def journal_available() -> bool:
     try:
-        import systemd.journal  # type: ignore[import-not-found]  # noqa: F401
+        import systemd.journal  # noqa: F401
     except ImportError:
         return False
     return True
@@ -287,7 +286,7 @@ class JournalFollower:
     """
 
     def __init__(self, matches: tuple[str, ...] | list[str], from_start: bool = False) -> None:
-        from systemd import journal  # type: ignore[import-not-found]
+        from systemd import journal
 
         self.path = "journal:" + ",".join(matches)
         self.counts: Counter[str] = Counter()

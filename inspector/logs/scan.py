@@ -78,7 +78,7 @@ def scan_file(path: str, filt: Filter, limits: Limits, policy: LogPolicy, out: I
     result = ScanResult()
     started, cpu0 = time.perf_counter(), time.process_time()
     try:
-        f = open(path, "rb")
+        f = open(path, "rb")  # noqa: SIM115 - the with below closes it; only the open is guarded
     except OSError as e:
         result.error = f"{path}: cannot read: {e.strerror or e}"
         return result

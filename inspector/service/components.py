@@ -1,12 +1,17 @@
-"""The admin's side components, built from the config and added to a :class:`~.host.Host`.
+"""The side components the config asks for, built for the process that owns the ban store.
+
+:func:`configured` is the one place where a component is wired in: one ``if`` per component,
+reading its own config section and taking what it needs: the ban pipeline (``bans.issue``
+from any thread, ``bans.add_listener``), the event sink, the control server (to register its
+own requests) and the clock.  Each component follows :class:`inspector.service.Component`:
+``start()``, ``close()``, ``status() -> dict``; one with ``reload(config)`` follows config
+reloads (SIGHUP).
 
 * ``notify`` (``[notify]``): :class:`inspector.notify.Notifier`, a ban-pipeline listener;
 * ``whitelist`` (``[whitelist] files``/``hosts``): :class:`WhitelistComponent`, which keeps the
   one whitelist current: the ban pipeline's, the engines' (through ``to_packets``) and the
   kernel's whitelist sets;
 * ``connlimit`` (``[connlimit]``): :class:`inspector.connlimit.ConnLimiter`, bans through the pipeline.
-
-:func:`add_components` is called once by each service form, before :meth:`Host.start`.
 """
 
 from __future__ import annotations
@@ -18,13 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
+from ..control import ControlServer
+from ..events import EventSink
+from ..firewall import IpsetFirewall
 from ..nets import Network, Whitelist
 from ..notify import Notifier, NotifyError, channels_for, events_report
+from ..respond.bans import BanPipeline
 from ..whitelist_sources import KernelWhitelist, WhitelistSourceError, WhitelistSources, system_resolver
-from . import ServiceError
-from .host import Host
+from . import Component, ServiceError
 
-__all__ = ["add_components", "WhitelistComponent"]
+__all__ = ["configured", "WhitelistComponent", "ToPackets", "RESOLVE_WAIT"]
 
 ToPackets = Callable[[tuple[Network, ...]], None]
 RESOLVE_WAIT = 3.0  # seconds the start waits for the first lookups of [whitelist] hosts
@@ -38,13 +46,15 @@ class WhitelistComponent:
     part to the kernel's whitelist sets (which let it pass before any queueing).
     """
 
-    def __init__(self, host: Host, sources: WhitelistSources, to_packets: ToPackets,
-                 kernel: KernelWhitelist | None) -> None:
-        self.host = host
+    def __init__(self, base: tuple[Network, ...], bans: BanPipeline, events: EventSink, clock: Callable[[], float],
+                 sources: WhitelistSources, to_packets: ToPackets, kernel: KernelWhitelist | None) -> None:
+        self.base = base
+        self.bans = bans
+        self.events = events
+        self.clock = clock
         self.sources = sources
         self.to_packets = to_packets
         self.kernel = kernel
-        self.base: tuple[Network, ...] = host.config.whitelist
         self.kernel_errors: list[str] = []
         self.changes = 0
         self._lock = threading.Lock()  # the refresh thread and a reload on the loop may apply at once
@@ -56,7 +66,7 @@ class WhitelistComponent:
         try:
             nets = self.sources.load(resolve_hosts=False)
         except WhitelistSourceError as e:
-            self.host.events.emit({"event": "error", "what": "whitelist", "error": str(e)})
+            self.events.emit({"event": "error", "what": "whitelist", "error": str(e)})
             nets = self.sources.networks
         self.apply(nets, kernel=not self.sources.has_hosts)
         self.sources.on_change = self.apply
@@ -69,15 +79,15 @@ class WhitelistComponent:
         extra = tuple(sorted(dynamic, key=lambda n: (n.version, n.network_address.packed, n.prefixlen)))
         with self._lock:
             whole = tuple(dict.fromkeys((*self.base, *extra)))
-            self.host.bans.whitelist = Whitelist(whole)
+            self.bans.whitelist = Whitelist(whole)
             self.to_packets(whole)
             if self.kernel is not None and kernel:
                 self.kernel_errors = self.kernel.sync(extra)
                 for error in self.kernel_errors:
-                    self.host.events.emit({"event": "error", "what": "whitelist-set", "error": error})
+                    self.events.emit({"event": "error", "what": "whitelist-set", "error": error})
             self.changes += 1
-        self.host.events.emit({"event": "whitelist", "time": round(self.host.clock(), 3), "networks": len(whole),
-                               "from_sources": len(extra)})
+        self.events.emit({"event": "whitelist", "time": round(self.clock(), 3), "networks": len(whole),
+                          "from_sources": len(extra)})
 
     def reload(self, config: Config) -> None:
         """Config reloaded (SIGHUP): take its cidrs, re-read the files, re-resolve the hosts, apply."""
@@ -94,44 +104,48 @@ class WhitelistComponent:
         return {**self.sources.status(), "kernel_errors": self.kernel_errors, "changes": self.changes}
 
 
-def _kernel_whitelist(config: Config) -> KernelWhitelist | None:
+def _kernel_whitelist(config: Config, bans: BanPipeline) -> KernelWhitelist | None:
+    if not isinstance(bans.firewall, IpsetFirewall):
+        return None  # a fake firewall (tests): leave the kernel alone
     try:
         from ..ipset_netlink import IpsetNetlink
 
         editor = IpsetNetlink()
     except OSError:
-        return None  # no netlink here (tests without root): the pipeline and the engines still follow
+        return None
     state = Path(config.service.state_file).with_name("whitelist-kernel.json")
     return KernelWhitelist(editor, state)
 
 
-def add_components(host: Host, to_packets: ToPackets, kernel: bool = True) -> None:
-    """Add the components ``host.config`` asks for; ServiceError when one cannot be built.
+def configured(config: Config, bans: BanPipeline, events: EventSink, control: ControlServer,
+               clock: Callable[[], float], to_packets: ToPackets | None = None) -> dict[str, Component]:
+    """The components ``config`` enables, by the name of their ``status`` section.
 
     ``to_packets(networks)`` hands the whole whitelist to the packet engines (the single
-    process's engine, or a message to every worker); ``kernel`` False leaves the kernel sets
-    alone (tests with fakes)."""
-    config = host.config
-    hostname = socket.gethostname()
+    process's engine, or a message to every worker).  Raises ServiceError when a component
+    cannot be built (a [notify] channel)."""
+    found: dict[str, Component] = {}
     if config.notify is not None:
         try:
             channels = channels_for(config.notify)
         except NotifyError as e:
             raise ServiceError(str(e)) from None
-        events = config.service.events
-        report = events_report(events) if events and events != "-" else (
+        log = config.service.events
+        report = events_report(log) if log and log != "-" else (
             lambda since, until: "(no event log file: set [service] events to a path)\n")
-        notifier = Notifier(config.notify, channels, report, host.clock, hostname, emit=host.events.emit)
-        host.bans.add_listener(notifier.on_ban)
-        host.add_component("notify", notifier)
+        notifier = Notifier(config.notify, channels, report, clock, socket.gethostname(), emit=events.emit)
+        bans.add_listener(notifier.on_ban)
+        found["notify"] = notifier
     if config.whitelist_files or config.whitelist_hosts:
-        sources = WhitelistSources(config.whitelist_files, config.whitelist_hosts, system_resolver, host.clock,
-                                   config.whitelist_resolve, emit=host.events.emit)
-        host.add_component("whitelist", WhitelistComponent(host, sources, to_packets,
-                                                           _kernel_whitelist(config) if kernel else None))
+        sources = WhitelistSources(config.whitelist_files, config.whitelist_hosts, system_resolver, clock,
+                                   config.whitelist_resolve, emit=events.emit)
+        found["whitelist"] = WhitelistComponent(config.whitelist, bans, events, clock, sources,
+                                                to_packets or (lambda networks: None),
+                                                _kernel_whitelist(config, bans))
     if config.connlimit is not None:
         from ..connlimit import make_connlimiter
 
-        limiter = make_connlimiter(config, host.bans, host.clock, host.events.emit)
-        host.bans.add_listener(limiter.on_ban)  # a manual unban lets the limiter ban that source again
-        host.add_component("connlimit", limiter)
+        limiter = make_connlimiter(config, bans, clock, events.emit)
+        bans.add_listener(limiter.on_ban)  # a manual unban lets the limiter ban that source again
+        found["connlimit"] = limiter
+    return found

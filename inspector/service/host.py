@@ -7,8 +7,9 @@
 * the log sources (``[logs]``), polled on the loop, their bans issued through the pipeline;
 * the Prometheus endpoint (``[metrics] listen``);
 * the side components (:class:`~inspector.service.Component`: the policy server, the fleet
-  client, ...): :meth:`Host.add_component` before :meth:`Host.start`; they are started after the
-  bans are restored and closed before the last save, and ``status`` shows their sections.
+  client, ...): those the config enables (:func:`.components.configured`) and any given with
+  :meth:`Host.add_component` before :meth:`Host.start`; they are started after the bans are
+  restored and closed before the last save, and ``status`` shows their sections.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from ..config import Config
 from ..control import ControlError, ControlServer
 from ..events import EventSink
 from ..firewall import Firewall, FirewallError, IpsetFirewall, SetNames
-from ..nets import Address, Whitelist, own_addresses
+from ..nets import Address, Network, Whitelist, own_addresses
 from ..respond.bans import Ban, BanPipeline
 from ..sources.nfqueue import queue_stats
 from . import SAVE_EVERY, Component, Fanout, ServiceError, ban_summary, open_sinks, record_json
+from .components import configured
 from .loop import Loop
 
 __all__ = ["Host", "open_firewall", "make_log_monitor"]
@@ -91,6 +93,8 @@ class Host:
         self.control.add_status("", self._status)
         self.components: dict[str, Component] = {}
         self.packet_status: PacketStatus = lambda now: {}
+        # the whole whitelist to the packet engines, when [whitelist] files/hosts change it (set by the service form)
+        self.to_packets: Callable[[tuple[Network, ...]], None] = lambda networks: None
         self.logs: Any = None
         self.metrics: Any = None
         self.started = clock()
@@ -106,6 +110,9 @@ class Host:
         """Restore the bans, listen on the control socket, open the log sources, start the timers,
         the components and the metrics endpoint.  Raises ServiceError."""
         config = self.config
+        for name, component in configured(config, self.bans, self.events, self.control, self.clock,
+                                          lambda networks: self.to_packets(networks)).items():
+            self.add_component(name, component)
         self.restored = self.bans.restore(self.clock())
         try:
             self.control.listen(config.service.control_socket)
@@ -201,7 +208,7 @@ class Host:
 
     def _start_metrics(self) -> Any:
         """The Prometheus endpoint, if ``[metrics] listen`` asks for one (off by default)."""
-        listen = str(self.config.extra.get("metrics", {}).get("listen", "") or "")
+        listen = self.config.metrics.listen
         if not listen:
             return None
         from ..metrics import serve

@@ -47,7 +47,7 @@ def test_log_failures_ban_in_the_ipset(bed: Bed, workers: str) -> None:
     write_failures(log, "127.0.0.1", 5)
     write_failures(log, b, 1)
     delays = []
-    for i, ip in enumerate([a, "198.51.100.12", "2001:db8:3::10"]):
+    for ip in [a, "198.51.100.12", "2001:db8:3::10"]:
         written = write_failures(log, ip, 2)
         wait_for(lambda ip=ip: bed.banned(ip) is not None, 3, interval=0.002, what=f"{ip} banned")
         delays.append(time.monotonic() - written)

@@ -3,7 +3,15 @@ import calendar
 import pytest
 
 from inspector.logs.filters import (
-    BUILTIN, NOT_ADDRESS, Failure, FilterError, LineMatcher, TimeParser, get_filter, normalize_host, user_filter,
+    BUILTIN,
+    NOT_ADDRESS,
+    Failure,
+    FilterError,
+    LineMatcher,
+    TimeParser,
+    get_filter,
+    normalize_host,
+    user_filter,
 )
 
 
@@ -70,7 +78,8 @@ def test_local_time_without_utc(monkeypatch):
 def test_line_matcher_fallback_time_and_counts():
     m = LineMatcher(BUILTIN["sshd"], TimeParser(2026, utc=True))
     hit = m.match("sshd[1]: Failed password for root from 203.0.113.5 port 22 ssh2", 1000.0)
-    assert hit == Failure(1000.0, "203.0.113.5", "sshd", "sshd[1]: Failed password for root from 203.0.113.5 port 22 ssh2")
+    assert hit == Failure(1000.0, "203.0.113.5", "sshd",
+                          "sshd[1]: Failed password for root from 203.0.113.5 port 22 ssh2")
     assert m.no_time == 1
     assert m.match("sshd[1]: Failed password for root from h.example port 22 ssh2", 0.0) is NOT_ADDRESS
     assert m.not_address == 1
@@ -79,13 +88,16 @@ def test_line_matcher_fallback_time_and_counts():
 
 @pytest.mark.parametrize("line", [
     # sshd
-    "Nov 21 13:00:02 h sshd[1]: Failed password for invalid user x from 198.51.100.1 port 1 ssh2 from 203.0.113.5 port 22 ssh2",
+    "Nov 21 13:00:02 h sshd[1]: Failed password for invalid user x from 198.51.100.1 port 1 ssh2 "
+    "from 203.0.113.5 port 22 ssh2",
     # courier
     "Nov 21 08:02:00 mail imapd: LOGIN FAILED, user=x, ip=[198.51.100.1], ip=[::ffff:203.0.113.5]",
     # roundcube
     "[21-Nov-2026 10:01:20 +0100]: <e> IMAP Error: Login failed for x against localhost from 198.51.100.1. y against "
-    "localhost from 203.0.113.5. AUTHENTICATE PLAIN: A0002 NO Authentication failed. in /r/rcube_imap.php on line 211 (POST /)",
-    "Jul 11 03:06:37 h roundcube: IMAP Error: Login failed for admin from 127.0.0.1 from 203.0.113.5. AUTHENTICATE PLAIN: "
+    "localhost from 203.0.113.5. AUTHENTICATE PLAIN: A0002 NO Authentication failed. in /r/rcube_imap.php "
+    "on line 211 (POST /)",
+    "Jul 11 03:06:37 h roundcube: IMAP Error: Login failed for admin from 127.0.0.1 from 203.0.113.5. "
+    "AUTHENTICATE PLAIN: "
     "A0002 NO Login failed. user=admin from 127.0.0.1 in in /usr/share/roundcube/rcube_imap.php on line 205 (POST /)",
     # proftpd
     "Nov 21 12:03:00 ftp proftpd[1] ftp.example.org (203.0.113.5[203.0.113.5]): USER x proftpd[1] h (e[198.51.100.1]): "

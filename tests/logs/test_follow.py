@@ -15,7 +15,7 @@ class Daemon:
     def __init__(self, path):
         self.path = path
         self.n = 0
-        self.f = open(path, "ab", buffering=0)
+        self.f = open(path, "ab", buffering=0)  # noqa: SIM115 - kept open across calls, as a daemon keeps its log
         Daemon.open_ones.append(self)
 
     def write(self, count=1, prefix="line"):
@@ -29,7 +29,7 @@ class Daemon:
 
     def reopen(self):
         self.f.close()
-        self.f = open(self.path, "ab", buffering=0)
+        self.f = open(self.path, "ab", buffering=0)  # noqa: SIM115 - as above
 
     def close(self):
         self.f.close()
