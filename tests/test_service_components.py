@@ -118,3 +118,20 @@ def test_a_dead_resolver_does_not_hold_up_the_start(tmp_path: Path, monkeypatch:
 
 def ipaddress_of(networks: tuple[object, ...]) -> set[str]:
     return {str(n) for n in networks}
+
+
+def test_the_service_sends_the_daily_report_when_it_is_due(tmp_path: Path) -> None:
+    script = tmp_path / "sendmail"
+    script.write_text(f'#!/bin/sh\ncat >> "{tmp_path}/mail"\n')
+    script.chmod(0o755)
+    b = Bed(tmp_path, extra=f'[notify]\nsendmail = "{script}"\nreport_at = "07:00"\n')
+    b.service.start()
+    try:
+        due = b.service.host.components["notify"].next_report  # type: ignore[attr-defined]
+        assert due is not None and not (tmp_path / "mail").exists()
+        b.now[0] = due + 1  # the service's clock reaches 07:00: the notifier's next tick sends the report
+        assert _wait(lambda: (tmp_path / "mail").exists() and "Subject: inspector report for" in
+                     (tmp_path / "mail").read_text())
+        assert b.service.host.status()["notify"]["sent"] == 1
+    finally:
+        b.service.stop()
