@@ -224,6 +224,10 @@ def _check(args: argparse.Namespace) -> int:
         print(f"rules: {rf.path} ({rf.scope}{extra})")
     print(f"blocked domains: {rules.counts.get(DOMAIN, 0)} (duplicates: {rules.duplicates}); "
           f"payload strings: {rules.counts.get(PAYLOAD, 0)}")
+    if config.logs.sources:
+        from .logs import check_lines
+
+        print("\n".join(check_lines(config.logs)))
     print(f"loaded in {took:.3f}s")
     print("OK")
     return 0

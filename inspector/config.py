@@ -17,11 +17,11 @@ import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from .connlimit import CONNLIMIT_KEYS, ConnLimitSettings, parse_connlimit
+from .logs.settings import LogFilter, LogSettings, LogSource, parse_logs
 from .nets import parse_networks
 from .notify import NOTIFY_KEYS, NotifySettings, parse_notify
 from .rules import DOMAIN, PAYLOAD, SCOPES, RuleFile
@@ -71,46 +71,6 @@ class MetricsSettings:
     an empty host is 127.0.0.1; IPv6 as ``"[::1]:9478"``)."""
 
     listen: str = ""
-
-
-@dataclass(frozen=True)
-class LogSource:
-    """One followed log (``[[logs.source]]``): a file or journal matches, a filter, its limits."""
-
-    filter: str
-    path: str | None = None
-    journal: tuple[str, ...] = ()  # journald matches, e.g. ("_SYSTEMD_UNIT=ssh.service",)
-    name: str = ""  # default: "<filter>:<path>"
-    maxretry: int = 5
-    findtime: float = 600.0
-    bantime: int = 86400
-
-
-@dataclass(frozen=True)
-class LogFilter:
-    """A user filter (``[[logs.filter]]``): a regex with a named ``host`` group."""
-
-    name: str
-    regex: str
-    literal: str | None = None  # a string every failure line contains (a fast prefilter)
-
-
-@dataclass(frozen=True)
-class LogSettings:
-    """The ``[logs]`` section: log sources, user filters, the log whitelist and ban policy."""
-
-    sources: tuple[LogSource, ...] = ()
-    filters: tuple[LogFilter, ...] = ()
-    whitelist: tuple[Network, ...] = ()  # beyond loopback and the server's own addresses
-    maxretry: int = 5  # defaults for the sources
-    findtime: float = 600.0
-    bantime: int = 86400
-    bantime_max: int = 604800  # repeat offenders: each ban twice the last, up to this
-    capacity: int = 100_000  # networks tracked
-    poll_interval: float = 0.25
-    from_start: bool = False  # read existing content at start (default: only new lines)
-    hosts_deny: str | None = None  # also export bans to this file (TCP wrappers)
-    hosts_deny_daemon: str = "ALL"  # "ALL: addr" lines; "" for bare addresses
 
 
 @dataclass(frozen=True)
@@ -175,9 +135,7 @@ _KNOWN: dict[str, dict[str, type | tuple[type, ...]]] = {
                 "syslog": bool, "control_socket": str, "ipset_v4": str, "ipset_v6": str, "maxelem": int,
                 "mark": int, "workers": int},
     "metrics": {"listen": str},
-    "logs": {"whitelist": list, "maxretry": int, "findtime": (int, float), "bantime": int, "bantime_max": int,
-             "capacity": int, "poll_interval": (int, float), "from_start": bool, "hosts_deny": str,
-             "hosts_deny_daemon": str, "source": list, "filter": list},
+    "logs": {},  # checked by inspector.logs.settings.parse_logs
     "notify": NOTIFY_KEYS,
     "connlimit": CONNLIMIT_KEYS,
 }
@@ -276,7 +234,7 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
     for key, value in data.items():
         if isinstance(value, dict) and key not in _KNOWN:
             raise fail(key, None, f"unknown section (known: {', '.join(sorted(k for k in _KNOWN if k))})")
-        if key == "rules":
+        if key in ("rules", "logs"):
             continue
         if isinstance(value, dict) and key in _KNOWN:
             for sub, v in value.items():
@@ -396,7 +354,9 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
             settings[key] = svc[key]
     cfg["service"] = ServiceSettings(**settings)
     if "logs" in data:
-        cfg["logs"] = _logs(data["logs"], path, where, fail)
+        if not isinstance(data["logs"], dict):
+            raise fail("", "logs", "must be a table: [logs]")
+        cfg["logs"] = parse_logs(data["logs"], path, where, ConfigError)
     if "metrics" in data:
         cfg["metrics"] = _metrics(data["metrics"], fail)
     if "notify" in data:
@@ -431,114 +391,6 @@ def _whitelist_sources(wl: dict[str, Any], path: Path, fail: Any) -> dict[str, A
         out["whitelist_resolve"] = float(_bounded(wl["resolve_interval"], 10, 86400,
                                                   lambda m: fail("whitelist", "resolve_interval", m)))
     return out
-
-
-_LOG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-_LOG_SOURCE_KEYS: dict[str, type | tuple[type, ...]] = {
-    "path": str, "journal": list, "filter": str, "name": str, "maxretry": int, "findtime": (int, float), "bantime": int}
-_LOG_FILTER_KEYS: dict[str, type | tuple[type, ...]] = {"name": str, "regex": str, "literal": str}
-
-
-def _logs(logs: dict[str, Any], path: Path, where: _Locator, fail: Any) -> LogSettings:
-    """The ``[logs]`` section (types of its plain keys are already checked)."""
-    from .logs.filters import BUILTIN, FilterError, user_filter
-
-    def entry_fail(table: str, i: int, key: str | None, msg: str) -> ConfigError:
-        line = where.nth(f"logs.{table}", i, key) or where.line("logs", table) or where.line("logs") or 0
-        loc = f"{path}:{line}" if line else str(path)
-        return ConfigError(f"{loc}: logs.{table}[{i + 1}]{'.' + key if key else ''}: {msg}")
-
-    out: dict[str, Any] = {}
-    try:
-        out["whitelist"] = parse_networks(logs.get("whitelist", []))
-    except ValueError as e:
-        raise fail("logs", "whitelist", str(e)) from None
-    out["maxretry"] = int(_bounded(logs.get("maxretry", 5), 1, 1000, lambda m: fail("logs", "maxretry", m)))
-    out["findtime"] = float(_bounded(logs.get("findtime", 600), 1, 86400 * 30, lambda m: fail("logs", "findtime", m)))
-    out["bantime"] = _ban(logs.get("bantime", 86400), lambda m: fail("logs", "bantime", m))
-    out["bantime_max"] = int(_bounded(logs.get("bantime_max", 604800), 1, 2_147_483,
-                                      lambda m: fail("logs", "bantime_max", m)))
-    if "bantime" not in logs:
-        out["bantime"] = min(out["bantime"], out["bantime_max"])  # a lower cap lowers the default too
-    elif out["bantime"] > out["bantime_max"]:
-        raise fail("logs", "bantime", f"{out['bantime']} is above bantime_max {out['bantime_max']}")
-    if "capacity" in logs:
-        out["capacity"] = _bounded(logs["capacity"], 16, 10_000_000, lambda m: fail("logs", "capacity", m))
-    if "poll_interval" in logs:
-        out["poll_interval"] = float(_bounded(logs["poll_interval"], 0.05, 10,
-                                              lambda m: fail("logs", "poll_interval", m)))
-    if "from_start" in logs:
-        out["from_start"] = logs["from_start"]
-    if "hosts_deny" in logs:
-        if not logs["hosts_deny"].strip():
-            raise fail("logs", "hosts_deny", "must be a file path (leave it out to export nothing)")
-        out["hosts_deny"] = logs["hosts_deny"]
-    if "hosts_deny_daemon" in logs:
-        if not re.fullmatch(r"[A-Za-z0-9_.@-]{0,64}", logs["hosts_deny_daemon"]):
-            raise fail("logs", "hosts_deny_daemon", "a daemon name such as ALL or sshd (or \"\" for bare addresses)")
-        out["hosts_deny_daemon"] = logs["hosts_deny_daemon"]
-
-    filters: list[LogFilter] = []
-    for i, f in enumerate(logs.get("filter", [])):
-        if not isinstance(f, dict):
-            raise entry_fail("filter", i, None, "must be a table: [[logs.filter]] name = \"...\" regex = '...'")
-        _check_entry(f, _LOG_FILTER_KEYS, partial(entry_fail, "filter", i))
-        for key in ("name", "regex"):
-            if key not in f:
-                raise entry_fail("filter", i, None, f"'{key}' is required")
-        name = f["name"]
-        if not _LOG_NAME.fullmatch(name):
-            raise entry_fail("filter", i, "name", f"invalid name {name!r} (letters, digits, '-', '_', '.')")
-        if name in BUILTIN:
-            raise entry_fail("filter", i, "name", f"{name!r} is a built-in filter; choose another name")
-        if any(x.name == name for x in filters):
-            raise entry_fail("filter", i, "name", f"filter {name!r} is defined twice")
-        try:
-            user_filter(name, f["regex"], f.get("literal"))
-        except FilterError as e:
-            raise entry_fail("filter", i, "regex", str(e)) from None
-        if f.get("literal") == "":
-            raise entry_fail("filter", i, "literal", "must not be empty (leave it out for no prefilter)")
-        filters.append(LogFilter(name, f["regex"], f.get("literal")))
-    out["filters"] = tuple(filters)
-
-    known_filters = sorted(BUILTIN) + [f.name for f in filters]
-    sources: list[LogSource] = []
-    for i, src in enumerate(logs.get("source", [])):
-        if not isinstance(src, dict):
-            raise entry_fail("source", i, None, "must be a table: [[logs.source]] path = \"...\" filter = \"...\"")
-        _check_entry(src, _LOG_SOURCE_KEYS, partial(entry_fail, "source", i))
-        if "filter" not in src:
-            raise entry_fail("source", i, None, f"'filter' is required (one of: {', '.join(known_filters)})")
-        if src["filter"] not in known_filters:
-            raise entry_fail("source", i, "filter",
-                             f"unknown filter {src['filter']!r} (known: {', '.join(known_filters)})")
-        if ("path" in src) == ("journal" in src):
-            raise entry_fail("source", i, None,
-                             "needs either path = \"/var/log/...\" or journal = [\"FIELD=value\", ...]")
-        log_path = None
-        journal: tuple[str, ...] = ()
-        if "path" in src:
-            p = Path(src["path"])
-            log_path = str(p if p.is_absolute() else path.parent / p)
-        else:
-            journal = tuple(src["journal"])
-            if not journal or not all(isinstance(m, str) and re.fullmatch(r"[A-Z0-9_]+=.*", m) for m in journal):
-                raise entry_fail("source", i, "journal", "expected matches such as [\"_SYSTEMD_UNIT=ssh.service\"]")
-        name = src.get("name") or f"{src['filter']}:{log_path or ','.join(journal)}"
-        if any(s.name == name for s in sources):
-            raise entry_fail("source", i, "name" if "name" in src else None, f"two sources named {name!r}")
-        maxretry = int(_bounded(src.get("maxretry", out["maxretry"]), 1, 1000,
-                                lambda m, i=i: entry_fail("source", i, "maxretry", m)))
-        findtime = float(_bounded(src.get("findtime", out["findtime"]), 1, 86400 * 30,
-                                  lambda m, i=i: entry_fail("source", i, "findtime", m)))
-        bantime = _ban(src.get("bantime", out["bantime"]), lambda m, i=i: entry_fail("source", i, "bantime", m))
-        if bantime > out["bantime_max"]:
-            raise entry_fail("source", i, "bantime" if "bantime" in src else None,
-                             f"bantime {bantime} is above [logs] bantime_max {out['bantime_max']}")
-        sources.append(LogSource(src["filter"], log_path, journal, name, maxretry, findtime, bantime))
-    out["sources"] = tuple(sources)
-    return LogSettings(**out)
 
 
 def _check_entry(entry: dict[str, Any], known: dict[str, type | tuple[type, ...]],

@@ -15,6 +15,7 @@ from typing import Any
 
 from .config import load_config
 from .control import control_request
+from .logs import status_lines
 
 
 def fetch(config_path: str | None) -> tuple[str, dict[str, Any] | None]:
@@ -70,6 +71,7 @@ def render(path: str, st: dict[str, Any] | None) -> str:
         "top blocked domains: " + (", ".join(f"{d} ({n})" for d, n in live.get("top_domains", [])[:5]) or "none"),
         f"rules: {rules.get('domains', '?'):,} domains, {rules.get('payload', 0)} payload strings, loaded "
         f"{rules.get('loaded_at', '?')}" if rules else "rules: ?",
+        *status_lines(st.get("logs")),
         *_toolbox_lines(st),
     ]
     return "\n".join(lines) + "\n"

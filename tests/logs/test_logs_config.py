@@ -69,11 +69,18 @@ def test_other_sections_unchanged_by_logs(tmp_path):
     ('[logs]\nfindtme = 600\n', 2, "logs.findtme: unknown setting"),
     ('[logs]\nhosts_deny_daemon = "ALL: x"\n', 2, "logs.hosts_deny_daemon: a daemon name"),
     ('[logs]\n\n[[logs.source]]\npath = "/var/log/x"\nfilter = "nginx"\n', 5,
-     "logs.source[1].filter: unknown filter 'nginx' (known: apache-probe, courier, postfix-sasl, proftpd"),
+     "logs.source[1].filter: unknown filter 'nginx' (known: apache-probe, courier, dovecot, exim, postfix-sasl, "
+     "proftpd"),
     ('[[logs.source]]\npath = "/a"\nfilter = "sshd"\n[[logs.source]]\npath = "/b"\n', 4,
      "logs.source[2]: 'filter' is required"),
-    ('[[logs.source]]\nfilter = "sshd"\n', 1, "logs.source[1]: needs either path"),
-    ('[[logs.source]]\nfilter = "sshd"\npath = "/a"\njournal = ["X=1"]\n', 1, "needs either path"),
+    ('[[logs.source]]\nfilter = "roundcube"\n', 1, "logs.source[1]: needs path = "),
+    ('[[logs.source]]\nfilter = "sshd"\nbackend = "file"\n', 3, "logs.source[1].backend: backend \"file\" needs path"),
+    ('[[logs.source]]\nfilter = "apache-probe"\npath = "/a"\nbackend = "journal"\n', 4,
+     "logs.source[1].backend: filter 'apache-probe' knows no systemd unit"),
+    ('[[logs.source]]\nfilter = "sshd"\nbackend = "systemd"\n', 3, "logs.source[1].backend: must be one of auto, file"),
+    ('[[logs.source]]\nfilter = "sshd"\njournal = ["+", "A=1"]\n', 3, "logs.source[1].journal: expected matches"),
+    ('[logs]\njournal_directory = 5\n', 2, "logs.journal_directory: expected a string"),
+    ('logs = 5\n', 1, "logs: must be a table"),
     ('[[logs.source]]\nfilter = "sshd"\njournal = ["ssh.service"]\n', 3, "logs.source[1].journal: expected matches"),
     ('[[logs.source]]\nfilter = "sshd"\npath = "/a"\nbantime = 9999999\n', 4,
      "logs.source[1].bantime: must be between 0 and 2147483"),
@@ -101,3 +108,31 @@ def test_logs_errors_name_file_and_line(tmp_path, text, line, message):
         load_config(p)
     assert str(e.value).startswith(f"{p}:{line}: "), str(e.value)
     assert message in str(e.value)
+
+
+def test_backends_and_units(tmp_path):
+    p = write(tmp_path, """
+[logs]
+journal_directory = "journal"
+[[logs.source]]
+filter = "sshd"
+[[logs.source]]
+filter = "dovecot"
+path = "/var/log/mail.log"
+[[logs.source]]
+filter = "exim"
+path = "/var/log/exim4/mainlog"
+backend = "file"
+[[logs.source]]
+filter = "postfix-sasl"
+backend = "journal"
+journal = ["_SYSTEMD_UNIT=postfix@-.service", "+", "SYSLOG_IDENTIFIER=postfix/smtpd"]
+""")
+    logs = load_config(p).logs
+    assert logs.journal_directory == str(tmp_path / "journal")
+    sshd, dovecot, exim, postfix = logs.sources
+    assert (sshd.backend, sshd.path, sshd.journal) == ("auto", None, ())
+    assert sshd.name == "sshd:_SYSTEMD_UNIT=ssh.service,_SYSTEMD_UNIT=sshd.service"
+    assert (dovecot.backend, dovecot.path) == ("auto", "/var/log/mail.log")
+    assert exim.backend == "file"
+    assert postfix.journal[1] == "+" and postfix.backend == "journal"

@@ -34,6 +34,7 @@ bantime = 3600
 [[logs.source]]
 path = "{mail}"
 filter = "postfix-sasl"
+backend = "file"
 maxretry = 2
 """)
     config = load_config(cfg)
@@ -169,3 +170,42 @@ maxretry = 2
     assert sorted((b.network, b.rule, b.seconds) for b in bans) == [
         ("203.0.113.5", "postfix-sasl", 86400), ("203.0.113.6", "courier", 60)]
     monitor2.close()
+
+
+def test_each_source_has_a_state(tmp_path):
+    monitor, runner, engine, store, firewall, events, clock, auth, mail = setup(tmp_path)
+    states = {s["path"]: (s["backend"], s["state"]) for s in monitor.states()}
+    assert states == {str(auth): ("file", "reading"), str(mail): ("file", "waiting")}
+    mail.write_text("")
+    monitor.poll(clock[0])
+    assert {s["path"]: s["state"] for s in monitor.states()}[str(mail)] == "reading"
+    assert all("state" in entry for entry in monitor.stats()["logs"])
+
+
+def test_auto_takes_the_journal_when_the_file_is_missing(tmp_path, monkeypatch):
+    """backend = "auto": the file when it exists, else the filter's units in the journal (an error state
+    naming the missing binding when it cannot be imported: never a silent skip)."""
+    import inspector.logs as logs_mod
+
+    monkeypatch.setattr(logs_mod, "journal_available", lambda: False)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"""
+[service]
+state_file = "{tmp_path / 'state' / 'bans.json'}"
+[[logs.source]]
+filter = "sshd"
+path = "{tmp_path / 'auth.log'}"
+[[logs.source]]
+filter = "dovecot"
+path = "{tmp_path / 'mail.log'}"
+""")
+    (tmp_path / "mail.log").write_text("")
+    monitor = LogMonitor(load_config(cfg), local=[])
+    by_source = {s["sources"][0]: s for s in monitor.states()}
+    sshd = by_source[f"sshd:{tmp_path / 'auth.log'}"]
+    assert sshd["backend"] == "journal" and sshd["state"] == "error"
+    assert "systemd Python binding is not installed" in sshd["error"]
+    assert sshd["path"] == "journal:_SYSTEMD_UNIT=ssh.service,_SYSTEMD_UNIT=sshd.service"
+    assert by_source[f"dovecot:{tmp_path / 'mail.log'}"]["backend"] == "file"
+    assert monitor.poll(0.0) == [] and monitor.counts["journal-unavailable"] == 1
+    assert monitor.cursor_dir == tmp_path / "state"
