@@ -57,8 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE")
     p.add_argument("--json", action="store_true", help="one JSON object per ban")
 
-    p = sub.add_parser("unban", help="lift a ban (kernel, state file and running service)")
-    p.add_argument("address", help="an address or network (an IPv6 address lifts its /64 ban)")
+    p = sub.add_parser("unban", help="lift a ban (kernel, state file, running service and fleet)")
+    p.add_argument("address", help="an address, a network or a range a-b (an IPv6 address lifts its /64 ban)")
+    p.add_argument("--config", metavar="FILE")
+
+    p = sub.add_parser("ban", help="ban an address, a network or a range a-b (through the running service and fleet)")
+    p.add_argument("target", help="198.51.100.7, 198.51.100.0/24, 198.51.100.10-198.51.100.20 or IPv6 alike")
+    p.add_argument("--time", default="1d", help="duration: 3600, 30m, 12h, 1d, 2w (default 1d)")
+    p.add_argument("--reason", metavar="TEXT", help="a note kept with the ban (shown by 'inspector bans')")
     p.add_argument("--config", metavar="FILE")
 
     p = sub.add_parser("status", help="is it working? the running service at a glance")
@@ -113,6 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .admin import unban
 
             return unban(args.config, args.address)
+        if args.command == "ban":
+            from .admin import ban
+
+            return ban(args.config, args.target, args.time, args.reason)
         if args.command == "status":
             from .status import main_status
 

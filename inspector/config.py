@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .connlimit import CONNLIMIT_KEYS, ConnLimitSettings, parse_connlimit
+from .fleet import FleetSettings, parse_fleet
 from .logs.settings import LogFilter, LogSettings, LogSource, parse_logs
 from .nets import parse_networks
 from .notify import NOTIFY_KEYS, NotifySettings, parse_notify
@@ -103,6 +104,7 @@ class Config:
     service: ServiceSettings = ServiceSettings()
     logs: LogSettings = LogSettings()
     metrics: MetricsSettings = MetricsSettings()
+    fleet: FleetSettings = FleetSettings()  # off unless [fleet] url is set
     notify: NotifySettings | None = None  # [notify]; None: no notifications
     connlimit: ConnLimitSettings | None = None  # [connlimit]; None: no cap on concurrent connections
     source: str | None = None  # the file this came from
@@ -136,6 +138,7 @@ _KNOWN: dict[str, dict[str, type | tuple[type, ...]]] = {
                 "mark": int, "workers": int},
     "metrics": {"listen": str},
     "logs": {},  # checked by inspector.logs.settings.parse_logs
+    "fleet": {},  # checked by inspector.fleet.parse_fleet
     "notify": NOTIFY_KEYS,
     "connlimit": CONNLIMIT_KEYS,
 }
@@ -234,7 +237,7 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
     for key, value in data.items():
         if isinstance(value, dict) and key not in _KNOWN:
             raise fail(key, None, f"unknown section (known: {', '.join(sorted(k for k in _KNOWN if k))})")
-        if key in ("rules", "logs"):
+        if key in ("rules", "logs", "fleet"):
             continue
         if isinstance(value, dict) and key in _KNOWN:
             for sub, v in value.items():
@@ -359,6 +362,8 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
         cfg["logs"] = parse_logs(data["logs"], path, where, ConfigError)
     if "metrics" in data:
         cfg["metrics"] = _metrics(data["metrics"], fail)
+    if "fleet" in data:
+        cfg["fleet"] = parse_fleet(data["fleet"], lambda key, msg: fail("fleet", key, msg))
     if "notify" in data:
         cfg["notify"] = parse_notify(data["notify"], fail)
     if "connlimit" in data:

@@ -74,6 +74,13 @@ def render(path: str, st: dict[str, Any] | None) -> str:
         *status_lines(st.get("logs")),
         *_toolbox_lines(st),
     ]
+    fleet = st.get("fleet")
+    if isinstance(fleet, dict):
+        lines.append(f"fleet: {'CONNECTED' if fleet.get('connected') else 'NOT CONNECTED'} as {fleet.get('host')}  "
+                     f"last id {fleet.get('last_id')}  lag {fleet.get('lag', 0):g}s  outbox {fleet.get('outbox', 0):,}"
+                     f"  published {fleet.get('published', 0):,}  received {fleet.get('received', 0):,}"
+                     f"  refused {fleet.get('refused', 0):,}"
+                     + (f"\n  last error: {fleet['last_error']}" if fleet.get("last_error") else ""))
     return "\n".join(lines) + "\n"
 
 

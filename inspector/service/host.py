@@ -25,6 +25,8 @@ from ..config import Config
 from ..control import ControlError, ControlServer
 from ..events import EventSink
 from ..firewall import Firewall, FirewallError, IpsetFirewall, SetNames
+from ..fleet import attach_fleet
+from ..manual import ban_form, manual_ban_handler
 from ..nets import Address, Network, Whitelist, own_addresses
 from ..respond.bans import Ban, BanPipeline
 from ..sources.nfqueue import queue_stats
@@ -90,6 +92,7 @@ class Host:
         self.control = ControlServer()
         self.control.register("bans", self._bans)
         self.control.register("unban", self._unban)
+        self.control.register("ban", manual_ban_handler(self.bans, clock))
         self.control.add_status("", self._status)
         self.components: dict[str, Component] = {}
         self.packet_status: PacketStatus = lambda now: {}
@@ -100,6 +103,7 @@ class Host:
         self.started = clock()
         self.restored = 0
         self._log_counts: dict[str, int] = {}
+        attach_fleet(self)  # [fleet]: off by default, then nothing is imported or started
 
     def add_component(self, name: str, component: Component) -> None:
         """Run ``component`` beside the loop; its ``status()`` becomes the ``name`` section of ``status``."""
@@ -185,7 +189,7 @@ class Host:
 
     def _unban(self, request: dict[str, Any]) -> dict[str, Any]:
         now = self.clock()
-        network = self.bans.network(str(request.get("network")))
+        network = ban_form(str(request.get("network")), self.config.ipv4_prefix, self.config.ipv6_prefix)
         try:
             was = self.bans.lift(network, now)
         except FirewallError as e:
