@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker processes on queues N..N+workers-1 (default: as the installed rules spread them)")
     p.add_argument("--alert", action="store_true", help="alert mode: report what would be done, accept everything")
 
+    p = sub.add_parser("policy", help="serve only the MTA policy path ([policy] listen; bans through the ipset)")
+    _common(p)
+
     p = sub.add_parser("bans", help="list current bans with the time left")
     p.add_argument("--config", metavar="FILE")
     p.add_argument("--json", action="store_true", help="one JSON object per ban")
@@ -111,6 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return run_service(args.config, args.rules, {"queue": args.queue, "ban_time": args.ban_time,
                                                           "alert": args.alert, "workers": args.workers})
+        if args.command == "policy":
+            from .policy.main import main_policy
+
+            return main_policy(args.config, args.rules)
         if args.command == "bans":
             from .admin import list_bans
 
@@ -229,6 +236,9 @@ def _check(args: argparse.Namespace) -> int:
         print(f"notify: {' and '.join(channels)}; report {n.report}"
               f"{' at ' + n.report_at if n.report == 'daily' else ''}; ban notices "
               f"{f'at most {n.ban_limit} per {n.ban_window}s' if n.bans else 'off'}")
+    policy = config.policy
+    print(f"policy path: {policy.listen}, reply {policy.reply!r}, request timeout {policy.limits.request_timeout:g}s, "
+          f"users {', '.join(policy.users) or 'anyone'}" if policy.listen else "policy path: off ([policy] listen)")
     for rf in rules.files:
         extra = f" ports {list(rf.ports)}" if rf.ports else ""
         print(f"rules: {rf.path} ({rf.scope}{extra})")

@@ -25,6 +25,8 @@ from .fleet import FleetSettings, parse_fleet
 from .logs.settings import LogFilter, LogSettings, LogSource, parse_logs
 from .nets import parse_networks
 from .notify import NOTIFY_KEYS, NotifySettings, parse_notify
+from .policy.settings import KEYS as POLICY_KEYS
+from .policy.settings import PolicySettings, parse_policy
 from .rules import DOMAIN, PAYLOAD, SCOPES, RuleFile
 
 __all__ = ["Config", "ConfigError", "LogFilter", "LogSettings", "LogSource", "MetricsSettings", "RateRule",
@@ -107,6 +109,7 @@ class Config:
     fleet: FleetSettings = FleetSettings()  # off unless [fleet] url is set
     notify: NotifySettings | None = None  # [notify]; None: no notifications
     connlimit: ConnLimitSettings | None = None  # [connlimit]; None: no cap on concurrent connections
+    policy: PolicySettings = PolicySettings()  # [policy]: the MTA policy service (inspector/policy/)
     source: str | None = None  # the file this came from
 
     @property
@@ -141,6 +144,7 @@ _KNOWN: dict[str, dict[str, type | tuple[type, ...]]] = {
     "fleet": {},  # checked by inspector.fleet.parse_fleet
     "notify": NOTIFY_KEYS,
     "connlimit": CONNLIMIT_KEYS,
+    "policy": POLICY_KEYS,
 }
 
 
@@ -368,6 +372,8 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
         cfg["notify"] = parse_notify(data["notify"], fail)
     if "connlimit" in data:
         cfg["connlimit"] = parse_connlimit(data["connlimit"], fail, _port_list)
+    if "policy" in data:
+        cfg["policy"] = parse_policy(data["policy"], fail)
     return Config(**cfg)
 
 

@@ -126,7 +126,7 @@ class BanPipeline:
                 return False
             self.counts["bans"] += 1
             self.events.emit({"event": "ban", "time": round(now, 3), "network": ban.network, "seconds": ban.seconds,
-                              "reason": ban.reason, "rule": ban.rule, "dport": ban.dport,
+                              "reason": ban.reason, "rule": ban.rule, "dport": ban.dport, "path": ban.path,
                               **({"origin": ban.origin} if ban.origin else {})})
             self._tell("ban", ban, now)
         return True

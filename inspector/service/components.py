@@ -29,6 +29,7 @@ from ..firewall import IpsetFirewall
 from ..nets import Network, Whitelist
 from ..notify import Notifier, NotifyError, channels_for, events_report
 from ..respond.bans import BanPipeline
+from ..rules import RuleSet
 from ..whitelist_sources import KernelWhitelist, WhitelistSourceError, WhitelistSources, system_resolver
 from . import Component, ServiceError
 
@@ -89,7 +90,7 @@ class WhitelistComponent:
         self.events.emit({"event": "whitelist", "time": round(self.clock(), 3), "networks": len(whole),
                           "from_sources": len(extra)})
 
-    def reload(self, config: Config) -> None:
+    def reload(self, config: Config, rules: RuleSet | None = None) -> None:
         """Config reloaded (SIGHUP): take its cidrs, re-read the files, re-resolve the hosts, apply."""
         self.base = config.whitelist
         self.sources.reload()  # the refresh thread re-reads and re-resolves now, and applies a change
@@ -118,13 +119,17 @@ def _kernel_whitelist(config: Config, bans: BanPipeline) -> KernelWhitelist | No
 
 
 def configured(config: Config, bans: BanPipeline, events: EventSink, control: ControlServer,
-               clock: Callable[[], float], to_packets: ToPackets | None = None) -> dict[str, Component]:
-    """The components ``config`` enables, by the name of their ``status`` section.
-
+               clock: Callable[[], float], rules: RuleSet | None = None,
+               to_packets: ToPackets | None = None) -> dict[str, Component]:
+    """The components ``config`` enables, by the name of their ``status`` section (the fleet
+    client, the connection-limit poller and the notifier add themselves here too).  ``rules``:
+    the packet side's rules when it runs in this process (shared, not loaded twice).
     ``to_packets(networks)`` hands the whole whitelist to the packet engines (the single
     process's engine, or a message to every worker).  Raises ServiceError when a component
     cannot be built (a [notify] channel)."""
     found: dict[str, Component] = {}
+    if config.policy.listen is not None:
+        found["policy"] = _policy(config, bans, events, clock, rules)
     if config.notify is not None:
         try:
             channels = channels_for(config.notify)
@@ -149,3 +154,54 @@ def configured(config: Config, bans: BanPipeline, events: EventSink, control: Co
         bans.add_listener(limiter.on_ban)  # a manual unban lets the limiter ban that source again
         found["connlimit"] = limiter
     return found
+
+
+def _policy(config: Config, bans: BanPipeline, events: EventSink, clock: Callable[[], float],
+            rules: RuleSet | None) -> Component:
+    """``[policy] listen``: the MTA's policy hook, on the same rules and whitelist, banning through
+    ``bans`` with ``path`` ``policy`` (inspector/policy/)."""
+    from ..nets import Whitelist
+    from ..policy.service import PolicyService
+    from ..respond.bans import Ban
+    from ..rules import RuleError, load_rules
+
+    if rules is None:
+        try:
+            rules = load_rules(config.rules)
+        except RuleError as e:
+            raise ServiceError(str(e)) from None
+    whitelist = Whitelist(config.whitelist)  # with loopback, as the packet path (it never sees lo)
+    own = {str(a) for a in bans.own}
+
+    def whitelisted(address: str) -> bool:
+        # this host's own addresses reach the MTA over lo, which the packet path never inspects;
+        # other hosts in an own /64 are rejected like anyone else (and not banned: the pipeline refuses)
+        return address in whitelist or address in own
+
+    def ban(network: str, seconds: int, rule: str, now: float) -> bool:
+        return bans.issue(Ban(network, seconds, "domain", rule, path="policy"), now)
+
+    return _PolicyComponent(PolicyService(config.policy, rules.domains, whitelisted, bans.network, ban,
+                                          config.ban_domain, events, clock, alert=config.alert))
+
+
+class _PolicyComponent:
+    """The policy service as a component: a bind failure is a ServiceError; reloads take the rules."""
+
+    def __init__(self, service: Any) -> None:
+        self.service = service
+
+    def start(self) -> None:
+        try:
+            self.service.start()
+        except OSError as e:
+            raise ServiceError(f"[policy] listen: {e}") from None
+
+    def close(self) -> None:
+        self.service.close()
+
+    def status(self) -> dict[str, Any]:
+        return dict(self.service.status())
+
+    def reload(self, config: Config, rules: RuleSet | None = None) -> None:
+        self.service.reload(config.rules, rules)

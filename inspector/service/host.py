@@ -29,6 +29,7 @@ from ..fleet import attach_fleet
 from ..manual import ban_form, manual_ban_handler
 from ..nets import Address, Network, Whitelist, own_addresses
 from ..respond.bans import Ban, BanPipeline
+from ..rules import RuleSet
 from ..sources.nfqueue import queue_stats
 from . import SAVE_EVERY, Component, Fanout, ServiceError, ban_summary, open_sinks, record_json
 from .components import configured
@@ -98,6 +99,7 @@ class Host:
         self.packet_status: PacketStatus = lambda now: {}
         # the whole whitelist to the packet engines, when [whitelist] files/hosts change it (set by the service form)
         self.to_packets: Callable[[tuple[Network, ...]], None] = lambda networks: None
+        self.rules: RuleSet | None = None  # the packet side's rules, when in this process (shared, not loaded twice)
         self.logs: Any = None
         self.metrics: Any = None
         self.started = clock()
@@ -115,7 +117,7 @@ class Host:
         the components and the metrics endpoint.  Raises ServiceError."""
         config = self.config
         for name, component in configured(config, self.bans, self.events, self.control, self.clock,
-                                          lambda networks: self.to_packets(networks)).items():
+                                          self.rules, lambda networks: self.to_packets(networks)).items():
             self.add_component(name, component)
         self.restored = self.bans.restore(self.clock())
         try:
@@ -151,9 +153,9 @@ class Host:
             return
         for b in logs.poll(now):
             if self.config.alert:
-                self.events.emit({"event": "verdict", "time": round(now, 3), "verdict": "drop", "reason": b.reason,
-                                  "src": b.network, "rule": b.rule, "match": b.match, "ban": b.seconds,
-                                  "alert": True})
+                self.events.emit({"event": "verdict", "path": "log", "time": round(now, 3), "verdict": "drop",
+                                  "reason": b.reason, "src": b.network, "rule": b.rule, "match": b.match,
+                                  "ban": b.seconds, "alert": True})
             else:
                 self.bans.issue(Ban(b.network, b.seconds, b.reason, b.rule, "log"), now)
         if now >= self._next_minute:
@@ -171,15 +173,16 @@ class Host:
             self.events.emit({"event": "log-failures", "time": round(now, 3), "counts": delta})
         self._log_counts = counts
 
-    def reload_logs(self, config: Config) -> None:
-        """Take the new config's log sources (the open files and the counts carry over)."""
+    def reload_logs(self, config: Config, rules: RuleSet | None = None) -> None:
+        """Take the new config's log sources (the open files and the counts carry over), and give the
+        components that follow the rules the new ones (``rules``: already loaded, else they load them)."""
         if self.logs is not None or config.logs.sources:
             self.logs = make_log_monitor(config, previous=self.logs)
         self.config = config
-        for component in self.components.values():  # components that follow the config (the whitelist)
+        for component in self.components.values():  # those that follow config and rules (policy, whitelist)
             reload = getattr(component, "reload", None)
             if reload is not None:
-                reload(config)
+                reload(config, rules)
 
     # -- control ------------------------------------------------------------------------
 
