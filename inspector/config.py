@@ -15,7 +15,6 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -402,18 +401,6 @@ def _whitelist_sources(wl: dict[str, Any], path: Path, fail: Any) -> dict[str, A
         out["whitelist_resolve"] = float(_bounded(wl["resolve_interval"], 10, 86400,
                                                   lambda m: fail("whitelist", "resolve_interval", m)))
     return out
-
-
-def _check_entry(entry: dict[str, Any], known: dict[str, type | tuple[type, ...]],
-                 fail: Callable[[str, str], ConfigError]) -> None:
-    """Unknown keys and wrong types in one ``[[table]]`` entry; ``fail(key, message)`` makes the error."""
-    for key, value in entry.items():
-        wanted = known.get(key)
-        if wanted is None:
-            raise fail(key, f"unknown setting (known here: {', '.join(sorted(known))})")
-        if isinstance(value, bool) or not isinstance(value, wanted):
-            kinds = wanted if isinstance(wanted, tuple) else (wanted,)
-            raise fail(key, f"expected {' or '.join(_kind(k) for k in kinds)}, got {value!r}")
 
 
 def _metrics(section: dict[str, Any], fail: Any) -> MetricsSettings:

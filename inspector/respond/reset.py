@@ -7,6 +7,11 @@
   address and port, at the sequence number the client has acknowledged, so
   the client's stack accepts it.
 
+:func:`build_resets` makes both from the fields :func:`inspector.packet.decode`
+already returned for the packet (the engine's :class:`~inspector.verdict.Decision`
+carries them), so a reset does not decode the packet again; the two functions
+above decode it themselves, for callers that have only the bytes.
+
 Pure functions over bytes (IPv4 and IPv6); sending is the runner's job.
 
 Forwarded, DNAT'ed flows (an MTA in a container, ``--chain DOCKER-USER``):

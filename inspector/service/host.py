@@ -127,7 +127,7 @@ class Host:
         if self.control.sock is not None:
             self.loop.add_reader(self.control.fileno(), self.control.serve_one)
         self.logs = make_log_monitor(config)
-        self.loop.every(lambda: self.config.logs.poll_interval, self._poll_logs, first=0.0)
+        self.loop.every(self._log_interval, self._poll_logs, first=0.0)
         self.loop.every(SAVE_EVERY, self._save)
         for component in self.components.values():
             component.start()
@@ -146,6 +146,10 @@ class Host:
     def _save(self, now: float) -> None:
         if self.bans.dirty:
             self.bans.save(now)
+
+    def _log_interval(self) -> float:
+        """Seconds between two polls of the log sources (1 s while there are none)."""
+        return float(self.config.logs.poll_interval) if self.logs is not None else 1.0
 
     def _poll_logs(self, now: float) -> None:
         logs = self.logs
