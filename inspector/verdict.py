@@ -23,6 +23,7 @@ class Reason(str, enum.Enum):
     TCP_FLAGS = "tcp-flags"
     BANNED = "banned"
     MALFORMED = "malformed"
+    TCP_STREAM = "tcp-stream"  # the receiver's view of the stream cannot be predicted (detail: which case)
 
 
 @dataclass(frozen=True, slots=True)
