@@ -43,6 +43,7 @@ from .verdict import ACCEPT, ACCEPT_FINAL, Action, Reason, Verdict
 
 __all__ = ["Engine", "Decision", "Ban", "mask_address", "network_text", "ban_network_for"]
 
+_HANDSHAKE_HOLD = 63.0  # s: Linux gives up on a SYN-ACK after 5 retries (tcp_synack_retries: 1+2+4+8+16+32)
 # flag combinations conntrack accepts, PSH aside (see packet.flag_anomaly)
 _VALID_FLAGS = frozenset((0x02, 0x22, 0x12, 0x04, 0x14, 0x11, 0x31, 0x10, 0x30))
 
@@ -196,9 +197,9 @@ class Engine:
                 proven = self._prove(key, src, dport, seq, f, kind, data, d, poff, pend, now)
                 if proven is None:
                     return ACCEPT
-                if proven.__class__ is Verdict:
-                    return proven  # type: ignore[return-value]
-                flow = proven  # type: ignore[assignment]
+                if isinstance(proven, Verdict):
+                    return proven
+                flow = proven
             else:
                 flow.last = now
                 flows.move_to_end(key)
@@ -287,9 +288,15 @@ class Engine:
             else:
                 del table.flows[key]  # nothing left to inspect there: the 4-tuple may be reused
         embryo = table.embryos.get(key)
-        if embryo is not None and embryo.isn == seq:
-            embryo.last = now
-            return ACCEPT
+        if embryo is not None:
+            if embryo.isn == seq:
+                embryo.last = now  # retransmitted
+                return ACCEPT
+            if not embryo.refused and now - embryo.last < _HANDSHAKE_HOLD:
+                # Linux keeps the first request: another SYN on the 4-tuple is answered with an
+                # ACK and dropped (tcp_check_req, out of window), or kills the request (in window)
+                self.counts["syn-on-handshake"] += 1
+                return ACCEPT
         tsval, cookie = syn_options(data, poff)
         if pend > poff:
             # Linux delivers data on a SYN only with a valid Fast Open cookie on a listener that
