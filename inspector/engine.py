@@ -21,6 +21,7 @@ from .config import Config, RateRule
 from .detect.rate import RateLimiter
 from .detect.smtp import SmtpSession
 from .flow import PAYLOAD, SMTP, Embryo, Flow, FlowTable
+from .nets import Whitelist, mask_address, network_text
 from .packet import (
     ACK,
     FIN,
@@ -39,34 +40,13 @@ from .packet import (
 )
 from .rules import RuleSet
 from .stream import Stream
-from .verdict import ACCEPT, ACCEPT_FINAL, Action, Reason, Verdict
+from .verdict import ACCEPT, ACCEPT_FINAL, Action, Decision, Fields, Reason, Verdict
 
-__all__ = ["Engine", "Decision", "Ban", "mask_address", "network_text", "ban_network_for"]
+__all__ = ["Engine", "Decision", "Ban"]
 
 _HANDSHAKE_HOLD = 63.0  # s: Linux gives up on a SYN-ACK after 5 retries (tcp_synack_retries: 1+2+4+8+16+32)
 # flag combinations conntrack accepts, PSH aside (see packet.flag_anomaly)
 _VALID_FLAGS = frozenset((0x02, 0x22, 0x12, 0x04, 0x14, 0x11, 0x31, 0x10, 0x30))
-
-
-def mask_address(addr: bytes, prefix: int) -> bytes:
-    """``addr`` (4 or 16 raw bytes) with the host bits of ``prefix`` zeroed; the length tells the family."""
-    n, bits = divmod(prefix, 8)
-    if n >= len(addr):
-        return addr
-    head = addr[:n] + (bytes([addr[n] & (0xFF00 >> bits) & 0xFF]) if bits else b"")
-    return head + bytes(len(addr) - len(head))
-
-
-def network_text(key: bytes, prefix: int) -> str:
-    """A masked address as a ban network: the bare address for a full prefix, else CIDR."""
-    return format_addr(key) if prefix == len(key) * 8 else f"{format_addr(key)}/{prefix}"
-
-
-def ban_network_for(address: str, ipv4_prefix: int, ipv6_prefix: int) -> str:
-    """The ban network covering ``address`` (e.g. an IPv6 address maps to its /64)."""
-    raw = ipaddress.ip_network(address, strict=False).network_address.packed
-    prefix = ipv4_prefix if len(raw) == 4 else ipv6_prefix
-    return network_text(mask_address(raw, prefix), prefix)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,43 +56,6 @@ class Ban:
     network: str
     expires: float
     reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """A non-accept verdict with the packet facts a report or a responder needs."""
-
-    time: float
-    verdict: Verdict
-    src: str
-    sport: int
-    dst: str
-    dport: int
-    ban_network: str | None = None
-
-    def as_dict(self) -> dict[str, object]:
-        v = self.verdict
-        out: dict[str, object] = {
-            "time": round(self.time, 6),
-            "verdict": v.action.value,
-            "reason": v.reason.value if v.reason else None,
-            "src": self.src,
-            "sport": self.sport,
-            "dst": self.dst,
-            "dport": self.dport,
-        }
-        if v.rule is not None:
-            out["rule"] = v.rule
-        if v.match is not None:
-            out["match"] = v.match
-        if v.ban:
-            out["ban"] = v.ban
-            out["ban_network"] = self.ban_network
-        if v.detail:
-            out["detail"] = v.detail
-        if v.alert:
-            out["alert"] = True
-        return out
 
 
 class Engine:
@@ -129,7 +72,6 @@ class Engine:
         self.bans: dict[bytes, tuple[float, str]] = {}  # ban key -> (expiry, reason)
         self.counts: Counter[str] = Counter()
         self.packets = 0
-        self.last_decision: Decision | None = None
         self._alert = config.alert
         self._depth = config.depth
         self._early = config.decide == "early"
@@ -147,15 +89,18 @@ class Engine:
                     limiter = shared.setdefault(rule, RateLimiter(rule.limit, rule.window, config.rate_capacity))
                     self._limiters[port] = (limiter, rule)
                     break
-        self._whitelist = config.whitelist
-        self._whitelisted: dict[bytes, bool] = {}
+        self.whitelist = Whitelist(config.whitelist, loopback=False)
         self._two_sided = False  # server -> client packets seen: the view shows handshakes
         self._protects = protects
 
     # -- public -------------------------------------------------------------
 
-    def process(self, data: bytes, now: float) -> Verdict:
-        """Inspect one IP datagram received at ``now`` (seconds); never raises."""
+    def process(self, data: bytes, now: float) -> Decision:
+        """Inspect one IP datagram received at ``now`` (seconds); never raises.
+
+        Returns :data:`~inspector.verdict.ACCEPT`, :data:`~inspector.verdict.ACCEPT_FINAL` (accept,
+        and the rest of the flow needs no inspection), or a :class:`~inspector.verdict.Decision`
+        with the non-accept verdict, the packet's facts and its decoded fields."""
         self.packets += 1
         try:
             d = decode(data)
@@ -197,7 +142,7 @@ class Engine:
                 proven = self._prove(key, src, dport, seq, f, kind, data, d, poff, pend, now)
                 if proven is None:
                     return ACCEPT
-                if isinstance(proven, Verdict):
+                if isinstance(proven, Decision):
                     return proven
                 flow = proven
             else:
@@ -208,17 +153,17 @@ class Engine:
             if now >= table.next_sweep:
                 table.sweep(now)
 
-            verdict = ACCEPT
+            decision = ACCEPT
             if pend > poff:
                 if not flow.done and not f & RST:  # Linux takes no data from a RST
-                    verdict = self._inspect(flow, seq, f, data[poff:pend], data, d, poff, now)
-                if verdict is ACCEPT and flow.done and not flow.blocked:
-                    verdict = ACCEPT_FINAL
+                    decision = self._inspect(flow, seq, f, data[poff:pend], data, d, poff, now)
+                if decision is ACCEPT and flow.done and not flow.blocked:
+                    decision = ACCEPT_FINAL
             elif flow.tsval is not None and not flow.done and f & ACK:
                 self._pure_ack(flow, seq, data, poff)
             if f & (FIN | RST) and self._ends(flow, seq, pend - poff):
                 flows.pop(key, None)
-            return verdict
+            return decision
         except Malformed as e:
             self.counts["malformed"] += 1
             self.counts["malformed:" + e.args[0]] += 1
@@ -270,7 +215,7 @@ class Engine:
 
     # -- the data path --------------------------------------------------------
 
-    def _syn(self, key: bytes, seq: int, data: bytes, poff: int, pend: int, now: float) -> Verdict:
+    def _syn(self, key: bytes, seq: int, data: bytes, poff: int, pend: int, now: float) -> Decision:
         """A client SYN: a handshake starts.  It proves nothing (anyone can forge one), so it
         never counts towards a rate, never creates or replaces a flow and never decides one:
         it only records the ISN, where Linux starts the stream (``tcp_rsk(req)->rcv_isn``)."""
@@ -337,7 +282,7 @@ class Engine:
             table.flows.pop(rkey, None)
 
     def _prove(self, key: bytes, src: bytes, dport: int, seq: int, f: int, kind: int, data: bytes,
-               d: tuple, poff: int, pend: int, now: float) -> Flow | Verdict | None:
+               d: Fields, poff: int, pend: int, now: float) -> Flow | Decision | None:
         """A client packet of no known flow: is the connection proven?  ``None`` if not.
 
         Proven means the handshake completed: the client acknowledged the server's SYN-ACK
@@ -381,7 +326,7 @@ class Engine:
         verdict = self._rate(flow, src, dport, data, d, now)
         return flow if verdict is ACCEPT else verdict
 
-    def _rate(self, flow: Flow, src: bytes, dport: int, data: bytes, d: tuple, now: float) -> Verdict:
+    def _rate(self, flow: Flow, src: bytes, dport: int, data: bytes, d: Fields, now: float) -> Decision:
         limiter = self._limiters.get(dport)
         if limiter is None:
             return ACCEPT
@@ -397,7 +342,7 @@ class Engine:
             flow.done = flow.blocked = True
         return decided
 
-    def _reopened(self, key: bytes, flow: Flow, data: bytes, d: tuple, now: float) -> Verdict:
+    def _reopened(self, key: bytes, flow: Flow, data: bytes, d: Fields, now: float) -> Decision:
         """A packet at ISN + 1 of a SYN that came while this flow was open.  If the server still
         holds the old connection (RFC 5961: challenge ACK) it is old data; if the old connection
         was gone, a new one.  Only the server knows, and the view does not show which: both
@@ -407,7 +352,7 @@ class Engine:
         self.flows.embryos.pop(key, None)
         return self._stream_verdict("syn-on-open-flow", data, d, now)
 
-    def _stream_verdict(self, detail: str, data: bytes, d: tuple, now: float) -> Verdict:
+    def _stream_verdict(self, detail: str, data: bytes, d: Fields, now: float) -> Decision:
         return self._decide(Verdict(Action.RESET, Reason.TCP_STREAM, detail=detail), data, d, now)
 
     def _pure_ack(self, flow: Flow, seq: int, data: bytes, poff: int) -> None:
@@ -424,8 +369,8 @@ class Engine:
             stream.timestamps(flow.tsval)
         return stream
 
-    def _inspect(self, flow: Flow, seq: int, f: int, payload: bytes, data: bytes, d: tuple, poff: int,
-                 now: float) -> Verdict:
+    def _inspect(self, flow: Flow, seq: int, f: int, payload: bytes, data: bytes, d: Fields, poff: int,
+                 now: float) -> Decision:
         stream = flow.stream
         if stream is None:
             stream = flow.stream = self._stream(flow)
@@ -489,7 +434,7 @@ class Engine:
             return ((seq - flow.base) & 0xFFFFFFFF) == 0
         return stream.offset(seq) + length == stream.delivered
 
-    def _flags(self, data: bytes, d: tuple, now: float, which: str) -> Verdict:
+    def _flags(self, data: bytes, d: Fields, now: float, which: str) -> Decision:
         # never a ban: conntrack calls these packets invalid, no handshake ever proves their source
         verdict = Verdict(Action.DROP, Reason.TCP_FLAGS, rule=which)
         return self._decide(verdict, data, d, now)
@@ -501,7 +446,7 @@ class Engine:
 
     # -- decisions --------------------------------------------------------------
 
-    def _decide(self, verdict: Verdict, data: bytes, d: tuple | None, now: float) -> Verdict:
+    def _decide(self, verdict: Verdict, data: bytes, d: Fields | None, now: float) -> Decision:
         """Apply whitelist, alert mode and bans to a non-accept verdict; record it."""
         if d is None:  # malformed: name the addresses when the IP header is readable
             sport = dport = 0
@@ -515,7 +460,7 @@ class Engine:
             key, src_raw, sport, dport = d[0], d[1], d[2], d[3]
             alen = len(src_raw)
             dst_raw = key[alen:2 * alen]
-            if verdict.reason is not Reason.BANNED and self._is_whitelisted(src_raw):
+            if verdict.reason is not Reason.BANNED and self.whitelist and self.whitelist.contains_raw(src_raw):
                 self.counts["whitelisted"] += 1
                 return ACCEPT
         reason = verdict.reason.value if verdict.reason else "none"
@@ -536,11 +481,8 @@ class Engine:
             verdict = Verdict(verdict.action, verdict.reason, verdict.rule, verdict.match,
                               verdict.ban, True, verdict.detail)
             self.counts["alerts"] += 1
-        self.last_decision = Decision(
-            now, verdict,
-            format_addr(src_raw) if src_raw else "", sport,
-            format_addr(dst_raw) if dst_raw else "", dport, ban_network)
-        return verdict
+        return Decision(verdict, now, format_addr(src_raw) if src_raw else "", sport,
+                        format_addr(dst_raw) if dst_raw else "", dport, ban_network, d)
 
     def _refuse_ban(self, bkey: bytes, dst_raw: bytes) -> str | None:
         """Why the ban network ``bkey`` must not be banned, or ``None``.  Never this server:
@@ -554,18 +496,6 @@ class Engine:
         if self._protects is not None:
             return self._protects(network)
         return None
-
-    def _is_whitelisted(self, src: bytes) -> bool:
-        if not self._whitelist:
-            return False
-        known = self._whitelisted.get(src)
-        if known is None:
-            addr = ipaddress.ip_address(src)
-            known = any(addr in net for net in self._whitelist if net.version == addr.version)
-            if len(self._whitelisted) > 65536:
-                self._whitelisted.clear()
-            self._whitelisted[src] = known
-        return known
 
     def ban_network(self, bkey: bytes) -> str:
         return network_text(bkey, self._prefix[len(bkey)])
