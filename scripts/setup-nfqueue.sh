@@ -18,7 +18,10 @@
 #             TCP NEW without SYN               -> DROP   (the seeds' "! --syn --state NEW")
 #             packet marked decided by inspector -> save the mark on the connection, RETURN
 #             connection marked decided          -> RETURN (nothing left to inspect: stays in the kernel)
-#             SYN, or a segment with payload     -> NFQUEUE --queue-bypass (pure ACKs never leave the
+#             SYN                                -> NFQUEUE (only the ISN is read: the stream starts there)
+#             connection not ASSURED             -> RETURN (handshake not complete: nothing is proven, so
+#                                                   nothing may count, decide or ban; Linux delivers no data)
+#             payload, FIN or RST                -> NFQUEUE --queue-bypass (pure ACKs never leave the
 #                                                   kernel; with --workers N, IPv4 is spread over queues
 #                                                   N..N+workers-1 by address pair, IPv6 uses queue N so
 #                                                   that a /64 is always counted by one worker)
@@ -35,9 +38,9 @@ CHAIN=INSPECTOR
 BAN4=inspector-ban4 BAN6=inspector-ban6 WHITE4=inspector-white4 WHITE6=inspector-white6
 TAG=inspector-setup
 QUEUE=0 WORKERS=$(nproc 2>/dev/null || echo 1) PORTS=25,22 BYPASS=--queue-bypass TRY="" SSH_WHITELIST=1 MARK=0x40000000 MAXELEM=1000000 IPV6=1
-# "SYN, or TCP payload" as classic BPF (python -m inspector.bpf 4|6; tests/test_bpf.py keeps them in step)
-BPF4="18,48 0 0 9,21 0 14 6,40 0 0 6,69 12 0 16383,177 0 0 0,80 0 0 13,69 9 0 2,80 0 0 12,84 0 0 240,116 0 0 2,12 0 0 0,2 0 0 0,40 0 0 2,97 0 0 0,28 0 0 0,21 1 0 0,6 0 0 1,6 0 0 0"
-BPF6="13,48 0 0 6,21 0 9 6,48 0 0 53,69 7 0 2,48 0 0 52,84 0 0 240,116 0 0 2,7 0 0 0,40 0 0 4,28 0 0 0,21 1 0 0,6 0 0 1,6 0 0 0"
+# "SYN, FIN, RST or TCP payload" as classic BPF (python -m inspector.bpf 4|6; tests/test_bpf.py keeps them in step)
+BPF4="18,48 0 0 9,21 0 14 6,40 0 0 6,69 12 0 16383,177 0 0 0,80 0 0 13,69 9 0 7,80 0 0 12,84 0 0 240,116 0 0 2,12 0 0 0,2 0 0 0,40 0 0 2,97 0 0 0,28 0 0 0,21 1 0 0,6 0 0 1,6 0 0 0"
+BPF6="13,48 0 0 6,21 0 9 6,48 0 0 53,69 7 0 7,48 0 0 52,84 0 0 240,116 0 0 2,7 0 0 0,40 0 0 4,28 0 0 0,21 1 0 0,6 0 0 1,6 0 0 0"
 WHITELIST=()
 
 die() { echo "setup-nfqueue: error: $*" >&2; exit 1; }
@@ -104,6 +107,7 @@ probe_kernel() {
     local -a checks=(
         "ipset match (xt_set)|-m set --match-set $set src -j DROP"
         "conntrack match|-m conntrack --ctstate INVALID -j DROP"
+        "conntrack status match|-m conntrack ! --ctstatus ASSURED -j RETURN"
         "connmark match|-m connmark --mark 0x1/0x1 -j RETURN"
         "mark match|-m mark --mark $MARK/$MARK -j RETURN"
         "CONNMARK target|-j CONNMARK --save-mark --nfmask $MARK --ctmask $MARK"
@@ -184,8 +188,17 @@ install_family() {
     ipt "$fam" -A $CHAIN -m mark --mark "$MARK/$MARK" -j CONNMARK --save-mark --nfmask "$MARK" --ctmask "$MARK"
     ipt "$fam" -A $CHAIN -m mark --mark "$MARK/$MARK" -j RETURN
     ipt "$fam" -A $CHAIN -m connmark --mark "$MARK/$MARK" -j RETURN
+    # >>> tcp: which packets reach NFQUEUE (README "TCP: what the engine reads, and proven connections")
+    # A SYN proves nothing, but it is the only packet whose sequence number Linux takes as the
+    # stream's start (rcv_isn); the engine keeps it apart and never counts or bans on it.
+    # Everything else is queued only once conntrack has seen the handshake complete (ASSURED:
+    # the client acknowledged the server's SYN-ACK), so rates and bans count proven connections.
+    # shellcheck disable=SC2046
+    ipt "$fam" -A $CHAIN -p tcp --syn $(queue_target "$fam")
+    ipt "$fam" -A $CHAIN -m conntrack ! --ctstatus ASSURED -j RETURN
     # shellcheck disable=SC2046
     ipt "$fam" -A $CHAIN -m bpf --bytecode "$(bpf "$fam")" $(queue_target "$fam")
+    # <<< tcp
     ipt "$fam" -A $CHAIN -j RETURN
     ipt "$fam" -I INPUT 1 -p tcp -m multiport --dports "$PORTS" ! -i lo \
         -m comment --comment "$TAG table=$had_table" -j $CHAIN
