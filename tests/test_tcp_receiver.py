@@ -201,7 +201,7 @@ def test_server_accepting_a_new_isn_replaces_the_flow(make_engine):
     p = Peer()
     old = p.opened() + session(p, ENVELOPE)
     q = Peer(isn=0x55555555)
-    new = [q.syn(), q.synack(), q.client(0, flags="A"), q.client(0, b"RCPT TO:<v@blocked.test>\r\n")]
+    new = [q.syn(), q.synack(), q.client(0, flags="A"), q.client(0, b"MAIL FROM:<a@fine.test>\r\nRCPT TO:<v@blocked.test>\r\n")]
     [v] = feed(e, [p.syn(), p.synack()] + old[1:] + new)
     assert v.reason is Reason.DOMAIN
 
@@ -291,10 +291,10 @@ def test_a_flow_evicted_mid_envelope_is_reset_not_passed(make_engine):
 def test_two_sided_view_needs_the_syn_ack_acknowledged(make_engine):
     e = make_engine()
     p = Peer(src="203.0.113.99")
-    blind = [p.syn(), p.synack(), p.client(0, b"RCPT TO:<x@blocked.test>\r\n", ack=SERVER_ISN + 12345)]
+    blind = [p.syn(), p.synack(), p.client(0, b"MAIL FROM:<a@fine.test>\r\nRCPT TO:<x@blocked.test>\r\n", ack=SERVER_ISN + 12345)]
     assert feed(e, blind) == [] and not e.bans and len(e.flows) == 0
     q = Peer(sport=40001)
-    real = [q.syn(), q.synack(), q.client(0, b"RCPT TO:<x@blocked.test>\r\n")]
+    real = [q.syn(), q.synack(), q.client(0, b"MAIL FROM:<a@fine.test>\r\nRCPT TO:<x@blocked.test>\r\n")]
     [v] = feed(e, real)
     assert v.reason is Reason.DOMAIN and v.ban
 
@@ -308,7 +308,7 @@ def test_own_address_and_own_64_are_never_banned(make_engine, src, dst, why):
     e = make_engine()
     p = Peer(src=src)
     p.dst = dst
-    [v] = feed(e, p.opened() + session(p, [b"RCPT TO:<x@blocked.test>\r\n"]))
+    [v] = feed(e, p.opened() + session(p, ENVELOPE + [b"RCPT TO:<x@blocked.test>\r\n"]))
     assert (v.action, v.reason, v.ban, v.detail) == (Action.RESET, Reason.DOMAIN, 0, f"ban refused: {why}")
     assert not e.bans
     rate = make_engine(domains="")
@@ -326,7 +326,7 @@ def test_protects_hook_refuses_bans(make_engine):
     base = make_engine()
     e = Engine(Config(), base.rules, protects=lambda net: "whitelist" if net.startswith("198.51.100.") else None)
     p = Peer()
-    [v] = feed(e, p.opened() + session(p, [b"RCPT TO:<x@blocked.test>\r\n"]))
+    [v] = feed(e, p.opened() + session(p, ENVELOPE + [b"RCPT TO:<x@blocked.test>\r\n"]))
     assert v.ban == 0 and v.detail == "ban refused: whitelist" and not e.bans
     assert isinstance(base.rules, RuleSet)
 
