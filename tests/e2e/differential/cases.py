@@ -176,4 +176,6 @@ def kind5() -> list[Case]:
 
 
 def all_cases() -> list[Case]:
-    return [*clean(), *kind2(), *kind3(4), *kind3(6), *kind4(), *kind5()]
+    from .tcp_cases import tcp_cases  # the tcp helper's cases (issue 12 kinds 1 and 6)
+
+    return [*clean(), *kind2(), *kind3(4), *kind3(6), *kind4(), *kind5(), *tcp_cases()]

@@ -141,7 +141,8 @@ class Session:
 
     # ---- the session -----------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        self.send(self.frame(self.isn, "S", syn_options=True))
+        # "syn_data": bytes on the SYN itself (Linux delivers them only with a Fast Open cookie)
+        self.send(self.frame(self.isn, "S", bytes.fromhex(self.spec.get("syn_data", "")), syn_options=True))
         end = time.monotonic() + 3
         while not self.synack and time.monotonic() < end:
             self.poll(0.05)
