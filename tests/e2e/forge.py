@@ -2,9 +2,10 @@
 
 SPEC: ``{"iface": "veth-c", "peer_mac": "..", "batches": [BATCH, ...]}``; each BATCH is
 ``{"src": ADDR, "dst": ADDR, "dport": 25, "sport": 1024, "count": 1, "payload": "<hex>",
-"flags": "S", "spread64": false}``: ``count`` packets from ``sport`` upwards; with
+"flags": "S", "spread64": false, "pace": 0}``: ``count`` packets from ``sport`` upwards; with
 ``spread64`` (IPv6) the n-th comes from its own /64 (``src``'s first 32 bits, then n).
-Frames go out on a packet socket with correct checksums (conntrack would call a bad
+``pace`` (frames per second, 0 = as fast as possible) keeps a flood from overflowing the
+server's queue (overflowing packets would pass uninspected, fail-open).  Frames go out on a packet socket with correct checksums (conntrack would call a bad
 checksum INVALID and the packet would never reach the inspector); nobody answers the
 server's SYN-ACKs: the sources are spoofed.  Prints the number of frames sent.
 """
@@ -16,6 +17,7 @@ import json
 import socket
 import struct
 import sys
+import time
 
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
@@ -73,7 +75,13 @@ def main() -> int:
     sock.bind((iface, 0))
     sent = 0
     for batch in spec["batches"]:
-        for frame in frames(batch, (own, spec["peer_mac"])):
+        pace = batch.get("pace", 0)
+        start = time.monotonic()
+        for i, frame in enumerate(frames(batch, (own, spec["peer_mac"]))):
+            if pace and i % 100 == 0:
+                ahead = start + i / pace - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
             while True:
                 try:
                     sock.send(frame)

@@ -55,6 +55,12 @@ def seg(text: str, wait: float = 0.05) -> dict:
     return {"data": text.encode().hex(), "flags": "PA", "wait": wait}
 
 
+def queue_total(bed: Bed) -> int:
+    """Packets the kernel has queued to userspace so far (id_sequence, all queues)."""
+    text = bed.s("cat", "/proc/net/netfilter/nfnetlink_queue").stdout
+    return sum(int(line.split()[-2]) for line in text.splitlines() if line.strip())
+
+
 def bans(bed: Bed) -> dict[str, int]:
     return {**bed.ipset(BAN_SET[4]), **bed.ipset(BAN_SET[6])}
 
@@ -106,11 +112,14 @@ def test_spoofed_syn_flood_cannot_evict_a_split_envelope(bed: Bed) -> None:
                             seg("ocked.test>\r\n"), seg("DATA\r\n"), seg("Subject: t\r\n\r\nhi\r\n.\r\n")]}
     proc = sender(bed, session)
     time.sleep(2.0)
+    queued = queue_total(bed)
     started = time.monotonic()
     sent = forge(bed, [{"src": "2001:db8:100::1", "dst": SERVER[6], "dport": 25, "count": 25_000,
-                        "spread64": True}])
+                        "spread64": True, "pace": 6000}])
     flood_seconds = time.monotonic() - started
     assert sent == 25_000
+    # every forged SYN reached the inspector (none passed by queue overflow): the flood is real
+    assert wait_for(lambda: queue_total(bed) - queued >= 25_000, 5, what="25,000 SYNs queued")
     out, err = proc.communicate(timeout=90)
     assert proc.returncode == 0, err
     assert flood_seconds < 7.0, f"the flood took {flood_seconds:.1f}s, longer than the session's pause"
