@@ -323,6 +323,10 @@ class Engine:
             self.counts["flows-midstream"] += 1
         table.add(key, flow)
         self.counts["flows"] += 1
+        if flow.isn is None:
+            # picked up midstream (opened before this engine started, or its handshake record was
+            # pushed out by a flood of others): not counted as a new connection, as before
+            return flow
         verdict = self._rate(flow, src, dport, data, d, now)
         return flow if verdict is ACCEPT else verdict
 
