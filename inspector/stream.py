@@ -135,7 +135,7 @@ class Stream:
             if self.pending:
                 data += self._drain()
             self._remember(data)
-            return self._strip_urgent(start, data)
+            return data if self.urg is None else self._strip_urgent(start, data)
         self._hold(off, end, data)
         return b""
 
@@ -226,13 +226,15 @@ class Stream:
                 p_data += data
                 pending[i][1] = p_data
                 if i + 1 < len(pending) and pending[i + 1][0] < end:
-                    # Linux now holds overlapping segments whose later handling depends on the
-                    # shape of its rb-tree: a later conflicting copy cannot be predicted
-                    self._engulfed = True
+                    # Linux does the same (no merge_right after a coalesce), and delivers the
+                    # coalesced bytes first; but it now holds overlapping segments, and where a
+                    # later segment lands among them depends on the shape of its rb-tree: from
+                    # here on a conflicting copy cannot be predicted
                     nxt_off, nxt_data = pending[i + 1]
                     both = min(end, nxt_off + len(nxt_data))
                     if data[nxt_off - off:both - off] != nxt_data[:both - nxt_off]:
-                        self._conflict_range(nxt_off, both)
+                        self.conflicts += 1
+                    self._engulfed = True
                 return
         pending.insert(i + 1, [off, data])
         self._merge_right(i + 1, end)

@@ -201,7 +201,8 @@ def test_server_accepting_a_new_isn_replaces_the_flow(make_engine):
     p = Peer()
     old = p.opened() + session(p, ENVELOPE)
     q = Peer(isn=0x55555555)
-    new = [q.syn(), q.synack(), q.client(0, flags="A"), q.client(0, b"MAIL FROM:<a@fine.test>\r\nRCPT TO:<v@blocked.test>\r\n")]
+    new = [q.syn(), q.synack(), q.client(0, flags="A"),
+           q.client(0, b"MAIL FROM:<a@fine.test>\r\nRCPT TO:<v@blocked.test>\r\n")]
     [v] = feed(e, [p.syn(), p.synack()] + old[1:] + new)
     assert v.reason is Reason.DOMAIN
 
@@ -291,7 +292,8 @@ def test_a_flow_evicted_mid_envelope_is_reset_not_passed(make_engine):
 def test_two_sided_view_needs_the_syn_ack_acknowledged(make_engine):
     e = make_engine()
     p = Peer(src="203.0.113.99")
-    blind = [p.syn(), p.synack(), p.client(0, b"MAIL FROM:<a@fine.test>\r\nRCPT TO:<x@blocked.test>\r\n", ack=SERVER_ISN + 12345)]
+    blind = [p.syn(), p.synack(),
+             p.client(0, b"MAIL FROM:<a@fine.test>\r\nRCPT TO:<x@blocked.test>\r\n", ack=SERVER_ISN + 12345)]
     assert feed(e, blind) == [] and not e.bans and len(e.flows) == 0
     q = Peer(sport=40001)
     real = [q.syn(), q.synack(), q.client(0, b"MAIL FROM:<a@fine.test>\r\nRCPT TO:<x@blocked.test>\r\n")]

@@ -5,7 +5,8 @@ SPEC: ``{"iface": "veth-c", "peer_mac": "..", "batches": [BATCH, ...]}``; each B
 "flags": "S", "spread64": false, "pace": 0}``: ``count`` packets from ``sport`` upwards; with
 ``spread64`` (IPv6) the n-th comes from its own /64 (``src``'s first 32 bits, then n).
 ``pace`` (frames per second, 0 = as fast as possible) keeps a flood from overflowing the
-server's queue (overflowing packets would pass uninspected, fail-open).  Frames go out on a packet socket with correct checksums (conntrack would call a bad
+server's queue (overflowing packets would pass uninspected, fail-open).
+Frames go out on a packet socket with correct checksums (conntrack would call a bad
 checksum INVALID and the packet would never reach the inspector); nobody answers the
 server's SYN-ACKs: the sources are spoofed.  Prints the number of frames sent.
 """

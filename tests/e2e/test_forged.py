@@ -47,8 +47,9 @@ def sender(bed: Bed, session: dict) -> subprocess.Popen[str]:
     session.setdefault("pcap", str(bed.dir / f"session-{session['sport']}.pcap"))
     spec = bed.dir / f"sender-{session['sport']}.json"
     spec.write_text(json.dumps({"iface": "veth-c", "peer_mac": peer_mac(bed), "sessions": [session]}))
-    return subprocess.Popen(["ip", "netns", "exec", bed.client, sys.executable, str(HERE / "differential" / "sender.py"),
-                             str(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    script = str(HERE / "differential" / "sender.py")
+    return subprocess.Popen(["ip", "netns", "exec", bed.client, sys.executable, script, str(spec)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def seg(text: str, wait: float = 0.05) -> dict:
