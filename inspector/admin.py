@@ -9,16 +9,18 @@ import sys
 import time
 from pathlib import Path
 
-
 from .bans import BanStore, StateError
 from .config import load_config
+from .control import control_request
 from .events import now_iso
 from .firewall import FirewallError, IpsetFirewall, SetNames
 from .nets import ban_network
-from .control import control_request
 
 
 def list_bans(config_path: str | None, as_json: bool) -> int:
+    """``inspector bans``: the active bans from the running service, else from the state file; one line (or, with
+    ``as_json``, one JSON object) per ban. Returns the exit code (1: the state file is unreadable).
+    """
     config = load_config(config_path)
     reply = control_request(config.service.control_socket, {"cmd": "bans"})
     if reply is not None:
@@ -48,6 +50,10 @@ def list_bans(config_path: str | None, as_json: bool) -> int:
 
 
 def unban(config_path: str | None, address: str) -> int:
+    """``inspector unban ADDRESS``: lift the ban of ``address`` (an address or network; an IPv6 address lifts its /64)
+    through the running service, else directly in the state file and, as root, the kernel sets. Returns the exit
+    code (1: not an address, or the service refused).
+    """
     config = load_config(config_path)
     try:
         ipaddress.ip_network(address, strict=False)

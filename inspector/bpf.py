@@ -43,7 +43,7 @@ def _assemble(lines: list[tuple[Any, ...]]) -> list[Insn]:
             labels[item[1]] = len(code)
         else:
             code.append(item)
-    out = []
+    out: list[Insn] = []
     for pc, (op, jt, jf, k) in enumerate(code):
         def rel(target: object, pc: int = pc) -> int:
             return labels[target] - pc - 1 if isinstance(target, str) else int(target)  # type: ignore[call-overload]

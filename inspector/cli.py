@@ -20,6 +20,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``inspector`` command and its subcommands."""
     parser = argparse.ArgumentParser(prog="inspector", description="Inline packet inspector for mail and SSH servers.")
     parser.add_argument("--version", action="version", version=f"inspector {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``inspector`` command line with ``argv`` (default: ``sys.argv``); returns the exit code (1: config or
+    rule error, 130: interrupted, 141: the reader of stdout went away).
+    """
     args = build_parser().parse_args(argv)
     try:
         if args.command == "check":
@@ -163,7 +167,7 @@ def run_service(config_path: str | None, rules_path: str | None, overrides: dict
     except ServiceError as e:
         print(f"inspector: error: {e}", file=sys.stderr)
         return 1
-    queue = overrides.get("queue") if overrides.get("queue") is not None else config.service.queue
+    queue = int(overrides["queue"]) if overrides.get("queue") is not None else config.service.queue
     print(f"inspector: running on queue {queue}" + (f"..{queue + workers - 1} ({workers} workers)" if workers > 1
           else "") + f" ({service.config.mode} mode)", file=sys.stderr)
     return service.run()
@@ -191,6 +195,10 @@ def _check(args: argparse.Namespace) -> int:
         print(f"rules: {rf.path} ({rf.scope}{extra})")
     print(f"blocked domains: {rules.counts.get(DOMAIN, 0)} (duplicates: {rules.duplicates}); "
           f"payload strings: {rules.counts.get(PAYLOAD, 0)}")
+    if config.logs.sources:
+        from .logs import check_lines
+
+        print("\n".join(check_lines(config.logs)))
     print(f"loaded in {took:.3f}s")
     print("OK")
     return 0

@@ -20,7 +20,7 @@ from .ipset_netlink import IpsetError, IpsetNetlink
 __all__ = ["Firewall", "FirewallError", "IpsetFirewall", "SetNames", "MAX_TIMEOUT", "detect_queues", "parse_queues"]
 
 MAX_TIMEOUT = 2_147_483  # ipset's largest timeout; netlink silently clamps larger ones
-_ERR_EXIST, _ERR_HASH_FULL = 4103, 4352
+_ERR_HASH_FULL = 4352  # IPSET_ERR_HASH_FULL (include/uapi/linux/netfilter/ipset/ip_set_hash.h)
 
 
 class FirewallError(RuntimeError):
@@ -28,14 +28,23 @@ class FirewallError(RuntimeError):
 
 
 class Firewall(Protocol):
-    def ensure_sets(self) -> None: ...
-    def ban(self, network: str, seconds: int) -> None: ...
-    def unban(self, network: str) -> bool: ...
-    def bans(self) -> list[tuple[str, int]]: ...
+    """The kernel side of bans (ipset sets): the real :class:`IpsetFirewall`, or
+    :class:`inspector.testing.FakeFirewall`. Methods raise FirewallError.
+    """
+
+    def ensure_sets(self) -> None:
+        """Create the ban sets if they are missing (an unusable existing set is an error)."""
+    def ban(self, network: str, seconds: int) -> None:
+        """Add ``network`` (an address or CIDR) for ``seconds`` (the kernel expires it)."""
+    def unban(self, network: str) -> bool:
+        """Remove ``network``; True if it was there."""
+    def bans(self) -> list[tuple[str, int]]:
+        """Every entry of the ban sets as ``(network, seconds left)``."""
 
 
 @dataclass(frozen=True)
 class SetNames:
+    """The names of the IPv4 and IPv6 ban sets (``setup-nfqueue.sh`` creates the same names)."""
     v4: str = "inspector-ban4"
     v6: str = "inspector-ban6"
 
@@ -62,6 +71,7 @@ class IpsetFirewall:
             raise FirewallError(_explain_open(e)) from None
 
     def close(self) -> None:
+        """Close the netlink sockets."""
         self._ipset.close()
         self._fast.close()
 
@@ -117,6 +127,9 @@ class IpsetFirewall:
             raise FirewallError(f"cannot ban {entry} in ipset {name}: {e}") from None
 
     def unban(self, network: str) -> bool:
+        """Remove ``network`` from its set; True if it was there, False if not. Raises FirewallError on any other
+        netlink error.
+        """
         name, entry, kw = self._target(network)
         try:
             return self._fast.delete(name, entry, net=kw.get("etype") == "net")

@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -35,19 +36,22 @@ def parse_since(text: str, now: float) -> float:
     if m:
         scale = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
         return now - float(m.group(1)) * scale
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     try:
         dt = datetime.fromisoformat(text.strip())
     except ValueError:
         raise ValueError(f"--since: expected a duration like 24h, 90m, 7d or an ISO date, not {text!r}") from None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
 
 
 @dataclass
 class Report:
+    """Counts over the event log between ``since`` and ``until`` (Unix seconds): blocks and bans by reason, top
+    sources, networks, domains and recipients, log failures, errors, and time buckets for the chart.
+    """
     since: float
     until: float
     events: int = 0
@@ -66,6 +70,7 @@ class Report:
     bucket_seconds: int = 3600
 
     def as_dict(self) -> dict[str, Any]:
+        """The counts as JSON-ready data (``report --json``)."""
         return {
             "since": self.since, "until": self.until, "events": self.events, "skipped": self.skipped,
             "blocks": dict(self.blocks), "bans": dict(self.bans), "alerts": self.alerts,
@@ -85,6 +90,9 @@ def _network(addr: str) -> str:
 
 
 def build_report(lines: Iterable[str], since: float, until: float, bucket_seconds: int | None = None) -> Report:
+    """Count the JSON event ``lines`` that fall between ``since`` and ``until``; lines that are not events are counted
+    as skipped. ``bucket_seconds``: the chart's bucket width (default: from the span).
+    """
     span = max(1.0, until - since)
     bucket = bucket_seconds or (3600 if span > 6 * 3600 else 300 if span > 3600 else 60)
     report = Report(since, until, bucket_seconds=bucket)
@@ -144,6 +152,7 @@ def _when(t: float) -> str:
 
 
 def render_text(r: Report) -> str:
+    """The report as text for the terminal (wire text escaped)."""
     out = [f"inspector report: {_when(r.since)} .. {_when(r.until)}", f"events read: {r.events}"
            + (f" ({r.skipped} unreadable lines skipped)" if r.skipped else "")]
 
@@ -204,6 +213,7 @@ def _chart(r: Report, width: int = 720, height: int = 220) -> str:
 
 
 def render_html(r: Report) -> str:
+    """The report as one self-contained HTML page with a chart."""
     def table(title: str, items: Iterable[tuple[str, int]]) -> str:
         rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td class=n>{n}</td></tr>" for k, n in items)
         return f"<h2>{html.escape(title)}</h2><table>{rows or '<tr><td>(none)</td><td></td></tr>'}</table>"
@@ -230,6 +240,9 @@ def render_html(r: Report) -> str:
 
 
 def main_report(events_path: str, since: str, html_path: str | None, as_json: bool) -> int:
+    """``inspector report``: read the event log at ``events`` over the ``since`` window, print text or JSON, and write
+    the HTML page if asked. Returns the exit code.
+    """
     import sys
 
     now = time.time()

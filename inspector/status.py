@@ -15,9 +15,13 @@ from typing import Any
 
 from .config import load_config
 from .control import control_request
+from .logs import status_lines
 
 
 def fetch(config_path: str | None) -> tuple[str, dict[str, Any] | None]:
+    """The control socket path of the config at ``config_path``, and the running service's status (None if none
+    answers).
+    """
     config = load_config(config_path)
     path = config.service.control_socket
     try:
@@ -50,7 +54,8 @@ def render(path: str, st: dict[str, Any] | None) -> str:
         f"inspector: RUNNING  pid {st['pid']}  up {_duration(st.get('uptime', 0))}  mode {st['mode'].upper()}"
         + ("  (reporting only, blocking nothing)" if st["mode"] == "alert" else ""),
         f"queues {st['queue']}..{st['queue'] + st.get('workers', 1) - 1} ({st.get('workers', 1)} worker"
-        f"{'s' if st.get('workers', 1) != 1 else ''}), bound: {', '.join(str(q['queue']) for q in queues if q['portid'])}"
+        f"{'s' if st.get('workers', 1) != 1 else ''}), "
+        f"bound: {', '.join(str(q['queue']) for q in queues if q['portid'])}"
         if queues else f"queue {st['queue']}: not bound!",
         f"last minute: {live.get('packets_per_s', 0):,.1f} packets/s, {live.get('verdicts_per_s', 0):,.1f} verdicts/s"
         f"   packets inspected {seen:,}",
@@ -66,11 +71,15 @@ def render(path: str, st: dict[str, Any] | None) -> str:
         "top blocked domains: " + (", ".join(f"{d} ({n})" for d, n in live.get("top_domains", [])[:5]) or "none"),
         f"rules: {rules.get('domains', '?'):,} domains, {rules.get('payload', 0)} payload strings, loaded "
         f"{rules.get('loaded_at', '?')}" if rules else "rules: ?",
+        *status_lines(st.get("logs")),
     ]
     return "\n".join(lines) + "\n"
 
 
 def main_status(config_path: str | None, watch: bool, as_json: bool) -> int:
+    """``inspector status``: print the status screen once, as JSON, or redrawn every second (``watch``). Returns 0 if a
+    service answered, else 3.
+    """
     import json
 
     path, st = fetch(config_path)

@@ -7,8 +7,9 @@
 * the log sources (``[logs]``), polled on the loop, their bans issued through the pipeline;
 * the Prometheus endpoint (``[metrics] listen``);
 * the side components (:class:`~inspector.service.Component`: the policy server, the fleet
-  client, ...): :meth:`Host.add_component` before :meth:`Host.start`; they are started after the
-  bans are restored and closed before the last save, and ``status`` shows their sections.
+  client, ...): those the config enables (:func:`.components.configured`) and any given with
+  :meth:`Host.add_component` before :meth:`Host.start`; they are started after the bans are
+  restored and closed before the last save, and ``status`` shows their sections.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ..nets import Address, Whitelist, own_addresses
 from ..respond.bans import Ban, BanPipeline
 from ..sources.nfqueue import queue_stats
 from . import SAVE_EVERY, Component, Fanout, ServiceError, ban_summary, open_sinks, record_json
+from .components import configured
 from .loop import Loop
 
 __all__ = ["Host", "open_firewall", "make_log_monitor"]
@@ -106,6 +108,8 @@ class Host:
         """Restore the bans, listen on the control socket, open the log sources, start the timers,
         the components and the metrics endpoint.  Raises ServiceError."""
         config = self.config
+        for name, component in configured(config, self.bans, self.events, self.control, self.clock).items():
+            self.add_component(name, component)
         self.restored = self.bans.restore(self.clock())
         try:
             self.control.listen(config.service.control_socket)
@@ -197,7 +201,7 @@ class Host:
 
     def _start_metrics(self) -> Any:
         """The Prometheus endpoint, if ``[metrics] listen`` asks for one (off by default)."""
-        listen = str(self.config.extra.get("metrics", {}).get("listen", "") or "")
+        listen = self.config.metrics.listen
         if not listen:
             return None
         from ..metrics import serve
