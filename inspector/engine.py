@@ -409,7 +409,7 @@ class Engine:
                                   ban=self.config.ban_payload)
                 return self._decide(verdict, data, d, now)
         if stream.full or (self._bypass_early and flow.kind != KIND_SMTP and b"\n" in chunk
-                           and stream.uncertain is None):
+                           and stream.uncertain is None and flow.isn is not None):
             flow.done = True  # early: the first line (an SSH banner) was seen
         return ACCEPT
 

@@ -204,6 +204,8 @@ class Stream:
             return
         if off > last_end:
             pending.append([off, data])
+            if len(pending) > MAX_HELD:
+                self.ambiguous = self.ambiguous or "too-many-held-segments"
             return
         i = bisect_right(pending, off, key=_first) - 1
         if i >= 0:

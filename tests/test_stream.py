@@ -138,3 +138,10 @@ def test_paws_discards_stale_segments_and_keeps_fresh_ones():
     assert s.push(0, b"abc", tsval=10) == b""  # more than 1 behind ts_recent: discarded
     assert s.push(0, b"abc", tsval=999) == b"abc"  # 1 behind is still accepted
     assert s.paws_discarded == 1
+
+
+def test_too_many_held_segments_is_ambiguous():
+    s = Stream(0, 1 << 20)
+    for i in range(300):
+        s.push(10 + 2 * i, b"x")  # gaps between them: nothing coalesces
+    assert s.ambiguous == "too-many-held-segments"
