@@ -238,6 +238,8 @@ class Engine:
             if cookie:
                 self.counts["syn-data-fastopen-cookie"] += 1
         table.add_embryo(key, Embryo(seq, tsval, now))
+        if table.tombstones:
+            table.tombstones.pop(key, None)  # a new connection on the 4-tuple of an evicted one
         self.counts["handshakes"] += 1
         if now >= table.next_sweep:
             table.sweep(now)

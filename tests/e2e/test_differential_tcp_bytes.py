@@ -51,6 +51,9 @@ def extra_cases() -> list[Case]:
                                                        Seg(b"kl", off=6)]),
         Case("bytes-data-without-ack", [Seg(b"abc"), Seg(b"XYZ", noack=True), Seg(b"def", off=3)]),
         Case("bytes-rst-carries-no-data", [Seg(b"abc"), Seg(b"def", flags="RA", off=10)]),
+        # timestamps negotiated, then a segment without the option, then a copy with it
+        Case("bytes-segment-without-timestamp", [Seg(b"abc"), Seg(b"XYZ", tsval=-1), Seg(b"def", off=3)],
+             timestamps=True),
     ]
 
 

@@ -70,7 +70,7 @@ class Session:
         options: list[Any] = []
         if syn_options:
             options = [("MSS", 1460), ("SAckOK", b""), ("WScale", 7)]
-        if self.ts:
+        if self.ts and tsval != -1:  # tsval -1: this segment carries no timestamp option
             self.tsval += 1
             options.append(("Timestamp", (tsval if tsval is not None else self.tsval, self.ts_recent)))
         if ack and "A" not in flags and "S" not in flags:
