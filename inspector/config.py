@@ -20,8 +20,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .fleet import FleetSettings, parse_fleet
 from .logs.settings import LogFilter, LogSettings, LogSource, parse_logs
 from .nets import parse_networks
+from .policy.settings import KEYS as POLICY_KEYS
+from .policy.settings import PolicySettings, parse_policy
 from .rules import DOMAIN, PAYLOAD, SCOPES, RuleFile
 
 __all__ = ["Config", "ConfigError", "LogFilter", "LogSettings", "LogSource", "MetricsSettings", "RateRule",
@@ -98,6 +101,8 @@ class Config:
     service: ServiceSettings = ServiceSettings()
     logs: LogSettings = LogSettings()
     metrics: MetricsSettings = MetricsSettings()
+    fleet: FleetSettings = FleetSettings()  # off unless [fleet] url is set
+    policy: PolicySettings = PolicySettings()  # [policy]: the MTA policy service (inspector/policy/)
     source: str | None = None  # the file this came from
 
     @property
@@ -129,6 +134,8 @@ _KNOWN: dict[str, dict[str, type | tuple[type, ...]]] = {
                 "mark": int, "workers": int},
     "metrics": {"listen": str},
     "logs": {},  # checked by inspector.logs.settings.parse_logs
+    "fleet": {},  # checked by inspector.fleet.parse_fleet
+    "policy": POLICY_KEYS,
 }
 
 
@@ -225,7 +232,7 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
     for key, value in data.items():
         if isinstance(value, dict) and key not in _KNOWN:
             raise fail(key, None, f"unknown section (known: {', '.join(sorted(k for k in _KNOWN if k))})")
-        if key in ("rules", "logs"):
+        if key in ("rules", "logs", "fleet"):
             continue
         if isinstance(value, dict) and key in _KNOWN:
             for sub, v in value.items():
@@ -349,6 +356,10 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
         cfg["logs"] = parse_logs(data["logs"], path, where, ConfigError)
     if "metrics" in data:
         cfg["metrics"] = _metrics(data["metrics"], fail)
+    if "fleet" in data:
+        cfg["fleet"] = parse_fleet(data["fleet"], lambda key, msg: fail("fleet", key, msg))
+    if "policy" in data:
+        cfg["policy"] = parse_policy(data["policy"], fail)
     return Config(**cfg)
 
 
