@@ -129,3 +129,38 @@ def test_spoofed_syn_flood_cannot_evict_a_split_envelope(bed: Bed) -> None:
     assert (verdict["reason"], verdict["match"]) == ("domain", "<victim@blocked.test>"), verdict
     banned = bans(bed)
     assert list(banned) == ["2001:db8:3::/64"], banned  # the real sender's /64 only
+
+
+def test_a_syn_flood_past_the_limit_does_not_fill_the_queue(bed: Bed) -> None:
+    """40,000 SYNs as fast as the sender goes: at most --syn-limit (10,000/s, burst 10,000) reach
+    the queue, so it keeps room for data; a session whose SYN came during the flood is still
+    inspected (picked up midstream if its SYN was not queued) and its blocked recipient reset."""
+    bed.start_inspector()
+    src = CLIENTS[4]["c"]
+    session = {"src": src, "dst": SERVER[4], "dport": 25, "sport": 41002, "isn": 8000, "settle": 0.3,
+               "segments": [seg("EHLO me\r\n", wait=6.0),  # the flood ends in this pause
+                            seg("MAIL FROM:<a@example.org>\r\n"), seg("RCPT TO:<victim@blocked.test>\r\n"),
+                            seg("DATA\r\n"), seg("Subject: t\r\n\r\nhi\r\n.\r\n")]}
+    queued = queue_total(bed)
+    flood = subprocess.Popen(["ip", "netns", "exec", bed.client, sys.executable, str(HERE / "forge.py"),
+                              str(_spec(bed, [{"src": "198.51.100.97", "dst": SERVER[4], "dport": 25,
+                                               "count": 40_000}]))],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.2)
+    proc = sender(bed, session)
+    f_out, f_err = flood.communicate(timeout=60)
+    assert flood.returncode == 0 and int(f_out) == 40_000, f_err
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 0 and json.loads(out)[0]["synack"], err or out
+    flood_queued = queue_total(bed) - queued
+    assert flood_queued < 40_000, f"every SYN of the flood was queued ({flood_queued})"
+    assert bed.server_events(event="rcpt", peer=src) == [], "the blocked recipient passed during the flood"
+    verdict = bed.wait_event(event="verdict", src=src)
+    assert (verdict["reason"], verdict["verdict"]) == ("domain", "reset"), verdict
+    assert "198.51.100.97" not in bans(bed)
+
+
+def _spec(bed: Bed, batches: list[dict]) -> Path:
+    spec = bed.dir / f"forge-{time.monotonic_ns()}.json"
+    spec.write_text(json.dumps({"iface": "veth-c", "peer_mac": peer_mac(bed), "batches": batches}))
+    return spec

@@ -142,10 +142,14 @@ class Session:
     # ---- the session -----------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         # "syn_data": bytes on the SYN itself (Linux delivers them only with a Fast Open cookie)
-        self.send(self.frame(self.isn, "S", bytes.fromhex(self.spec.get("syn_data", "")), syn_options=True))
-        end = time.monotonic() + 3
-        while not self.synack and time.monotonic() < end:
-            self.poll(0.05)
+        syn = self.frame(self.isn, "S", bytes.fromhex(self.spec.get("syn_data", "")), syn_options=True)
+        for _ in range(3):  # retransmitted (same ISN) if lost, as a client kernel would
+            self.send(syn)
+            end = time.monotonic() + 1
+            while not self.synack and time.monotonic() < end:
+                self.poll(0.05)
+            if self.synack:
+                break
         if not self.synack:
             self.writer.close()
             return {"synack": False, "server_bytes": 0, "reply": ""}
