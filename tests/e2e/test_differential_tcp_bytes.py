@@ -105,7 +105,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tuple[st
         assert ready and proc.stdout.readline().strip() == "ready", "the receiver did not start"
         cases = [*tcp_cases(), *extra_cases()]
         sessions, keys = [], []
-        for i, case in enumerate(cases):
+        for case in cases:
             for fam in case.families:
                 src = str(FIRST[fam] + len(sessions))
                 bed.c("ip", "addr", "add", *(f"{src}/64 nodad" if fam == 6 else f"{src}/24").split(), "dev", "veth-c")
