@@ -38,6 +38,7 @@ from .config import Config, ConfigError
 from .engine import Engine, ban_network_for
 from .events import EventSink, JsonLinesSink, SyslogBans, now_iso
 from .firewall import FirewallError, IpsetFirewall, SetNames
+from .kernel_whitelist import merge_kernel_whitelist
 from .rules import RuleError, RuleSet
 from .runner import RawResetSender, Runner
 from .sources.nfqueue import FAIL_OPEN, WholeMessages, queue_stats, set_copy_range, set_queue_flags
@@ -110,6 +111,7 @@ class Service:
         svc = config.service
         self.events = self._make_events(config)
         self.firewall = open_firewall(config)
+        config = self.config = merge_kernel_whitelist(config, self.firewall, self.events)
         self.engine = Engine(config, rules)
         self.store = self._make_store(config)
         try:
@@ -322,6 +324,7 @@ class Service:
                               "error": str(result), "kept": "the rules and config in use"})
             return
         config, rules = result
+        config = merge_kernel_whitelist(config, self.firewall, self.events)
         same_engine = replace(config, rules=(), service=self.config.service) == \
             replace(self.config, rules=(), service=self.config.service)
         if same_engine:

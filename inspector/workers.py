@@ -35,6 +35,7 @@ from typing import Any
 from .bans import BanRecord, BanStore
 from .config import Config, ConfigError
 from .events import now_iso
+from .kernel_whitelist import merge_kernel_whitelist
 from .rules import RuleError
 from .app import load
 from .runner import issue_ban
@@ -262,6 +263,7 @@ class Supervisor:
         sinks, self._log_file = open_sinks(config)
         self.events = _Fanout(sinks)
         self.firewall = open_firewall(config)
+        self.config = config = merge_kernel_whitelist(config, self.firewall, self.events)
         self.store = BanStore(Path(svc.state_file))
         restored = restore_bans(self.store, self.firewall, self.events, self.clock())
         self.control = open_control_socket(svc.control_socket)
@@ -333,6 +335,7 @@ class Supervisor:
             config = apply_overrides(load_config(self.config_path, self.rules_path), self.overrides)
         except ConfigError:
             return  # the workers report the error; the running logs stay
+        config = merge_kernel_whitelist(config, self.firewall, self.events)
         self.logs = make_log_monitor(config, previous=self.logs)
         self.config = replace(config, service=self.config.service)
 

@@ -12,8 +12,8 @@
 #   ipsets  inspector-ban4 (hash:ip) / inspector-ban6 (hash:net, /64 bans)   with timeouts
 #           inspector-white4 / inspector-white6 (hash:net)                     whitelisted sources
 #   chain   INSPECTOR, jumped to from the top of INPUT for TCP to the protected ports (not from lo):
+#             whitelisted source                -> RETURN (first: never inspected, limited, banned or dropped)
 #             banned source                     -> DROP   (the kernel enforces bans from then on)
-#             whitelisted source                -> RETURN (never inspected, limited or banned)
 #             conntrack INVALID (bad checksums)  -> DROP   (cannot desync the inspector's reassembly)
 #             TCP NEW without SYN               -> DROP   (the seeds' "! --syn --state NEW")
 #             packet marked decided by inspector -> save the mark on the connection, RETURN
@@ -177,8 +177,9 @@ install_family() {
     fi
     local ban white
     ban=$(ban_set "$fam"); white=$(white_set "$fam")
-    ipt "$fam" -A $CHAIN -m set --match-set "$ban" src -j DROP
+    # the whitelist first: nothing below (a ban, a conntrack verdict, the queue) may touch it
     ipt "$fam" -A $CHAIN -m set --match-set "$white" src -j RETURN
+    ipt "$fam" -A $CHAIN -m set --match-set "$ban" src -j DROP
     ipt "$fam" -A $CHAIN -m conntrack --ctstate INVALID -j DROP
     ipt "$fam" -A $CHAIN -p tcp ! --syn -m conntrack --ctstate NEW -j DROP
     ipt "$fam" -A $CHAIN -m mark --mark "$MARK/$MARK" -j CONNMARK --save-mark --nfmask "$MARK" --ctmask "$MARK"

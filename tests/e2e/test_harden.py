@@ -1,0 +1,133 @@
+"""Hardening (issue 11): the owner is never locked out; no local input stalls or silences the service.
+
+Each test plays the attacker or the operator against ``setup-nfqueue.sh install`` +
+``inspector run`` in the test bed's namespaces.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from .bed import PY, REPO, SERVER, SETUP, WHITELIST, Bed, ban_network, wait_for
+
+pytestmark = pytest.mark.e2e
+
+SSHD_LINE = "{ts} server sshd[{pid}]: Failed password for root from {ip} port {port} ssh2\n"
+
+# one worker per installed queue unless a test says otherwise
+ONE_QUEUE = ("--workers", "1")
+
+
+def install(bed: Bed, *extra: str, env: dict[str, str] | None = None) -> None:
+    """(Re)install the rules, optionally under an SSH session's environment."""
+    args = ["install", "--queue", "0", "--ports", "25,22"]
+    for cidr in WHITELIST:
+        args += ["--whitelist", cidr]
+    prefix = ["env", *(f"{k}={v}" for k, v in (env or {}).items())]
+    bed.s(*prefix, "bash", str(SETUP), *args, *extra)
+
+
+class HeldSession:
+    """A TCP connection from ``src`` to the server's port 22, held open in the client namespace;
+    ``ping()`` checks that it still carries data both ways."""
+
+    CODE = r"""
+import socket, sys
+src, dst = sys.argv[1], sys.argv[2]
+fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_STREAM)
+s.bind((src, 0)); s.settimeout(5); s.connect((dst, 22))
+s.recv(256)
+print("ready", flush=True)
+for line in sys.stdin:
+    s.settimeout(3)
+    try:
+        s.sendall(b"ping\n")
+        got = b""
+        while b"ping\n" not in got:
+            chunk = s.recv(256)
+            if not chunk:
+                break
+            got += chunk
+        print("ok" if b"ping\n" in got else "closed", flush=True)
+    except OSError as e:
+        print(type(e).__name__, flush=True)
+"""
+
+    def __init__(self, bed: Bed, src: str) -> None:
+        v = 6 if ":" in src else 4
+        self.popen = subprocess.Popen(["ip", "netns", "exec", bed.client, PY, "-c", self.CODE, src, SERVER[v]],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
+        bed.stack.callback(self.close)
+        assert self.popen.stdout is not None
+        assert self.popen.stdout.readline().strip() == "ready"
+
+    def ping(self) -> str:
+        assert self.popen.stdin is not None and self.popen.stdout is not None
+        self.popen.stdin.write("x\n")
+        self.popen.stdin.flush()
+        return self.popen.stdout.readline().strip()
+
+    def close(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(5)
+        for f in (self.popen.stdin, self.popen.stdout):
+            if f:
+                f.close()
+
+
+def sshd_source(path: Path, maxretry: int = 3) -> str:
+    return f"""
+[logs]
+poll_interval = 0.1
+[[logs.source]]
+path = "{path}"
+filter = "sshd"
+maxretry = {maxretry}
+findtime = 600
+bantime = 3600
+"""
+
+
+def write_sshd_failures(log: Path, ip: str, n: int) -> None:
+    ts = time.strftime("%b %d %H:%M:%S")
+    with log.open("a") as f:
+        for i in range(n):
+            f.write(SSHD_LINE.format(ts=ts, pid=2000 + i, ip=ip, port=51000 + i))
+
+
+# -- item 4: the SSH client the setup script whitelisted is never locked out -------------------------
+
+@pytest.mark.parametrize("src", ["198.51.100.12", "2001:db8:3::10"])
+def test_whitelisted_ssh_client_survives_failed_passwords(bed: Bed, src: str) -> None:
+    """The setup script whitelists the SSH client it runs under (kernel set only, not the config);
+    three ``Failed password`` lines from it in sshd's log must not ban it, and its open and new
+    connections to port 22 keep working."""
+    install(bed, *ONE_QUEUE, env={"SSH_CONNECTION": f"{src} 50022 {SERVER[6 if ':' in src else 4]} 22"})
+    log = bed.dir / "auth.log"
+    log.write_text("")
+    bed.write_config(extra=sshd_source(log))
+    bed.start_inspector()
+    other = "198.51.100.11" if ":" not in src else "2001:db8:2::10"
+    held = HeldSession(bed, src)
+    assert held.ping() == "ok"
+    write_sshd_failures(log, src, 3)
+    # the control: the same three lines from an ordinary client do ban it (the source is read)
+    write_sshd_failures(log, other, 3)
+    wait_for(lambda: bed.banned(other) is not None, 5, what=f"{other} banned by the log path")
+    time.sleep(0.5)
+    assert bed.banned(src) is None, "the whitelisted SSH client was banned"
+    assert held.ping() == "ok", "the open session of the whitelisted client was cut"
+    assert bed.connect(src, 22, banner=True, timeout=3)["ok"], "a new session of the whitelisted client failed"
+    # even a ban put into the set by hand cannot lock it out: the whitelist RETURN comes first
+    bed.s("ipset", "add", "-exist", "inspector-ban6" if ":" in src else "inspector-ban4", ban_network(src),
+          "timeout", "600")
+    assert held.ping() == "ok"
+    assert bed.connect(src, 22, banner=True, timeout=3)["ok"]
+    assert not [e for e in bed.events(event="ban") if e["network"] in (src, ban_network(src))]
