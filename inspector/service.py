@@ -39,6 +39,7 @@ from .engine import Engine, ban_network_for
 from .events import EventSink, JsonLinesSink, SyslogBans, now_iso
 from .firewall import FirewallError, IpsetFirewall, SetNames
 from .kernel_whitelist import merge_kernel_whitelist
+from .queue_check import installed_queues, refusal
 from .rules import RuleError, RuleSet
 from .runner import RawResetSender, Runner
 from .sources.nfqueue import FAIL_OPEN, WholeMessages, queue_stats, set_copy_range, set_queue_flags
@@ -639,6 +640,11 @@ def run_service(config_path: str | None, rules_path: str | None, overrides: dict
         if found is not None and overrides.get("queue") is None:
             overrides = {**overrides, "queue": found[0]}
         workers = found[1] if found is not None else 1
+    first = overrides.get("queue") if overrides.get("queue") is not None else config.service.queue
+    why = refusal(installed_queues(), first, workers)
+    if why:
+        print(f"inspector: error: {why}", file=sys.stderr)
+        return 1
     service: Service | Supervisor
     service = Supervisor(config_path, rules_path, overrides, workers) if workers > 1 else \
         Service(config_path, rules_path, overrides)

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from .config import load_config
+from .queue_check import installed_queues, missing_queues
 from .service import control_request
 
 
@@ -34,8 +35,9 @@ def _duration(seconds: float) -> str:
     return (f"{d}d " if d else "") + f"{h:02d}:{m:02d}:{s:02d}"
 
 
-def render(path: str, st: dict[str, Any] | None) -> str:
-    """The status screen as text (what ``--watch`` redraws)."""
+def render(path: str, st: dict[str, Any] | None, installed: set[int] | None = None) -> str:
+    """The status screen as text (what ``--watch`` redraws).  ``installed``: the queues the
+    installed rules use (None: unknown), so that an unbound one shows as an error."""
     if st is None or not st.get("ok"):
         return (f"inspector: NOT RUNNING (no answer on {path})\n"
                 "  traffic to the protected ports passes uninspected if the rules use --queue-bypass\n"
@@ -46,11 +48,13 @@ def render(path: str, st: dict[str, Any] | None) -> str:
     handed = sum(q["id_sequence"] for q in queues)
     seen = st.get("packets", 0)
     rules = st.get("rules") or {}
+    unbound = unbound_queues(st, installed)
     lines = [
         f"inspector: RUNNING  pid {st['pid']}  up {_duration(st.get('uptime', 0))}  mode {st['mode'].upper()}"
         + ("  (reporting only, blocking nothing)" if st["mode"] == "alert" else ""),
         f"queues {st['queue']}..{st['queue'] + st.get('workers', 1) - 1} ({st.get('workers', 1)} worker"
-        f"{'s' if st.get('workers', 1) != 1 else ''}), bound: {', '.join(str(q['queue']) for q in queues if q['portid'])}"
+        f"{'s' if st.get('workers', 1) != 1 else ''}), "
+        f"bound: {', '.join(str(q['queue']) for q in queues if q['portid'])}"
         if queues else f"queue {st['queue']}: not bound!",
         f"last minute: {live.get('packets_per_s', 0):,.1f} packets/s, {live.get('verdicts_per_s', 0):,.1f} verdicts/s"
         f"   packets inspected {seen:,}",
@@ -67,31 +71,44 @@ def render(path: str, st: dict[str, Any] | None) -> str:
         f"rules: {rules.get('domains', '?'):,} domains, {rules.get('payload', 0)} payload strings, loaded "
         f"{rules.get('loaded_at', '?')}" if rules else "rules: ?",
     ]
+    lines[2:2] = [f"ERROR: queue {q} is not bound: the installed rules send packets to it, which pass "
+                  "uninspected (--queue-bypass) or are dropped" for q in unbound]
     return "\n".join(lines) + "\n"
+
+
+def unbound_queues(st: dict[str, Any] | None, installed: set[int] | None) -> list[int]:
+    """Queues that the installed rules (or the service's own range) use but nobody binds."""
+    if not st or not st.get("ok"):
+        return []
+    bound = {q["queue"] for q in st.get("queues", []) if q.get("portid")}
+    expected = set(installed or ()) | set(range(st["queue"], st["queue"] + st.get("workers", 1)))
+    return missing_queues(expected, bound)
 
 
 def main_status(config_path: str | None, watch: bool, as_json: bool) -> int:
     import json
 
     path, st = fetch(config_path)
+    installed = installed_queues() if st else None
+    unbound = unbound_queues(st, installed)
     if as_json:
-        print(json.dumps(st))
-        return 0 if st else 3
+        print(json.dumps(st if not st else {**st, "unbound_queues": unbound}))
+        return (1 if unbound else 0) if st else 3
     if not watch:
-        print(render(path, st), end="")
-        return 0 if st else 3
+        print(render(path, st, installed), end="")
+        return (1 if unbound else 0) if st else 3
     try:
         from rich.live import Live
         from rich.text import Text
     except ImportError:  # pragma: no cover - rich is a dependency
         while True:
-            print("\033[2J\033[H" + render(*fetch(config_path)), end="", flush=True)
+            print("\033[2J\033[H" + render(*fetch(config_path), installed), end="", flush=True)
             time.sleep(1)
     with Live(Text(render(path, st)), refresh_per_second=2, screen=sys.stdout.isatty()) as live:
         try:
             while True:
                 time.sleep(1)
-                live.update(Text(render(*fetch(config_path))))
+                live.update(Text(render(*fetch(config_path), installed)))
         except KeyboardInterrupt:
             pass
     return 0

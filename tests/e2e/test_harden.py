@@ -131,3 +131,32 @@ def test_whitelisted_ssh_client_survives_failed_passwords(bed: Bed, src: str) ->
     assert held.ping() == "ok"
     assert bed.connect(src, 22, banner=True, timeout=3)["ok"]
     assert not [e for e in bed.events(event="ban") if e["network"] in (src, ban_network(src))]
+
+
+# -- item 5: every installed queue is bound, or the service refuses to start --------------------------
+
+def test_fewer_workers_than_installed_queues_refuses_to_start(bed: Bed) -> None:
+    install(bed, "--workers", "2")
+    bed.write_config()
+    try:
+        r = bed.cli("run", "--workers", "1", timeout=15)
+    except subprocess.TimeoutExpired:
+        pytest.fail("inspector run --workers 1 kept running with queue 1 unbound")
+    assert r.returncode == 1, r.stderr
+    assert "queue 1 unbound" in r.stderr and "--workers 2" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr  # one clear line, no traceback
+    # and with a queue range that misses the installed one entirely
+    r = bed.cli("run", "--workers", "2", "--queue", "5", timeout=15)
+    assert r.returncode == 1 and "queues 0, 1 unbound" in r.stderr, r.stderr
+
+
+def test_status_shows_an_unbound_installed_queue_as_an_error(bed: Bed) -> None:
+    install(bed, *ONE_QUEUE)
+    bed.start_inspector()
+    assert bed.cli("status").returncode == 0
+    install(bed, "--workers", "2")  # the rules now spread over queues 0 and 1; the service binds 0
+    out = bed.cli("status")
+    print("\n" + out.stdout)
+    assert out.returncode == 1
+    assert "ERROR: queue 1 is not bound" in out.stdout
+    assert json.loads(bed.cli("status", "--json").stdout)["unbound_queues"] == [1]
