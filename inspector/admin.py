@@ -9,12 +9,12 @@ import sys
 import time
 from pathlib import Path
 
-
 from .bans import BanStore, StateError
 from .config import load_config
 from .engine import ban_network_for
 from .events import now_iso
 from .firewall import FirewallError, IpsetFirewall, SetNames
+from .safetext import printable
 from .service import control_request
 
 
@@ -42,8 +42,8 @@ def list_bans(config_path: str | None, as_json: bool) -> int:
     print(f"{len(bans)} active bans, from the {source}")
     for b in bans:
         left = int(b["seconds_left"])
-        print(f"{b['network']:<40} {b['reason']:<10} {left // 3600:>3}h{left % 3600 // 60:02d}m left"
-              f"  {b.get('rule') or ''}")
+        print(f"{printable(b['network']):<40} {printable(b['reason']):<10} {left // 3600:>3}h{left % 3600 // 60:02d}m"
+              f" left  {printable(b.get('rule') or '')}")
     return 0
 
 

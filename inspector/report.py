@@ -21,8 +21,11 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 from typing import Any
+
+from .safetext import printable
 
 __all__ = ["Report", "build_report", "parse_since", "render_text", "render_html"]
 
@@ -35,14 +38,14 @@ def parse_since(text: str, now: float) -> float:
     if m:
         scale = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
         return now - float(m.group(1)) * scale
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     try:
         dt = datetime.fromisoformat(text.strip())
     except ValueError:
         raise ValueError(f"--since: expected a duration like 24h, 90m, 7d or an ISO date, not {text!r}") from None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
 
 
@@ -154,7 +157,7 @@ def render_text(r: Report) -> str:
         if not items:
             out.append("  (none)")
         for name, n in items:
-            out.append(f"  {n:>8}  {name}")
+            out.append(f"  {n:>8}  {printable(name)}")
 
     section("blocks by reason", r.blocks.most_common())
     if r.alerts:
@@ -205,7 +208,7 @@ def _chart(r: Report, width: int = 720, height: int = 220) -> str:
 
 def render_html(r: Report) -> str:
     def table(title: str, items: Iterable[tuple[str, int]]) -> str:
-        rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td class=n>{n}</td></tr>" for k, n in items)
+        rows = "".join(f"<tr><td>{html.escape(printable(k))}</td><td class=n>{n}</td></tr>" for k, n in items)
         return f"<h2>{html.escape(title)}</h2><table>{rows or '<tr><td>(none)</td><td></td></tr>'}</table>"
 
     body = [
@@ -243,7 +246,7 @@ def main_report(events_path: str, since: str, html_path: str | None, as_json: bo
         with path.open(encoding="utf-8", errors="replace") as f:
             report = build_report(f, start, now)
     except OSError as e:
-        print(f"inspector: error: cannot read {path}: {e.strerror or e}", file=sys.stderr)
+        print(f"inspector: error: cannot read {printable(path)}: {e.strerror or e}", file=sys.stderr)
         return 1
     if html_path:
         Path(html_path).write_text(render_html(report), encoding="utf-8")

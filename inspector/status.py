@@ -15,6 +15,7 @@ from typing import Any
 
 from .config import load_config
 from .queue_check import installed_queues, missing_queues
+from .safetext import printable
 from .service import control_request
 
 
@@ -61,13 +62,15 @@ def render(path: str, st: dict[str, Any] | None, installed: set[int] | None = No
         f"kernel queue: {drops:,} dropped (queue or socket full), "
         f"{max(0, handed - seen):,} fail-open passes (handed out but not received)",
         f"bans active: {st.get('bans_active', 0):,}"
-        + ("  by reason: " + ", ".join(f"{k} {v:,}" for k, v in sorted(st.get("bans_by_reason", {}).items()))
+        + ("  by reason: " + ", ".join(f"{printable(k)} {v:,}" for k, v in sorted(st.get("bans_by_reason", {}).items()))
            if st.get("bans_by_reason") else ""),
-        *(f"  {b['network']:<28} {b['reason']:<10} {_duration(b['seconds_left'])} left  {b.get('rule') or ''}"
-          for b in st.get("recent_bans", [])),
-        "verdicts: " + (", ".join(f"{k} {v:,}" for k, v in sorted(live.get("reasons", {}).items())) or "none yet"),
-        "top sources: " + (", ".join(f"{s} ({n})" for s, n in live.get("top_sources", [])[:5]) or "none"),
-        "top blocked domains: " + (", ".join(f"{d} ({n})" for d, n in live.get("top_domains", [])[:5]) or "none"),
+        *(f"  {printable(b['network']):<28} {printable(b['reason']):<10} {_duration(b['seconds_left'])} left  "
+          f"{printable(b.get('rule') or '')}" for b in st.get("recent_bans", [])),
+        "verdicts: " + (", ".join(f"{printable(k)} {v:,}" for k, v in sorted(live.get("reasons", {}).items()))
+                        or "none yet"),
+        "top sources: " + (", ".join(f"{printable(s)} ({n})" for s, n in live.get("top_sources", [])[:5]) or "none"),
+        "top blocked domains: " + (", ".join(f"{printable(d)} ({n})" for d, n in live.get("top_domains", [])[:5])
+                                   or "none"),
         f"rules: {rules.get('domains', '?'):,} domains, {rules.get('payload', 0)} payload strings, loaded "
         f"{rules.get('loaded_at', '?')}" if rules else "rules: ?",
     ]

@@ -160,3 +160,40 @@ def test_status_shows_an_unbound_installed_queue_as_an_error(bed: Bed) -> None:
     assert out.returncode == 1
     assert "ERROR: queue 1 is not bound" in out.stdout
     assert json.loads(bed.cli("status", "--json").stdout)["unbound_queues"] == [1]
+
+
+# -- item 9: wire text never reaches the operator's terminal raw ---------------------------------------
+
+EVIL_RCPTS = [
+    "x\x1b[1;31m\rinspector report: nothing blocked\x1b[8m@blocked.test",  # the issue's
+    "y\u202ebad\u2066\x9b2J@blocked.test",  # bidi override and isolate, the C1 CSI
+]
+
+
+def _raw_controls(text: str) -> list[str]:
+    import unicodedata
+
+    return [ch for ch in text if ch != "\n" and unicodedata.category(ch) in {"Cc", "Cf", "Zl", "Zp"}]
+
+
+def test_wire_text_is_escaped_in_report_status_and_bans(bed: Bed) -> None:
+    install(bed, *ONE_QUEUE)
+    bed.start_inspector()
+    for src, rcpt in zip(["198.51.100.10", "2001:db8:1::10"], EVIL_RCPTS):
+        assert not bed.smtp(src, [rcpt], timeout=3)["delivered"]
+    wait_for(lambda: len(bed.events(event="ban")) == 2, 5, what="two bans")
+    page = bed.dir / "report.html"
+    outputs = {
+        "report": bed.cli("report", "--events", str(bed.events_file), "--html", str(page)),
+        "status": bed.cli("status"),
+        "bans": bed.cli("bans"),
+    }
+    for name, r in outputs.items():
+        assert r.returncode == 0, (name, r.stderr)
+        assert not _raw_controls(r.stdout + r.stderr), (name, r.stdout)
+    text = outputs["report"].stdout
+    print("\n" + text)
+    assert "\\x1b[1;31m\\rinspector report: nothing blocked\\x1b[8m@blocked.test" in text
+    assert "\\u202ebad\\u2066\\x9b2j@blocked.test" in text  # the report lower-cases recipients
+    html = page.read_text(encoding="utf-8")
+    assert not _raw_controls(html.replace("\n", "")) and "\\u202e" in html
