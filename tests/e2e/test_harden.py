@@ -179,7 +179,7 @@ def _raw_controls(text: str) -> list[str]:
 def test_wire_text_is_escaped_in_report_status_and_bans(bed: Bed) -> None:
     install(bed, *ONE_QUEUE)
     bed.start_inspector()
-    for src, rcpt in zip(["198.51.100.10", "2001:db8:1::10"], EVIL_RCPTS):
+    for src, rcpt in zip(["198.51.100.10", "2001:db8:1::10"], EVIL_RCPTS, strict=True):
         assert not bed.smtp(src, [rcpt], timeout=3)["delivered"]
     wait_for(lambda: len(bed.events(event="ban")) == 2, 5, what="two bans")
     page = bed.dir / "report.html"
