@@ -14,13 +14,18 @@ from .config import load_config
 from .engine import ban_network_for
 from .events import now_iso
 from .firewall import FirewallError, IpsetFirewall, SetNames
+from .perms import NeedsRoot, files_policy, needs_root_message
 from .safetext import printable
 from .service import control_request
 
 
 def list_bans(config_path: str | None, as_json: bool) -> int:
     config = load_config(config_path)
-    reply = control_request(config.service.control_socket, {"cmd": "bans"})
+    try:
+        reply = control_request(config.service.control_socket, {"cmd": "bans"})
+    except NeedsRoot as e:
+        print(f"inspector: error: {e}", file=sys.stderr)
+        return 1
     if reply is not None:
         bans = reply.get("bans", [])
         source = "running service"
@@ -31,6 +36,9 @@ def list_bans(config_path: str | None, as_json: bool) -> int:
             store.load(now)
         except StateError as e:
             print(f"inspector: error: {e}", file=sys.stderr)
+            return 1
+        except PermissionError:
+            print(f"inspector: error: {needs_root_message('cannot read the ban state', store.path)}", file=sys.stderr)
             return 1
         bans = [{"network": r.network, "reason": r.reason, "rule": r.rule, "seconds_left": int(r.expires - now),
                  "expires_at": now_iso(r.expires)} for r in store.active(now)]
@@ -54,7 +62,11 @@ def unban(config_path: str | None, address: str) -> int:
     except ValueError:
         print(f"inspector: error: {address!r} is not an address or network", file=sys.stderr)
         return 1
-    reply = control_request(config.service.control_socket, {"cmd": "unban", "network": address})
+    try:
+        reply = control_request(config.service.control_socket, {"cmd": "unban", "network": address})
+    except NeedsRoot as e:
+        print(f"inspector: error: {e}", file=sys.stderr)
+        return 1
     if reply is not None:
         if not reply.get("ok"):
             print(f"inspector: error: {reply.get('error')}", file=sys.stderr)
@@ -63,15 +75,24 @@ def unban(config_path: str | None, address: str) -> int:
         return 0
     # no service: edit the state and the kernel set directly
     network = ban_network_for(address, config.ipv4_prefix, config.ipv6_prefix)
-    store = BanStore(Path(config.service.state_file))
+    store = BanStore(Path(config.service.state_file), files_policy(config.extra))
     try:
         store.load(time.time())
+        found = store.remove(network)
+        store.save(time.time(), compact=True)
     except StateError as e:
         print(f"inspector: warning: {e}", file=sys.stderr)
-    found = store.remove(network)
-    store.save(time.time(), compact=True)
+        found = store.remove(network)
+    except PermissionError:
+        print(f"inspector: error: {needs_root_message('cannot change the ban state', store.path)}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"inspector: error: cannot save the ban state {store.path}: {e.strerror or e}", file=sys.stderr)
+        return 1
     in_kernel = False
-    if os.geteuid() == 0:
+    if os.geteuid() != 0:
+        print("inspector: warning: needs root: the kernel's ban set was not changed (run as root)", file=sys.stderr)
+    else:
         try:
             fw = IpsetFirewall(SetNames(config.service.ipset_v4, config.service.ipset_v6), config.service.maxelem,
                                config.ipv4_prefix, config.ipv6_prefix)

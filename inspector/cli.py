@@ -126,6 +126,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, RuleError) as e:
         print(f"inspector: error: {e}", file=sys.stderr)
         return 1
+    except PermissionError as e:  # anything not caught nearer: one line, never a traceback
+        from .perms import NeedsRoot, needs_root_message
+
+        message = str(e) if isinstance(e, NeedsRoot) else needs_root_message("cannot access", e.filename or "?")
+        print(f"inspector: error: {message}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .perms import parse_files
 from .rules import DOMAIN, PAYLOAD, SCOPES, RuleFile
 
 __all__ = ["Config", "ConfigError", "LogFilter", "LogSettings", "LogSource", "RateRule", "ServiceSettings",
@@ -148,7 +149,7 @@ _KNOWN: dict[str, dict[str, type | tuple[type, ...]]] = {
              "hosts_deny_daemon": str, "source": list, "filter": list},
 }
 # sections owned by later stages (log sources, metrics): kept, checked there
-_PASSTHROUGH = {"metrics", "log"}
+_PASSTHROUGH = {"metrics", "log", "files"}  # files: inspector/perms.py
 
 
 class _Locator:
@@ -367,6 +368,7 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
     if "logs" in data:
         cfg["logs"] = _logs(data["logs"], path, where, fail)
     cfg["extra"] = {k: v for k, v in data.items() if k in _PASSTHROUGH}
+    parse_files(data.get("files", {}), lambda key, msg: fail("files", key, msg))  # [files]: inspector/perms.py
     return Config(**cfg)
 
 

@@ -18,6 +18,7 @@ The composition root for live mode.  It binds an NFQUEUE with
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import select
@@ -30,7 +31,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from .app import load
 from .bans import BanRecord, BanStore, StateError
@@ -39,6 +40,8 @@ from .engine import Engine, ban_network_for
 from .events import EventSink, JsonLinesSink, SyslogBans, now_iso
 from .firewall import FirewallError, IpsetFirewall, SetNames
 from .kernel_whitelist import merge_kernel_whitelist
+from .perms import FilePolicy, NeedsRoot, files_policy, needs_root_message
+from .persist import EventLog, StateWriter, syslog_notifier
 from .queue_check import installed_queues, refusal
 from .rules import RuleError, RuleSet
 from .runner import RawResetSender, Runner
@@ -56,13 +59,14 @@ class ServiceError(Exception):
 class _Fanout:
     def __init__(self, sinks: list[EventSink]) -> None:
         self.sinks = sinks
+        self.errors = 0  # events a sink failed to take (counted, never raised)
 
     def emit(self, event: dict[str, Any]) -> None:
         for sink in self.sinks:
             try:
                 sink.emit(event)
             except Exception:  # noqa: BLE001 - a full disk must not stop verdicts
-                pass
+                self.errors += 1
 
 
 def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
@@ -88,7 +92,7 @@ class Service:
         self._reload_requested = False
         self._reload_thread: threading.Thread | None = None
         self._reload_result: tuple[Config, RuleSet] | Exception | None = None
-        self._log_file: IO[str] | None = None
+        self._log_file: Any = None
 
     # -- start ------------------------------------------------------------------
 
@@ -123,6 +127,7 @@ class Service:
                              mark=svc.mark)
         restored = self._restore_bans()
         self.logs = self._make_logs(config)
+        self.state_writer = make_state_writer(self.store, lambda: self._save_now(), self._notify)
         self._log_counts: dict[str, int] = {}
 
         queue = self.queue if self.queue is not None else svc.queue
@@ -171,7 +176,7 @@ class Service:
         return _Fanout(self._sinks(config))
 
     def _make_store(self, config: Config) -> BanStore:
-        return BanStore(Path(config.service.state_file))
+        return BanStore(Path(config.service.state_file), files_policy(config.extra))
 
     def _make_control(self, config: Config) -> socket.socket | None:
         return self._control_socket(config.service.control_socket)
@@ -201,13 +206,17 @@ class Service:
         sinks, self._log_file = open_sinks(config)
         return sinks
 
+    def _notify(self, message: str) -> None:
+        """A disk problem: syslog (if on) and an error event."""
+        notify_disk(self.config, self.events, message)
+
     def _restore_bans(self) -> int:
         restored = restore_bans(self.store, self.firewall, self.events, self.clock(), self.engine)
         self._saved_bans = self.runner.counts["bans"]
         return restored
 
     def _control_socket(self, path: str) -> socket.socket | None:
-        return open_control_socket(path)
+        return open_control_socket(path, self.config.extra)
 
     # -- the loop -----------------------------------------------------------------
 
@@ -273,12 +282,13 @@ class Service:
                     self._log_counts = report_log_failures(self.logs, self._log_counts, now, self.events)
             if now >= next_save:
                 next_save = now + SAVE_EVERY
-                self._save(now)
                 self._tick(now)
         return self.stop()
 
     def stop(self) -> int:
         now = self.clock()
+        if self.state_writer is not None:
+            self.state_writer.close()
         self._save(now, force=True)
         try:
             self.nfq.unbind()
@@ -293,13 +303,15 @@ class Service:
         return 0
 
     def _save(self, now: float, force: bool = False) -> None:
-        bans = self.runner.counts["bans"]
-        if force or bans != self._saved_bans or self._store_dirty:
-            if save_bans(self.store, now, True if force else None, self.logs, self.events):
-                self._saved_bans = bans
-                self._store_dirty = False
+        if save_bans(self.store, now, True if force else None, self.logs, self.events):
+            self._store_dirty = False
+
+    def _save_now(self) -> bool:
+        """The state writer's save (its own thread): what changed, then the hosts.deny export."""
+        return save_bans(self.store, self.clock(), None, self.logs, self.events)
 
     _store_dirty = False
+    state_writer: StateWriter | None = None
 
     # -- reload -------------------------------------------------------------------
 
@@ -357,8 +369,8 @@ class Service:
             return {"ok": True, "bans": [_record_json(r, now) for r in self.store.active(now)]}
         if cmd == "unban":
             def save() -> None:
-                self._store_dirty = True
-                self._save(now, force=True)
+                if self.state_writer is not None:
+                    self.state_writer.poke()
             return lift_ban(str(request.get("network")), self.config, self.store, self.firewall, self.logs,
                             self.events, now, self.engine.remove_ban, save)
         if cmd == "status":
@@ -367,7 +379,8 @@ class Service:
                     **ban_summary(self.store, now), "counts": dict(self.runner.counts), "engine": self.engine.stats(),
                     "rules": self.rules_info, "live": self.runner.telemetry.snapshot(now), "reloads": self.reloads,
                     "logs": self.logs.stats() if self.logs is not None else None,
-                    "queues": [q.__dict__ for q in queue_stats()]}
+                    "queues": [q.__dict__ for q in queue_stats()],
+                    "storage": storage_health(self.store, self.state_writer, self._log_file, self.events)}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
 
@@ -410,7 +423,10 @@ def restore_bans(store: BanStore, firewall: Any, events: EventSink, now: float, 
             restored += 1
         except FirewallError as e:
             events.emit({"event": "error", "what": "restore", "network": record.network, "error": str(e)})
-    store.save(now, compact=True)
+    try:
+        store.save(now, compact=True)
+    except OSError as e:  # a full disk: the bans are enforced; the state writer retries
+        events.emit({"event": "error", "what": "state-save", "error": f"{e.strerror or e} (retried)"})
     return restored
 
 
@@ -491,7 +507,7 @@ def serve_control(sock: socket.socket, handle: Callable[[dict[str, Any]], dict[s
             pass
 
 
-def open_sinks(config: Config) -> tuple[list[EventSink], IO[str] | None]:
+def open_sinks(config: Config) -> tuple[list[EventSink], Any]:
     """The event sinks ``[service]`` asks for, and the log file to close at the end."""
     svc = config.service
     sinks: list[EventSink] = []
@@ -500,18 +516,21 @@ def open_sinks(config: Config) -> tuple[list[EventSink], IO[str] | None]:
         sinks.append(JsonLinesSink(sys.stdout))
     elif svc.events:
         path = Path(svc.events)
+        policy = files_policy(config.extra)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            log_file = path.open("a", encoding="utf-8")
+            os.close(policy.open_append(path))
         except OSError as e:
-            raise ServiceError(f"cannot open the event log {path}: {e.strerror or e}") from None
-        sinks.append(JsonLinesSink(log_file))
+            if e.errno not in DISK_ERRORS:  # a full disk is retried by the writer; a wrong path is not
+                raise ServiceError(f"cannot open the event log {path}: {e.strerror or e}") from None
+        log_file = EventLog(path, policy, syslog_notifier(svc.syslog))
+        sinks.append(log_file)
     if svc.syslog:
         sinks.append(SyslogBans())
     return sinks, log_file
 
 
-def open_control_socket(path: str) -> socket.socket | None:
+def open_control_socket(path: str, config_extra: dict[str, Any] | None = None) -> socket.socket | None:
     """Listen on the UNIX control socket (a stale one is replaced; a live one is an error)."""
     if not path:
         return None
@@ -529,7 +548,8 @@ def open_control_socket(path: str) -> socket.socket | None:
                 probe.close()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(str(p))
-        os.chmod(p, 0o600)
+        policy = files_policy(config_extra) if config_extra is not None else FilePolicy()
+        policy.enforce_path(p, policy.socket_mode)
         sock.listen(8)
         sock.setblocking(False)
         return sock
@@ -621,9 +641,36 @@ def control_request(path: str, request: dict[str, Any], timeout: float = 3.0) ->
         line = _read_line(sock)
     except (FileNotFoundError, ConnectionRefusedError):
         return None
+    except PermissionError:
+        raise NeedsRoot(needs_root_message("cannot ask the running service on", path)) from None
     finally:
         sock.close()
     return json.loads(line) if line else None
+
+
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS)
+
+
+def make_state_writer(store: BanStore, save: Callable[[], bool], notify: Callable[[str], None]) -> StateWriter | None:
+    """The thread that saves ``store`` off the packet path (None for a store without a file)."""
+    if store.path is None:
+        return None
+    return StateWriter(save, store, notify)
+
+
+def notify_disk(config: Config, events: EventSink, message: str) -> None:
+    """Report a disk problem: syslog (when ``[service] syslog``) and an ``error`` event."""
+    syslog_notifier(config.service.syslog)(message)
+    events.emit({"event": "error", "what": "disk", "error": message})
+
+
+def storage_health(store: BanStore, writer: StateWriter | None, log_file: Any, events: Any) -> dict[str, Any]:
+    """The ``storage`` section of ``status``: failed and waiting writes of the ban state and the event log."""
+    out: dict[str, Any] = {"state": {**store.health(), **({"failing": writer.health()["failing"]} if writer else {})}}
+    if isinstance(log_file, EventLog):
+        out["events"] = log_file.health()
+    out["sink_errors"] = getattr(events, "errors", 0)
+    return out
 
 
 def run_service(config_path: str | None, rules_path: str | None, overrides: dict[str, Any]) -> int:

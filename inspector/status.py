@@ -11,20 +11,28 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from .config import load_config
+from .perms import NeedsRoot
 from .queue_check import installed_queues, missing_queues
 from .safetext import printable
 from .service import control_request
 
 
 def fetch(config_path: str | None) -> tuple[str, dict[str, Any] | None]:
+    """The control socket's path and the service's status: None if no service answers there;
+    ``{"ok": False, "cannot_ask": why}`` if one may run but cannot be asked (no permission)."""
     config = load_config(config_path)
     path = config.service.control_socket
     try:
         return path, control_request(path, {"cmd": "status"}, timeout=2.0)
-    except (OSError, ValueError):
+    except NeedsRoot as e:
+        return path, {"ok": False, "cannot_ask": str(e)}
+    except (OSError, ValueError) as e:
+        if Path(path).exists():  # something holds the socket but did not answer in time
+            return path, {"ok": False, "cannot_ask": f"no answer on {path}: {type(e).__name__}: {e}"}
         return path, None
 
 
@@ -39,6 +47,9 @@ def _duration(seconds: float) -> str:
 def render(path: str, st: dict[str, Any] | None, installed: set[int] | None = None) -> str:
     """The status screen as text (what ``--watch`` redraws).  ``installed``: the queues the
     installed rules use (None: unknown), so that an unbound one shows as an error."""
+    if st is not None and st.get("cannot_ask"):
+        return (f"inspector: UNKNOWN: {st['cannot_ask']}\n"
+                "  (it may be running: this is not the answer \"not running\")\n")
     if st is None or not st.get("ok"):
         return (f"inspector: NOT RUNNING (no answer on {path})\n"
                 "  traffic to the protected ports passes uninspected if the rules use --queue-bypass\n"
@@ -92,6 +103,12 @@ def main_status(config_path: str | None, watch: bool, as_json: bool) -> int:
     import json
 
     path, st = fetch(config_path)
+    if st is not None and st.get("cannot_ask"):
+        if as_json:
+            print(json.dumps(st))
+        else:
+            print(render(path, st), end="")
+        return 4
     installed = installed_queues() if st else None
     unbound = unbound_queues(st, installed)
     if as_json:

@@ -36,12 +36,14 @@ from .bans import BanRecord, BanStore
 from .config import Config, ConfigError
 from .events import now_iso
 from .kernel_whitelist import merge_kernel_whitelist
+from .perms import files_policy
 from .rules import RuleError
 from .app import load
 from .runner import issue_ban
-from .service import (SAVE_EVERY, Service, ServiceError, _Fanout, _record_json, apply_log_bans, apply_overrides,
+from .service import (Service, ServiceError, _Fanout, _record_json, apply_log_bans, apply_overrides,
                       ban_summary, close_control, close_shared, lift_ban, make_log_monitor, open_control_socket,
-                      open_firewall, open_sinks, report_log_failures, restore_bans, save_bans, serve_control)
+                      make_state_writer, notify_disk, open_firewall, open_sinks, report_log_failures, restore_bans,
+                      save_bans, serve_control, storage_health)
 
 __all__ = ["Supervisor", "detect_queues"]
 
@@ -264,9 +266,9 @@ class Supervisor:
         self.events = _Fanout(sinks)
         self.firewall = open_firewall(config)
         self.config = config = merge_kernel_whitelist(config, self.firewall, self.events)
-        self.store = BanStore(Path(svc.state_file))
+        self.store = BanStore(Path(svc.state_file), files_policy(config.extra))
         restored = restore_bans(self.store, self.firewall, self.events, self.clock())
-        self.control = open_control_socket(svc.control_socket)
+        self.control = open_control_socket(svc.control_socket, config.extra)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         signal.set_wakeup_fd(self._wake_w)
@@ -283,6 +285,9 @@ class Supervisor:
         self.reloads = 0
         self.logs = make_log_monitor(config)
         self._log_counts: dict[str, int] = {}
+        self.state_writer = make_state_writer(
+            self.store, lambda: save_bans(self.store, self.clock(), None, self.logs, self.events),
+            lambda message: notify_disk(self.config, self.events, message))
         for index in range(self.count):
             self._spawn(index)
         from .service import start_metrics
@@ -340,7 +345,6 @@ class Supervisor:
         self.config = replace(config, service=self.config.service)
 
     def run(self) -> int:
-        next_save = self.clock() + SAVE_EVERY
         next_log = next_minute = 0.0
         dirty = False
         while not self.stopping:
@@ -371,11 +375,9 @@ class Supervisor:
                 if now >= next_minute:
                     next_minute = now + 60
                     self._log_counts = report_log_failures(self.logs, self._log_counts, now, self.events)
-            if now >= next_save:
-                next_save = now + SAVE_EVERY
-                if dirty:
-                    self._save(now)
-                    dirty = False
+            if dirty and self.state_writer is not None:
+                self.state_writer.poke()  # it saves from its own thread, and retries while the disk fails
+                dirty = False
         return self.stop()
 
     def _drain(self, index: int, conn: Connection) -> bool:
@@ -471,6 +473,8 @@ class Supervisor:
         for index, (_, conn) in self.workers.items():
             self._drain(index, conn)
         now = self.clock()
+        if self.state_writer is not None:
+            self.state_writer.close()
         self._save(now, compact=True)
         close_control(self.control, self.config.service.control_socket)
         self.events.emit({"event": "stopped", "time": round(now, 3), "at": now_iso(now),
@@ -495,7 +499,7 @@ class Supervisor:
         if cmd == "unban":
             return lift_ban(str(request.get("network")), self.config, self.store, self.firewall, self.logs,
                             self.events, now, lambda network: self._broadcast(("remove_ban", network)),
-                            lambda: self._save(now, compact=True))  # rare: the file itself loses the ban
+                            lambda: self.state_writer.poke() if self.state_writer else None)
         if cmd == "status":
             total: Counter[str] = Counter()
             for s in self.stats.values():
@@ -507,5 +511,6 @@ class Supervisor:
                     **ban_summary(self.store, now), "counts": dict(total), "rules": first.get("rules"),
                     "reloads": self.reloads, "logs": self.logs.stats() if self.logs is not None else None,
                     "live": merge([s.get("live", {}) for s in self.stats.values()]),
-                    "queues": [q.__dict__ for q in queue_stats()], "per_worker": self.stats}
+                    "queues": [q.__dict__ for q in queue_stats()], "per_worker": self.stats,
+                    "storage": storage_health(self.store, self.state_writer, self._log_file, self.events)}
         return {"ok": False, "error": f"unknown command {cmd!r}"}

@@ -197,3 +197,84 @@ def test_wire_text_is_escaped_in_report_status_and_bans(bed: Bed) -> None:
     assert "\\u202ebad\\u2066\\x9b2j@blocked.test" in text  # the report lower-cases recipients
     html = page.read_text(encoding="utf-8")
     assert not _raw_controls(html.replace("\n", "")) and "\\u202e" in html
+
+
+# -- item 10: an unprivileged user gets clear one-line errors; every file follows one policy ----------
+
+def _as_user(bed: Bed, config: Path, *args: str, group: str = "nogroup") -> subprocess.CompletedProcess[str]:
+    """``inspector ARGS`` as the user nobody (in the server namespace, so the socket path is the same)."""
+    return bed.s("setpriv", "--reuid=nobody", f"--regid={group}", "--clear-groups", PY, "-m", "inspector", *args,
+                 "--config", str(config), check=False)
+
+
+def _public_config(bed: Bed) -> Path:
+    """The bed's config, where nobody may read it (the socket directory, opened for traversal)."""
+    bed.sockdir.chmod(0o755)
+    config = bed.sockdir / "inspector.toml"
+    config.write_text(bed.config_file.read_text())
+    config.chmod(0o644)
+    bed.config_file = config
+    return config
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def _unprivileged_can_run(bed: Bed) -> None:
+    r = bed.s("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", PY, "-c", "import inspector",
+              check=False)
+    if r.returncode:
+        pytest.skip(f"the user nobody cannot run this checkout's Python: {r.stderr.strip()[-200:]}")
+
+
+def test_unprivileged_user_gets_one_line_errors_and_files_are_private(bed: Bed) -> None:
+    _unprivileged_can_run(bed)
+    install(bed, *ONE_QUEUE)
+    bed.write_config()
+    config = _public_config(bed)
+    bed.start_inspector()
+    for src in ("198.51.100.10", "198.51.100.11", "2001:db8:1::10"):
+        assert not bed.smtp(src, ["x@blocked.test"], timeout=3)["delivered"]
+    wait_for(lambda: len(bed.events(event="ban")) == 3, 5, what="three bans")
+    journal = bed.state_file.with_name(bed.state_file.name + ".journal")
+    wait_for(lambda: bed.state_file.exists() and journal.exists(), 5, what="the state file and its journal")
+    for path in (bed.state_file, journal, bed.events_file, bed.control_socket):
+        assert _mode(path) == 0o600, f"{path.name} is {_mode(path):o}"
+    status = _as_user(bed, config, "status")
+    print("\n" + status.stdout + status.stderr)
+    assert status.returncode == 4, status
+    assert "NOT RUNNING" not in status.stdout and "needs root" in status.stdout
+    for args in (["bans"], ["unban", "198.51.100.10"], ["status", "--json"], ["report"]):
+        r = _as_user(bed, config, *args)
+        assert r.returncode != 0, (args, r.stdout)
+        assert "Traceback" not in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) <= 1, (args, r.stderr)
+        if args[0] in ("bans", "unban"):
+            assert r.stderr.startswith("inspector: error: needs root:"), (args, r.stderr)
+    assert bed.banned("198.51.100.10") is not None  # the refused unban changed nothing
+    # root still sees it all
+    assert bed.cli("status").returncode == 0
+
+
+def test_files_mode_0640_lets_the_group_read_and_ask(bed: Bed) -> None:
+    _unprivileged_can_run(bed)
+    install(bed, *ONE_QUEUE)
+    bed.write_config(extra='[files]\nmode = "0640"\ngroup = "adm"\n')
+    config = _public_config(bed)
+    bed.start_inspector()
+    for src in ("198.51.100.10", "198.51.100.11"):
+        assert not bed.smtp(src, ["x@blocked.test"], timeout=3)["delivered"]
+    wait_for(lambda: len(bed.events(event="ban")) == 2, 5, what="two bans")
+    journal = bed.state_file.with_name(bed.state_file.name + ".journal")
+    wait_for(lambda: bed.state_file.exists() and journal.exists(), 5, what="the state file and its journal")
+    import grp
+
+    adm = grp.getgrnam("adm").gr_gid
+    for path in (bed.state_file, journal, bed.events_file):
+        assert _mode(path) == 0o640 and path.stat().st_gid == adm, path
+    assert _mode(bed.control_socket) == 0o660 and bed.control_socket.stat().st_gid == adm
+    r = _as_user(bed, config, "status", group="adm")
+    assert r.returncode == 0 and "RUNNING" in r.stdout, r
+    r = _as_user(bed, config, "bans", group="adm")
+    assert r.returncode == 0 and "2 active bans" in r.stdout, r
