@@ -225,10 +225,11 @@ class StateWriter:
         f = self._failures
         return {"write_errors": f.write_errors, "last_error": f.last_error, "failing": f.failing_since is not None}
 
-    def save_now(self) -> bool:
-        """Save in the caller's thread (the final save at stop)."""
+    def save_now(self, save: Callable[[], bool] | None = None) -> bool:
+        """Save in the caller's thread (an unban, the final save at stop), never at the same time
+        as the thread; ``save``: another save function than the usual one (a full rewrite)."""
         with self._lock:
-            return self._save()
+            return (save or self._save)()
 
     def close(self, timeout: float = 5.0) -> None:
         self._closing = True

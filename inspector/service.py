@@ -368,9 +368,9 @@ class Service:
         if cmd == "bans":
             return {"ok": True, "bans": [_record_json(r, now) for r in self.store.active(now)]}
         if cmd == "unban":
-            def save() -> None:
+            def save() -> None:  # the reply means "saved": the file itself loses the ban
                 if self.state_writer is not None:
-                    self.state_writer.poke()
+                    self.state_writer.save_now(lambda: save_bans(self.store, now, True, self.logs, self.events))
             return lift_ban(str(request.get("network")), self.config, self.store, self.firewall, self.logs,
                             self.events, now, self.engine.remove_ban, save)
         if cmd == "status":

@@ -85,9 +85,30 @@ def render(path: str, st: dict[str, Any] | None, installed: set[int] | None = No
         f"rules: {rules.get('domains', '?'):,} domains, {rules.get('payload', 0)} payload strings, loaded "
         f"{rules.get('loaded_at', '?')}" if rules else "rules: ?",
     ]
+    lines[2:2] = storage_errors(st.get("storage") or {})
     lines[2:2] = [f"ERROR: queue {q} is not bound: the installed rules send packets to it, which pass "
                   "uninspected (--queue-bypass) or are dropped" for q in unbound]
     return "\n".join(lines) + "\n"
+
+
+def storage_errors(storage: dict[str, Any]) -> list[str]:
+    """ERROR lines for writes that failed: the ban state, the event log (and events dropped)."""
+    out = []
+    state = storage.get("state") or {}
+    if state.get("write_errors"):
+        now_failing = state.get("failing") or state.get("pending")
+        out.append(f"{'ERROR' if now_failing else 'warning'}: ban state {printable(state.get('path'))}: "
+                   f"{state['write_errors']:,} failed writes, {state.get('pending', 0):,} changes waiting"
+                   f" (last error: {printable(state.get('last_error'))})"
+                   + ("" if now_failing else "; written since"))
+    events = storage.get("events") or {}
+    if events.get("write_errors") or events.get("dropped"):
+        now_failing = events.get("failing")
+        out.append(f"{'ERROR' if now_failing else 'warning'}: event log {printable(events.get('path'))}: "
+                   f"{events['write_errors']:,} failed writes, {events.get('pending', 0):,} events waiting, "
+                   f"{events.get('dropped', 0):,} dropped (last error: {printable(events.get('last_error'))})"
+                   + ("" if now_failing else "; written since"))
+    return out
 
 
 def unbound_queues(st: dict[str, Any] | None, installed: set[int] | None) -> list[int]:

@@ -459,6 +459,11 @@ class Supervisor:
                 return
             self._spawn(index)
 
+    def _save_unban(self) -> None:
+        """After an unban: the file itself loses the ban before the reply (rare, so a full rewrite)."""
+        if self.state_writer is not None:
+            self.state_writer.save_now(lambda: save_bans(self.store, self.clock(), True, self.logs, self.events))
+
     def _save(self, now: float, compact: bool | None = None) -> None:
         save_bans(self.store, now, compact, self.logs, self.events)
 
@@ -499,7 +504,7 @@ class Supervisor:
         if cmd == "unban":
             return lift_ban(str(request.get("network")), self.config, self.store, self.firewall, self.logs,
                             self.events, now, lambda network: self._broadcast(("remove_ban", network)),
-                            lambda: self.state_writer.poke() if self.state_writer else None)
+                            self._save_unban)
         if cmd == "status":
             total: Counter[str] = Counter()
             for s in self.stats.values():

@@ -278,3 +278,86 @@ def test_files_mode_0640_lets_the_group_read_and_ask(bed: Bed) -> None:
     assert r.returncode == 0 and "RUNNING" in r.stdout, r
     r = _as_user(bed, config, "bans", group="adm")
     assert r.returncode == 0 and "2 active bans" in r.stdout, r
+
+
+# -- item 8: a full disk stops nothing, loses nothing, and the state catches up by itself ---------------
+
+def _status(bed: Bed) -> dict | None:
+    from inspector.service import control_request
+
+    try:
+        return control_request(str(bed.control_socket), {"cmd": "status"}, timeout=2)
+    except (OSError, ValueError):
+        return None
+
+
+def _ban_count(bed: Bed, name: str = "inspector-ban4") -> int:
+    out = bed.s("ipset", "list", "-t", name).stdout
+    return int(next(line.split(":")[1] for line in out.splitlines() if line.startswith("Number of entries")))
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_full_disk_at_start_and_while_running_loses_nothing(bed: Bed, workers: str) -> None:
+    install(bed, "--workers", workers)
+    full = bed.dir / "full"  # a tmpfs mounted in the inspector's own mount namespace, filled before it starts
+    full.mkdir()
+    auth = bed.dir / "auth.log"
+    auth.write_text("")
+    bed.state_file, bed.events_file = full / "bans.json", full / "events.jsonl"
+    bed.write_config(extra=sshd_source(auth, maxretry=1))
+    now = time.time()
+    seeded = json.dumps({"version": 1, "saved": now, "bans": [
+        {"network": "198.51.100.11", "expires": now + 3600, "reason": "domain", "rule": "blocked.test", "added": now}]})
+    script = (f"mount -t tmpfs -o size=256k tmpfs {full} && printf '%s' '{seeded}' > {full}/bans.json && "
+              f"(head -c 1M /dev/zero > {full}/fill 2>/dev/null; true) && "
+              f"exec {PY} -m inspector run --config {bed.config_file}")
+    proc = bed._spawn("inspector", bed.server, ["unshare", "-m", "--propagation", "private", "sh", "-c", script])
+    bed.inspector = proc
+    bed.stack.callback(proc.stop)
+    inside = Path(f"/proc/{proc.pid}/root")  # the inspector's view of its mount namespace
+    bed.state_file, bed.events_file = inside / str(full)[1:] / "bans.json", inside / str(full)[1:] / "events.jsonl"
+
+    def up() -> dict | None:
+        if not proc.alive():
+            pytest.fail(f"inspector run did not start on a full disk:\n{proc.tail()}")
+        st = _status(bed)
+        return st if st and st.get("ok") else None
+    st = wait_for(up, 20, interval=0.1, what="the service's status on a full disk")
+    # it enforces: the restored ban and a new one
+    assert bed.banned("198.51.100.11") is not None
+    assert not bed.smtp("198.51.100.10", ["x@blocked.test"], timeout=3)["delivered"]
+    wait_for(lambda: bed.banned("198.51.100.10") is not None, 5, what="a ban on a full disk")
+    # and says that the state cannot be written
+    st = wait_for(lambda: (_status(bed) or {}).get("storage", {}).get("state", {}).get("write_errors"), 5,
+                  what="state write errors in the status")
+    screen = bed.cli("status").stdout
+    print("\n" + screen)
+    assert "ERROR: ban state" in screen and "No space left on device" in screen
+    # while it stays full: 200 log bans
+    sources = [f"198.18.{i // 200}.{i % 200 + 1}" for i in range(200)]
+    ts = time.strftime("%b %d %H:%M:%S")
+    with auth.open("a") as f:
+        for i, ip in enumerate(sources):
+            f.write(SSHD_LINE.format(ts=ts, pid=3000 + i, ip=ip, port=40000 + i))
+    wait_for(lambda: _ban_count(bed) >= 202, 15, interval=0.2, what="200 log bans in the ipset")
+    st = wait_for(lambda: (s := _status(bed)) and s["storage"]["events"]["pending"] and s, 5,
+                  what="events waiting")
+    storage = st["storage"]
+    assert storage["events"]["failing"] and storage["events"]["write_errors"] >= 1
+    assert storage["state"]["pending"] >= 200 and storage["events"]["dropped"] == 0
+    assert bed.cli("status").stdout.count("ERROR: ") >= 2
+    # space returns: everything is written by itself
+    (inside / str(full)[1:] / "fill").unlink()
+    wait_for(lambda: (s := _status(bed)) and not s["storage"]["events"]["pending"]
+             and not s["storage"]["state"]["pending"] and not s["storage"]["events"]["failing"], 15,
+             interval=0.2, what="the state and the event log caught up")
+    bans = bed.events(event="ban")
+    assert sorted(b["network"] for b in bans if b["reason"] == "log:sshd") == sorted(sources)
+    assert [b for b in bans if b["network"] == "198.51.100.10" and b["reason"] == "domain"]
+    assert bed.events(event="started") and bed.events(event="error", what="disk")
+    from inspector.bans import BanStore
+
+    store = BanStore(bed.state_file)
+    assert store.load(time.time()) >= 202
+    assert store.records["198.18.0.1"].reason == "log:sshd" and store.records["198.51.100.11"].reason == "domain"
+    assert bed.stop_inspector() == 0
