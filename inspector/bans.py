@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from .perms import FilePolicy
 __all__ = ["BanRecord", "BanStore", "StateError"]
 
 VERSION = 1
+SYNC_EVERY = 1.0  # seconds: journal appends are written at once, fsynced at most this often
 
 
 class StateError(Exception):
@@ -67,6 +69,11 @@ class BanStore:
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         self.saved_at: float | None = None
+        self.on_change: Callable[[], None] | None = None  # called after a change (the state writer wakes)
+        self.sync_every = SYNC_EVERY
+        self._synced_at = 0.0
+        self._unsynced = False
+        self._save_lock = threading.Lock()  # one save at a time: a rewrite must not drop a parallel append
 
     @property
     def journal(self) -> Path | None:
@@ -78,13 +85,19 @@ class BanStore:
             if current is None or record.expires > current.expires:
                 self.records[record.network] = record
                 self._pending.append(json.dumps(asdict(record), separators=(",", ":")))
+            else:
+                return
+        if self.on_change is not None:
+            self.on_change()
 
     def remove(self, network: str) -> bool:
         with self._lock:
             found = self.records.pop(network, None) is not None
             if found:
                 self._pending.append(json.dumps({"remove": network}))
-            return found
+        if found and self.on_change is not None:
+            self.on_change()
+        return found
 
     def active(self, now: float) -> list[BanRecord]:
         with self._lock:
@@ -170,16 +183,40 @@ class BanStore:
                     continue  # a torn last line after a crash
         return lines
 
-    def save(self, now: float, compact: bool | None = None, sync: bool = True) -> None:
+    def save(self, now: float, compact: bool | None = None, sync: bool | None = None) -> None:
         """Persist what changed: append to the journal, or rewrite the file (see the class).
 
         Raises OSError if the write fails; nothing is lost (it is retried by the next call).
-        ``sync=False`` leaves out the fsync (the data is then safe against a crash of the process,
-        not of the machine; the next synced save covers it)."""
+        ``sync``: fsync the journal append (True), or not (False: safe against a crash of the
+        process, not yet of the machine), or (None) when the last fsync is ``sync_every`` seconds
+        old; :meth:`sync` syncs what is left."""
         if self.path is None:
             return
+        with self._save_lock:
+            self._save(now, compact, sync)
+
+    def sync(self, now: float) -> None:
+        """fsync the journal if an append was not synced yet (raises OSError)."""
         journal = self.journal
-        assert journal is not None
+        with self._save_lock:
+            if not self._unsynced or journal is None or not journal.exists():
+                return
+            fd = os.open(journal, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._unsynced, self._synced_at = False, now
+
+    @property
+    def unsynced(self) -> bool:
+        return self._unsynced
+
+    def _save(self, now: float, compact: bool | None, sync: bool | None) -> None:
+        if sync is None:
+            sync = now - self._synced_at >= self.sync_every
+        journal = self.journal
+        assert journal is not None and self.path is not None
         with self._lock:
             pending, self._pending = self._pending, []
             if compact is None:
@@ -195,9 +232,14 @@ class BanStore:
                     if journal.exists():
                         journal.unlink()
                     self._journaled = 0
+                self._unsynced = False
             elif pending:
                 self._append(journal, ("\n".join(pending) + "\n").encode("utf-8"), sync)
                 self._journaled += len(pending)
+                if sync:
+                    self._unsynced, self._synced_at = False, now
+                else:
+                    self._unsynced = True
         except OSError as e:
             with self._lock:
                 self._pending[:0] = pending  # written by the next save

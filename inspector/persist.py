@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import threading
 import time
@@ -39,6 +40,7 @@ __all__ = ["EventLog", "StateWriter", "Notifier", "syslog_notifier", "NOTIFY_EVE
 Notifier = Callable[[str], None]
 NOTIFY_EVERY = 60.0  # seconds between two syslog reports of the same failing writer
 RETRY_EVERY = 1.0  # seconds between two attempts while writes fail
+SYNC_EVERY = 1.0  # seconds: the longest an append of the ban journal waits for its fsync
 
 
 def syslog_notifier(enabled: bool, ident: str = "inspector") -> Notifier:
@@ -197,7 +199,11 @@ class EventLog:
 
 
 class StateWriter:
-    """Saves the ban store from its own thread a moment after it changed (see the module).
+    """Saves the ban store from its own thread as soon as it changed (see the module).
+
+    The store's ``on_change`` wakes the thread: a ban reaches the journal (the page cache) within
+    moments, so that a SIGKILL right after it keeps its reason; the fsync follows at most a
+    second later (:attr:`inspector.bans.BanStore.sync_every`).
 
     ``save()`` is the service's save function (``save_bans``: the store, then the hosts.deny
     export); it returns False when the write failed, and is retried every second until it
@@ -212,11 +218,18 @@ class StateWriter:
         self._store = store
         self.interval = interval
         self._failures = _Failures(what, notify or (lambda m: None), clock)
+        self._clock = clock
         self._wake = threading.Event()
         self._closing = False
         self._lock = threading.Lock()  # one save at a time (the thread's, or the caller's final one)
         self._thread = threading.Thread(target=self._run, name="inspector-state", daemon=True)
         self._thread.start()
+        if hasattr(store, "on_change"):
+            store.on_change = self.poke
+            # appends are not fsynced inline (that would hold the next ban back from the journal):
+            # this thread syncs them, at most SYNC_EVERY seconds after they were written
+            store.sync_every = math.inf
+        self._synced = clock()
 
     def poke(self) -> None:
         self._wake.set()
@@ -236,6 +249,15 @@ class StateWriter:
         self._wake.set()
         self._thread.join(timeout)
 
+    def _sync(self, force: bool) -> None:
+        """fsync what was appended: when idle, or at least every SYNC_EVERY seconds."""
+        now = self._clock()
+        if not getattr(self._store, "unsynced", False) or (not force and now - self._synced < SYNC_EVERY):
+            return
+        with self._lock, contextlib.suppress(OSError):  # a failing sync is retried at the next one
+            self._store.sync(now)
+            self._synced = now
+
     def _run(self) -> None:
         failing = False
         while not self._closing:
@@ -244,10 +266,12 @@ class StateWriter:
             if self._closing:
                 return
             if not (failing or self._store.pending):
+                self._sync(force=True)
                 continue
             written = self._store.pending
             with self._lock:
                 ok = self._save()
+            self._sync(force=False)
             if ok:
                 if failing:
                     self._failures.succeeded(written)

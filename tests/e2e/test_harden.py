@@ -361,3 +361,29 @@ def test_a_full_disk_at_start_and_while_running_loses_nothing(bed: Bed, workers:
     assert store.load(time.time()) >= 202
     assert store.records["198.18.0.1"].reason == "log:sshd" and store.records["198.51.100.11"].reason == "domain"
     assert bed.stop_inspector() == 0
+
+
+# -- also keep: after SIGKILL the bans come back with their reasons --------------------------------------
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigkill_right_after_2000_bans_restores_every_reason(bed: Bed, workers: str) -> None:
+    import signal
+
+    install(bed, "--workers", workers)
+    auth = bed.dir / "auth.log"
+    auth.write_text("")
+    bed.write_config(extra=sshd_source(auth, maxretry=1))
+    bed.start_inspector()
+    sources = [f"198.18.{i // 250}.{i % 250 + 1}" for i in range(2000)]
+    ts = time.strftime("%b %d %H:%M:%S")
+    auth.write_text("".join(SSHD_LINE.format(ts=ts, pid=4000 + i % 1000, ip=ip, port=40000 + i % 20000)
+                            for i, ip in enumerate(sources)))
+    wait_for(lambda: _ban_count(bed) >= 2000, 30, interval=0.01, what="2000 log bans in the ipset")
+    bed.stop_inspector(signal.SIGKILL)
+    bed.inspector = None
+    bed.start_inspector()
+    st = _status(bed)
+    assert st is not None
+    reasons = st["bans_by_reason"]
+    print(f"\nafter SIGKILL ({workers} worker(s)): {st['bans_active']} bans restored, by reason {reasons}")
+    assert st["bans_active"] == 2000 and reasons == {"log:sshd": 2000}, reasons
