@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from .config import load_config
+from .control import control_request
 from .perms import NeedsRoot
 from .queue_check import installed_queues, missing_queues
 from .safetext import printable
-from .service import control_request
 
 
 def fetch(config_path: str | None) -> tuple[str, dict[str, Any] | None]:
