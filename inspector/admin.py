@@ -7,11 +7,13 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from .bans import BanStore, StateError
 from .config import load_config
-from .control import control_request
+from .control import control_request, control_stream
 from .events import now_iso
 from .firewall import FirewallError, IpsetFirewall, SetNames
 from .nets import ban_network
@@ -20,14 +22,25 @@ from .safetext import printable
 
 
 def list_bans(config_path: str | None, as_json: bool) -> int:
+    """Print the active bans, as the running service streams them (any number), else from the
+    state file.  Returns the exit code (1 with a one-line error)."""
     config = load_config(config_path)
     try:
-        reply = control_request(config.service.control_socket, {"cmd": "bans"})
+        answer = control_stream(config.service.control_socket, {"cmd": "bans"})
     except NeedsRoot as e:
         print(f"inspector: error: {e}", file=sys.stderr)
         return 1
-    if reply is not None:
-        bans = reply.get("bans", [])
+    except (OSError, ValueError) as e:
+        print(f"inspector: error: cannot ask the service on {config.service.control_socket}: {e}", file=sys.stderr)
+        return 1
+    bans: Iterable[dict[str, Any]]
+    if answer is not None:
+        header, items = answer
+        if not header.get("ok"):
+            print(f"inspector: error: {printable(header.get('error'))}", file=sys.stderr)
+            return 1
+        bans = items if header.get("stream") else header.get("bans", [])
+        count = header.get("count", "?")
         source = "running service"
     else:
         now = time.time()
@@ -38,20 +51,53 @@ def list_bans(config_path: str | None, as_json: bool) -> int:
             print(f"inspector: error: {e}", file=sys.stderr)
             return 1
         except PermissionError:
-            print(f"inspector: error: {needs_root_message('cannot read the ban state', store.path)}", file=sys.stderr)
+            message = needs_root_message("cannot read the ban state", config.service.state_file)
+            print(f"inspector: error: {message}", file=sys.stderr)
             return 1
-        bans = [{"network": r.network, "reason": r.reason, "rule": r.rule, "seconds_left": int(r.expires - now),
-                 "expires_at": now_iso(r.expires)} for r in store.active(now)]
+        active = store.active(now)
+        count = len(active)
+        bans = ({"network": r.network, "reason": r.reason, "rule": r.rule, "seconds_left": int(r.expires - now),
+                 "expires_at": now_iso(r.expires)} for r in active)
         source = f"state file {config.service.state_file} (service not running)"
-    if as_json:
+    try:
+        if as_json:
+            for b in bans:
+                sys.stdout.write(json.dumps(b) + "\n")
+            return 0
+        print(f"{count} active bans, from the {source}")
         for b in bans:
-            print(json.dumps(b))
-        return 0
-    print(f"{len(bans)} active bans, from the {source}")
-    for b in bans:
-        left = int(b["seconds_left"])
-        print(f"{printable(b['network']):<40} {printable(b['reason']):<10} {left // 3600:>3}h{left % 3600 // 60:02d}m"
-              f" left  {printable(b.get('rule') or '')}")
+            left = int(b["seconds_left"])
+            sys.stdout.write(f"{printable(b['network']):<40} {printable(b['reason']):<10} {left // 3600:>3}h"
+                             f"{left % 3600 // 60:02d}m left  {printable(b.get('rule') or '')}\n")
+    except (OSError, ValueError) as e:
+        if isinstance(e, BrokenPipeError):
+            raise
+        print(f"inspector: error: the list was cut off: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def ban(config_path: str | None, address: str, seconds: int) -> int:
+    """``inspector ban``: through the running service's ban pipeline (which refuses the
+    whitelist, this host's own addresses and /64, loopback).  Returns the exit code."""
+    config = load_config(config_path)
+    try:
+        reply = control_request(config.service.control_socket, {"cmd": "ban", "network": address,
+                                                                "seconds": seconds})
+    except NeedsRoot as e:
+        print(f"inspector: error: {e}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as e:
+        print(f"inspector: error: cannot ask the service on {config.service.control_socket}: {e}", file=sys.stderr)
+        return 1
+    if reply is None:
+        print(f"inspector: error: no service answers on {config.service.control_socket} (bans are issued by "
+              "the running service)", file=sys.stderr)
+        return 1
+    if not reply.get("ok"):
+        print(f"inspector: error: {printable(reply.get('error'))}", file=sys.stderr)
+        return 1
+    print(f"banned {printable(reply['network'])} for {reply['seconds']}s")
     return 0
 
 
@@ -63,9 +109,13 @@ def unban(config_path: str | None, address: str) -> int:
         print(f"inspector: error: {address!r} is not an address or network", file=sys.stderr)
         return 1
     try:
-        reply = control_request(config.service.control_socket, {"cmd": "unban", "network": address})
+        reply = control_request(config.service.control_socket, {"cmd": "unban", "network": address}, timeout=10)
     except NeedsRoot as e:
         print(f"inspector: error: {e}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as e:
+        print(f"inspector: error: the service on {config.service.control_socket} did not answer: {e} "
+              "(nothing was changed here; try again)", file=sys.stderr)
         return 1
     if reply is not None:
         if not reply.get("ok"):
@@ -84,7 +134,8 @@ def unban(config_path: str | None, address: str) -> int:
         print(f"inspector: warning: {e}", file=sys.stderr)
         found = store.remove(network)
     except PermissionError:
-        print(f"inspector: error: {needs_root_message('cannot change the ban state', store.path)}", file=sys.stderr)
+        message = needs_root_message("cannot change the ban state", config.service.state_file)
+        print(f"inspector: error: {message}", file=sys.stderr)
         return 1
     except OSError as e:
         print(f"inspector: error: cannot save the ban state {store.path}: {e.strerror or e}", file=sys.stderr)

@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE")
     p.add_argument("--json", action="store_true", help="one JSON object per ban")
 
+    p = sub.add_parser("ban", help="ban an address or network by hand (the running service; never a protected one)")
+    p.add_argument("address", help="an address (an IPv6 address bans its /64) or a network")
+    p.add_argument("--seconds", type=int, default=86400, metavar="S", help="how long (default 86400)")
+    p.add_argument("--config", metavar="FILE")
+
     p = sub.add_parser("unban", help="lift a ban (kernel, state file and running service)")
     p.add_argument("address", help="an address or network (an IPv6 address lifts its /64 ban)")
     p.add_argument("--config", metavar="FILE")
@@ -104,6 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .admin import list_bans
 
             return list_bans(args.config, args.json)
+        if args.command == "ban":
+            from .admin import ban
+
+            return ban(args.config, args.address, args.seconds)
         if args.command == "unban":
             from .admin import unban
 

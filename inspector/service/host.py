@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -23,7 +24,7 @@ from ..bans import BanStore
 from ..config import Config
 from ..control import ControlError, ControlServer
 from ..events import EventSink
-from ..firewall import Firewall, FirewallError, IpsetFirewall, SetNames
+from ..firewall import MAX_TIMEOUT, Firewall, FirewallError, IpsetFirewall, SetNames
 from ..kernel_whitelist import merge_kernel_whitelist
 from ..nets import Address, Whitelist, own_addresses
 from ..perms import files_policy
@@ -92,8 +93,9 @@ class Host:
         self.bans.export = self._export
         self.bans.add_listener(self._forget_in_logs)
         self.control = ControlServer()
-        self.control.register("bans", self._bans)
+        self.control.register_stream("bans", self._bans)
         self.control.register("unban", self._unban)
+        self.control.register("ban", self._ban)
         self.control.add_status("", self._status)
         self.control.add_status("storage", self._storage)
         self.state_writer: StateWriter | None = None
@@ -119,8 +121,7 @@ class Host:
             self.control.listen(config.service.control_socket, files_policy(config.extra))
         except ControlError as e:
             raise ServiceError(str(e)) from None
-        if self.control.sock is not None:
-            self.loop.add_reader(self.control.fileno(), self.control.serve_one)
+        self.control.start()  # its own thread: a slow local client never holds the packet path
         self.logs = make_log_monitor(config)
         self.loop.every(lambda: self.config.logs.poll_interval, self._poll_logs, first=0.0)
         if self.store.path is not None:  # saved from its own thread: the packet path never waits on disk
@@ -190,9 +191,30 @@ class Host:
 
     # -- control ------------------------------------------------------------------------
 
-    def _bans(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _bans(self, request: dict[str, Any]) -> tuple[dict[str, Any], Iterable[dict[str, Any]]]:
+        """Every active ban, streamed one line each (a million list fine)."""
         now = self.clock()
-        return {"ok": True, "bans": [record_json(r, now) for r in self.bans.active(now)]}
+        active = self.bans.active(now)
+        return {"ok": True, "count": len(active)}, (record_json(r, now) for r in active)
+
+    def _ban(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A manual ban (``inspector ban``): an address (its ban network) or a network; refused
+        with the reason when it is protected (whitelist, own address or /64, loopback)."""
+        now = self.clock()
+        text = str(request.get("network"))
+        try:
+            network = str(ipaddress.ip_network(text, strict=False)) if "/" in text else self.bans.network(text)
+            seconds = max(1, min(int(request.get("seconds") or 86400), MAX_TIMEOUT))
+        except (ValueError, TypeError) as e:
+            return {"ok": False, "error": f"not an address or network: {e}"}
+        why = self.bans.protected(network)
+        if why is not None:
+            self.bans.issue(Ban(network, seconds, "manual", None, "manual"), now)  # counted and reported as refused
+            return {"ok": False, "network": network, "protected": why,
+                    "error": f"refused: {network} is never banned ({why})"}
+        if not self.bans.issue(Ban(network, seconds, "manual", request.get("rule") or None, "manual"), now):
+            return {"ok": False, "network": network, "error": "the kernel set refused the ban (see the event log)"}
+        return {"ok": True, "network": network, "seconds": seconds}
 
     def _unban(self, request: dict[str, Any]) -> dict[str, Any]:
         now = self.clock()

@@ -283,7 +283,7 @@ def test_files_mode_0640_lets_the_group_read_and_ask(bed: Bed) -> None:
 # -- item 8: a full disk stops nothing, loses nothing, and the state catches up by itself ---------------
 
 def _status(bed: Bed) -> dict | None:
-    from inspector.service import control_request
+    from inspector.control import control_request
 
     try:
         return control_request(str(bed.control_socket), {"cmd": "status"}, timeout=2)
@@ -387,3 +387,156 @@ def test_sigkill_right_after_2000_bans_restores_every_reason(bed: Bed, workers: 
     reasons = st["bans_by_reason"]
     print(f"\nafter SIGKILL ({workers} worker(s)): {st['bans_active']} bans restored, by reason {reasons}")
     assert st["bans_active"] == 2000 and reasons == {"log:sshd": 2000}, reasons
+
+
+# -- item 6: a slow control-socket client never stalls the packet path ---------------------------------
+
+class SlowClient:
+    """A local client that connects to the control socket and sends one byte every 0.5 s."""
+
+    def __init__(self, path: Path, seconds: float = 6.0) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(str(path))
+        self.until = time.monotonic() + seconds
+        self.sent = 0
+        self.thread = threading.Thread(target=self._drip, daemon=True)
+        self.thread.start()
+
+    def _drip(self) -> None:
+        payload = b'{"cmd": "status"' + b" " * 1000
+        while time.monotonic() < self.until and self.sent < len(payload):
+            try:
+                self.sock.send(payload[self.sent:self.sent + 1])
+            except OSError:
+                return  # the service dropped us (its request deadline)
+            self.sent += 1
+            time.sleep(0.5)
+
+    def close(self) -> None:
+        self.until = 0
+        self.thread.join(2)
+        self.sock.close()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_slow_control_client_stalls_nothing(bed: Bed, workers: str) -> None:
+    install(bed, "--workers", workers)
+    bed.start_inspector()
+    a, b = "198.51.100.10", "198.51.100.11"
+    assert not bed.smtp(b, ["x@blocked.test"], timeout=3)["delivered"]
+    wait_for(lambda: bed.banned(b) is not None, 5, what="a ban to lift later")
+    before = [bed.connect(a, 25, banner=True, timeout=10)["time"] for _ in range(3)]
+    slow = SlowClient(bed.control_socket)
+    bed.stack.callback(slow.close)
+    time.sleep(1.0)  # the slow client holds its connection open now
+    during = []
+    for _ in range(3):
+        r = bed.connect(a, 25, banner=True, timeout=10)
+        assert r["ok"], r
+        during.append(r["time"])
+    status = bed.cli("status", timeout=10)
+    unban = bed.cli("unban", b, timeout=10)
+    print(f"\nSMTP banner with a slow control client ({workers} worker(s)): before "
+          f"{max(before) * 1000:.0f} ms, during {max(during) * 1000:.0f} ms (max of 3)")
+    assert max(during) < 1.0, during
+    assert status.returncode == 0 and "RUNNING" in status.stdout, status
+    assert unban.returncode == 0 and "Traceback" not in unban.stderr and f"unbanned {b}" in unban.stdout, unban
+    assert bed.banned(b) is None
+    slow.close()
+
+
+def test_control_socket_bounds_request_size_and_time(bed: Bed) -> None:
+    import socket
+
+    install(bed, *ONE_QUEUE)
+    bed.start_inspector()
+    # a request line longer than the limit: an error reply, the connection closed
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(str(bed.control_socket))
+        s.sendall(b"x" * 70000)
+        reply = s.recv(4096)
+    assert b"longer than" in reply, reply
+    # a client that sends nothing is dropped after the request deadline (5 s)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(15)
+        s.connect(str(bed.control_socket))
+        started = time.monotonic()
+        assert s.recv(10) == b""
+        waited = time.monotonic() - started
+    assert 4 <= waited <= 8, waited
+    # twenty idle clients at once: the service still answers (busy beyond 16, never stalled)
+    idle = []
+    for _ in range(20):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(str(bed.control_socket))
+        idle.append(s)
+    try:
+        r = bed.connect("198.51.100.10", 25, banner=True, timeout=10)
+        assert r["ok"] and r["time"] < 1.0, r
+    finally:
+        for s in idle:
+            s.close()
+    assert bed.cli("status").returncode == 0
+
+
+# -- item 7: replies of any size --------------------------------------------------------------------------
+
+def test_bans_lists_a_million(bed: Bed) -> None:
+    install(bed, *ONE_QUEUE, "--maxelem", "1100000")
+    now = time.time()
+    n = 1_000_000
+    records = ",".join(f'{{"network":"2001:db8:{i >> 16:x}:{i & 0xffff:x}::/64","expires":{now + 86400},'
+                       f'"reason":"rate","rule":null,"added":{now}}}' for i in range(n))
+    bed.state_file.write_text(f'{{"version":1,"saved":{now},"bans":[{records}]}}')
+    bed.write_config()
+    bed.start_inspector(timeout=240)
+    started = time.monotonic()
+    r = bed.s("sh", "-c", f"{PY} -m inspector bans --json --config {bed.config_file} | wc -l", timeout=300)
+    took = time.monotonic() - started
+    assert int(r.stdout.strip()) == n, r.stderr
+    text = bed.s("sh", "-c", f"{PY} -m inspector bans --config {bed.config_file} | head -2", timeout=300).stdout
+    assert text.startswith(f"{n} active bans, from the running service"), text
+    print(f"\ninspector bans --json: {n:,} bans in {took:.1f} s")
+    assert bed.cli("status").returncode == 0  # and the service is fine
+
+
+# -- own addresses, their /64 and the whitelist are refused on every ban path -------------------------
+
+def test_manual_and_log_bans_refuse_own_addresses_and_the_whitelist(bed: Bed) -> None:
+    ssh_client = "198.51.100.12"
+    install(bed, *ONE_QUEUE, env={"SSH_CONNECTION": f"{ssh_client} 50022 192.0.2.25 22"})
+    auth = bed.dir / "auth.log"
+    auth.write_text("")
+    bed.write_config(extra=sshd_source(auth, maxretry=1))
+    bed.start_inspector()
+    refused = {
+        "192.0.2.25": "own address",  # the server's own address
+        "2001:db8::25": "own /64",  # IPv6 bans cover a /64: the server's own
+        "2001:db8::1234": "own /64",  # a neighbour in the server's /64
+        "203.0.113.7": "whitelist",  # [whitelist] cidrs
+        ssh_client: "whitelist",  # the kernel whitelist (the setup script's SSH client)
+        "127.0.0.1": "loopback",
+    }
+    for address, why in refused.items():
+        r = bed.cli("ban", address)
+        assert r.returncode == 1 and why in r.stderr and "refused" in r.stderr, (address, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1
+    ok = bed.cli("ban", "198.51.100.10", "--seconds", "600")
+    assert ok.returncode == 0 and "banned 198.51.100.10" in ok.stdout, ok
+    assert 590 <= (bed.banned("198.51.100.10") or 0) <= 600
+    # the log path: failed logins "from" the same addresses
+    # (a neighbour in the own /64 may be banned alone, as its single address: never the /64)
+    write_sshd_failures(auth, "198.51.100.11", 1)  # the control: an ordinary address is banned
+    for address in refused:
+        write_sshd_failures(auth, address, 2)
+    wait_for(lambda: bed.banned("198.51.100.11") is not None, 5, what="the control ban")
+    time.sleep(0.5)
+    for address in set(refused) - {"2001:db8::1234"}:
+        assert bed.banned(address) is None, address
+    assert "2001:db8::/64" not in bed.ipset("inspector-ban6")
+    st = json.loads(bed.cli("status", "--json").stdout)
+    assert st["counts"]["ban-refused"] >= len(refused)
