@@ -183,3 +183,16 @@ def test_a_corrupt_state_file_keeps_what_the_journal_holds(tmp_path: Path) -> No
     third = BanStore(path)
     assert third.load(4.0) == 1 and third.records["198.51.100.2"].reason == "log:sshd"
     assert list(tmp_path.glob("bans.json.corrupt-*"))
+
+
+def test_metrics_show_failed_and_waiting_writes() -> None:
+    from inspector.metrics import StatusCollector
+
+    st = {"storage": {"state": {"write_errors": 3, "pending": 7}, "events": {"write_errors": 5, "pending": 11,
+                                                                              "dropped": 2}}}
+    families = {f.name: f for f in StatusCollector(lambda: st).collect()}
+    errors = {s.labels["file"]: s.value for s in families["inspector_write_errors"].samples
+              if s.name.endswith("_total")}
+    waiting = {s.labels["file"]: s.value for s in families["inspector_writes_pending"].samples}
+    assert errors == {"state": 3, "events": 5} and waiting == {"state": 7, "events": 11}
+    assert [s.value for s in families["inspector_events_dropped"].samples if s.name.endswith("_total")] == [2]
