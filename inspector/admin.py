@@ -17,7 +17,7 @@ from .control import control_request, control_stream
 from .events import now_iso
 from .firewall import FirewallError, IpsetFirewall, SetNames
 from .nets import ban_network
-from .perms import NeedsRoot, files_policy, needs_root_message
+from .perms import NeedsRoot, needs_root_message
 from .safetext import printable
 
 
@@ -102,6 +102,10 @@ def ban(config_path: str | None, address: str, seconds: int) -> int:
 
 
 def unban(config_path: str | None, address: str) -> int:
+    """``inspector unban ADDRESS``: lift the ban of ``address`` (an address or network; an IPv6 address lifts its /64)
+    through the running service, else directly in the state file and, as root, the kernel sets. Returns the exit
+    code (1: not an address, or the service refused).
+    """
     config = load_config(config_path)
     try:
         ipaddress.ip_network(address, strict=False)
@@ -125,7 +129,7 @@ def unban(config_path: str | None, address: str) -> int:
         return 0
     # no service: edit the state and the kernel set directly
     network = ban_network(address, ipv6_prefix=config.ipv6_prefix, ipv4_prefix=config.ipv4_prefix)
-    store = BanStore(Path(config.service.state_file), files_policy(config.extra))
+    store = BanStore(Path(config.service.state_file), config.files)
     try:
         store.load(time.time())
         found = store.remove(network)

@@ -31,6 +31,9 @@ class StateError(Exception):
 
 @dataclass(frozen=True)
 class BanRecord:
+    """One stored ban: ``network`` (as the ipset holds it), ``expires`` and ``added`` (Unix seconds), ``reason`` and
+    the ``rule`` that matched.
+    """
     network: str
     expires: float
     reason: str
@@ -77,9 +80,12 @@ class BanStore:
 
     @property
     def journal(self) -> Path | None:
+        """The journal file beside the state file (None for an in-memory store)."""
         return None if self.path is None else self.path.with_name(self.path.name + ".journal")
 
     def add(self, record: BanRecord) -> None:
+        """Record ``record`` unless a later-expiring ban of the same network is already there; it goes
+        to the journal at the next :meth:`save` (``on_change`` is called)."""
         with self._lock:
             current = self.records.get(record.network)
             if current is None or record.expires > current.expires:
@@ -91,6 +97,7 @@ class BanStore:
             self.on_change()
 
     def remove(self, network: str) -> bool:
+        """Forget the ban of ``network``; True if there was one."""
         with self._lock:
             found = self.records.pop(network, None) is not None
             if found:
@@ -100,6 +107,7 @@ class BanStore:
         return found
 
     def active(self, now: float) -> list[BanRecord]:
+        """The unexpired bans at ``now``, soonest expiry first."""
         with self._lock:
             records = list(self.records.values())
         return sorted((r for r in records if r.expires > now), key=lambda r: r.expires)
@@ -110,6 +118,7 @@ class BanStore:
             return self.records.get(network)
 
     def prune(self, now: float) -> int:
+        """Drop the bans expired at ``now``; how many were dropped."""
         with self._lock:
             expired = [n for n, r in self.records.items() if r.expires <= now]
             for n in expired:

@@ -20,6 +20,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``inspector`` command and its subcommands."""
     parser = argparse.ArgumentParser(prog="inspector", description="Inline packet inspector for mail and SSH servers.")
     parser.add_argument("--version", action="version", version=f"inspector {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``inspector`` command line with ``argv`` (default: ``sys.argv``); returns the exit code (1: config or
+    rule error, 130: interrupted, 141: the reader of stdout went away).
+    """
     args = build_parser().parse_args(argv)
     try:
         if args.command == "check":
@@ -172,7 +176,7 @@ def run_service(config_path: str | None, rules_path: str | None, overrides: dict
         workers = found[1] if found is not None else 1
     from .queue_check import installed_queues, refusal
 
-    first = overrides.get("queue") if overrides.get("queue") is not None else config.service.queue
+    first = int(overrides["queue"]) if overrides.get("queue") is not None else config.service.queue
     why = refusal(installed_queues(), first, workers)
     if why:  # every installed queue is bound, or none: an unbound one passes uninspected (issue 11)
         print(f"inspector: error: {why}", file=sys.stderr)
@@ -185,7 +189,7 @@ def run_service(config_path: str | None, rules_path: str | None, overrides: dict
     except ServiceError as e:
         print(f"inspector: error: {e}", file=sys.stderr)
         return 1
-    queue = overrides.get("queue") if overrides.get("queue") is not None else config.service.queue
+    queue = int(overrides["queue"]) if overrides.get("queue") is not None else config.service.queue
     print(f"inspector: running on queue {queue}" + (f"..{queue + workers - 1} ({workers} workers)" if workers > 1
           else "") + f" ({service.config.mode} mode)", file=sys.stderr)
     return service.run()
@@ -213,6 +217,10 @@ def _check(args: argparse.Namespace) -> int:
         print(f"rules: {rf.path} ({rf.scope}{extra})")
     print(f"blocked domains: {rules.counts.get(DOMAIN, 0)} (duplicates: {rules.duplicates}); "
           f"payload strings: {rules.counts.get(PAYLOAD, 0)}")
+    if config.logs.sources:
+        from .logs import check_lines
+
+        print("\n".join(check_lines(config.logs)))
     print(f"loaded in {took:.3f}s")
     print("OK")
     return 0

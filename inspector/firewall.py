@@ -21,7 +21,7 @@ __all__ = ["Firewall", "FirewallError", "IpsetFirewall", "SetNames", "MAX_TIMEOU
 
 MAX_TIMEOUT = 2_147_483  # ipset's largest timeout; netlink silently clamps larger ones
 WHITE_SETS = ("inspector-white4", "inspector-white6")  # setup-nfqueue.sh's whitelist sets (IPv4, IPv6)
-_ERR_EXIST, _ERR_HASH_FULL = 4103, 4352
+_ERR_HASH_FULL = 4352  # IPSET_ERR_HASH_FULL (include/uapi/linux/netfilter/ipset/ip_set_hash.h)
 
 
 class FirewallError(RuntimeError):
@@ -29,14 +29,23 @@ class FirewallError(RuntimeError):
 
 
 class Firewall(Protocol):
-    def ensure_sets(self) -> None: ...
-    def ban(self, network: str, seconds: int) -> None: ...
-    def unban(self, network: str) -> bool: ...
-    def bans(self) -> list[tuple[str, int]]: ...
+    """The kernel side of bans (ipset sets): the real :class:`IpsetFirewall`, or
+    :class:`inspector.testing.FakeFirewall`. Methods raise FirewallError.
+    """
+
+    def ensure_sets(self) -> None:
+        """Create the ban sets if they are missing (an unusable existing set is an error)."""
+    def ban(self, network: str, seconds: int) -> None:
+        """Add ``network`` (an address or CIDR) for ``seconds`` (the kernel expires it)."""
+    def unban(self, network: str) -> bool:
+        """Remove ``network``; True if it was there."""
+    def bans(self) -> list[tuple[str, int]]:
+        """Every entry of the ban sets as ``(network, seconds left)``."""
 
 
 @dataclass(frozen=True)
 class SetNames:
+    """The names of the IPv4 and IPv6 ban sets (``setup-nfqueue.sh`` creates the same names)."""
     v4: str = "inspector-ban4"
     v6: str = "inspector-ban6"
 
@@ -63,6 +72,7 @@ class IpsetFirewall:
             raise FirewallError(_explain_open(e)) from None
 
     def close(self) -> None:
+        """Close the netlink sockets."""
         self._ipset.close()
         self._fast.close()
 
@@ -124,6 +134,9 @@ class IpsetFirewall:
             raise FirewallError(f"cannot ban {entry} in ipset {name}: {e}") from None
 
     def unban(self, network: str) -> bool:
+        """Remove ``network`` from its set; True if it was there, False if not. Raises FirewallError on any other
+        netlink error.
+        """
         name, entry, kw = self._target(network)
         try:
             return self._fast.delete(name, entry, net=kw.get("etype") == "net")

@@ -15,10 +15,13 @@ from .telemetry import LATENCY_BOUNDS
 
 
 class StatusCollector:
+    """A Prometheus collector that reads the service's ``status`` on every scrape."""
+
     def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
         self.status = status
 
     def collect(self) -> Iterator[Any]:
+        """The metric families for one scrape: packets, verdicts by reason, bans, queue drops, engine latency."""
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
         st = self.status()

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FilePolicy", "NeedsRoot", "parse_files", "files_policy", "needs_root_message"]
+__all__ = ["FilePolicy", "NeedsRoot", "parse_files", "needs_root_message"]
 
 _MODES = {"0600": 0o600, "0640": 0o640}
 
@@ -99,15 +99,6 @@ def parse_files(section: dict[str, Any], fail: Callable[[str, str], Exception]) 
     if _MODES[mode_text] == 0o640 and group is None:
         raise fail("group", "mode \"0640\" needs a group (e.g. group = \"adm\")")
     return FilePolicy(_MODES[mode_text], group if _MODES[mode_text] == 0o640 else None)
-
-
-def files_policy(extra: dict[str, Any]) -> FilePolicy:
-    """The policy of a loaded config's ``[files]`` (``Config.extra``; validated when loaded)."""
-    section = extra.get("files") or {}
-
-    def fail(key: str, message: str) -> Exception:
-        return ValueError(f"files.{key}: {message}")
-    return parse_files(section, fail)
 
 
 def needs_root_message(what: str, path: str | Path, policy_hint: bool = True) -> str:

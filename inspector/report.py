@@ -51,6 +51,9 @@ def parse_since(text: str, now: float) -> float:
 
 @dataclass
 class Report:
+    """Counts over the event log between ``since`` and ``until`` (Unix seconds): blocks and bans by reason, top
+    sources, networks, domains and recipients, log failures, errors, and time buckets for the chart.
+    """
     since: float
     until: float
     events: int = 0
@@ -69,6 +72,7 @@ class Report:
     bucket_seconds: int = 3600
 
     def as_dict(self) -> dict[str, Any]:
+        """The counts as JSON-ready data (``report --json``)."""
         return {
             "since": self.since, "until": self.until, "events": self.events, "skipped": self.skipped,
             "blocks": dict(self.blocks), "bans": dict(self.bans), "alerts": self.alerts,
@@ -88,6 +92,9 @@ def _network(addr: str) -> str:
 
 
 def build_report(lines: Iterable[str], since: float, until: float, bucket_seconds: int | None = None) -> Report:
+    """Count the JSON event ``lines`` that fall between ``since`` and ``until``; lines that are not events are counted
+    as skipped. ``bucket_seconds``: the chart's bucket width (default: from the span).
+    """
     span = max(1.0, until - since)
     bucket = bucket_seconds or (3600 if span > 6 * 3600 else 300 if span > 3600 else 60)
     report = Report(since, until, bucket_seconds=bucket)
@@ -147,6 +154,7 @@ def _when(t: float) -> str:
 
 
 def render_text(r: Report) -> str:
+    """The report as text for the terminal (wire text escaped)."""
     out = [f"inspector report: {_when(r.since)} .. {_when(r.until)}", f"events read: {r.events}"
            + (f" ({r.skipped} unreadable lines skipped)" if r.skipped else "")]
 
@@ -207,6 +215,7 @@ def _chart(r: Report, width: int = 720, height: int = 220) -> str:
 
 
 def render_html(r: Report) -> str:
+    """The report as one self-contained HTML page with a chart."""
     def table(title: str, items: Iterable[tuple[str, int]]) -> str:
         rows = "".join(f"<tr><td>{html.escape(printable(k))}</td><td class=n>{n}</td></tr>" for k, n in items)
         return f"<h2>{html.escape(title)}</h2><table>{rows or '<tr><td>(none)</td><td></td></tr>'}</table>"
@@ -233,6 +242,9 @@ def render_html(r: Report) -> str:
 
 
 def main_report(events_path: str, since: str, html_path: str | None, as_json: bool) -> int:
+    """``inspector report``: read the event log at ``events`` over the ``since`` window, print text or JSON, and write
+    the HTML page if asked. Returns the exit code.
+    """
     import sys
 
     now = time.time()

@@ -16,6 +16,7 @@ from typing import Any
 
 from .config import load_config
 from .control import control_request
+from .logs import status_lines
 from .perms import NeedsRoot
 from .queue_check import installed_queues, missing_queues
 from .safetext import printable
@@ -84,6 +85,7 @@ def render(path: str, st: dict[str, Any] | None, installed: set[int] | None = No
                                    or "none"),
         f"rules: {rules.get('domains', '?'):,} domains, {rules.get('payload', 0)} payload strings, loaded "
         f"{rules.get('loaded_at', '?')}" if rules else "rules: ?",
+        *status_lines(st.get("logs")),
     ]
     lines[2:2] = storage_errors(st.get("storage") or {})
     lines[2:2] = [f"ERROR: queue {q} is not bound: the installed rules send packets to it, which pass "
@@ -121,6 +123,9 @@ def unbound_queues(st: dict[str, Any] | None, installed: set[int] | None) -> lis
 
 
 def main_status(config_path: str | None, watch: bool, as_json: bool) -> int:
+    """``inspector status``: print the status screen once, as JSON, or redrawn every second (``watch``). Returns 0 if a
+    service answered, else 3.
+    """
     import json
 
     path, st = fetch(config_path)

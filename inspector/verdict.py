@@ -10,13 +10,15 @@ import enum
 from dataclasses import dataclass
 
 
-class Action(str, enum.Enum):
+class Action(enum.StrEnum):
+    """What happens to the packet: accept, drop, or reset (drop, and answer both ends with TCP resets)."""
     ACCEPT = "accept"
     DROP = "drop"
     RESET = "reset"  # drop, and answer both ends with TCP resets
 
 
-class Reason(str, enum.Enum):
+class Reason(enum.StrEnum):
+    """Why a packet was not simply accepted (the ``reason`` of events and bans)."""
     DOMAIN = "domain"
     PAYLOAD = "payload"
     RATE = "rate"
@@ -40,10 +42,11 @@ class Verdict:
     ban: int = 0
     alert: bool = False
     detail: str | None = None
-    final: bool = False  # accept, and nothing more of this connection needs inspecting
+    bypass: bool = False  # accept, and let the rest of this connection bypass inspection
 
     @property
     def applied(self) -> Action:
+        """What the kernel is told: accept in alert mode, else the action."""
         return Action.ACCEPT if self.alert else self.action
 
 
@@ -53,17 +56,15 @@ Fields = tuple[bytes, bytes, int, int, int, int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(Verdict):
     """What :meth:`inspector.engine.Engine.process` returns for one packet: the verdict, and for a
-    non-accept verdict the packet facts a report needs (addresses as text, ports, the ban network)
-    and the decoded ``fields`` a responder needs (so a reset does not decode the packet again;
-    None for a malformed packet).  The verdict's attributes are readable on the decision itself
-    (``decision.reason``, ``decision.action`` ...).  Accepts are the shared constants
-    :data:`ACCEPT` and :data:`ACCEPT_FINAL`, compared with ``is``.
+    non-accept verdict the packet facts a report needs (``time`` in seconds, addresses as text,
+    ports, the ban network) and the decoded ``fields`` a responder needs (so a reset does not
+    decode the packet again; None for a malformed packet).  Accepts are the shared constants
+    :data:`ACCEPT` and :data:`BYPASS`, compared with ``is``.
     """
 
-    verdict: Verdict
-    time: float = 0.0  # seconds, the packet's timestamp
+    time: float = 0.0
     src: str = ""
     sport: int = 0
     dst: str = ""
@@ -71,45 +72,9 @@ class Decision:
     ban_network: str | None = None
     fields: Fields | None = None
 
-    @property
-    def action(self) -> Action:
-        return self.verdict.action
-
-    @property
-    def reason(self) -> Reason | None:
-        return self.verdict.reason
-
-    @property
-    def rule(self) -> str | None:
-        return self.verdict.rule
-
-    @property
-    def match(self) -> str | None:
-        return self.verdict.match
-
-    @property
-    def ban(self) -> int:
-        return self.verdict.ban
-
-    @property
-    def alert(self) -> bool:
-        return self.verdict.alert
-
-    @property
-    def detail(self) -> str | None:
-        return self.verdict.detail
-
-    @property
-    def final(self) -> bool:
-        return self.verdict.final
-
-    @property
-    def applied(self) -> Action:
-        return self.verdict.applied
-
     def as_dict(self) -> dict[str, object]:
         """The ``verdict`` event's fields (JSON-ready)."""
-        v = self.verdict
+        v = self
         out: dict[str, object] = {
             "time": round(self.time, 6),
             "verdict": v.action.value,
@@ -133,6 +98,7 @@ class Decision:
         return out
 
 
-ACCEPT = Decision(Verdict(Action.ACCEPT))
-# the flow is decided: the kernel may let the rest of the connection through (connmark)
-ACCEPT_FINAL = Decision(Verdict(Action.ACCEPT, final=True))
+ACCEPT = Decision(Action.ACCEPT)
+# bypass (Suricata's term): the flow is decided, the kernel may let the rest of the connection
+# through without queueing it (the runner marks the packet; the chain saves the mark on the connection)
+BYPASS = Decision(Action.ACCEPT, bypass=True)

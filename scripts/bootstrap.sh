@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
 for pkg in iptables ipset nftables libnetfilter-queue-dev iproute2 conntrack gcc python3-dev python3-venv \
-           chromium; do
+           chromium libsystemd-dev pkg-config systemd-journal-remote openssh-server; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then
@@ -14,11 +14,20 @@ if [ "${#need[@]}" -gt 0 ]; then
         exit 1
     fi
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+    # openssh-server is here for the tests, which start their own sshd: start no system sshd, leave none enabled
+    guard=""
+    if [[ " ${need[*]} " == *" openssh-server "* && ! -e /usr/sbin/policy-rc.d ]]; then
+        guard=/usr/sbin/policy-rc.d; printf '#!/bin/sh\nexit 101\n' > "$guard"; chmod 755 "$guard"
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" || { [ -z "$guard" ] || rm -f "$guard"; exit 1; }
+    [ -z "$guard" ] || rm -f "$guard"
+    if [[ " ${need[*]} " == *" openssh-server "* ]]; then
+        systemctl disable ssh.service ssh.socket >/dev/null 2>&1 || true
+    fi
 fi
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/pip install -q -e '.[test,live]'
+.venv/bin/pip install -q -e '.[test,live,journal]'

@@ -7,8 +7,9 @@
 * the log sources (``[logs]``), polled on the loop, their bans issued through the pipeline;
 * the Prometheus endpoint (``[metrics] listen``);
 * the side components (:class:`~inspector.service.Component`: the policy server, the fleet
-  client, ...): :meth:`Host.add_component` before :meth:`Host.start`; they are started after the
-  bans are restored and closed before the last save, and ``status`` shows their sections.
+  client, ...): those the config enables (:func:`.components.configured`) and any given with
+  :meth:`Host.add_component` before :meth:`Host.start`; they are started after the bans are
+  restored and closed before the last save, and ``status`` shows their sections.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ from ..events import EventSink
 from ..firewall import MAX_TIMEOUT, Firewall, FirewallError, IpsetFirewall, SetNames
 from ..kernel_whitelist import merge_kernel_whitelist
 from ..nets import Address, Whitelist, own_addresses
-from ..perms import files_policy
 from ..persist import EventLog, StateWriter, syslog_notifier
 from ..respond.bans import Ban, BanPipeline
 from ..sources.nfqueue import queue_stats
 from . import Component, Fanout, ServiceError, ban_summary, open_sinks, record_json
+from .components import configured
 from .loop import Loop
 
 __all__ = ["Host", "open_firewall", "make_log_monitor"]
@@ -86,7 +87,7 @@ class Host:
         # the one whitelist: the config's and the kernel's whitelist sets (setup-nfqueue.sh)
         config = self.config = merge_kernel_whitelist(config, self.firewall, events)
         if store is None:
-            store = BanStore(Path(config.service.state_file), files_policy(config.extra))
+            store = BanStore(Path(config.service.state_file), config.files)
         self.store = store
         self.bans = BanPipeline(store, self.firewall, events, Whitelist(config.whitelist),
                                 own_addresses() if own is None else own, config.ipv4_prefix, config.ipv6_prefix)
@@ -116,9 +117,11 @@ class Host:
         """Restore the bans, listen on the control socket, open the log sources, start the timers,
         the components and the metrics endpoint.  Raises ServiceError."""
         config = self.config
+        for name, component in configured(config, self.bans, self.events, self.control, self.clock).items():
+            self.add_component(name, component)
         self.restored = self.bans.restore(self.clock())
         try:
-            self.control.listen(config.service.control_socket, files_policy(config.extra))
+            self.control.listen(config.service.control_socket, config.files)
         except ControlError as e:
             raise ServiceError(str(e)) from None
         self.control.start()  # its own thread: a slow local client never holds the packet path
@@ -241,7 +244,7 @@ class Host:
 
     def _start_metrics(self) -> Any:
         """The Prometheus endpoint, if ``[metrics] listen`` asks for one (off by default)."""
-        listen = str(self.config.extra.get("metrics", {}).get("listen", "") or "")
+        listen = self.config.metrics.listen
         if not listen:
             return None
         from ..metrics import serve

@@ -20,10 +20,10 @@ from ..nets import Address
 from ..respond.bans import Ban
 from ..runner import ResetSender
 from ..sources.nfqueue import NfQueue
-from . import ServiceError
+from . import Inputs, ServiceError
 from .host import Host
 from .loop import Loop, PacketQueue
-from .packets import PacketSide, load_config_and_rules
+from .packets import PacketSide
 
 __all__ = ["Service"]
 
@@ -42,9 +42,7 @@ class Service:
                  firewall: Firewall | None = None, resets: ResetSender | None = None,
                  events: EventSink | None = None, own: Iterable[Address] | None = None,
                  signals: bool = True) -> None:
-        self.config_path = config_path
-        self.rules_path = rules_path
-        self.overrides = overrides
+        self.inputs = Inputs(config_path, rules_path, overrides)
         self.clock = clock
         self.loop = Loop(clock)
         self._adapters = (queue, firewall, resets, events, own)
@@ -53,13 +51,13 @@ class Service:
     def start(self) -> None:
         """Load, restore the bans, bind the queue; emit ``started``."""
         queue, firewall, resets, events, own = self._adapters
-        config, rules = load_config_and_rules(self.config_path, self.rules_path, self.overrides)
+        config, rules = self.inputs.load()
         if queue is None and os.geteuid() != 0:
             raise ServiceError("inspector run needs root (CAP_NET_ADMIN) to bind an NFQUEUE and manage ipsets")
         self.config = config
         self.host = host = Host(config, self.clock, self.loop, firewall, events, own)
         config = self.config = host.config  # with the kernel's whitelist sets
-        self.side = side = PacketSide(self.config_path, self.rules_path, self.overrides, config, rules, self.clock)
+        self.side = side = PacketSide(self.inputs, config, rules, self.clock)
         side.adjust = lambda config: merge_kernel_whitelist(config, host.firewall, host.events)
         host.packet_status = self._packet_status
         host.bans.add_listener(self._to_engine)
