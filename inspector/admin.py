@@ -1,4 +1,9 @@
-"""``inspector bans`` and ``inspector unban``: ask the running service, or act on the state directly."""
+"""``inspector bans``, ``ban`` and ``unban``: ask the running service, or act on the state directly.
+
+``ban`` needs the running service: its ban pipeline knows what must never be banned (the
+whitelist, the host's own addresses) and publishes to the fleet.  ``unban`` also works
+without it, on the state file and the kernel set.
+"""
 
 from __future__ import annotations
 
@@ -12,18 +17,20 @@ from pathlib import Path
 from typing import Any
 
 from .bans import BanStore, StateError
-from .config import load_config
+from .config import Config, load_config
 from .control import control_request, control_stream
 from .events import now_iso
 from .firewall import FirewallError, IpsetFirewall, SetNames
-from .nets import ban_network
+from .manual import TargetError, ban_form, parse_duration, parse_target
 from .perms import NeedsRoot, needs_root_message
 from .safetext import printable
 
 
 def list_bans(config_path: str | None, as_json: bool) -> int:
-    """Print the active bans, as the running service streams them (any number), else from the
-    state file.  Returns the exit code (1 with a one-line error)."""
+    """``inspector bans``: the active bans as the running service streams them (any number), else from the state
+    file; one line (or, with ``as_json``, one JSON object) per ban, wire text escaped. Returns the exit code (1 with
+    a one-line error: no permission, the state file is unreadable, the list was cut off).
+    """
     config = load_config(config_path)
     try:
         answer = control_stream(config.service.control_socket, {"cmd": "bans"})
@@ -57,7 +64,7 @@ def list_bans(config_path: str | None, as_json: bool) -> int:
         active = store.active(now)
         count = len(active)
         bans = ({"network": r.network, "reason": r.reason, "rule": r.rule, "seconds_left": int(r.expires - now),
-                 "expires_at": now_iso(r.expires)} for r in active)
+                 "expires_at": now_iso(r.expires), "origin": r.origin} for r in active)
         source = f"state file {config.service.state_file} (service not running)"
     try:
         if as_json:
@@ -68,7 +75,8 @@ def list_bans(config_path: str | None, as_json: bool) -> int:
         for b in bans:
             left = int(b["seconds_left"])
             sys.stdout.write(f"{printable(b['network']):<40} {printable(b['reason']):<10} {left // 3600:>3}h"
-                             f"{left % 3600 // 60:02d}m left  {printable(b.get('rule') or '')}\n")
+                             f"{left % 3600 // 60:02d}m left  {printable(b.get('origin') or 'local'):<16} "
+                             f"{printable(b.get('rule') or '')}\n")
     except (OSError, ValueError) as e:
         if isinstance(e, BrokenPipeError):
             raise
@@ -77,41 +85,57 @@ def list_bans(config_path: str | None, as_json: bool) -> int:
     return 0
 
 
-def ban(config_path: str | None, address: str, seconds: int) -> int:
-    """``inspector ban``: through the running service's ban pipeline (which refuses the
-    whitelist, this host's own addresses and /64, loopback).  Returns the exit code."""
+def ban(config_path: str | None, target: str, duration: str, reason: str | None) -> int:
+    """``inspector ban TARGET``: each network of the target through the running service's pipeline."""
     config = load_config(config_path)
     try:
-        reply = control_request(config.service.control_socket, {"cmd": "ban", "network": address,
-                                                                "seconds": seconds})
+        networks = parse_target(target, config.ipv6_prefix)
+        seconds = parse_duration(duration)
+    except TargetError as e:
+        print(f"inspector: error: {e}", file=sys.stderr)
+        return 1
+    try:
+        reply = control_request(config.service.control_socket,
+                                {"cmd": "ban", "networks": networks, "seconds": seconds, "reason": reason}, timeout=10)
     except NeedsRoot as e:
         print(f"inspector: error: {e}", file=sys.stderr)
         return 1
     except (OSError, ValueError) as e:
-        print(f"inspector: error: cannot ask the service on {config.service.control_socket}: {e}", file=sys.stderr)
+        print(f"inspector: error: the service on {config.service.control_socket} did not answer: {e}", file=sys.stderr)
         return 1
     if reply is None:
-        print(f"inspector: error: no service answers on {config.service.control_socket} (bans are issued by "
-              "the running service)", file=sys.stderr)
+        print(f"inspector: error: no service answers on {config.service.control_socket}: manual bans go through "
+              "the running service (it knows what must never be banned, and tells the fleet)", file=sys.stderr)
         return 1
     if not reply.get("ok"):
         print(f"inspector: error: {printable(reply.get('error'))}", file=sys.stderr)
         return 1
-    print(f"banned {printable(reply['network'])} for {reply['seconds']}s")
-    return 0
+    for network in reply.get("banned", []):
+        print(f"banned {printable(network)} for {seconds}s")
+    for refused in reply.get("refused", []):
+        print(f"refused {printable(refused['network'])}: {printable(refused['why'])}", file=sys.stderr)
+    return 0 if not reply.get("refused") else 1
 
 
-def unban(config_path: str | None, address: str) -> int:
-    """``inspector unban ADDRESS``: lift the ban of ``address`` (an address or network; an IPv6 address lifts its /64)
-    through the running service, else directly in the state file and, as root, the kernel sets. Returns the exit
-    code (1: not an address, or the service refused).
-    """
+def unban(config_path: str | None, target: str) -> int:
+    """``inspector unban TARGET``: lift the bans of an address (an IPv6 address: its /64), a network or a range
+    a-b (its networks) through the running service (and so the fleet), else directly in the state file and, as
+    root, the kernel sets.  Returns the exit code (1: not a target, or the service refused)."""
     config = load_config(config_path)
     try:
-        ipaddress.ip_network(address, strict=False)
-    except ValueError:
-        print(f"inspector: error: {address!r} is not an address or network", file=sys.stderr)
+        networks = [target] if "-" not in target else parse_target(target, config.ipv6_prefix)
+        if "-" not in target:
+            ipaddress.ip_network(target, strict=False)
+    except (TargetError, ValueError):
+        print(f"inspector: error: {target!r} is not an address, a network or a range a-b", file=sys.stderr)
         return 1
+    code = 0
+    for address in networks:
+        code = max(code, _unban_one(config, address))
+    return code
+
+
+def _unban_one(config: Config, address: str) -> int:
     try:
         reply = control_request(config.service.control_socket, {"cmd": "unban", "network": address}, timeout=10)
     except NeedsRoot as e:
@@ -123,12 +147,12 @@ def unban(config_path: str | None, address: str) -> int:
         return 1
     if reply is not None:
         if not reply.get("ok"):
-            print(f"inspector: error: {reply.get('error')}", file=sys.stderr)
+            print(f"inspector: error: {printable(reply.get('error'))}", file=sys.stderr)
             return 1
         print(f"unbanned {reply['network']}" + ("" if reply.get("was_banned") else " (it was not banned)"))
         return 0
     # no service: edit the state and the kernel set directly
-    network = ban_network(address, ipv6_prefix=config.ipv6_prefix, ipv4_prefix=config.ipv4_prefix)
+    network = ban_form(address, config.ipv4_prefix, config.ipv6_prefix)
     store = BanStore(Path(config.service.state_file), config.files)
     try:
         store.load(time.time())

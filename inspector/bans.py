@@ -39,6 +39,7 @@ class BanRecord:
     reason: str
     rule: str | None = None
     added: float = 0.0
+    origin: str | None = None  # the fleet host that issued it (None: this host)
 
 
 class BanStore:

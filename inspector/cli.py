@@ -53,17 +53,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker processes on queues N..N+workers-1 (default: as the installed rules spread them)")
     p.add_argument("--alert", action="store_true", help="alert mode: report what would be done, accept everything")
 
+    p = sub.add_parser("policy", help="serve only the MTA policy path ([policy] listen; bans through the ipset)")
+    _common(p)
+
     p = sub.add_parser("bans", help="list current bans with the time left")
     p.add_argument("--config", metavar="FILE")
     p.add_argument("--json", action="store_true", help="one JSON object per ban")
 
-    p = sub.add_parser("ban", help="ban an address or network by hand (the running service; never a protected one)")
-    p.add_argument("address", help="an address (an IPv6 address bans its /64) or a network")
-    p.add_argument("--seconds", type=int, default=86400, metavar="S", help="how long (default 86400)")
+    p = sub.add_parser("unban", help="lift a ban (kernel, state file, running service and fleet)")
+    p.add_argument("address", help="an address, a network or a range a-b (an IPv6 address lifts its /64 ban)")
     p.add_argument("--config", metavar="FILE")
 
-    p = sub.add_parser("unban", help="lift a ban (kernel, state file and running service)")
-    p.add_argument("address", help="an address or network (an IPv6 address lifts its /64 ban)")
+    p = sub.add_parser("ban", help="ban an address, a network or a range a-b (through the running service and fleet)")
+    p.add_argument("target", help="198.51.100.7, 198.51.100.0/24, 198.51.100.10-198.51.100.20 or IPv6 alike")
+    p.add_argument("--time", default="1d", help="duration: 3600, 30m, 12h, 1d, 2w (default 1d)")
+    p.add_argument("--reason", metavar="TEXT", help="a note kept with the ban (shown by 'inspector bans')")
     p.add_argument("--config", metavar="FILE")
 
     p = sub.add_parser("status", help="is it working? the running service at a glance")
@@ -109,18 +113,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return run_service(args.config, args.rules, {"queue": args.queue, "ban_time": args.ban_time,
                                                           "alert": args.alert, "workers": args.workers})
+        if args.command == "policy":
+            from .policy.main import main_policy
+
+            return main_policy(args.config, args.rules)
         if args.command == "bans":
             from .admin import list_bans
 
             return list_bans(args.config, args.json)
-        if args.command == "ban":
-            from .admin import ban
-
-            return ban(args.config, args.address, args.seconds)
         if args.command == "unban":
             from .admin import unban
 
             return unban(args.config, args.address)
+        if args.command == "ban":
+            from .admin import ban
+
+            return ban(args.config, args.target, args.time, args.reason)
         if args.command == "status":
             from .status import main_status
 
@@ -212,6 +220,9 @@ def _check(args: argparse.Namespace) -> int:
     print(f"rate capacity: {config.rate_capacity} sources; IPv6 counted per /{config.ipv6_prefix}")
     print(f"bans: domain {config.ban_domain}s, payload {config.ban_payload}s, tcp-flags {config.ban_flags}s")
     print(f"whitelist: {', '.join(map(str, config.whitelist)) or '(none)'}")
+    policy = config.policy
+    print(f"policy path: {policy.listen}, reply {policy.reply!r}, request timeout {policy.limits.request_timeout:g}s, "
+          f"users {', '.join(policy.users) or 'anyone'}" if policy.listen else "policy path: off ([policy] listen)")
     for rf in rules.files:
         extra = f" ports {list(rf.ports)}" if rf.ports else ""
         print(f"rules: {rf.path} ({rf.scope}{extra})")

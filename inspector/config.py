@@ -20,9 +20,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .fleet import FleetSettings, parse_fleet
 from .logs.settings import LogFilter, LogSettings, LogSource, parse_logs
 from .nets import parse_networks
 from .perms import FilePolicy, parse_files
+from .policy.settings import KEYS as POLICY_KEYS
+from .policy.settings import PolicySettings, parse_policy
 from .rules import DOMAIN, PAYLOAD, SCOPES, RuleFile
 
 __all__ = ["Config", "ConfigError", "LogFilter", "LogSettings", "LogSource", "MetricsSettings", "RateRule",
@@ -100,6 +103,8 @@ class Config:
     logs: LogSettings = LogSettings()
     metrics: MetricsSettings = MetricsSettings()
     files: FilePolicy = FilePolicy()  # [files]: the mode and group of every file the service writes
+    fleet: FleetSettings = FleetSettings()  # off unless [fleet] url is set
+    policy: PolicySettings = PolicySettings()  # [policy]: the MTA policy service (inspector/policy/)
     source: str | None = None  # the file this came from
 
     @property
@@ -132,6 +137,8 @@ _KNOWN: dict[str, dict[str, type | tuple[type, ...]]] = {
     "metrics": {"listen": str},
     "files": {"mode": str, "group": str},  # inspector/perms.py
     "logs": {},  # checked by inspector.logs.settings.parse_logs
+    "fleet": {},  # checked by inspector.fleet.parse_fleet
+    "policy": POLICY_KEYS,
 }
 
 
@@ -228,7 +235,7 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
     for key, value in data.items():
         if isinstance(value, dict) and key not in _KNOWN:
             raise fail(key, None, f"unknown section (known: {', '.join(sorted(k for k in _KNOWN if k))})")
-        if key in ("rules", "logs"):
+        if key in ("rules", "logs", "fleet"):
             continue
         if isinstance(value, dict) and key in _KNOWN:
             for sub, v in value.items():
@@ -354,6 +361,10 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
         cfg["metrics"] = _metrics(data["metrics"], fail)
     if "files" in data:
         cfg["files"] = parse_files(data["files"], lambda key, msg: fail("files", key, msg))
+    if "fleet" in data:
+        cfg["fleet"] = parse_fleet(data["fleet"], lambda key, msg: fail("fleet", key, msg))
+    if "policy" in data:
+        cfg["policy"] = parse_policy(data["policy"], fail)
     return Config(**cfg)
 
 

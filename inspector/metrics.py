@@ -64,6 +64,15 @@ class StatusCollector:
             cumulative.append((bound, running))
         yield HistogramMetricFamily("inspector_engine_seconds", "Engine time per packet (sampled 1 in 64)",
                                     buckets=cumulative, sum_value=lat["sum"])
+        policy = st.get("policy")
+        if policy:  # the MTA's policy hook ([policy] listen)
+            answers = CounterMetricFamily("inspector_policy_requests", "Policy requests by outcome and bound hit",
+                                          labels=["outcome"])
+            for outcome, n in sorted(policy.get("counts", {}).items()):
+                answers.add_metric([outcome], n)
+            yield answers
+            yield GaugeMetricFamily("inspector_policy_connections", "Open MTA connections to the policy service",
+                                    value=policy.get("connections", 0))
 
 
 def serve(listen: str, status: Callable[[], dict[str, Any]]) -> Any:

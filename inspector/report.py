@@ -60,6 +60,8 @@ class Report:
     skipped: int = 0
     blocks: Counter[str] = field(default_factory=Counter)  # verdicts by reason
     bans: Counter[str] = field(default_factory=Counter)  # bans by reason
+    block_paths: Counter[str] = field(default_factory=Counter)  # blocks by who acted: packet, policy
+    ban_paths: Counter[str] = field(default_factory=Counter)  # bans by who acted: packet, policy, log, ...
     alerts: int = 0
     sources: Counter[str] = field(default_factory=Counter)
     networks: Counter[str] = field(default_factory=Counter)
@@ -76,6 +78,7 @@ class Report:
         return {
             "since": self.since, "until": self.until, "events": self.events, "skipped": self.skipped,
             "blocks": dict(self.blocks), "bans": dict(self.bans), "alerts": self.alerts,
+            "blocks_by_path": dict(self.block_paths), "bans_by_path": dict(self.ban_paths),
             "top_sources": self.sources.most_common(TOP), "top_networks": self.networks.most_common(TOP),
             "top_domains": self.domains.most_common(TOP), "top_recipients": self.recipients.most_common(TOP),
             "log_failures": dict(self.log_failures), "errors": dict(self.errors), "reloads": self.reloads,
@@ -116,6 +119,7 @@ def build_report(lines: Iterable[str], since: float, until: float, bucket_second
             if reason == "banned":
                 continue  # packets of sources already banned: counted by their ban
             report.blocks[reason] += 1
+            report.block_paths[str(event.get("path") or "packet")] += 1
             if event.get("alert"):
                 report.alerts += 1
             src = event.get("src")
@@ -134,6 +138,7 @@ def build_report(lines: Iterable[str], since: float, until: float, bucket_second
         elif kind == "ban":
             reason = str(event.get("reason") or "?")
             report.bans[reason] += 1
+            report.ban_paths[str(event.get("path") or ("log" if reason.startswith("log:") else "packet"))] += 1
             report.buckets.setdefault(int(t // bucket), [0, 0])[1] += 1
             if reason.startswith("log:"):
                 network = str(event.get("network", ""))
@@ -171,6 +176,10 @@ def render_text(r: Report) -> str:
     if r.alerts:
         out.append(f"  (of which {r.alerts} in alert mode: reported, not blocked)")
     section("bans by reason", r.bans.most_common())
+    if (set(r.block_paths) | set(r.ban_paths)) - {"packet"}:
+        section("blocks by path (packet: the inline filter; policy: the MTA's policy hook)",
+                r.block_paths.most_common())
+        section("bans by path", r.ban_paths.most_common())
     section("top sources", r.sources.most_common(TOP))
     section("top networks (/24, /64)", r.networks.most_common(TOP))
     section("top blocked domains", r.domains.most_common(TOP))
@@ -228,6 +237,8 @@ def render_html(r: Report) -> str:
         f"{r.bucket_seconds // 60} minutes</p></div>",
         table("Blocks by reason", r.blocks.most_common()),
         table("Bans by reason", r.bans.most_common()),
+        table("Blocks by path", r.block_paths.most_common()),
+        table("Bans by path", r.ban_paths.most_common()),
         table("Top sources", r.sources.most_common(TOP)),
         table("Top networks (/24, /64)", r.networks.most_common(TOP)),
         table("Top blocked domains", r.domains.most_common(TOP)),

@@ -169,7 +169,7 @@ class Runner:
                 self._alerted.clear()
             self._alerted[decision.src] = now
         self.telemetry.decision(decision.src, v.reason.value if v.reason else "", v.rule)
-        event: dict[str, Any] = {"event": "verdict", **decision.as_dict()}
+        event: dict[str, Any] = {"event": "verdict", "path": "packet", **decision.as_dict()}
         self.events.emit(event)
         if v.ban and not v.alert and decision.ban_network:
             self.bans.issue(Ban(decision.ban_network, v.ban, v.reason.value if v.reason else "", v.rule,

@@ -115,7 +115,7 @@ class BanPipeline:
             return False
         with self._lock:
             if self.store is not None:
-                self.store.add(BanRecord(ban.network, now + ban.seconds, ban.reason, ban.rule, now))
+                self.store.add(BanRecord(ban.network, now + ban.seconds, ban.reason, ban.rule, now, ban.origin))
                 self.dirty = True
             try:
                 self.firewall.ban(ban.network, ban.seconds)
@@ -126,7 +126,8 @@ class BanPipeline:
                 return False
             self.counts["bans"] += 1
             self.events.emit({"event": "ban", "time": round(now, 3), "network": ban.network, "seconds": ban.seconds,
-                              "reason": ban.reason, "rule": ban.rule, "dport": ban.dport})
+                              "reason": ban.reason, "rule": ban.rule, "dport": ban.dport, "path": ban.path,
+                              **({"origin": ban.origin} if ban.origin else {})})
             self._tell("ban", ban, now)
         return True
 
@@ -134,7 +135,7 @@ class BanPipeline:
         """A ban a worker already issued (kernel set, event): store it and tell the listeners."""
         with self._lock:
             if self.store is not None:
-                self.store.add(BanRecord(ban.network, now + ban.seconds, ban.reason, ban.rule, now))
+                self.store.add(BanRecord(ban.network, now + ban.seconds, ban.reason, ban.rule, now, ban.origin))
                 self.dirty = True
             self._tell("ban", ban, now)
 

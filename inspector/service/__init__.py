@@ -146,7 +146,7 @@ def rules_info(rules: RuleSet, loaded: float) -> dict[str, Any]:
 def record_json(r: BanRecord, now: float) -> dict[str, Any]:
     """One ban as ``inspector bans`` shows it."""
     return {"network": r.network, "reason": r.reason, "rule": r.rule, "seconds_left": int(r.expires - now),
-            "expires_at": now_iso(r.expires)}
+            "expires_at": now_iso(r.expires), "origin": r.origin}
 
 
 def ban_summary(active: list[BanRecord], now: float, newest: int = 5) -> dict[str, Any]:

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -25,11 +24,14 @@ from ..bans import BanStore
 from ..config import Config
 from ..control import ControlError, ControlServer
 from ..events import EventSink
-from ..firewall import MAX_TIMEOUT, Firewall, FirewallError, IpsetFirewall, SetNames
+from ..firewall import Firewall, FirewallError, IpsetFirewall, SetNames
+from ..fleet import attach_fleet
 from ..kernel_whitelist import merge_kernel_whitelist
+from ..manual import ban_form, manual_ban_handler
 from ..nets import Address, Whitelist, own_addresses
 from ..persist import EventLog, StateWriter, syslog_notifier
 from ..respond.bans import Ban, BanPipeline
+from ..rules import RuleSet
 from ..sources.nfqueue import queue_stats
 from . import Component, Fanout, ServiceError, ban_summary, open_sinks, record_json
 from .components import configured
@@ -96,17 +98,19 @@ class Host:
         self.control = ControlServer()
         self.control.register_stream("bans", self._bans)
         self.control.register("unban", self._unban)
-        self.control.register("ban", self._ban)
+        self.control.register("ban", manual_ban_handler(self.bans, clock))
         self.control.add_status("", self._status)
         self.control.add_status("storage", self._storage)
         self.state_writer: StateWriter | None = None
         self.components: dict[str, Component] = {}
         self.packet_status: PacketStatus = lambda now: {}
+        self.rules: RuleSet | None = None  # the packet side's rules, when in this process (shared, not loaded twice)
         self.logs: Any = None
         self.metrics: Any = None
         self.started = clock()
         self.restored = 0
         self._log_counts: dict[str, int] = {}
+        attach_fleet(self)  # [fleet]: off by default, then nothing is imported or started
 
     def add_component(self, name: str, component: Component) -> None:
         """Run ``component`` beside the loop; its ``status()`` becomes the ``name`` section of ``status``."""
@@ -117,7 +121,8 @@ class Host:
         """Restore the bans, listen on the control socket, open the log sources, start the timers,
         the components and the metrics endpoint.  Raises ServiceError."""
         config = self.config
-        for name, component in configured(config, self.bans, self.events, self.control, self.clock).items():
+        for name, component in configured(config, self.bans, self.events, self.control, self.clock,
+                                          self.rules).items():
             self.add_component(name, component)
         self.restored = self.bans.restore(self.clock())
         try:
@@ -164,9 +169,9 @@ class Host:
             return
         for b in logs.poll(now):
             if self.config.alert:
-                self.events.emit({"event": "verdict", "time": round(now, 3), "verdict": "drop", "reason": b.reason,
-                                  "src": b.network, "rule": b.rule, "match": b.match, "ban": b.seconds,
-                                  "alert": True})
+                self.events.emit({"event": "verdict", "path": "log", "time": round(now, 3), "verdict": "drop",
+                                  "reason": b.reason, "src": b.network, "rule": b.rule, "match": b.match,
+                                  "ban": b.seconds, "alert": True})
             else:
                 self.bans.issue(Ban(b.network, b.seconds, b.reason, b.rule, "log"), now)
         if now >= self._next_minute:
@@ -184,13 +189,18 @@ class Host:
             self.events.emit({"event": "log-failures", "time": round(now, 3), "counts": delta})
         self._log_counts = counts
 
-    def reload_logs(self, config: Config) -> None:
-        """Take the new config's log sources (the open files and the counts carry over)."""
+    def reload_logs(self, config: Config, rules: RuleSet | None = None) -> None:
+        """Take the new config's log sources (the open files and the counts carry over), and give the
+        components that follow the rules the new ones (``rules``: already loaded, else they load them)."""
         config = merge_kernel_whitelist(config, self.firewall, self.events)
         self.bans.whitelist = Whitelist(config.whitelist)
         if self.logs is not None or config.logs.sources:
             self.logs = make_log_monitor(config, previous=self.logs)
         self.config = config
+        for component in self.components.values():  # those that follow the rules (the policy service)
+            reload = getattr(component, "reload", None)
+            if reload is not None:
+                reload(config, rules)
 
     # -- control ------------------------------------------------------------------------
 
@@ -200,28 +210,9 @@ class Host:
         active = self.bans.active(now)
         return {"ok": True, "count": len(active)}, (record_json(r, now) for r in active)
 
-    def _ban(self, request: dict[str, Any]) -> dict[str, Any]:
-        """A manual ban (``inspector ban``): an address (its ban network) or a network; refused
-        with the reason when it is protected (whitelist, own address or /64, loopback)."""
-        now = self.clock()
-        text = str(request.get("network"))
-        try:
-            network = str(ipaddress.ip_network(text, strict=False)) if "/" in text else self.bans.network(text)
-            seconds = max(1, min(int(request.get("seconds") or 86400), MAX_TIMEOUT))
-        except (ValueError, TypeError) as e:
-            return {"ok": False, "error": f"not an address or network: {e}"}
-        why = self.bans.protected(network)
-        if why is not None:
-            self.bans.issue(Ban(network, seconds, "manual", None, "manual"), now)  # counted and reported as refused
-            return {"ok": False, "network": network, "protected": why,
-                    "error": f"refused: {network} is never banned ({why})"}
-        if not self.bans.issue(Ban(network, seconds, "manual", request.get("rule") or None, "manual"), now):
-            return {"ok": False, "network": network, "error": "the kernel set refused the ban (see the event log)"}
-        return {"ok": True, "network": network, "seconds": seconds}
-
     def _unban(self, request: dict[str, Any]) -> dict[str, Any]:
         now = self.clock()
-        network = self.bans.network(str(request.get("network")))
+        network = ban_form(str(request.get("network")), self.config.ipv4_prefix, self.config.ipv6_prefix)
         try:
             was = self.bans.lift(network, now)
         except FirewallError as e:

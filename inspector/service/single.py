@@ -61,7 +61,8 @@ class Service:
         side.adjust = lambda config: merge_kernel_whitelist(config, host.firewall, host.events)
         host.packet_status = self._packet_status
         host.bans.add_listener(self._to_engine)
-        side.on_reloaded = lambda config, rules: host.reload_logs(config)
+        side.on_reloaded = lambda config, rules: host.reload_logs(config, rules)
+        host.rules = rules  # the policy path shares them
         host.start()
         now = self.clock()
         for network, expires, reason in host.bans.snapshot(now):

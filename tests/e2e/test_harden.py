@@ -531,7 +531,7 @@ def test_manual_and_log_bans_refuse_own_addresses_and_the_whitelist(bed: Bed) ->
         r = bed.cli("ban", address)
         assert r.returncode == 1 and why in r.stderr and "refused" in r.stderr, (address, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1
-    ok = bed.cli("ban", "198.51.100.10", "--seconds", "600")
+    ok = bed.cli("ban", "198.51.100.10", "--time", "600")
     assert ok.returncode == 0 and "banned 198.51.100.10" in ok.stdout, ok
     assert 590 <= (bed.banned("198.51.100.10") or 0) <= 600
     # the log path: failed logins "from" the same addresses
