@@ -59,12 +59,13 @@ def render(path: str, st: dict[str, Any] | None, installed: set[int] | None = No
         return "\n".join([
             f"inspector: RUNNING  pid {st['pid']}  up {_duration(st.get('uptime', 0))}  mode {st['mode'].upper()}"
             "  (policy path only: no packet inspection)",
+            *storage_errors(st.get("storage") or {}),
             *_policy_lines(st.get("policy")),
             f"bans active: {st.get('bans_active', 0):,}"
             + ("  by reason: " + ", ".join(f"{k} {v:,}" for k, v in sorted(st.get("bans_by_reason", {}).items()))
                if st.get("bans_by_reason") else ""),
-            *(f"  {b['network']:<28} {b['reason']:<10} {_duration(b['seconds_left'])} left  {b.get('rule') or ''}"
-              for b in st.get("recent_bans", [])),
+            *(f"  {printable(b['network']):<28} {printable(b['reason']):<10} {_duration(b['seconds_left'])} left  "
+              f"{printable(b.get('rule') or '')}" for b in st.get("recent_bans", [])),
         ]) + "\n"
     live = st.get("live", {})
     queues = st.get("queues", [])
@@ -135,7 +136,7 @@ def storage_errors(storage: dict[str, Any]) -> list[str]:
 
 def unbound_queues(st: dict[str, Any] | None, installed: set[int] | None) -> list[int]:
     """Queues that the installed rules (or the service's own range) use but nobody binds."""
-    if not st or not st.get("ok"):
+    if not st or not st.get("ok") or "queue" not in st:  # `inspector policy`: no queue
         return []
     bound = {q["queue"] for q in st.get("queues", []) if q.get("portid")}
     expected = set(installed or ()) | set(range(st["queue"], st["queue"] + st.get("workers", 1)))

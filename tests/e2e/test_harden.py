@@ -442,7 +442,9 @@ def test_a_slow_control_client_stalls_nothing(bed: Bed, workers: str) -> None:
     unban = bed.cli("unban", b, timeout=10)
     print(f"\nSMTP banner with a slow control client ({workers} worker(s)): before "
           f"{max(before) * 1000:.0f} ms, during {max(during) * 1000:.0f} ms (max of 3)")
-    assert max(during) < 1.0, during
+    # (the median, and a bound above one lost SYN's 1 s retransmission on a loaded machine: the
+    # issue measured 9.1 s; a stalled loop leaves every connection waiting)
+    assert sorted(during)[1] < 0.5 and max(during) < 3.0, during
     assert status.returncode == 0 and "RUNNING" in status.stdout, status
     assert unban.returncode == 0 and "Traceback" not in unban.stderr and f"unbanned {b}" in unban.stdout, unban
     assert bed.banned(b) is None
