@@ -37,7 +37,9 @@ from . import Component, Fanout, ServiceError, ban_summary, open_sinks, record_j
 from .components import configured
 from .loop import Loop
 
-__all__ = ["Host", "open_firewall", "make_log_monitor"]
+__all__ = ["Host", "open_firewall", "make_log_monitor", "WHITELIST_REFRESH"]
+
+WHITELIST_REFRESH = 30.0  # seconds between two reads of the kernel's whitelist sets
 
 PacketStatus = Callable[[float], dict[str, Any]]
 
@@ -132,6 +134,7 @@ class Host:
         self.control.start()  # its own thread: a slow local client never holds the packet path
         self.logs = make_log_monitor(config)
         self.loop.every(lambda: self.config.logs.poll_interval, self._poll_logs, first=0.0)
+        self.loop.every(WHITELIST_REFRESH, self._refresh_whitelist)
         if self.store.path is not None:  # saved from its own thread: the packet path never waits on disk
             self.state_writer = StateWriter(lambda: self.bans.save(self.clock()), self.store, self.notify_disk,
                                             self.clock)
@@ -148,6 +151,16 @@ class Host:
     def _forget_in_logs(self, kind: str, what: Ban | str) -> None:
         if kind == "unban" and self.logs is not None:
             self.logs.forget(what)
+
+    def _refresh_whitelist(self, now: float) -> None:
+        """Take entries added to the kernel's whitelist sets since (``ipset add inspector-white4 ...``)
+        into the one whitelist: the ban pipeline and the log policy (the kernel already RETURNs them
+        before any ban; the engine never sees them)."""
+        merged = merge_kernel_whitelist(self.config, self.firewall, self.events)
+        if set(merged.whitelist) != set(self.config.whitelist):
+            self.reload_logs(merged)
+            self.events.emit({"event": "whitelist", "time": round(now, 3),
+                              "networks": [str(n) for n in merged.whitelist]})
 
     def notify_disk(self, message: str) -> None:
         """A write to disk failed (or works again): syslog (``[service] syslog``) and an ``error`` event."""
