@@ -35,7 +35,8 @@ from typing import Any
 
 from .perms import FilePolicy, NeedsRoot, needs_root_message
 
-__all__ = ["ControlError", "ControlServer", "Handler", "StreamHandler", "control_request", "control_stream",
+__all__ = ["ControlError", "ControlServer", "Handler", "StreamHandler", "clear_stale_socket", "control_request",
+           "control_stream",
            "read_line", "LINE_LIMIT", "MAX_CLIENTS", "REQUEST_DEADLINE", "IDLE_DEADLINE"]
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
@@ -85,6 +86,23 @@ class _Client:
                 self.out += next(self.items)
             except StopIteration:
                 self.items = None
+
+
+def clear_stale_socket(path: Path, who: str = "process") -> None:
+    """Remove a UNIX socket file at ``path`` that nobody answers on (left by a previous run), so
+    that it can be bound again.  Raises OSError if a live ``who`` answers on it."""
+    if not path.is_socket():
+        return  # nothing there, or not a socket: bind() says what is wrong
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+        raise OSError(f"another {who} answers on {path}")
+    except (ConnectionRefusedError, FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    finally:
+        probe.close()
 
 
 class ControlServer:
@@ -178,16 +196,7 @@ class ControlServer:
         p = Path(path)
         try:
             p.parent.mkdir(parents=True, exist_ok=True)
-            if p.exists():
-                probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                probe.settimeout(1.0)
-                try:
-                    probe.connect(str(p))
-                    raise ControlError(f"another inspector answers on {p}")
-                except (ConnectionRefusedError, FileNotFoundError):
-                    p.unlink()  # a stale socket from a previous run
-                finally:
-                    probe.close()
+            clear_stale_socket(p, "inspector")
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.bind(str(p))
             policy = policy or FilePolicy()

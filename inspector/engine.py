@@ -218,10 +218,9 @@ class Engine:
             return ACCEPT
         rules = self.rules
         if flow.kind == KIND_SMTP:
-            session = flow.state
+            session: SmtpSession | None = flow.state  # type: ignore[assignment]  # an SMTP flow's state
             if session is None:
                 session = flow.state = SmtpSession()
-            assert isinstance(session, SmtpSession)
             hit = session.feed(chunk, rules.domains)
             if hit is not None:
                 flow.done = flow.blocked = True

@@ -28,7 +28,7 @@ from ..firewall import Firewall, FirewallError, IpsetFirewall, SetNames
 from ..fleet import attach_fleet
 from ..kernel_whitelist import merge_kernel_whitelist
 from ..manual import ban_form, manual_ban_handler
-from ..nets import Address, Whitelist, own_addresses
+from ..nets import Address, Network, Whitelist, own_addresses
 from ..persist import EventLog, StateWriter, syslog_notifier
 from ..respond.bans import Ban, BanPipeline
 from ..rules import RuleSet
@@ -106,6 +106,8 @@ class Host:
         self.state_writer: StateWriter | None = None
         self.components: dict[str, Component] = {}
         self.packet_status: PacketStatus = lambda now: {}
+        # the whole whitelist to the packet engines, when [whitelist] files/hosts change it (set by the service form)
+        self.to_packets: Callable[[tuple[Network, ...]], None] = lambda networks: None
         self.rules: RuleSet | None = None  # the packet side's rules, when in this process (shared, not loaded twice)
         self.logs: Any = None
         self.metrics: Any = None
@@ -124,7 +126,7 @@ class Host:
         the components and the metrics endpoint.  Raises ServiceError."""
         config = self.config
         for name, component in configured(config, self.bans, self.events, self.control, self.clock,
-                                          self.rules).items():
+                                          self.rules, lambda networks: self.to_packets(networks)).items():
             self.add_component(name, component)
         self.restored = self.bans.restore(self.clock())
         try:
@@ -133,7 +135,7 @@ class Host:
             raise ServiceError(str(e)) from None
         self.control.start()  # its own thread: a slow local client never holds the packet path
         self.logs = make_log_monitor(config)
-        self.loop.every(lambda: self.config.logs.poll_interval, self._poll_logs, first=0.0)
+        self.loop.every(self._log_interval, self._poll_logs, first=0.0)
         self.loop.every(WHITELIST_REFRESH, self._refresh_whitelist)
         if self.store.path is not None:  # saved from its own thread: the packet path never waits on disk
             self.state_writer = StateWriter(lambda: self.bans.save(self.clock()), self.store, self.notify_disk,
@@ -176,6 +178,10 @@ class Host:
         out["sink_errors"] = getattr(self.events, "errors", 0)
         return out
 
+    def _log_interval(self) -> float:
+        """Seconds between two polls of the log sources (1 s while there are none)."""
+        return float(self.config.logs.poll_interval) if self.logs is not None else 1.0
+
     def _poll_logs(self, now: float) -> None:
         logs = self.logs
         if logs is None:
@@ -210,7 +216,7 @@ class Host:
         if self.logs is not None or config.logs.sources:
             self.logs = make_log_monitor(config, previous=self.logs)
         self.config = config
-        for component in self.components.values():  # those that follow the rules (the policy service)
+        for component in self.components.values():  # those that follow config and rules (policy, whitelist)
             reload = getattr(component, "reload", None)
             if reload is not None:
                 reload(config, rules)
