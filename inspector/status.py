@@ -13,6 +13,7 @@ import sys
 import time
 from typing import Any
 
+from .admin import printable
 from .config import load_config
 from .control import control_request
 from .logs import status_lines
@@ -39,7 +40,12 @@ def _duration(seconds: float) -> str:
 
 
 def render(path: str, st: dict[str, Any] | None) -> str:
-    """The status screen as text (what ``--watch`` redraws)."""
+    """The status screen as text (what ``--watch`` redraws); no terminal escapes from the service's
+    data (a fleet peer's reason or host id, a rule) get through (:func:`inspector.admin.printable`)."""
+    return printable(_render(path, st), keep="\n")
+
+
+def _render(path: str, st: dict[str, Any] | None) -> str:
     if st is None or not st.get("ok"):
         return (f"inspector: NOT RUNNING (no answer on {path})\n"
                 "  traffic to the protected ports passes uninspected if the rules use --queue-bypass\n"
