@@ -105,7 +105,8 @@ def test_status_prints_no_terminal_escapes() -> None:
 
     st = {"ok": True, "pid": 1, "mode": "enforce", "paths": ["policy"], "uptime": 5, "bans_active": 1,
           "bans_by_reason": {"x\x1b[2J": 1},
-          "recent_bans": [{"network": "198.51.100.7", "reason": "x\x1b[2J", "seconds_left": 60, "rule": "\x1b]0;t\x07"}],
+          "recent_bans": [{"network": "198.51.100.7", "reason": "x\x1b[2J", "seconds_left": 60,
+                           "rule": "\x1b]0;t\x07"}],
           "fleet": {"enabled": True, "connected": False, "last_error": "invalid entry from \x1b[31mmx9"}}
     out = render("/run/x.sock", st)
     assert "\x1b" not in out and "\x07" not in out and "\\x1b" in out
