@@ -129,7 +129,12 @@ def _unban_one(config: Config, address: str) -> int:
         if not reply.get("ok"):
             print(f"inspector: error: {reply.get('error')}", file=sys.stderr)
             return 1
-        print(f"unbanned {reply['network']}" + ("" if reply.get("was_banned") else " (it was not banned)"))
+        covered = reply.get("covered_by") or []
+        if covered:
+            print(f"inspector: {printable(reply['network'])} was not banned itself, but the ban of "
+                  f"{', '.join(map(printable, covered))} still drops it: unban that", file=sys.stderr)
+            return 1
+        print(f"unbanned {printable(reply['network'])}" + ("" if reply.get("was_banned") else " (it was not banned)"))
         return 0
     # no service: edit the state and the kernel set directly
     network = ban_form(address, config.ipv4_prefix, config.ipv6_prefix)
