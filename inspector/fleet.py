@@ -623,7 +623,7 @@ class FleetClient:
             return 0
         with _Flag(self._applying):
             try:
-                ok = self._issue(FleetBan(network, int(left), reason, rule, origin), now)
+                ok = self._issue(FleetBan(network, int(left), reason, rule, origin[:64]), now)
             except Exception as e:  # noqa: BLE001 - as above: count it and read on
                 self._error(f"ban {network} from {origin}: {type(e).__name__}: {e}")
                 return 0

@@ -460,3 +460,15 @@ def test_an_unban_trimmed_away_while_a_host_was_down_is_applied_by_its_resync(
     finally:
         h1.client.close()
         h3.client.close()
+
+
+def test_a_peers_texts_are_bounded_before_they_reach_the_ban_store(tmp_path: Path) -> None:
+    # origin, reason and rule end up in the ban store, the state file, events and `inspector bans`
+    got: list[FleetBan] = []
+    settings = FleetSettings(url="redis://127.0.0.1:1/0", host="h")
+    client = FleetClient(settings, None, lambda b, now: got.append(b) or True, lambda n, now: True, lambda e: None)
+    now = time.time()
+    client._apply({"op": "ban", "net": "198.51.100.9", "sec": 60, "exp": now + 60, "reason": "r" * 10_000,
+                   "rule": "u" * 10_000, "origin": "o" * 100_000, "at": now})
+    [ban] = got
+    assert len(ban.origin) <= 64 and len(ban.reason) <= 64 and len(ban.rule or "") <= 200
