@@ -310,8 +310,19 @@ _SSHD_START = re.compile(r"Failed (?:password|keyboard-interactive/pam) for (?:i
 _SSHD_FROM = re.compile(r" from (\S+?)(?: port \d+)?(?: ssh\d?)?(?: \[preauth\])?\s*$")
 
 
+# The failure must start sshd's own message, right after its syslog tag ("sshd[PID]: ", OpenSSH
+# >= 9.8 "sshd-session[PID]: "; the leftmost one is sshd's, the client's text comes after it), or
+# the line (an unwrapped "message repeated" line).  Further on it is the client's text: sshd logs a
+# client's SSH_MSG_DISCONNECT text ("Received disconnect from A port P:11: TEXT [preauth]"), where
+# a client could write "Failed password for x from ANY-ADDRESS port 22 ssh2".
+_SSHD_TAG = re.compile(r"(?:^|\s)sshd[\w-]*(?:\[\d+\])?: ")
+
+
 def _sshd(line: str) -> str | None:
-    m = _SSHD_START.search(line)
+    m = _SSHD_START.match(line)
+    if m is None:
+        tag = _SSHD_TAG.search(line)
+        m = _SSHD_START.match(line, tag.end()) if tag else None
     if m is None:
         return None
     start = m.end()
