@@ -111,3 +111,16 @@ def test_status_prints_no_terminal_escapes() -> None:
     out = render("/run/x.sock", st)
     assert "\x1b" not in out and "\x07" not in out and "\\x1b" in out
     assert "\n" in out
+
+
+def test_policy_only_status_shows_the_fleet_and_the_log_sources() -> None:
+    # `inspector policy` runs the fleet and the log sources too (the Host owns them)
+    from inspector.status import render
+
+    st = {"ok": True, "pid": 1, "mode": "enforce", "paths": ["policy"], "uptime": 5, "bans_active": 0,
+          "policy": {"listen": "127.0.0.1:10040", "connections": 0, "counts": {}},
+          "fleet": {"enabled": True, "host": "mx1", "connected": False, "outbox": 2,
+                    "last_error": "publish: ConnectionError"},
+          "logs": {"sources": [{"name": "sshd:journal", "state": "error", "reason": "no journal files"}]}}
+    out = render("/run/x.sock", st)
+    assert "fleet: NOT CONNECTED as mx1" in out and "outbox 2" in out
