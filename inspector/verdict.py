@@ -30,6 +30,7 @@ class Reason(enum.StrEnum):
     TCP_FLAGS = "tcp-flags"
     BANNED = "banned"
     MALFORMED = "malformed"
+    TCP_STREAM = "tcp-stream"  # the receiver's view of the stream cannot be predicted (detail: which case)
 
 
 @dataclass(slots=True)

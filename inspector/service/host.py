@@ -28,7 +28,7 @@ from ..events import EventSink
 from ..firewall import Firewall, FirewallError, IpsetFirewall, SetNames
 from ..fleet import attach_fleet
 from ..manual import ban_form, manual_ban_handler
-from ..nets import Address, Whitelist, own_addresses
+from ..nets import Address, Network, Whitelist, own_addresses
 from ..respond.bans import Ban, BanPipeline
 from ..rules import RuleSet
 from ..sources.nfqueue import queue_stats
@@ -104,6 +104,8 @@ class Host:
         self.control.add_status("", self._status)
         self.components: dict[str, Component] = {}
         self.packet_status: PacketStatus = lambda now: {}
+        # the whole whitelist to the packet engines, when [whitelist] files/hosts change it (set by the service form)
+        self.to_packets: Callable[[tuple[Network, ...]], None] = lambda networks: None
         self.rules: RuleSet | None = None  # the packet side's rules, when in this process (shared, not loaded twice)
         self.logs: Any = None
         self.metrics: Any = None
@@ -122,7 +124,7 @@ class Host:
         the components and the metrics endpoint.  Raises ServiceError."""
         config = self.config
         for name, component in configured(config, self.bans, self.events, self.control, self.clock,
-                                          self.rules).items():
+                                          self.rules, lambda networks: self.to_packets(networks)).items():
             self.add_component(name, component)
         self.restored = self.bans.restore(self.clock())
         try:
@@ -188,7 +190,7 @@ class Host:
         if self.logs is not None or config.logs.sources:
             self.logs = make_log_monitor(config, previous=self.logs)
         self.config = config
-        for component in self.components.values():  # those that follow the rules (the policy service)
+        for component in self.components.values():  # those that follow config and rules (policy, whitelist)
             reload = getattr(component, "reload", None)
             if reload is not None:
                 reload(config, rules)
