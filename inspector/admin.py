@@ -25,6 +25,8 @@ from .manual import TargetError, ban_form, parse_duration, parse_target
 from .perms import NeedsRoot, needs_root_message
 from .safetext import printable
 
+__all__ = ["ban", "list_bans", "printable", "unban"]
+
 
 def list_bans(config_path: str | None, as_json: bool) -> int:
     """``inspector bans``: the active bans as the running service streams them (any number), else from the state
@@ -149,7 +151,12 @@ def _unban_one(config: Config, address: str) -> int:
         if not reply.get("ok"):
             print(f"inspector: error: {printable(reply.get('error'))}", file=sys.stderr)
             return 1
-        print(f"unbanned {reply['network']}" + ("" if reply.get("was_banned") else " (it was not banned)"))
+        covered = reply.get("covered_by") or []
+        if covered:
+            print(f"inspector: {printable(reply['network'])} was not banned itself, but the ban of "
+                  f"{', '.join(map(printable, covered))} still drops it: unban that", file=sys.stderr)
+            return 1
+        print(f"unbanned {printable(reply['network'])}" + ("" if reply.get("was_banned") else " (it was not banned)"))
         return 0
     # no service: edit the state and the kernel set directly
     network = ban_form(address, config.ipv4_prefix, config.ipv6_prefix)

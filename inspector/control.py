@@ -36,7 +36,7 @@ from typing import Any
 from .perms import FilePolicy, NeedsRoot, needs_root_message
 
 __all__ = ["ControlError", "ControlServer", "Handler", "StreamHandler", "clear_stale_socket", "control_request",
-           "control_stream",
+           "control_stream", "REPLY_LIMIT", "SERVE_SECONDS",
            "read_line", "LINE_LIMIT", "MAX_CLIENTS", "REQUEST_DEADLINE", "IDLE_DEADLINE"]
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
@@ -47,16 +47,27 @@ MAX_CLIENTS = 16  # connections served at once; one more is refused ("busy")
 REQUEST_DEADLINE = 5.0  # seconds a client has to send its request line
 IDLE_DEADLINE = 10.0  # seconds a reply may wait for the client to read on
 CHUNK = 1 << 16  # bytes produced ahead of the client while streaming
+REPLY_LIMIT = REPLY_LINE_LIMIT
+SERVE_SECONDS = 1.0  # serve_one(): the longest one client may hold the caller (read and reply together)
 
 
 class ControlError(Exception):
     """The control socket cannot be created; the message says why."""
 
 
-def read_line(conn: socket.socket, limit: int = LINE_LIMIT) -> bytes:
-    """Read up to the first newline (at most ``limit`` bytes, or until EOF); the line without it."""
+def read_line(conn: socket.socket, limit: int = LINE_LIMIT, deadline: float | None = None) -> bytes:
+    """Read up to the first newline (at most ``limit`` bytes, or until EOF); the line without it.
+
+    ``deadline`` (a ``time.monotonic()`` value): give up then, raising TimeoutError, however the
+    peer trickles its bytes (the socket's own timeout bounds each ``recv`` only).
+    """
     buf = bytearray()
     while b"\n" not in buf and len(buf) < limit:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the other end is too slow")
+            conn.settimeout(left)
         chunk = conn.recv(1 << 16)
         if not chunk:
             break
@@ -324,6 +335,28 @@ class ControlServer:
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(client.conn)
         client.conn.close()
+
+    def serve_one(self) -> None:
+        """Accept one waiting client and answer it in the caller's thread, within ``SERVE_SECONDS``
+        (for a caller with a loop of its own; the service uses :meth:`start`).  Nothing if none waits."""
+        if self.sock is None:
+            return
+        try:
+            conn, _ = self.sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        with conn:
+            deadline = time.monotonic() + SERVE_SECONDS
+            conn.setblocking(True)
+            try:
+                first, rest = self._reply(read_line(conn, LINE_LIMIT, deadline))
+            except OSError as e:
+                first, rest = _line({"ok": False, "error": f"{type(e).__name__}: {e}"}), None
+            with contextlib.suppress(OSError):
+                conn.settimeout(max(0.05, deadline - time.monotonic()))
+                conn.sendall(first)
+                for line in rest or ():
+                    conn.sendall(line)
 
     def close(self) -> None:
         """Stop serving, close every connection, remove the socket file."""

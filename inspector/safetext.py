@@ -44,13 +44,16 @@ def _escape(ch: str) -> str:
     return f"\\U{code:08x}"
 
 
-def printable(value: object) -> str:
-    """``value`` as a string with every non-printable character escaped (see the module).
+def printable(value: object, keep: str = "") -> str:
+    """``value`` as a string with every non-printable character escaped (see the module), except
+    the characters in ``keep`` (``"\\n"`` for a whole screen of lines); None gives "".
 
     Printable ASCII other than the backslash is returned unchanged, so addresses, domains and
     numbers print as they are.
     """
+    if value is None:
+        return ""
     text = value if isinstance(value, str) else str(value)
     if text.isascii() and text.isprintable() and "\\" not in text:
         return text
-    return "".join(_escape(ch) for ch in text)
+    return "".join(ch if ch in keep else _escape(ch) for ch in text)

@@ -46,8 +46,25 @@ def _duration(seconds: float) -> str:
 
 
 def render(path: str, st: dict[str, Any] | None, installed: set[int] | None = None) -> str:
-    """The status screen as text (what ``--watch`` redraws).  ``installed``: the queues the
-    installed rules use (None: unknown), so that an unbound one shows as an error."""
+    """The status screen as text (what ``--watch`` redraws); no terminal escapes from the service's
+    data (a fleet peer's reason or host id, a rule, a recipient) get through
+    (:func:`inspector.safetext.printable`).  ``installed``: the queues the installed rules use
+    (None: unknown), so that an unbound one shows as an error."""
+    return printable(_render(path, st, installed), keep="\n")
+
+
+def _fleet_lines(fleet: Any) -> list[str]:
+    """The fleet's line (and its last error), when the service runs one."""
+    if not isinstance(fleet, dict):
+        return []
+    return [f"fleet: {'CONNECTED' if fleet.get('connected') else 'NOT CONNECTED'} as {fleet.get('host')}  "
+            f"last id {fleet.get('last_id')}  lag {fleet.get('lag', 0):g}s  outbox {fleet.get('outbox', 0):,}"
+            f"  published {fleet.get('published', 0):,}  received {fleet.get('received', 0):,}"
+            f"  refused {fleet.get('refused', 0):,}"
+            + (f"\n  last error: {fleet['last_error']}" if fleet.get("last_error") else "")]
+
+
+def _render(path: str, st: dict[str, Any] | None, installed: set[int] | None) -> str:
     if st is not None and st.get("cannot_ask"):
         return (f"inspector: UNKNOWN: {st['cannot_ask']}\n"
                 "  (it may be running: this is not the answer \"not running\")\n")
@@ -64,8 +81,10 @@ def render(path: str, st: dict[str, Any] | None, installed: set[int] | None = No
             f"bans active: {st.get('bans_active', 0):,}"
             + ("  by reason: " + ", ".join(f"{k} {v:,}" for k, v in sorted(st.get("bans_by_reason", {}).items()))
                if st.get("bans_by_reason") else ""),
-            *(f"  {printable(b['network']):<28} {printable(b['reason']):<10} {_duration(b['seconds_left'])} left  "
-              f"{printable(b.get('rule') or '')}" for b in st.get("recent_bans", [])),
+            *(f"  {b['network']:<28} {b['reason']:<10} {_duration(b['seconds_left'])} left  {b.get('rule') or ''}"
+              for b in st.get("recent_bans", [])),
+            *_fleet_lines(st.get("fleet")),
+            *status_lines(st.get("logs")),
         ]) + "\n"
     live = st.get("live", {})
     queues = st.get("queues", [])
@@ -73,7 +92,6 @@ def render(path: str, st: dict[str, Any] | None, installed: set[int] | None = No
     handed = sum(q["id_sequence"] for q in queues)
     seen = st.get("packets", 0)
     rules = st.get("rules") or {}
-    unbound = unbound_queues(st, installed)
     lines = [
         f"inspector: RUNNING  pid {st['pid']}  up {_duration(st.get('uptime', 0))}  mode {st['mode'].upper()}"
         + ("  (reporting only, blocking nothing)" if st["mode"] == "alert" else ""),
@@ -86,32 +104,23 @@ def render(path: str, st: dict[str, Any] | None, installed: set[int] | None = No
         f"kernel queue: {drops:,} dropped (queue or socket full), "
         f"{max(0, handed - seen):,} fail-open passes (handed out but not received)",
         f"bans active: {st.get('bans_active', 0):,}"
-        + ("  by reason: " + ", ".join(f"{printable(k)} {v:,}" for k, v in sorted(st.get("bans_by_reason", {}).items()))
+        + ("  by reason: " + ", ".join(f"{k} {v:,}" for k, v in sorted(st.get("bans_by_reason", {}).items()))
            if st.get("bans_by_reason") else ""),
-        *(f"  {printable(b['network']):<28} {printable(b['reason']):<10} {_duration(b['seconds_left'])} left  "
-          f"{printable(b.get('rule') or '')}" for b in st.get("recent_bans", [])),
-        "verdicts: " + (", ".join(f"{printable(k)} {v:,}" for k, v in sorted(live.get("reasons", {}).items()))
-                        or "none yet"),
-        "top sources: " + (", ".join(f"{printable(s)} ({n})" for s, n in live.get("top_sources", [])[:5]) or "none"),
-        "top blocked domains: " + (", ".join(f"{printable(d)} ({n})" for d, n in live.get("top_domains", [])[:5])
-                                   or "none"),
+        *(f"  {b['network']:<28} {b['reason']:<10} {_duration(b['seconds_left'])} left  {b.get('rule') or ''}"
+          for b in st.get("recent_bans", [])),
+        "verdicts: " + (", ".join(f"{k} {v:,}" for k, v in sorted(live.get("reasons", {}).items())) or "none yet"),
+        "top sources: " + (", ".join(f"{s} ({n})" for s, n in live.get("top_sources", [])[:5]) or "none"),
+        "top blocked domains: " + (", ".join(f"{d} ({n})" for d, n in live.get("top_domains", [])[:5]) or "none"),
         f"rules: {rules.get('domains', '?'):,} domains, {rules.get('payload', 0)} payload strings, loaded "
         f"{rules.get('loaded_at', '?')}" if rules else "rules: ?",
         *status_lines(st.get("logs")),
         *_toolbox_lines(st),
         *_policy_lines(st.get("policy")),
     ]
-    fleet = st.get("fleet")
-    if isinstance(fleet, dict):
-        lines.append(f"fleet: {'CONNECTED' if fleet.get('connected') else 'NOT CONNECTED'} as "
-                     f"{printable(fleet.get('host'))}  "
-                     f"last id {fleet.get('last_id')}  lag {fleet.get('lag', 0):g}s  outbox {fleet.get('outbox', 0):,}"
-                     f"  published {fleet.get('published', 0):,}  received {fleet.get('received', 0):,}"
-                     f"  refused {fleet.get('refused', 0):,}"
-                     + (f"\n  last error: {printable(fleet['last_error'])}" if fleet.get("last_error") else ""))
+    lines.extend(_fleet_lines(st.get("fleet")))
     lines[2:2] = storage_errors(st.get("storage") or {})
     lines[2:2] = [f"ERROR: queue {q} is not bound: the installed rules send packets to it, which pass "
-                  "uninspected (--queue-bypass) or are dropped" for q in unbound]
+                  "uninspected (--queue-bypass) or are dropped" for q in unbound_queues(st, installed)]
     return "\n".join(lines) + "\n"
 
 
@@ -121,16 +130,15 @@ def storage_errors(storage: dict[str, Any]) -> list[str]:
     state = storage.get("state") or {}
     if state.get("write_errors"):
         now_failing = state.get("failing") or state.get("pending")
-        out.append(f"{'ERROR' if now_failing else 'warning'}: ban state {printable(state.get('path'))}: "
+        out.append(f"{'ERROR' if now_failing else 'warning'}: ban state {state.get('path')}: "
                    f"{state['write_errors']:,} failed writes, {state.get('pending', 0):,} changes waiting"
-                   f" (last error: {printable(state.get('last_error'))})"
-                   + ("" if now_failing else "; written since"))
+                   f" (last error: {state.get('last_error')})" + ("" if now_failing else "; written since"))
     events = storage.get("events") or {}
     if events.get("write_errors") or events.get("dropped"):
         now_failing = events.get("failing")
-        out.append(f"{'ERROR' if now_failing else 'warning'}: event log {printable(events.get('path'))}: "
+        out.append(f"{'ERROR' if now_failing else 'warning'}: event log {events.get('path')}: "
                    f"{events['write_errors']:,} failed writes, {events.get('pending', 0):,} events waiting, "
-                   f"{events.get('dropped', 0):,} dropped (last error: {printable(events.get('last_error'))})"
+                   f"{events.get('dropped', 0):,} dropped (last error: {events.get('last_error')})"
                    + ("" if now_failing else "; written since"))
     return out
 
@@ -187,16 +195,14 @@ def _policy_lines(policy: dict[str, Any] | None) -> list[str]:
 
 def main_status(config_path: str | None, watch: bool, as_json: bool) -> int:
     """``inspector status``: print the status screen once, as JSON, or redrawn every second (``watch``). Returns 0 if a
-    service answered, else 3.
+    service answered, 1 if it did but an installed queue is not bound, 3 if none answered, 4 if one may run but
+    cannot be asked (no permission).
     """
     import json
 
     path, st = fetch(config_path)
     if st is not None and st.get("cannot_ask"):
-        if as_json:
-            print(json.dumps(st))
-        else:
-            print(render(path, st), end="")
+        print(json.dumps(st) if as_json else render(path, st), end="\n" if as_json else "")
         return 4
     installed = installed_queues() if st else None
     unbound = unbound_queues(st, installed)

@@ -17,7 +17,8 @@
 #           (an inspector-ban4 of type hash:ip from an older install is upgraded, its bans kept)
 #           inspector-white4 / inspector-white6 (hash:net)                     whitelisted sources
 #   chain   INSPECTOR, jumped to from the top of INPUT for TCP to the protected ports (not from lo):
-#             whitelisted source                -> RETURN (first: never inspected, limited, banned or dropped)
+#             whitelisted source                -> RETURN (never inspected, limited or banned, even
+#                                                   by a ban that covers it: no lockout)
 #             banned source                     -> DROP   (the kernel enforces bans from then on)
 #             conntrack INVALID (bad checksums)  -> DROP   (cannot desync the inspector's reassembly)
 #             TCP NEW without SYN               -> DROP   (the seeds' "! --syn --state NEW")
@@ -228,7 +229,8 @@ install_family() {
     fi
     local ban white
     ban=$(ban_set "$fam"); white=$(white_set "$fam")
-    # the whitelist first: nothing below (a ban, a conntrack verdict, the queue) may touch it
+    # the whitelist first: a ban the service could not refuse (it knows [whitelist], not these sets:
+    # the SSH client whitelisted here, --whitelist) never locks out a whitelisted source
     ipt "$fam" -A $CHAIN -m set --match-set "$white" src -j RETURN
     ipt "$fam" -A $CHAIN -m set --match-set "$ban" src -j DROP
     ipt "$fam" -A $CHAIN -m conntrack --ctstate INVALID -j DROP
