@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
 for pkg in iptables ipset nftables libnetfilter-queue-dev iproute2 conntrack gcc python3-dev python3-venv \
-           chromium; do
+           chromium postfix; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then
