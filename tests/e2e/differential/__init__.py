@@ -1,0 +1,1 @@
+"""Differential tests: the same segments to the real receiver (Linux + Postfix) and to the engine."""

@@ -1,0 +1,238 @@
+"""The differential harness: the same segments to a real receiver and to the engine.
+
+A :class:`Case` is data: a list of :class:`Seg` (bytes, flags, sequence placement)
+and what the case is about.  :class:`DiffBed` runs many cases in one pair of
+namespaces (see ``tests/e2e/bed.py``): Postfix (``tests/e2e/mta.py``) listens on port 25
+of the server namespace with the real Linux TCP stack and no firewall; each case's
+session comes from its own client address (so Postfix's log names the session:
+``client=unknown[ADDR]``), is sent by ``sender.py`` on a packet socket in the client
+namespace and is captured, frame for frame, to a pcap.
+
+Then :func:`engine_blocks` replays each capture through the engine (``inspector
+replay``'s code path) for a decide mode, and :meth:`Outcome.agrees` compares: a
+case passes when the engine blocks (a ``domain`` verdict) exactly the sessions in
+which Postfix accepted a blocked recipient (a logged ``to=``/``orig_to=`` whose
+domain, in its IDNA 2008 / UTS #46 form, is a blocked domain or under one).
+
+Adding a case (the tcp helper's TCP-level cases too): append a :class:`Case` to a
+list in ``cases.py`` (or a module of your own imported by ``test_differential.py``)::
+
+    Case("urg-byte-inside-domain", [ehlo(), mail(), Seg(b"RCPT TO:<v@exaXmple.com>\\r\\n", flags="PAU", urg=17),
+                                    data_and_body()], postfix_accepts=True)
+
+``postfix_accepts`` states what the case expects of Postfix (True: a blocked recipient
+is queued; False: none is; None: no opinion); a case whose Postfix result differs is
+reported as a broken case, not as an engine failure.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import idna
+
+from inspector.config import Config
+from inspector.engine import Engine
+from inspector.replay import replay_file
+from inspector.rules import DOMAIN, RuleFile, load_rules
+
+from ..bed import SERVER, Bed
+from ..mta import Postfix
+
+HERE = Path(__file__).resolve().parent
+SENDER = HERE / "sender.py"
+BLOCKED = ("example.com", "xn--strae-oqa.example", "blocked.test")
+# client addresses: one per session (first 198.51.100.100.., 2001:db8:1::100..)
+FIRST = {4: ipaddress.ip_address("198.51.100.100"), 6: ipaddress.ip_address("2001:db8:1::100")}
+MYNETWORKS = ["198.51.100.0/24", "[2001:db8:1::]/64"]
+
+
+@dataclass(frozen=True)
+class Seg:
+    """One client segment.
+
+    ``off``: stream offset (0 = the first byte after the SYN); None = right after the
+    previous in-order segment.  ``seq``: an absolute sequence number instead (a SYN
+    with a new ISN, a segment below the window).  ``flags`` in scapy letters (ACK is
+    added unless ``noack``); ``urg``: the urgent pointer; ``tsval``: an explicit TCP
+    timestamp (cases with ``timestamps=True``); ``wait``: seconds to wait after it.
+    """
+
+    data: bytes = b""
+    off: int | None = None
+    flags: str = "PA"
+    urg: int = 0
+    seq: int | None = None
+    tsval: int | None = None
+    noack: bool = False
+    wait: float = 0.03
+
+    def spec(self) -> dict[str, Any]:
+        return {"data": self.data.hex(), "off": self.off, "flags": self.flags, "urg": self.urg,
+                "seq": self.seq, "tsval": self.tsval, "noack": self.noack, "wait": self.wait}
+
+
+@dataclass(frozen=True)
+class Case:
+    """A session as data: its segments and what Postfix is expected to do with it."""
+
+    name: str
+    segments: Sequence[Seg]
+    postfix_accepts: bool | None = None
+    timestamps: bool = False
+    isn: int = 1000
+    kind: str = ""          # the issue's kind it belongs to ("2", "3", ...), for reports
+    families: tuple[int, ...] = (4, 6)
+    note: str = ""
+
+
+@dataclass
+class Outcome:
+    """What happened to one case in one address family."""
+
+    case: Case
+    family: int
+    src: str
+    pcap: Path
+    recipients: set[str] = field(default_factory=set)
+    blocked_accepted: bool = False
+    engine: dict[str, bool] = field(default_factory=dict)  # decide mode -> blocked
+    client: dict[str, Any] = field(default_factory=dict)
+
+    def agrees(self, mode: str) -> bool:
+        return self.engine[mode] == self.blocked_accepted
+
+    def describe(self, mode: str) -> str:
+        return (f"{self.case.name} IPv{self.family} decide={mode}: Postfix accepted {sorted(self.recipients)} "
+                f"(blocked: {self.blocked_accepted}), engine blocked: {self.engine.get(mode)}")
+
+
+# ---- the oracle: what counts as a blocked recipient in Postfix's log --------------------------------------
+
+def domain_form(domain: str) -> str:
+    """A domain in its IDNA 2008 / UTS #46 A-label form (lower case); unchanged if it is not valid IDNA."""
+    d = domain.strip().rstrip(".").lower()
+    try:
+        return idna.encode(d, uts46=True, transitional=False).decode("ascii")
+    except idna.IDNAError:
+        return d
+
+
+def is_blocked_address(address: str, blocked: Iterable[str] = BLOCKED) -> bool:
+    """Postfix's final address ``local@domain`` has a blocked domain (or a subdomain of one)."""
+    if "@" not in address:
+        return False
+    d = domain_form(address.rpartition("@")[2])
+    return any(d == b or d.endswith("." + b) for b in blocked)
+
+
+# ---- the engine's side ------------------------------------------------------------------------------------
+
+def engine_blocks(pcap: Path, workdir: Path, decide: str, blocked: Iterable[str] = BLOCKED,
+                  extra: dict[str, Any] | None = None) -> bool:
+    """Replay ``pcap`` through a fresh engine; True when it issued a domain verdict."""
+    rules = workdir / "diff-rules.txt"
+    rules.write_text("".join(f"{d}\n" for d in blocked), encoding="utf-8")
+    engine = Engine(Config(decide=decide, **(extra or {})), load_rules([RuleFile(rules, DOMAIN)]))
+    result = replay_file(engine, str(pcap), collect=True)
+    assert result.error is None, result.error
+    return any(d.get("reason") == "domain" for d in result.decisions)
+
+
+# ---- the bed ------------------------------------------------------------------------------------------------
+
+class DiffBed:
+    """Namespaces from :class:`Bed` (no servers, no firewall on the server) plus Postfix."""
+
+    def __init__(self, workdir: Path, main: dict[str, str] | None = None) -> None:
+        self.dir = workdir
+        self.bed = Bed(workdir)
+        self.postfix: Postfix | None = None
+        self.main = main or {}
+        self.next_host = 0
+
+    def up(self) -> None:
+        self.bed.up()
+        for tool in ("iptables", "ip6tables"):
+            # the client kernel knows nothing of the sender's connections: keep its RSTs off the wire
+            self.bed.c(tool, "-A", "OUTPUT", "-p", "tcp", "--tcp-flags", "RST", "RST", "-j", "DROP")
+        self.postfix = Postfix(self.dir / "postfix", self.bed.server, mynetworks=MYNETWORKS, main=self.main)
+        self.postfix.start()
+
+    def close(self) -> None:
+        try:
+            if self.postfix is not None:
+                self.postfix.stop()
+        finally:
+            self.bed.close()
+
+    def _address(self, family: int) -> str:
+        addr = str(FIRST[family] + self.next_host)
+        self.next_host += 1
+        prefix = "64 nodad" if family == 6 else "24"
+        self.bed.c("ip", "addr", "add", *f"{addr}/{prefix}".split(), "dev", "veth-c")
+        return addr
+
+    def run(self, cases: Sequence[Case], families: Sequence[int] = (4, 6),
+            modes: Sequence[str] = ("early", "depth")) -> list[Outcome]:
+        """Send every case (each family it supports), then read Postfix's log and replay each capture."""
+        assert self.postfix is not None
+        pcaps = self.dir / "pcaps"
+        pcaps.mkdir(exist_ok=True)
+        outcomes: list[Outcome] = []
+        sessions = []
+        for case in cases:
+            for fam in families:
+                if fam not in case.families:
+                    continue
+                src = self._address(fam)
+                pcap = pcaps / f"{case.name}-v{fam}.pcap"
+                outcomes.append(Outcome(case, fam, src, pcap))
+                sessions.append({"src": src, "dst": SERVER[fam], "dport": 25, "sport": 40000 + len(sessions),
+                                 "isn": case.isn, "timestamps": case.timestamps, "pcap": str(pcap),
+                                 "segments": [s.spec() for s in case.segments]})
+        peer = self.bed.s("cat", "/sys/class/net/veth-s/address").stdout.strip()
+        spec_file = self.dir / "sender.json"
+        spec_file.write_text(json.dumps({"iface": "veth-c", "peer_mac": peer, "sessions": sessions}))
+        timeout = 30 + 4 * len(sessions)
+        r = subprocess.run(["ip", "netns", "exec", self.bed.client, sys.executable, str(SENDER), str(spec_file)],
+                           capture_output=True, text=True, timeout=timeout)
+        if r.returncode:
+            raise RuntimeError(f"sender failed ({r.returncode}):\n{r.stderr[-3000:]}")
+        for outcome, result in zip(outcomes, json.loads(r.stdout), strict=True):
+            outcome.client = result
+        self.postfix.wait_settled()
+        by_client = recipients_by_client(self.postfix.log())
+        for o in outcomes:
+            o.recipients = by_client.get(o.src, set())
+            o.blocked_accepted = any(is_blocked_address(a) for a in o.recipients)
+            for mode in modes:
+                o.engine[mode] = engine_blocks(o.pcap, self.dir, mode)
+        return outcomes
+
+
+_CLIENT = re.compile(r"\]: (?P<qid>[0-9A-F]+): client=[^\[]*\[(?P<addr>[^\]]+)\]")
+_TO = re.compile(r"\]: (?P<qid>[0-9A-F]+): to=<(?P<to>[^>]*)>(?:, orig_to=<(?P<orig>[^>]*)>)?")
+
+
+def recipients_by_client(log: str) -> dict[str, set[str]]:
+    """Client address -> the final recipient addresses (``to=``) Postfix delivered for it."""
+    owner: dict[str, str] = {}
+    out: dict[str, set[str]] = {}
+    for line in log.splitlines():
+        m = _CLIENT.search(line)
+        if m:
+            owner[m["qid"]] = m["addr"].removeprefix("IPv6:")
+            continue
+        m = _TO.search(line)
+        if m and m["qid"] in owner:
+            out.setdefault(owner[m["qid"]], set()).add(m["to"])
+    return out
