@@ -13,7 +13,7 @@
    scan), the whole process's CPU time and peak RSS (``wait4``), failures, bans.
    Also the same scan on the gzip-compressed log for one filter.
 3. Follows a live file with :class:`inspector.logs.LogMonitor` and drives
-   ``Runner.ban`` (a fake firewall) each tick, as the service would: the delay
+   ``BanPipeline.issue`` (a fake firewall) each tick, as the service would: the delay
    from a line's ``write()`` to its ban, per poll interval.
 """
 
@@ -173,15 +173,13 @@ def run_scan(log: Path, name: str, out_dir: Path) -> dict[str, object]:
 
 
 def follow_latency(interval: float, lines: int, seed: int) -> dict[str, object]:
-    """Delay from write() of a failure line to Runner.ban, following with LogMonitor at ``interval``."""
+    """Delay from write() of a failure line to BanPipeline.issue, following with LogMonitor at ``interval``."""
     from inspector.bans import BanStore
     from inspector.config import Config, LogSettings, LogSource
-    from inspector.engine import Engine
     from inspector.events import MemorySink
     from inspector.logs import LogMonitor
-    from inspector.rules import load_rules
-    from inspector.runner import Runner
-    from inspector.testing import FakeFirewall, RecordingSender
+    from inspector.respond.bans import Ban, BanPipeline
+    from inspector.testing import FakeFirewall
 
     rnd = random.Random(seed)
     with tempfile.TemporaryDirectory() as tmp:
@@ -190,8 +188,7 @@ def follow_latency(interval: float, lines: int, seed: int) -> dict[str, object]:
         config = Config(logs=LogSettings(sources=(LogSource("sshd", str(log), maxretry=1, bantime=60),)))
         banned_at: dict[str, float] = {}
         firewall = FakeFirewall(time.time)
-        runner = Runner(Engine(config, load_rules([])), firewall, RecordingSender(), MemorySink(),
-                        BanStore(None), time.time)
+        bans = BanPipeline(BanStore(None), firewall, MemorySink())
         monitor = LogMonitor(config, local=[])
         written: dict[str, float] = {}
         poll_cpu = []
@@ -211,7 +208,7 @@ def follow_latency(interval: float, lines: int, seed: int) -> dict[str, object]:
                     if now >= next_poll:
                         c0 = time.process_time()
                         for ban in monitor.poll(time.time()):
-                            runner.ban(ban.network, ban.seconds, ban.reason, ban.rule, None, time.time())
+                            bans.issue(Ban(ban.network, ban.seconds, ban.reason, ban.rule, "log"), time.time())
                             banned_at[ban.network] = time.perf_counter()
                         poll_cpu.append(time.process_time() - c0)
                         next_poll += interval
@@ -274,7 +271,7 @@ def main() -> int:
     print(f"target {args.target:,} lines/s per filter: {'met' if ok else 'NOT met'} "
           f"(slowest: {worst['filter']} at {worst['lines_per_s']:,})")  # type: ignore[index]
     print()
-    print("follow -> Runner.ban delay (LogMonitor on a live file, write at random times, maxretry 1):")
+    print("follow -> BanPipeline.issue delay (LogMonitor on a live file, write at random times, maxretry 1):")
     for interval in (0.25, 0.1):
         res = follow_latency(interval, args.follow_lines, args.seed)
         print(f"  poll every {interval:g}s: median {res['delay_ms_median']} ms, p95 {res['delay_ms_p95']} ms, "

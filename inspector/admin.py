@@ -12,10 +12,10 @@ from pathlib import Path
 
 from .bans import BanStore, StateError
 from .config import load_config
-from .engine import ban_network_for
 from .events import now_iso
 from .firewall import FirewallError, IpsetFirewall, SetNames
-from .service import control_request
+from .nets import ban_network
+from .control import control_request
 
 
 def list_bans(config_path: str | None, as_json: bool) -> int:
@@ -62,7 +62,7 @@ def unban(config_path: str | None, address: str) -> int:
         print(f"unbanned {reply['network']}" + ("" if reply.get("was_banned") else " (it was not banned)"))
         return 0
     # no service: edit the state and the kernel set directly
-    network = ban_network_for(address, config.ipv4_prefix, config.ipv6_prefix)
+    network = ban_network(address, ipv6_prefix=config.ipv6_prefix, ipv4_prefix=config.ipv4_prefix)
     store = BanStore(Path(config.service.state_file))
     try:
         store.load(time.time())

@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from . import __version__
 from .config import ConfigError
@@ -97,8 +98,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return main_scan(args.logfile, args.filter, args.config, args.year, args.utc, args.top,
                              args.maxretry, args.findtime, args.bantime)
         if args.command == "run":
-            from .service import run_service
-
             return run_service(args.config, args.rules, {"queue": args.queue, "ban_time": args.ban_time,
                                                           "alert": args.alert, "workers": args.workers})
         if args.command == "bans":
@@ -133,6 +132,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     return 2
+
+
+def run_service(config_path: str | None, rules_path: str | None, overrides: dict[str, Any]) -> int:
+    """``inspector run``: choose the mode (one process, or a supervisor with workers: ``--workers``,
+    ``[service] workers``, else as many as the installed rules spread over), start it, run it.
+    Returns the exit code (1 when it cannot start, with the reason on stderr)."""
+    from .app import load
+    from .firewall import detect_queues
+    from .service import ServiceError
+    from .service.single import Service
+    from .service.supervisor import Supervisor
+
+    try:
+        config, _ = load(config_path, rules_path)
+    except (ConfigError, RuleError) as e:
+        print(f"inspector: error: {e}", file=sys.stderr)
+        return 1
+    workers = overrides.get("workers") or config.service.workers
+    if not workers:  # auto: as many as the installed rules spread over (setup-nfqueue.sh --workers)
+        found = detect_queues()
+        if found is not None and overrides.get("queue") is None:
+            overrides = {**overrides, "queue": found[0]}
+        workers = found[1] if found is not None else 1
+    service: Service | Supervisor
+    service = Supervisor(config_path, rules_path, overrides, workers) if workers > 1 else \
+        Service(config_path, rules_path, overrides)
+    try:
+        service.start()
+    except ServiceError as e:
+        print(f"inspector: error: {e}", file=sys.stderr)
+        return 1
+    queue = overrides.get("queue") if overrides.get("queue") is not None else config.service.queue
+    print(f"inspector: running on queue {queue}" + (f"..{queue + workers - 1} ({workers} workers)" if workers > 1
+          else "") + f" ({service.config.mode} mode)", file=sys.stderr)
+    return service.run()
 
 
 def _check(args: argparse.Namespace) -> int:

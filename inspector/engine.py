@@ -23,32 +23,12 @@ from .flow import PAYLOAD, SMTP, Flow, FlowTable
 from .packet import ACK, FIN, PSH, RST, SYN, URG, Malformed, decode, format_addr
 from .rules import RuleSet
 from .stream import Stream
-from .verdict import ACCEPT, ACCEPT_FINAL, Action, Reason, Verdict
+from .nets import Whitelist, mask_address, network_text
+from .verdict import ACCEPT, ACCEPT_FINAL, Action, Decision, Fields, Reason, Verdict
 
-__all__ = ["Engine", "Decision", "Ban", "mask_address", "network_text", "ban_network_for"]
+__all__ = ["Engine", "Decision", "Ban"]
 
 _XMAS = FIN | PSH | URG
-
-
-def mask_address(addr: bytes, prefix: int) -> bytes:
-    """``addr`` (4 or 16 raw bytes) with the host bits of ``prefix`` zeroed; the length tells the family."""
-    n, bits = divmod(prefix, 8)
-    if n >= len(addr):
-        return addr
-    head = addr[:n] + (bytes([addr[n] & (0xFF00 >> bits) & 0xFF]) if bits else b"")
-    return head + bytes(len(addr) - len(head))
-
-
-def network_text(key: bytes, prefix: int) -> str:
-    """A masked address as a ban network: the bare address for a full prefix, else CIDR."""
-    return format_addr(key) if prefix == len(key) * 8 else f"{format_addr(key)}/{prefix}"
-
-
-def ban_network_for(address: str, ipv4_prefix: int, ipv6_prefix: int) -> str:
-    """The ban network covering ``address`` (e.g. an IPv6 address maps to its /64)."""
-    raw = ipaddress.ip_network(address, strict=False).network_address.packed
-    prefix = ipv4_prefix if len(raw) == 4 else ipv6_prefix
-    return network_text(mask_address(raw, prefix), prefix)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,43 +38,6 @@ class Ban:
     network: str
     expires: float
     reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """A non-accept verdict with the packet facts a report or a responder needs."""
-
-    time: float
-    verdict: Verdict
-    src: str
-    sport: int
-    dst: str
-    dport: int
-    ban_network: str | None = None
-
-    def as_dict(self) -> dict[str, object]:
-        v = self.verdict
-        out: dict[str, object] = {
-            "time": round(self.time, 6),
-            "verdict": v.action.value,
-            "reason": v.reason.value if v.reason else None,
-            "src": self.src,
-            "sport": self.sport,
-            "dst": self.dst,
-            "dport": self.dport,
-        }
-        if v.rule is not None:
-            out["rule"] = v.rule
-        if v.match is not None:
-            out["match"] = v.match
-        if v.ban:
-            out["ban"] = v.ban
-            out["ban_network"] = self.ban_network
-        if v.detail:
-            out["detail"] = v.detail
-        if v.alert:
-            out["alert"] = True
-        return out
 
 
 class Engine:
@@ -107,7 +50,6 @@ class Engine:
         self.bans: dict[bytes, tuple[float, str]] = {}  # ban key -> (expiry, reason)
         self.counts: Counter[str] = Counter()
         self.packets = 0
-        self.last_decision: Decision | None = None
         self._alert = config.alert
         self._depth = config.depth
         self._early = config.decide == "early"
@@ -125,13 +67,16 @@ class Engine:
                     limiter = shared.setdefault(rule, RateLimiter(rule.limit, rule.window, config.rate_capacity))
                     self._limiters[port] = (limiter, rule)
                     break
-        self._whitelist = config.whitelist
-        self._whitelisted: dict[bytes, bool] = {}
+        self.whitelist = Whitelist(config.whitelist, loopback=False)
 
     # -- public -------------------------------------------------------------
 
-    def process(self, data: bytes, now: float) -> Verdict:
-        """Inspect one IP datagram received at ``now`` (seconds); never raises."""
+    def process(self, data: bytes, now: float) -> Decision:
+        """Inspect one IP datagram received at ``now`` (seconds); never raises.
+
+        Returns :data:`~inspector.verdict.ACCEPT`, :data:`~inspector.verdict.ACCEPT_FINAL` (accept,
+        and the rest of the flow needs no inspection), or a :class:`~inspector.verdict.Decision`
+        with the non-accept verdict, the packet's facts and its decoded fields."""
         self.packets += 1
         try:
             d = decode(data)
@@ -187,15 +132,15 @@ class Engine:
             if now >= table.next_sweep:
                 table.sweep(now)
 
-            verdict = ACCEPT
+            decision = ACCEPT
             if pend > poff:
                 if not flow.done:
-                    verdict = self._inspect(flow, seq, data[poff:pend], data, d, now)
-                if verdict is ACCEPT and flow.done and not flow.blocked:
-                    verdict = ACCEPT_FINAL
+                    decision = self._inspect(flow, seq, data[poff:pend], data, d, now)
+                if decision is ACCEPT and flow.done and not flow.blocked:
+                    decision = ACCEPT_FINAL
             if f & (FIN | RST) and self._ends(flow, seq, pend - poff):
                 flows.pop(key, None)
-            return verdict
+            return decision
         except Malformed as e:
             self.counts["malformed"] += 1
             self.counts["malformed:" + e.args[0]] += 1
@@ -245,7 +190,7 @@ class Engine:
     # -- the data path --------------------------------------------------------
 
     def _syn(self, key: bytes, src: bytes, dport: int, seq: int, kind: int, data: bytes,
-             d: tuple, poff: int, pend: int, now: float) -> Verdict:
+             d: Fields, poff: int, pend: int, now: float) -> Decision:
         table = self.flows
         flow = table.flows.get(key)
         if flow is not None and flow.isn == seq:
@@ -271,7 +216,7 @@ class Engine:
             return self._inspect(flow, (seq + 1) & 0xFFFFFFFF, data[poff:pend], data, d, now)
         return ACCEPT
 
-    def _inspect(self, flow: Flow, seq: int, payload: bytes, data: bytes, d: tuple, now: float) -> Verdict:
+    def _inspect(self, flow: Flow, seq: int, payload: bytes, data: bytes, d: Fields, now: float) -> Decision:
         stream = flow.stream
         if stream is None:
             stream = flow.stream = Stream(flow.base, self._depth)
@@ -324,7 +269,7 @@ class Engine:
             return ((seq - flow.base) & 0xFFFFFFFF) == 0
         return stream.offset(seq) + length == stream.delivered
 
-    def _flags(self, data: bytes, d: tuple, now: float, which: str) -> Verdict:
+    def _flags(self, data: bytes, d: Fields, now: float, which: str) -> Decision:
         verdict = Verdict(Action.DROP, Reason.TCP_FLAGS, rule=which, ban=self.config.ban_flags)
         return self._decide(verdict, data, d, now)
 
@@ -335,7 +280,7 @@ class Engine:
 
     # -- decisions --------------------------------------------------------------
 
-    def _decide(self, verdict: Verdict, data: bytes, d: tuple | None, now: float) -> Verdict:
+    def _decide(self, verdict: Verdict, data: bytes, d: Fields | None, now: float) -> Decision:
         """Apply whitelist, alert mode and bans to a non-accept verdict; record it."""
         if d is None:  # malformed: name the addresses when the IP header is readable
             sport = dport = 0
@@ -349,7 +294,7 @@ class Engine:
             key, src_raw, sport, dport = d[0], d[1], d[2], d[3]
             alen = len(src_raw)
             dst_raw = key[alen:2 * alen]
-            if verdict.reason is not Reason.BANNED and self._is_whitelisted(src_raw):
+            if verdict.reason is not Reason.BANNED and self.whitelist and self.whitelist.contains_raw(src_raw):
                 self.counts["whitelisted"] += 1
                 return ACCEPT
         reason = verdict.reason.value if verdict.reason else "none"
@@ -364,23 +309,8 @@ class Engine:
             verdict = Verdict(verdict.action, verdict.reason, verdict.rule, verdict.match,
                               verdict.ban, True, verdict.detail)
             self.counts["alerts"] += 1
-        self.last_decision = Decision(
-            now, verdict,
-            format_addr(src_raw) if src_raw else "", sport,
-            format_addr(dst_raw) if dst_raw else "", dport, ban_network)
-        return verdict
-
-    def _is_whitelisted(self, src: bytes) -> bool:
-        if not self._whitelist:
-            return False
-        known = self._whitelisted.get(src)
-        if known is None:
-            addr = ipaddress.ip_address(src)
-            known = any(addr in net for net in self._whitelist if net.version == addr.version)
-            if len(self._whitelisted) > 65536:
-                self._whitelisted.clear()
-            self._whitelisted[src] = known
-        return known
+        return Decision(verdict, now, format_addr(src_raw) if src_raw else "", sport,
+                        format_addr(dst_raw) if dst_raw else "", dport, ban_network, d)
 
     def ban_network(self, bkey: bytes) -> str:
         return network_text(bkey, self._prefix[len(bkey)])

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import subprocess
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .ipset_netlink import IpsetError, IpsetNetlink
 
-__all__ = ["Firewall", "FirewallError", "IpsetFirewall", "SetNames", "MAX_TIMEOUT"]
+__all__ = ["Firewall", "FirewallError", "IpsetFirewall", "SetNames", "MAX_TIMEOUT", "detect_queues", "parse_queues"]
 
 MAX_TIMEOUT = 2_147_483  # ipset's largest timeout; netlink silently clamps larger ones
 _ERR_EXIST, _ERR_HASH_FULL = 4103, 4352
@@ -151,3 +152,25 @@ def _explain_open(e: Exception) -> str:
     if code == 22:
         return "the kernel has no ipset support (ip_set module not loaded or not built)"
     return f"cannot open the ipset netlink socket: {e}"
+
+
+def detect_queues(iptables: str = "iptables", chain: str = "INSPECTOR") -> tuple[int, int] | None:
+    """The queue range the installed rules use (``iptables -S chain``): ``(first, count)``, or
+    None if none is installed or iptables cannot be run."""
+    try:
+        out = subprocess.run([iptables, "-w", "-S", chain], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return parse_queues(out)
+
+
+def parse_queues(rules: str) -> tuple[int, int] | None:
+    """The first NFQUEUE target's queue range in ``iptables -S`` output (see :func:`detect_queues`)."""
+    for line in rules.splitlines():
+        words = line.split()
+        if "--queue-balance" in words:
+            first, last = words[words.index("--queue-balance") + 1].split(":")
+            return int(first), int(last) - int(first) + 1
+        if "--queue-num" in words:
+            return int(words[words.index("--queue-num") + 1]), 1
+    return None

@@ -33,9 +33,8 @@ def run(engine: Engine, packets: Iterable[tuple[float, bytes]], emit: Callable[[
     for ts, data in packets:
         if progress is not None:
             progress()
-        if process(data, ts).reason is not None:
-            decision = engine.last_decision
-            assert decision is not None
+        decision = process(data, ts)
+        if decision.reason is not None:
             emit(decision.as_dict())
 
 

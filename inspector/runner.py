@@ -15,15 +15,14 @@ from time import perf_counter
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .bans import BanRecord, BanStore
 from .engine import Engine
 from .events import EventSink
-from .firewall import Firewall
-from .respond.reset import rst_for_client, rst_for_server
+from .respond.bans import Ban, BanPipeline
+from .respond.reset import build_resets
 from .telemetry import SAMPLE, Telemetry
-from .verdict import ACCEPT, ACCEPT_FINAL, Action, Reason
+from .verdict import ACCEPT, ACCEPT_FINAL, Action, Decision, Reason
 
-__all__ = ["Runner", "QueuedPacket", "ResetSender", "RawResetSender", "issue_ban"]
+__all__ = ["Runner", "QueuedPacket", "ResetSender", "RawResetSender"]
 
 ALERT_REPEAT = 60.0  # seconds between two alert-mode reports of the same would-be-banned source
 
@@ -63,23 +62,30 @@ class RawResetSender:
 
 
 class Runner:
-    """Drives one engine from a packet source; see the module docstring."""
+    """Gives one queued packet its kernel verdict from the engine's decision, then the side effects
+    (resets, the verdict event, the ban through the :class:`~inspector.respond.bans.BanPipeline`).
 
-    def __init__(self, engine: Engine, firewall: Firewall, resets: ResetSender, events: EventSink,
-                 store: BanStore, clock: Callable[[], float], mark: int = 0) -> None:
-        # mark: the packet-mark bit that tells the kernel a connection is decided (0: never mark)
+    ``mark``: the packet-mark bit that tells the kernel a connection is decided (0: never mark);
+    ``counts``: what was done (``accept``, ``drop``, ``reset``, ``resets``, ``decided``,
+    ``banned-late``, ``errors:<what>``).
+    """
+
+    def __init__(self, engine: Engine, resets: ResetSender, events: EventSink, bans: BanPipeline,
+                 clock: Callable[[], float], mark: int = 0) -> None:
         self.mark = mark
         self.engine = engine
-        self.firewall = firewall
         self.resets = resets
         self.events = events
-        self.store = store
+        self.bans = bans
         self.clock = clock
         self.counts: Counter[str] = Counter()
         self._alerted: dict[str, float] = {}  # alert mode: when each would-be-banned source was last reported
         self.telemetry = Telemetry()
 
     def handle(self, packet: QueuedPacket) -> None:
+        """Decide ``packet`` (its bytes, at the clock's ``now``), give it exactly one verdict, then
+        act on the decision.  Exceptions from the engine are the caller's to catch (the packet
+        loop accepts the packet then); the side effects never raise."""
         data = packet.get_payload()
         now = self.clock()
         telemetry = self.telemetry
@@ -87,15 +93,15 @@ class Runner:
             telemetry.tick(now)
         telemetry.packets += 1
         if telemetry.packets % SAMPLE:
-            verdict = self.engine.process(data, now)
+            decision = self.engine.process(data, now)
         else:
             started = perf_counter()
-            verdict = self.engine.process(data, now)
+            decision = self.engine.process(data, now)
             telemetry.observe(perf_counter() - started)
-        if verdict is ACCEPT:
+        if decision is ACCEPT:
             packet.accept()
             return
-        if verdict is ACCEPT_FINAL:
+        if decision is ACCEPT_FINAL:
             # nothing more to inspect: mark the packet and let it traverse the chain again
             # (repeat); the chain saves the mark on the connection, whose later packets
             # then never leave the kernel
@@ -106,33 +112,36 @@ class Runner:
                 packet.accept()
             self.counts["decided"] += 1
             return
-        applied = verdict.applied
+        applied = decision.applied
         if applied is Action.ACCEPT:
             packet.accept()
         elif applied is Action.DROP:
             packet.drop()
         else:
-            self._reset(packet, data)
+            self._reset(packet, data, decision)
         self.counts[applied.value] += 1
-        self._after(data, now)
+        self._after(decision, now)
 
-    def _reset(self, packet: QueuedPacket, data: bytes) -> None:
+    def _reset(self, packet: QueuedPacket, data: bytes, decision: Decision) -> None:
+        to_client = None
         try:
-            packet.set_payload(rst_for_server(data))
+            if decision.fields is None:
+                raise ValueError("not a TCP packet")
+            to_server, to_client = build_resets(data, decision.fields)
+            packet.set_payload(to_server)
             packet.accept()
         except Exception as e:  # noqa: BLE001 - never leave a packet without a verdict
             packet.drop()
             self._error("reset-server", e)
+        if to_client is None:
+            return
         try:
-            self.resets.send(rst_for_client(data))
+            self.resets.send(to_client)
             self.counts["resets"] += 1
         except Exception as e:  # noqa: BLE001
             self._error("reset-client", e)
 
-    def _after(self, data: bytes, now: float) -> None:
-        decision = self.engine.last_decision
-        if decision is None:
-            return
+    def _after(self, decision: Decision, now: float) -> None:
         v = decision.verdict
         if v.reason is Reason.BANNED:
             if not v.alert:
@@ -151,31 +160,9 @@ class Runner:
         event: dict[str, Any] = {"event": "verdict", **decision.as_dict()}
         self.events.emit(event)
         if v.ban and not v.alert and decision.ban_network:
-            self.ban(decision.ban_network, v.ban, v.reason.value if v.reason else "", v.rule, decision.dport, now)
-
-    def ban(self, network: str, seconds: int, reason: str, rule: str | None, dport: int | None, now: float) -> bool:
-        """Ban in the kernel and the store; report it (see :func:`issue_ban`)."""
-        if not issue_ban(self.store, self.firewall, self.events, network, seconds, reason, rule, dport, now):
-            self.counts["errors:ban"] += 1
-            return False
-        self.counts["bans"] += 1
-        return True
+            self.bans.issue(Ban(decision.ban_network, v.ban, v.reason.value if v.reason else "", v.rule,
+                                "packet", None, decision.dport), now)
 
     def _error(self, what: str, e: Exception, **extra: object) -> None:
         self.counts["errors:" + what] += 1
         self.events.emit({"event": "error", "what": what, "error": f"{type(e).__name__}: {e}", **extra})
-
-
-def issue_ban(store: BanStore, firewall: Firewall, events: EventSink, network: str, seconds: int, reason: str,
-              rule: str | None, dport: int | None, now: float) -> bool:
-    """The one ban pipeline, for packet verdicts and log sources alike: the store first
-    (so a failed kernel add is retried at the next start), then the ipset, then the event."""
-    store.add(BanRecord(network, now + seconds, reason, rule, now))
-    try:
-        firewall.ban(network, seconds)
-    except Exception as e:  # noqa: BLE001 - a firewall failure is reported, never raised into the loop
-        events.emit({"event": "error", "what": "ban", "error": f"{type(e).__name__}: {e}", "network": network})
-        return False
-    events.emit({"event": "ban", "time": round(now, 3), "network": network, "seconds": seconds,
-                 "reason": reason, "rule": rule, "dport": dport})
-    return True

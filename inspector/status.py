@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from .config import load_config
-from .service import control_request
+from .control import control_request
 
 
 def fetch(config_path: str | None) -> tuple[str, dict[str, Any] | None]:

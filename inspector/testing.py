@@ -102,3 +102,54 @@ class RecordingSender:
 
     def send(self, packet: bytes) -> None:
         self.sent.append(packet)
+
+
+class FakeQueue:
+    """A :class:`inspector.service.loop.PacketQueue` in memory: :meth:`put` queues a packet (and
+    makes the descriptor readable); :meth:`read` hands every queued packet to the handler."""
+
+    def __init__(self, number: int = 0) -> None:
+        import os
+
+        self.number = number
+        self.handler: Callable[[FakePacket], None] | None = None
+        self.waiting: list[FakePacket] = []
+        self.handled: list[FakePacket] = []
+        self.closed = False
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+
+    def bind(self, handler: Callable[[FakePacket], None]) -> None:
+        self.handler = handler
+
+    def fileno(self) -> int:
+        return self._r
+
+    def put(self, payload: bytes) -> FakePacket:
+        import os
+
+        packet = FakePacket(payload)
+        self.waiting.append(packet)
+        os.write(self._w, b"x")
+        return packet
+
+    def read(self) -> None:
+        import os
+
+        try:
+            os.read(self._r, 4096)
+        except BlockingIOError:
+            pass
+        waiting, self.waiting = self.waiting, []
+        assert self.handler is not None
+        for packet in waiting:
+            self.handler(packet)
+            self.handled.append(packet)
+
+    def close(self) -> None:
+        import os
+
+        if not self.closed:
+            self.closed = True
+            os.close(self._r)
+            os.close(self._w)

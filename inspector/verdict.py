@@ -47,6 +47,92 @@ class Verdict:
         return Action.ACCEPT if self.alert else self.action
 
 
-ACCEPT = Verdict(Action.ACCEPT)
+# The decoded fields of a packet, as :func:`inspector.packet.decode` returns them:
+# (flow key, raw source address, source port, destination port, seq, TCP flags, payload start, payload end).
+Fields = tuple[bytes, bytes, int, int, int, int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What :meth:`inspector.engine.Engine.process` returns for one packet: the verdict, and for a
+    non-accept verdict the packet facts a report needs (addresses as text, ports, the ban network)
+    and the decoded ``fields`` a responder needs (so a reset does not decode the packet again;
+    None for a malformed packet).  The verdict's attributes are readable on the decision itself
+    (``decision.reason``, ``decision.action`` ...).  Accepts are the shared constants
+    :data:`ACCEPT` and :data:`ACCEPT_FINAL`, compared with ``is``.
+    """
+
+    verdict: Verdict
+    time: float = 0.0  # seconds, the packet's timestamp
+    src: str = ""
+    sport: int = 0
+    dst: str = ""
+    dport: int = 0
+    ban_network: str | None = None
+    fields: Fields | None = None
+
+    @property
+    def action(self) -> Action:
+        return self.verdict.action
+
+    @property
+    def reason(self) -> Reason | None:
+        return self.verdict.reason
+
+    @property
+    def rule(self) -> str | None:
+        return self.verdict.rule
+
+    @property
+    def match(self) -> str | None:
+        return self.verdict.match
+
+    @property
+    def ban(self) -> int:
+        return self.verdict.ban
+
+    @property
+    def alert(self) -> bool:
+        return self.verdict.alert
+
+    @property
+    def detail(self) -> str | None:
+        return self.verdict.detail
+
+    @property
+    def final(self) -> bool:
+        return self.verdict.final
+
+    @property
+    def applied(self) -> Action:
+        return self.verdict.applied
+
+    def as_dict(self) -> dict[str, object]:
+        """The ``verdict`` event's fields (JSON-ready)."""
+        v = self.verdict
+        out: dict[str, object] = {
+            "time": round(self.time, 6),
+            "verdict": v.action.value,
+            "reason": v.reason.value if v.reason else None,
+            "src": self.src,
+            "sport": self.sport,
+            "dst": self.dst,
+            "dport": self.dport,
+        }
+        if v.rule is not None:
+            out["rule"] = v.rule
+        if v.match is not None:
+            out["match"] = v.match
+        if v.ban:
+            out["ban"] = v.ban
+            out["ban_network"] = self.ban_network
+        if v.detail:
+            out["detail"] = v.detail
+        if v.alert:
+            out["alert"] = True
+        return out
+
+
+ACCEPT = Decision(Verdict(Action.ACCEPT))
 # the flow is decided: the kernel may let the rest of the connection through (connmark)
-ACCEPT_FINAL = Verdict(Action.ACCEPT, final=True)
+ACCEPT_FINAL = Decision(Verdict(Action.ACCEPT, final=True))

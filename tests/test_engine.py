@@ -20,8 +20,8 @@ def test_blocked_rcpt_resets_and_bans(make_engine):
     [v] = run(e, [c.syn(), c.send(b"EHLO me\r\n"), c.send(BLOCKED)])
     assert (v.action, v.reason, v.rule, v.match, v.ban) == (Action.RESET, Reason.DOMAIN, "blocked.test",
                                                             "<b@blocked.test>", 86400)
-    assert e.last_decision.src == "198.51.100.7" and e.last_decision.dport == 25
-    assert e.last_decision.ban_network == "198.51.100.7"
+    assert v.src == "198.51.100.7" and v.dport == 25
+    assert v.ban_network == "198.51.100.7"
     # the same source is now banned, another source is not
     later = run(e, [Conn(sport=40001).syn()], start=10)
     assert [v.reason for v in later] == [Reason.BANNED]
@@ -93,7 +93,7 @@ def test_ipv6_counted_per_64(make_engine):
             for i in range(5)]
     [v] = run(e, syns)
     assert v.reason is Reason.RATE
-    assert e.last_decision.ban_network == "2001:db8:1::/64"
+    assert v.ban_network == "2001:db8:1::/64"
     other = Conn(dport=22, src="2001:db8:1::99", dst="2001:db8::25")
     assert run(e, [other.syn()])[0].reason is Reason.BANNED
     assert run(e, [Conn(dport=22, src="2001:db8:2::1", dst="2001:db8::25").syn()]) == []
@@ -193,7 +193,7 @@ def test_malformed_names_its_source_when_readable(make_engine):
     frag = bytes(IP(src="198.51.100.7", dst="192.0.2.25", flags="MF") / TCP(dport=25) / b"x")
     v = e.process(frag, 0.0)
     assert (v.reason, v.detail) == (Reason.MALFORMED, "fragment")
-    assert (e.last_decision.src, e.last_decision.dst) == ("198.51.100.7", "192.0.2.25")
+    assert (v.src, v.dst) == ("198.51.100.7", "192.0.2.25")
     assert not e.bans
 
 

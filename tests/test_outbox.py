@@ -2,7 +2,7 @@
 
 from multiprocessing import Pipe
 
-from inspector.workers import _Outbox
+from inspector.service.worker import Outbox as _Outbox
 
 
 def drain(conn):
@@ -56,7 +56,7 @@ def test_a_slow_burst_is_sent_after_the_delay(monkeypatch):
     here, there = Pipe()
     box = _Outbox(here)
     clock = [100.0]
-    monkeypatch.setattr("inspector.workers.monotonic", lambda: clock[0])
+    monkeypatch.setattr("inspector.service.worker.monotonic", lambda: clock[0])
     box.hold()
     box.put("event", {"n": 1})
     clock[0] += _Outbox.MAX_DELAY * 1.5

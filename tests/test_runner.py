@@ -2,6 +2,7 @@ from scapy.layers.inet import IP, TCP
 
 from inspector.bans import BanStore
 from inspector.events import MemorySink, ban_line
+from inspector.respond.bans import BanPipeline
 from inspector.runner import Runner
 from inspector.testing import FakeFirewall, FakePacket, RecordingSender
 from tests.conftest import Conn
@@ -15,7 +16,7 @@ def make(make_engine, tmp_path, **config):
     events = MemorySink()
     sender = RecordingSender()
     store = BanStore(tmp_path / "bans.json")
-    runner = Runner(make_engine(**config), fw, sender, events, store, lambda: now[0])
+    runner = Runner(make_engine(**config), sender, events, BanPipeline(store, fw, events), lambda: now[0])
     return runner, fw, events, sender, store, now
 
 

@@ -5,7 +5,7 @@ The stages, like the packet path's::
     follow (FileFollower | JournalFollower)  ->  lines
     filters (LineMatcher: literal, regex, address, time)  ->  Failure
     policy (LogPolicy: maxretry / findtime / bantime, whitelist)  ->  LogBan
-    the service: Runner.ban(network, seconds, reason, rule, None, now)
+    the service: BanPipeline.issue(Ban(network, seconds, reason, rule, "log"), now)
 
 :class:`LogMonitor` puts the first three together for the configured
 sources; the service creates one and calls :meth:`LogMonitor.poll` every

@@ -22,10 +22,6 @@ it.  Memory is bounded by LRU caches.  Time is passed in.
 from __future__ import annotations
 
 import ipaddress
-import json
-import socket
-import struct
-import subprocess
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -34,14 +30,13 @@ from pathlib import Path
 from cachetools import LRUCache
 
 from ..fsutil import atomic_write
+from ..nets import Whitelist, ban_network, local_addresses
 
 __all__ = ["Limits", "LogBan", "LogPolicy", "Whitelist", "ban_network", "hosts_deny_lines",
            "local_addresses", "write_hosts_deny", "MAX_BAN", "MATCH_MAX"]
 
 MAX_BAN = 2_147_483  # ipset's largest timeout, seconds
 MATCH_MAX = 512  # characters of the log line kept with a ban
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
 
 @dataclass(frozen=True)
@@ -55,7 +50,7 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class LogBan:
-    """A ban the policy decided; the service hands it to ``Runner.ban``."""
+    """A ban the policy decided; the service issues it through ``BanPipeline.issue``."""
 
     network: str
     seconds: int
@@ -72,46 +67,6 @@ class LogBan:
         return {"network": self.network, "seconds": self.seconds, "reason": self.reason, "rule": self.rule,
                 "host": self.host, "time": round(self.time, 6), "failures": self.failures,
                 "offense": self.offense, "source": self.source, "match": self.match}
-
-
-def ban_network(host: str, ipv4_prefix: int = 32, ipv6_prefix: int = 64) -> str:
-    """The ban network of an address, written like the packet engine's (``a.b.c.d`` or ``x::/64``)."""
-    addr = ipaddress.ip_address(host)
-    prefix = ipv4_prefix if addr.version == 4 else ipv6_prefix
-    if prefix == addr.max_prefixlen:
-        return str(addr)
-    return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
-
-
-class Whitelist:
-    """Loopback, always; plus the given networks and addresses."""
-
-    def __init__(self, networks: Iterable[Network | str] = ()) -> None:
-        nets: list[Network] = list(LOOPBACK)
-        for n in networks:
-            net = n if isinstance(n, (ipaddress.IPv4Network, ipaddress.IPv6Network)) else \
-                ipaddress.ip_network(str(n), strict=False)
-            if net not in nets:
-                nets.append(net)
-        self.networks = tuple(nets)
-        self._v4 = tuple(n for n in nets if n.version == 4)
-        self._v6 = tuple(n for n in nets if n.version == 6)
-        self._known: dict[str, bool] = {}  # a cache, emptied when full
-
-    def overlaps(self, network: str) -> bool:
-        net = ipaddress.ip_network(network, strict=False)
-        return any(net.overlaps(n) for n in (self._v4 if net.version == 4 else self._v6))  # type: ignore[arg-type]
-
-    def __contains__(self, host: str) -> bool:
-        known = self._known.get(host)
-        if known is None:
-            addr = ipaddress.ip_address(host)
-            nets = self._v4 if addr.version == 4 else self._v6
-            known = any(addr in n for n in nets)
-            if len(self._known) >= 65536:
-                self._known.clear()
-            self._known[host] = known
-        return known
 
 
 class LogPolicy:
@@ -135,7 +90,7 @@ class LogPolicy:
         prefix holds a whitelisted address (a shared hosting /64, say)."""
         net = self._networks.get(host)
         if net is None:
-            net = ban_network(host, self.ipv4_prefix, self.ipv6_prefix)
+            net = ban_network(host, ipv6_prefix=self.ipv6_prefix, ipv4_prefix=self.ipv4_prefix)
             if "/" in net and self.whitelist.overlaps(net):
                 net = host
             if len(self._networks) >= 65536:
@@ -195,75 +150,6 @@ class LogPolicy:
 
     def __len__(self) -> int:
         return len(self._windows) + len(self._history)
-
-
-# -- the server's own addresses -------------------------------------------------------
-
-def local_addresses() -> list[str]:
-    """The addresses of this host's interfaces (best effort, never raises).
-
-    ``ip -j addr`` when iproute2 is there; else IPv4 per interface with
-    SIOCGIFADDR and IPv6 from /proc/net/if_inet6; plus, in any case, the
-    source address the kernel would use towards the Internet (a UDP
-    ``connect()``, which sends nothing).
-    """
-    found: list[str] = []
-    try:
-        out = subprocess.run(["ip", "-j", "addr", "show"], capture_output=True, text=True, timeout=5, check=True)
-        for link in json.loads(out.stdout):
-            for info in link.get("addr_info", []):
-                if info.get("local"):
-                    found.append(info["local"])
-    except (OSError, ValueError, subprocess.SubprocessError):
-        found.extend(_ioctl_v4())
-        found.extend(_proc_v6())
-    for family, probe in ((socket.AF_INET, "192.0.2.1"), (socket.AF_INET6, "2001:db8::1")):
-        try:
-            with socket.socket(family, socket.SOCK_DGRAM) as s:
-                s.connect((probe, 9))
-                found.append(s.getsockname()[0])
-        except OSError:
-            pass
-    out_list: list[str] = []
-    for a in found:
-        try:
-            text = str(ipaddress.ip_address(a.split("%", 1)[0]))
-        except ValueError:
-            continue
-        if text not in out_list:
-            out_list.append(text)
-    return out_list
-
-
-def _ioctl_v4() -> list[str]:
-    import fcntl
-
-    out = []
-    try:
-        names = socket.if_nameindex()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            for _, name in names:
-                try:
-                    req = struct.pack("256s", name.encode()[:15])
-                    res = fcntl.ioctl(s.fileno(), 0x8915, req)  # SIOCGIFADDR
-                    out.append(socket.inet_ntoa(res[20:24]))
-                except OSError:
-                    continue
-    except OSError:
-        pass
-    return out
-
-
-def _proc_v6() -> list[str]:
-    out = []
-    try:
-        with open("/proc/net/if_inet6") as f:
-            for row in f:
-                h = row.split()[0]
-                out.append(str(ipaddress.IPv6Address(bytes.fromhex(h))))
-    except (OSError, ValueError, IndexError):
-        pass
-    return out
 
 
 # -- hosts.deny export ------------------------------------------------------------------

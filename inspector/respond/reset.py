@@ -15,8 +15,9 @@ from __future__ import annotations
 import struct
 
 from ..packet import decode, tcp_offset
+from ..verdict import Fields
 
-__all__ = ["rst_for_server", "rst_for_client", "checksum"]
+__all__ = ["build_resets", "rst_for_server", "rst_for_client", "checksum"]
 
 _RST, _ACK = 0x04, 0x10
 
@@ -48,23 +49,45 @@ def _ip(src: bytes, dst: bytes, tcp: bytes, ttl: int = 64) -> bytes:
     return struct.pack("!IHBB16s16s", 0x60000000, len(tcp), 6, ttl, src, dst) + tcp
 
 
-def _fields(packet: bytes) -> tuple[bytes, bytes, int, int, int, int, int]:
+def _ack(packet: bytes) -> int:
+    """The acknowledgment number of a TCP packet that decoded (the TCP header found without a
+    second decode: after the IPv4 header, right after the IPv6 header, or past its extensions)."""
+    if packet[0] >> 4 == 4:
+        off = (packet[0] & 0x0F) << 2
+    elif packet[6] == 6:
+        off = 40
+    else:
+        off = tcp_offset(packet)
+    return int(struct.unpack_from("!I", packet, off + 8)[0])
+
+
+def build_resets(packet: bytes, fields: Fields) -> tuple[bytes, bytes]:
+    """Both resets for the offending client ``packet``, from its decoded ``fields`` (what
+    :func:`inspector.packet.decode` returned): ``(to_server, to_client)``.
+
+    ``to_server`` is the packet turned into a bare RST at its own sequence number (it replaces the
+    queued packet); ``to_client`` an RST+ACK from the server at the sequence number the client
+    expects (RFC 793 section 3.4 / RFC 5961 section 3: in-window, so both stacks accept it)."""
+    key, src, sport, dport, seq, _flags, poff, pend = fields
+    alen = len(src)
+    dst = key[alen:2 * alen]
+    to_server = _ip(src, dst, _tcp(src, dst, sport, dport, seq, 0, _RST))
+    to_client = _ip(dst, src, _tcp(dst, src, dport, sport, _ack(packet), seq + pend - poff, _RST | _ACK))
+    return to_server, to_client
+
+
+def _decode(packet: bytes) -> Fields:
     d = decode(packet)
     if d is None:
         raise ValueError("not a TCP packet")
-    key, src, sport, dport, seq, _flags, poff, pend = d
-    alen = len(src)
-    ack = struct.unpack_from("!I", packet, tcp_offset(packet) + 8)[0]
-    return src, key[alen:2 * alen], sport, dport, seq, ack, pend - poff
+    return d
 
 
 def rst_for_server(packet: bytes) -> bytes:
-    """The offending client packet turned into a bare RST at its own sequence number."""
-    src, dst, sport, dport, seq, _ack, _ = _fields(packet)
-    return _ip(src, dst, _tcp(src, dst, sport, dport, seq, 0, _RST))
+    """The offending client packet turned into a bare RST at its own sequence number (decodes it)."""
+    return build_resets(packet, _decode(packet))[0]
 
 
 def rst_for_client(packet: bytes) -> bytes:
-    """An RST+ACK from the server to the client at the sequence number the client expects."""
-    src, dst, sport, dport, seq, ack, plen = _fields(packet)
-    return _ip(dst, src, _tcp(dst, src, dport, sport, ack, seq + plen, _RST | _ACK))
+    """An RST+ACK from the server to the client at the sequence number the client expects (decodes it)."""
+    return build_resets(packet, _decode(packet))[1]

@@ -20,11 +20,13 @@ import os
 import select
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["FAIL_OPEN", "MAX_COPY_RANGE", "build_message", "pack_attr", "build_config", "build_config_flags",
            "build_copy_range", "set_queue_flags", "set_copy_range", "QueueStats", "parse_queue_stats", "queue_stats",
-           "WholeMessages", "RECV_BUFFER"]
+           "WholeMessages", "RECV_BUFFER", "NfQueue", "QueueError"]
 
 FAIL_OPEN, CONNTRACK, GSO = 0x1, 0x2, 0x4
 _NFNL_SUBSYS_QUEUE, _NFQNL_MSG_CONFIG = 3, 2
@@ -165,3 +167,68 @@ def queue_stats(path: str = _PROC) -> list[QueueStats]:
             return parse_queue_stats(f.read())
     except OSError:
         return []
+
+
+class QueueError(Exception):
+    """The queue cannot be bound; the message says why and what to check."""
+
+
+class NfQueue:
+    """One NFQUEUE, read through the NetfilterQueue binding: bind, read, unbind.
+
+    :meth:`bind` binds queue ``number`` and calls ``handler(packet)`` for every packet
+    :meth:`read` takes from the socket (each packet gets its verdict through its own
+    ``accept``/``drop``/``repeat``), asks the kernel for whole packets (:func:`set_copy_range`) and,
+    with ``fail_open``, for the fail-open flag; ``copy_range`` and ``fail_open_errno`` keep the
+    kernel's answers (0: done).  :meth:`read` handles one burst (at most ``burst`` packets, or
+    until the socket is empty) and returns.
+    """
+
+    def __init__(self, number: int, maxlen: int = 4096, fail_open: bool = True) -> None:
+        self.number = number
+        self.maxlen = maxlen
+        self.want_fail_open = fail_open
+        self.copy_range: int | None = None
+        self.fail_open_errno: int | None = None
+        self._nfq: Any = None
+        self._messages: WholeMessages | None = None
+
+    def bind(self, handler: Callable[[Any], None]) -> None:
+        """Bind the queue; raises QueueError when the binding is missing or the kernel refuses."""
+        try:
+            from netfilterqueue import NetfilterQueue
+        except ImportError:
+            raise QueueError("NetfilterQueue is not installed: pip install 'inspector[live]' "
+                             "(needs Debian's libnetfilter-queue-dev)") from None
+        nfq = NetfilterQueue()
+        try:
+            nfq.bind(self.number, handler, max_len=self.maxlen)
+        except OSError as e:
+            raise QueueError(f"cannot bind NFQUEUE {self.number}: {e} "
+                             "(is another inspector running on it? is nfnetlink_queue available?)") from None
+        self._nfq = nfq
+        fd = nfq.get_fd()
+        self._messages = WholeMessages(fd)
+        self.copy_range = set_copy_range(fd, self.number)
+        if self.want_fail_open:
+            self.fail_open_errno = set_queue_flags(fd, self.number, FAIL_OPEN)
+
+    def fileno(self) -> int:
+        """The netlink socket's descriptor (for select)."""
+        return int(self._nfq.get_fd())
+
+    def read(self) -> None:
+        """Handle the packets waiting on the socket (one burst); never blocks."""
+        self._nfq.run_socket(self._messages)
+
+    def close(self) -> None:
+        """Unbind the queue (with --queue-bypass the kernel then lets its traffic through)."""
+        if self._nfq is not None:
+            try:
+                self._nfq.unbind()
+            except Exception:  # noqa: BLE001 - closing must not fail the shutdown
+                pass
+            self._nfq = None
+        if self._messages is not None:
+            self._messages.close()
+            self._messages = None

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from inspector.bans import BanStore
-from inspector.service import control_request
+from inspector.control import control_request
 
 from .bed import BLOCKED, Bed, wait_for
 

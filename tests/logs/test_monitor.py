@@ -1,4 +1,4 @@
-"""LogMonitor → Runner.ban: log bans land in the ban store, the firewall and the events the packet path uses."""
+"""LogMonitor → BanPipeline.issue: log bans land in the ban store, the firewall and the events the packet path uses."""
 
 import json
 
@@ -8,6 +8,7 @@ from inspector.engine import Engine
 from inspector.events import MemorySink
 from inspector.logs import LogMonitor
 from inspector.rules import load_rules
+from inspector.respond.bans import Ban, BanPipeline
 from inspector.runner import Runner
 from inspector.testing import FakeFirewall, RecordingSender
 
@@ -41,16 +42,16 @@ maxretry = 2
     store = BanStore(tmp_path / "bans.json")
     events = MemorySink()
     engine = Engine(config, load_rules([]))
-    runner = Runner(engine, firewall, RecordingSender(), events, store, lambda: clock[0])
+    runner = Runner(engine, RecordingSender(), events, BanPipeline(store, firewall, events), lambda: clock[0])
     monitor = LogMonitor(config, local=["192.0.2.10"], utc=True)
     return monitor, runner, engine, store, firewall, events, clock, auth, mail
 
 
 def drive(monitor, runner, engine, now):
     """What the service does each tick."""
-    runner.firewall.clock = lambda: now
+    runner.bans.firewall.clock = lambda: now
     for ban in monitor.poll(now):
-        if runner.ban(ban.network, ban.seconds, ban.reason, ban.rule, None, now):
+        if runner.bans.issue(Ban(ban.network, ban.seconds, ban.reason, ban.rule, "log"), now):
             engine.add_ban(ban.network, now + ban.seconds, ban.reason)
 
 
@@ -98,8 +99,8 @@ def test_export_hosts_deny_from_the_store(tmp_path):
     out = tmp_path / "hosts.deny.inspector"
     monitor, runner, engine, store, firewall, events, clock, auth, mail = setup(
         tmp_path, f'hosts_deny = "{out}"\nhosts_deny_daemon = "sshd"')
-    runner.ban("203.0.113.5", 3600, "log:sshd", "sshd", None, clock[0])
-    runner.ban("2001:db8::/64", 3600, "domain", "x.test", 25, clock[0])
+    runner.bans.issue(Ban("203.0.113.5", 3600, "log:sshd", "sshd", "log"), clock[0])
+    runner.bans.issue(Ban("2001:db8::/64", 3600, "domain", "x.test", "packet", None, 25), clock[0])
     assert monitor.export_hosts_deny(r.network for r in store.active(clock[0])) == 2
     assert out.read_text().splitlines()[1:] == ["sshd: 203.0.113.5", "sshd: [2001:db8::]/64"]
 

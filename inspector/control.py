@@ -1,0 +1,150 @@
+"""The control socket: a UNIX stream socket, one JSON request line in, one JSON reply line out.
+
+:class:`ControlServer` listens (mode 0600, a stale socket file is replaced, a live one is an
+error) and dispatches ``{"cmd": NAME, ...}`` to the handler registered for ``NAME`` with
+:meth:`ControlServer.register`; ``status`` is assembled from sections that components add with
+:meth:`ControlServer.add_status`.  :func:`control_request` is the client (``inspector status``,
+``bans``, ``unban``).  A bad request gets ``{"ok": false, "error": ...}``, never an exception in
+the service.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ControlError", "ControlServer", "Handler", "control_request", "read_line"]
+
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
+LINE_LIMIT = 65536  # bytes of a request line
+
+
+class ControlError(Exception):
+    """The control socket cannot be created; the message says why."""
+
+
+def read_line(conn: socket.socket, limit: int = LINE_LIMIT) -> bytes:
+    """Read up to the first newline (at most ``limit`` bytes, or until EOF); the line without it."""
+    buf = b""
+    while b"\n" not in buf and len(buf) < limit:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        buf += chunk
+    return buf.split(b"\n", 1)[0]
+
+
+class ControlServer:
+    """Request dispatch, and (after :meth:`listen`) the socket that serves it."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, Handler] = {}
+        self.sections: dict[str, Callable[[], Any]] = {}
+        self.sock: socket.socket | None = None
+        self.path = ""
+        self.register("status", self._status)
+
+    def register(self, cmd: str, handler: Handler) -> None:
+        """Answer requests ``{"cmd": cmd, ...}`` with ``handler(request)`` (a JSON-ready dict)."""
+        self.handlers[cmd] = handler
+
+    def add_status(self, name: str, section: Callable[[], Any]) -> None:
+        """Add ``name: section()`` to every ``status`` reply (``name`` "" merges a dict into the top level)."""
+        self.sections[name] = section
+
+    def _status(self, request: dict[str, Any]) -> dict[str, Any]:
+        reply: dict[str, Any] = {"ok": True}
+        for name, section in self.sections.items():
+            if name:
+                reply[name] = section()
+            else:
+                reply.update(section())
+        return reply
+
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The reply to one request (an unknown command is an error reply)."""
+        cmd = request.get("cmd") if isinstance(request, dict) else None
+        handler = self.handlers.get(cmd) if isinstance(cmd, str) else None
+        if handler is None:
+            return {"ok": False, "error": f"unknown command {cmd!r}"}
+        return handler(request)
+
+    def listen(self, path: str) -> None:
+        """Listen on the UNIX socket ``path`` (nothing when empty).  Raises ControlError."""
+        if not path:
+            return
+        p = Path(path)
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            if p.exists():
+                probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    probe.connect(str(p))
+                    raise ControlError(f"another inspector answers on {p}")
+                except (ConnectionRefusedError, FileNotFoundError):
+                    p.unlink()  # a stale socket from a previous run
+                finally:
+                    probe.close()
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(str(p))
+            os.chmod(p, 0o600)
+            sock.listen(8)
+            sock.setblocking(False)
+        except OSError as e:
+            raise ControlError(f"cannot create the control socket {p}: {e}") from None
+        self.sock, self.path = sock, path
+
+    def fileno(self) -> int:
+        """The listening socket's descriptor (for select); -1 when not listening."""
+        return self.sock.fileno() if self.sock is not None else -1
+
+    def serve_one(self) -> None:
+        """Accept one waiting client and answer its request (nothing if none waits)."""
+        if self.sock is None:
+            return
+        try:
+            conn, _ = self.sock.accept()
+        except BlockingIOError:
+            return
+        with conn:
+            conn.settimeout(1.0)
+            try:
+                reply = self.handle(json.loads(read_line(conn)))
+            except Exception as e:  # noqa: BLE001 - a bad request gets an error reply, never stops the loop
+                reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+            try:
+                conn.sendall(json.dumps(reply).encode() + b"\n")
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        """Stop listening and remove the socket file."""
+        if self.sock is None:
+            return
+        self.sock.close()
+        self.sock = None
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
+def control_request(path: str, request: dict[str, Any], timeout: float = 3.0) -> dict[str, Any] | None:
+    """Ask the service listening on ``path``: the reply, or None if none answers.
+    Raises OSError on other socket errors, ValueError on a reply that is not JSON."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        line = read_line(sock)
+    except (FileNotFoundError, ConnectionRefusedError):
+        return None
+    finally:
+        sock.close()
+    reply = json.loads(line) if line else None
+    return reply if isinstance(reply, dict) else None

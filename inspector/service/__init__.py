@@ -1,0 +1,118 @@
+"""``inspector run``: the inline service, in one process or as a supervisor with workers.
+
+The parts, each a module:
+
+* :mod:`.loop` -- the select loop of every service process, and :class:`~.loop.PacketLoop`:
+  an NFQUEUE's packets through the :class:`~inspector.runner.Runner`;
+* :mod:`.packets` -- what a packet process holds: config, rules, engine, runner, queue, reload;
+* :mod:`.host` -- what the process that owns the ban store holds: events, firewall, the
+  :class:`~inspector.respond.bans.BanPipeline`, the control socket, log sources, metrics, and
+  the side components (policy server, fleet client ...) registered with it;
+* :mod:`.single` -- one process: a host and a packet loop together;
+* :mod:`.worker` and :mod:`.supervisor` -- one packet process per queue, one host.
+
+The mode is chosen by :func:`inspector.cli.run_service`.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from ..bans import BanRecord
+from ..config import Config
+from ..events import EventSink, JsonLinesSink, SyslogBans, now_iso
+from ..rules import RuleSet
+
+__all__ = ["ServiceError", "Component", "Fanout", "apply_overrides", "open_sinks", "rules_info", "record_json",
+           "ban_summary", "SAVE_EVERY"]
+
+SAVE_EVERY = 1.0  # seconds between ban-state saves (when there is something new)
+
+
+class ServiceError(Exception):
+    """The service cannot start; the message says why and what to do."""
+
+
+class Component(Protocol):
+    """A side component of the process that owns the ban store (policy server, fleet client,
+    connlimit poller, notifier): started after the bans are restored, closed before they are
+    saved for the last time; ``status()`` is its section of ``inspector status``.  It may call
+    :meth:`inspector.respond.bans.BanPipeline.issue` from its own thread."""
+
+    def start(self) -> None: ...
+    def close(self) -> None: ...
+    def status(self) -> dict[str, Any]: ...
+
+
+class Fanout:
+    """An event sink writing to several; a failing sink (a full disk) is skipped, never raised.
+    Thread-safe: one event is written whole before the next."""
+
+    def __init__(self, sinks: list[EventSink]) -> None:
+        self.sinks = sinks
+        self._lock = threading.Lock()
+
+    def emit(self, event: dict[str, Any]) -> None:
+        with self._lock:
+            for sink in self.sinks:
+                try:
+                    sink.emit(event)
+                except Exception:  # noqa: BLE001 - a full disk must not stop verdicts
+                    pass
+
+
+def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
+    """Command-line flags (``alert``, ``queue``, ``ban_time``) win over the config file."""
+    if overrides.get("alert"):
+        config = replace(config, mode="alert")
+    if overrides.get("queue") is not None:
+        config = replace(config, service=replace(config.service, queue=overrides["queue"]))
+    if overrides.get("ban_time") is not None:
+        t = int(overrides["ban_time"])
+        config = replace(config, ban_domain=t, ban_payload=t, rates=tuple(replace(r, ban=t) for r in config.rates))
+    return config
+
+
+def open_sinks(config: Config) -> tuple[list[EventSink], IO[str] | None]:
+    """The event sinks ``[service]`` asks for, and the log file to close at the end.
+    Raises ServiceError when the event log cannot be opened."""
+    svc = config.service
+    sinks: list[EventSink] = []
+    log_file = None
+    if svc.events == "-":
+        sinks.append(JsonLinesSink(sys.stdout))
+    elif svc.events:
+        path = Path(svc.events)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            log_file = path.open("a", encoding="utf-8")
+        except OSError as e:
+            raise ServiceError(f"cannot open the event log {path}: {e.strerror or e}") from None
+        sinks.append(JsonLinesSink(log_file))
+    if svc.syslog:
+        sinks.append(SyslogBans())
+    return sinks, log_file
+
+
+def rules_info(rules: RuleSet, loaded: float) -> dict[str, Any]:
+    """The rules part of ``status``: counts, files, when they were loaded (seconds and ISO)."""
+    return {"domains": len(rules.domains), "payload": rules.counts.get("payload", 0),
+            "files": [str(f.path) for f in rules.files], "loaded_at": now_iso(loaded), "loaded": loaded}
+
+
+def record_json(r: BanRecord, now: float) -> dict[str, Any]:
+    """One ban as ``inspector bans`` shows it."""
+    return {"network": r.network, "reason": r.reason, "rule": r.rule, "seconds_left": int(r.expires - now),
+            "expires_at": now_iso(r.expires)}
+
+
+def ban_summary(active: list[BanRecord], now: float, newest: int = 5) -> dict[str, Any]:
+    """The ban part of ``status``: how many, by reason, and the newest."""
+    recent = sorted(active, key=lambda r: r.added, reverse=True)[:newest]
+    return {"bans_active": len(active), "bans_by_reason": dict(Counter(r.reason for r in active)),
+            "recent_bans": [record_json(r, now) for r in recent]}

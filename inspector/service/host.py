@@ -1,0 +1,240 @@
+"""What the process that owns the ban store holds (the single-process service, or the supervisor).
+
+* the event sinks, the ipset firewall, and the :class:`~inspector.respond.bans.BanPipeline`
+  over the ban store: bans restored at start (state file and kernel set), saved every second
+  when something changed, and at the end;
+* the control socket (``bans``, ``unban``, ``status``; more handlers can be registered);
+* the log sources (``[logs]``), polled on the loop, their bans issued through the pipeline;
+* the Prometheus endpoint (``[metrics] listen``);
+* the side components (:class:`~inspector.service.Component`: the policy server, the fleet
+  client, ...): :meth:`Host.add_component` before :meth:`Host.start`; they are started after the
+  bans are restored and closed before the last save, and ``status`` shows their sections.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import IO, Any
+
+from ..bans import BanStore
+from ..config import Config
+from ..control import ControlError, ControlServer
+from ..events import EventSink
+from ..firewall import Firewall, FirewallError, IpsetFirewall, SetNames
+from ..nets import Address, Whitelist, own_addresses
+from ..respond.bans import Ban, BanPipeline
+from ..sources.nfqueue import queue_stats
+from . import SAVE_EVERY, Component, Fanout, ServiceError, ban_summary, open_sinks, record_json
+from .loop import Loop
+
+__all__ = ["Host", "open_firewall", "make_log_monitor"]
+
+PacketStatus = Callable[[float], dict[str, Any]]
+
+
+def open_firewall(config: Config) -> IpsetFirewall:
+    """The ipset adapter with both ban sets in place (ServiceError if that cannot be)."""
+    svc = config.service
+    try:
+        firewall = IpsetFirewall(SetNames(svc.ipset_v4, svc.ipset_v6), svc.maxelem,
+                                 config.ipv4_prefix, config.ipv6_prefix)
+        firewall.ensure_sets()
+    except FirewallError as e:
+        raise ServiceError(str(e)) from None
+    return firewall
+
+
+def make_log_monitor(config: Config, previous: Any = None) -> Any:
+    """The log sources of ``[logs]`` (None when there are none; ``previous`` is closed then)."""
+    if not config.logs.sources:
+        if previous is not None:
+            previous.close()
+        return None
+    from ..logs import LogMonitor
+
+    return LogMonitor(config, previous=previous)
+
+
+class Host:
+    """The ban-store owner's parts; see the module docstring.
+
+    ``firewall``, ``events`` and ``own`` (this host's addresses) may be given (tests pass fakes);
+    by default they are opened from ``config``.  ``packet_status(now)`` gives the packet side of
+    ``status`` (``queue``, ``workers``, ``packets``, ``counts``, ``live``, ``rules``, ``reloads``
+    ...).
+    """
+
+    def __init__(self, config: Config, clock: Callable[[], float], loop: Loop,
+                 firewall: Firewall | None = None, events: EventSink | None = None,
+                 own: Iterable[Address] | None = None, store: BanStore | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.loop = loop
+        self.log_file: IO[str] | None = None
+        if events is None:
+            sinks, self.log_file = open_sinks(config)
+            events = Fanout(sinks)
+        self.events = events
+        self.firewall: Firewall = firewall if firewall is not None else open_firewall(config)
+        if store is None:
+            store = BanStore(Path(config.service.state_file))
+        self.bans = BanPipeline(store, self.firewall, events, Whitelist(config.whitelist),
+                                own_addresses() if own is None else own, config.ipv4_prefix, config.ipv6_prefix)
+        self.bans.export = self._export
+        self.bans.add_listener(self._forget_in_logs)
+        self.control = ControlServer()
+        self.control.register("bans", self._bans)
+        self.control.register("unban", self._unban)
+        self.control.add_status("", self._status)
+        self.components: dict[str, Component] = {}
+        self.packet_status: PacketStatus = lambda now: {}
+        self.logs: Any = None
+        self.metrics: Any = None
+        self.started = clock()
+        self.restored = 0
+        self._log_counts: dict[str, int] = {}
+
+    def add_component(self, name: str, component: Component) -> None:
+        """Run ``component`` beside the loop; its ``status()`` becomes the ``name`` section of ``status``."""
+        self.components[name] = component
+        self.control.add_status(name, component.status)
+
+    def start(self) -> None:
+        """Restore the bans, listen on the control socket, open the log sources, start the timers,
+        the components and the metrics endpoint.  Raises ServiceError."""
+        config = self.config
+        self.restored = self.bans.restore(self.clock())
+        try:
+            self.control.listen(config.service.control_socket)
+        except ControlError as e:
+            raise ServiceError(str(e)) from None
+        if self.control.sock is not None:
+            self.loop.add_reader(self.control.fileno(), self.control.serve_one)
+        self.logs = make_log_monitor(config)
+        self.loop.every(lambda: self.config.logs.poll_interval, self._poll_logs, first=0.0)
+        self.loop.every(SAVE_EVERY, self._save)
+        for component in self.components.values():
+            component.start()
+        self.metrics = self._start_metrics()
+
+    # -- bans -------------------------------------------------------------------------
+
+    def _export(self, networks: list[str]) -> None:
+        if self.logs is not None:
+            self.logs.export_hosts_deny(networks)
+
+    def _forget_in_logs(self, kind: str, what: Ban | str) -> None:
+        if kind == "unban" and self.logs is not None:
+            self.logs.forget(what)
+
+    def _save(self, now: float) -> None:
+        if self.bans.dirty:
+            self.bans.save(now)
+
+    def _poll_logs(self, now: float) -> None:
+        logs = self.logs
+        if logs is None:
+            return
+        for b in logs.poll(now):
+            if self.config.alert:
+                self.events.emit({"event": "verdict", "time": round(now, 3), "verdict": "drop", "reason": b.reason,
+                                  "src": b.network, "rule": b.rule, "match": b.match, "ban": b.seconds,
+                                  "alert": True})
+            else:
+                self.bans.issue(Ban(b.network, b.seconds, b.reason, b.rule, "log"), now)
+        if now >= self._next_minute:
+            self._next_minute = now + 60
+            self._report_log_failures(now)
+
+    _next_minute = 0.0
+
+    def _report_log_failures(self, now: float) -> None:
+        """Once a minute: the failures each log filter found since the last report (for ``inspector report``)."""
+        counts = {k.split(":", 1)[1]: v for k, v in self.logs.counts.items() if k.startswith("failures:")}
+        last = self._log_counts
+        delta = {k: v - last.get(k, 0) for k, v in counts.items() if v - last.get(k, 0) > 0}
+        if delta:
+            self.events.emit({"event": "log-failures", "time": round(now, 3), "counts": delta})
+        self._log_counts = counts
+
+    def reload_logs(self, config: Config) -> None:
+        """Take the new config's log sources (the open files and the counts carry over)."""
+        if self.logs is not None or config.logs.sources:
+            self.logs = make_log_monitor(config, previous=self.logs)
+        self.config = config
+
+    # -- control ------------------------------------------------------------------------
+
+    def _bans(self, request: dict[str, Any]) -> dict[str, Any]:
+        now = self.clock()
+        return {"ok": True, "bans": [record_json(r, now) for r in self.bans.active(now)]}
+
+    def _unban(self, request: dict[str, Any]) -> dict[str, Any]:
+        now = self.clock()
+        network = self.bans.network(str(request.get("network")))
+        try:
+            was = self.bans.lift(network, now)
+        except FirewallError as e:
+            return {"ok": False, "error": str(e)}
+        return {"ok": True, "network": network, "was_banned": was}
+
+    def _status(self) -> dict[str, Any]:
+        now = self.clock()
+        packets = self.packet_status(now)
+        counts: Counter[str] = Counter(packets.pop("counts", {}))
+        counts.update(self.bans.counts)
+        return {"pid": os.getpid(), "mode": self.config.mode, "uptime": round(now - self.started, 1),
+                **ban_summary(self.bans.active(now), now), "counts": dict(counts), **packets,
+                "logs": self.logs.stats() if self.logs is not None else None,
+                "queues": [q.__dict__ for q in queue_stats()]}
+
+    def status(self) -> dict[str, Any]:
+        """What ``inspector status`` gets."""
+        return self.control.handle({"cmd": "status"})
+
+    def _start_metrics(self) -> Any:
+        """The Prometheus endpoint, if ``[metrics] listen`` asks for one (off by default)."""
+        listen = str(self.config.extra.get("metrics", {}).get("listen", "") or "")
+        if not listen:
+            return None
+        from ..metrics import serve
+
+        def safe() -> dict[str, Any]:
+            try:
+                return self.status()
+            except RuntimeError:  # a dict changed size under the scrape: report nothing this time
+                return {}
+        try:
+            return serve(listen, safe)
+        except (OSError, ValueError) as e:
+            raise ServiceError(f"cannot serve metrics on {listen}: {e}") from None
+
+    # -- the end ------------------------------------------------------------------------
+
+    def close_components(self) -> None:
+        """Close the side components (each failure is an event)."""
+        for name, component in self.components.items():
+            try:
+                component.close()
+            except Exception as e:  # noqa: BLE001 - one component must not keep the others open
+                self.events.emit({"event": "error", "what": "component-close", "component": name,
+                                  "error": f"{type(e).__name__}: {e}"})
+
+    def save_final(self, now: float) -> None:
+        """The last save (compacted) and the control socket closed."""
+        self.bans.save(now, compact=True)
+        self.control.close()
+
+    def close(self) -> None:
+        """Close what this process owns last: the firewall's netlink sockets, the log followers,
+        the event log file."""
+        close = getattr(self.firewall, "close", None)
+        if close is not None:
+            close()
+        if self.logs is not None:
+            self.logs.close()
+        if self.log_file is not None:
+            self.log_file.close()
