@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .detect.smtp import SMTP_KEYS, SmtpSettings, parse_smtp_section
 from .rules import DOMAIN, PAYLOAD, SCOPES, RuleFile
 
 __all__ = ["Config", "ConfigError", "LogFilter", "LogSettings", "LogSource", "RateRule", "ServiceSettings",
@@ -51,6 +52,7 @@ class ServiceSettings:
     ipset_v6: str = "inspector-ban6"
     maxelem: int = 1_000_000
     mark: int = 0x40000000  # packet/connection mark bit for decided flows (setup-nfqueue.sh --mark)
+    body_mark: int = 0x20000000  # mark bit for SMTP flows inside a DATA body (setup-nfqueue.sh --body-mark)
     workers: int = 0  # queues queue..queue+workers-1; 0: as many as the installed rules use
 
 
@@ -116,6 +118,7 @@ class Config:
     rules: tuple[RuleFile, ...] = ()
     service: ServiceSettings = ServiceSettings()
     logs: LogSettings = LogSettings()
+    smtp: SmtpSettings = SmtpSettings()  # how the protected MTA reads SMTP ([smtp], detect/smtp.py)
     source: str | None = None  # the file this came from
     extra: dict[str, Any] = field(default_factory=dict)  # sections later stages read (metrics)
 
@@ -135,6 +138,7 @@ _KNOWN: dict[str, dict[str, type | tuple[type, ...]]] = {
     "": {"mode": str},
     "ports": {"smtp": list, "other": list},
     "stream": {"depth": int, "decide": str},
+    "smtp": dict(SMTP_KEYS),
     "flows": {"max": int, "idle_timeout": (int, float)},
     "rate": {"limit": int, "window": (int, float), "capacity": int, "ipv4_prefix": int, "ipv6_prefix": int,
              "ports": list, "ban": int, "rules": list},
@@ -142,7 +146,7 @@ _KNOWN: dict[str, dict[str, type | tuple[type, ...]]] = {
     "whitelist": {"cidrs": list},
     "service": {"queue": int, "queue_maxlen": int, "fail_open": bool, "state_file": str, "events": str,
                 "syslog": bool, "control_socket": str, "ipset_v4": str, "ipset_v6": str, "maxelem": int,
-                "mark": int, "workers": int},
+                "mark": int, "body_mark": int, "workers": int},
     "logs": {"whitelist": list, "maxretry": int, "findtime": (int, float), "bantime": int, "bantime_max": int,
              "capacity": int, "poll_interval": (int, float), "from_start": bool, "hosts_deny": str,
              "hosts_deny_daemon": str, "source": list, "filter": list},
@@ -270,6 +274,11 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
         if stream["decide"] not in ("depth", "early"):
             raise fail("stream", "decide", f"must be 'depth' or 'early', not {stream['decide']!r}")
         cfg["decide"] = stream["decide"]
+    if "smtp" in data:
+        try:
+            cfg["smtp"] = parse_smtp_section(data["smtp"])
+        except (KeyError, ValueError) as e:
+            raise fail("smtp", str(e.args[0]).split(":")[0], str(e.args[0])) from None
     flows = data.get("flows", {})
     if "max" in flows:
         cfg["max_flows"] = _bounded(flows["max"], 16, 50_000_000, lambda m: fail("flows", "max", m))
@@ -354,6 +363,13 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
         if not isinstance(mark, int) or mark <= 0 or mark > 0xFFFFFFFF or mark & (mark - 1):
             raise fail("service", "mark", f"must be a single bit such as 0x40000000, not {mark!r}")
         settings["mark"] = mark
+    if "body_mark" in svc:
+        bmark = svc["body_mark"]
+        if not isinstance(bmark, int) or bmark < 0 or bmark > 0xFFFFFFFF or bmark & (bmark - 1) \
+                or bmark == settings.get("mark", ServiceSettings.mark):
+            raise fail("service", "body_mark", f"must be a single bit other than mark (0: no in-body filter), "
+                                               f"not {bmark!r}")
+        settings["body_mark"] = bmark
     if "workers" in svc:
         settings["workers"] = _bounded(svc["workers"], 0, 64, lambda m: fail("service", "workers", m))
     if "maxelem" in svc:

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 
 from .config import Config, RateRule
 from .detect.rate import RateLimiter
-from .detect.smtp import SmtpSession
+from .detect.smtp import BODY, CHUNK, SmtpSession
 from .flow import PAYLOAD, SMTP, Flow, FlowTable
+from .nets import Whitelist, mask_address, network_text
 from .packet import ACK, FIN, PSH, RST, SYN, URG, Malformed, decode, format_addr
 from .rules import RuleSet
 from .stream import Stream
-from .nets import Whitelist, mask_address, network_text
-from .verdict import ACCEPT, ACCEPT_FINAL, Action, Decision, Fields, Reason, Verdict
+from .verdict import ACCEPT, ACCEPT_BODY, ACCEPT_FINAL, ACCEPT_RESUME, Action, Decision, Fields, Reason, Verdict
 
 __all__ = ["Engine", "Decision", "Ban"]
 
@@ -53,6 +53,7 @@ class Engine:
         self._alert = config.alert
         self._depth = config.depth
         self._early = config.decide == "early"
+        self._smtp = config.smtp
         self._kind = {p: SMTP for p in config.smtp_ports}
         for p in config.other_ports:
             self._kind.setdefault(p, PAYLOAD)
@@ -220,6 +221,9 @@ class Engine:
         stream = flow.stream
         if stream is None:
             stream = flow.stream = Stream(flow.base, self._depth)
+        state = flow.state
+        if self._early and isinstance(state, SmtpSession):
+            self._body_gap(state, stream, seq, len(payload))
         conflicts = stream.conflicts
         chunk = stream.push(seq, payload)
         if stream.conflicts != conflicts:
@@ -231,15 +235,15 @@ class Engine:
         rules = self.rules
         if flow.kind == SMTP:
             session = flow.state
-            if session is None:
-                session = flow.state = SmtpSession()
-            hit = session.feed(chunk, rules.domains)  # type: ignore[union-attr]
+            if not isinstance(session, SmtpSession):
+                session = flow.state = SmtpSession(self._smtp, midstream=flow.isn is None)
+            hit = session.feed(chunk, rules.domains)
             if hit is not None:
                 flow.done = flow.blocked = True
                 verdict = Verdict(Action.RESET, Reason.DOMAIN, rule=hit[0], match=hit[1],
                                   ban=self.config.ban_domain)
                 return self._decide(verdict, data, d, now)
-            if session.finished or (self._early and session.in_message):  # type: ignore[union-attr]
+            if session.finished:
                 flow.done = True
             matcher = rules.payload.get(d[3])
         else:
@@ -253,7 +257,32 @@ class Engine:
                 return self._decide(verdict, data, d, now)
         if stream.full or (self._early and flow.kind != SMTP and b"\n" in chunk):
             flow.done = True  # early: the first line (an SSH banner) was seen
+        if self._early and not flow.done and isinstance(flow.state, SmtpSession):
+            return self._body_mark(flow.state)
         return ACCEPT
+
+    @staticmethod
+    def _body_gap(session: SmtpSession, stream: Stream, seq: int, length: int) -> None:
+        """decide = "early", in a message: the kernel keeps body segments that cannot end it, so a
+        gap before this segment is body the engine never sees (``Stream.skip_to``).  Message bytes
+        do not count towards ``depth``: it bounds the command bytes of a session."""
+        if session.mode == BODY:
+            off = stream.offset(seq)
+            gap = stream.skip_to(off) if off > stream.delivered else 0
+            session.skip(gap)
+            stream.depth += gap + length
+        elif session.mode == CHUNK:
+            stream.depth += length
+
+    @staticmethod
+    def _body_mark(session: SmtpSession) -> Decision:
+        """The accept that keeps the connection's in-body mark in step with the session
+        (:data:`ACCEPT_BODY` on entering a body, :data:`ACCEPT_RESUME` on leaving it)."""
+        want = session.in_body
+        if want == session.kernel_body:
+            return ACCEPT
+        session.kernel_body = want
+        return ACCEPT_BODY if want else ACCEPT_RESUME
 
     @staticmethod
     def _ends(flow: Flow, seq: int, length: int) -> bool:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import socket
 from collections import Counter
-from time import perf_counter
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any, Protocol
 
 from .engine import Engine
@@ -20,7 +20,7 @@ from .events import EventSink
 from .respond.bans import Ban, BanPipeline
 from .respond.reset import build_resets
 from .telemetry import SAMPLE, Telemetry
-from .verdict import ACCEPT, ACCEPT_FINAL, Action, Decision, Reason
+from .verdict import ACCEPT, ACCEPT_BODY, ACCEPT_FINAL, ACCEPT_RESUME, Action, Decision, Reason
 
 __all__ = ["Runner", "QueuedPacket", "ResetSender", "RawResetSender"]
 
@@ -66,13 +66,17 @@ class Runner:
     (resets, the verdict event, the ban through the :class:`~inspector.respond.bans.BanPipeline`).
 
     ``mark``: the packet-mark bit that tells the kernel a connection is decided (0: never mark);
-    ``counts``: what was done (``accept``, ``drop``, ``reset``, ``resets``, ``decided``,
+    ``body_mark``: the bit for SMTP connections inside a DATA body (0, or no ``mark``: never marked;
+    every segment is then queued, which costs packets, not inspection);
+    ``counts``: what was done (``accept``, ``drop``, ``reset``, ``resets``, ``decided``, ``in-body``,
+    ``out-of-body``,
     ``banned-late``, ``errors:<what>``).
     """
 
     def __init__(self, engine: Engine, resets: ResetSender, events: EventSink, bans: BanPipeline,
-                 clock: Callable[[], float], mark: int = 0) -> None:
+                 clock: Callable[[], float], mark: int = 0, body_mark: int = 0) -> None:
         self.mark = mark
+        self.body_mark = body_mark  # the mark bit of SMTP flows in a DATA body (0: no in-body filter)
         self.engine = engine
         self.resets = resets
         self.events = events
@@ -111,6 +115,17 @@ class Runner:
             else:
                 packet.accept()
             self.counts["decided"] += 1
+            return
+        if decision is ACCEPT_BODY or decision is ACCEPT_RESUME:
+            # SMTP in a DATA body (or out of it): the chain sets or clears the connection's body mark
+            # (body bit alone: set; body and decided bits: clear), see setup-nfqueue.sh
+            if self.body_mark and self.mark:
+                bits = self.body_mark if decision is ACCEPT_BODY else self.body_mark | self.mark
+                packet.set_mark(packet.get_mark() | bits)
+                packet.repeat()
+            else:
+                packet.accept()
+            self.counts["in-body" if decision is ACCEPT_BODY else "out-of-body"] += 1
             return
         applied = decision.applied
         if applied is Action.ACCEPT:

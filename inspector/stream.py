@@ -72,6 +72,19 @@ class Stream:
         self._hold(off, end, data)
         return b""
 
+    def skip_to(self, off: int) -> int:
+        """Take the bytes before stream offset ``off`` as delivered unseen (an SMTP body the
+        kernel kept, see ``setup-nfqueue.sh``); returns how many were skipped.  Held segments
+        that end before ``off`` are dropped."""
+        gap = off - self.delivered
+        if gap <= 0:
+            return 0
+        self.delivered = off
+        self._head = b""
+        if self.pending:
+            self.pending = [(p_off, p_data) for p_off, p_data in self.pending if p_off + len(p_data) > off] or None
+        return gap
+
     def _remember(self, data: bytes) -> None:
         # Keep a short window of delivered bytes: enough to see a conflicting
         # retransmission of the latest segment, bounded whatever the depth.

@@ -59,7 +59,8 @@ class Decision:
     and the decoded ``fields`` a responder needs (so a reset does not decode the packet again;
     None for a malformed packet).  The verdict's attributes are readable on the decision itself
     (``decision.reason``, ``decision.action`` ...).  Accepts are the shared constants
-    :data:`ACCEPT` and :data:`ACCEPT_FINAL`, compared with ``is``.
+    :data:`ACCEPT`, :data:`ACCEPT_FINAL`, :data:`ACCEPT_BODY` and :data:`ACCEPT_RESUME`, compared
+    with ``is``.
     """
 
     verdict: Verdict
@@ -136,3 +137,8 @@ class Decision:
 ACCEPT = Decision(Verdict(Action.ACCEPT))
 # the flow is decided: the kernel may let the rest of the connection through (connmark)
 ACCEPT_FINAL = Decision(Verdict(Action.ACCEPT, final=True))
+# SMTP, decide = "early": the flow is inside a DATA body; the kernel may keep the body segments that
+# cannot hold an end-of-data line (setup-nfqueue.sh's in-body rules, the body mark on the connection)
+ACCEPT_BODY = Decision(Verdict(Action.ACCEPT, detail="body"))
+# the flow left the body (or needs its next segment): every segment must be queued again
+ACCEPT_RESUME = Decision(Verdict(Action.ACCEPT, detail="resume"))

@@ -47,7 +47,7 @@ def test_exactly_once_per_flow_with_retransmissions(make_engine):
 def test_split_out_of_order(make_engine):
     e = make_engine()
     c = Conn()
-    a, b = b"RCPT TO:<x@bloc", b"ked.test>\r\n"
+    a, b = b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<x@bloc", b"ked.test>\r\n"
     verdicts = run(e, [c.syn(), c.at(len(a), b), c.at(0, a)])
     assert [v.reason for v in verdicts] == [Reason.DOMAIN]
 
@@ -179,11 +179,11 @@ def test_rule_swap(make_engine, tmp_path):
 
     e = make_engine(domains="other.test\n")
     c = Conn()
-    assert run(e, [c.syn(), c.send(b"RCPT TO:<a@blocked.test>\r\n")]) == []
+    assert run(e, [c.syn(), c.send(BLOCKED)]) == []
     (tmp_path / "n.txt").write_text("blocked.test\n")
     e.swap_rules(load_rules([RuleFile(tmp_path / "n.txt", DOMAIN)]))
     c2 = Conn(src="198.51.100.8")
-    assert len(run(e, [c2.syn(), c2.send(b"RCPT TO:<a@blocked.test>\r\n")])) == 1
+    assert len(run(e, [c2.syn(), c2.send(BLOCKED)])) == 1
 
 
 def test_malformed_names_its_source_when_readable(make_engine):
@@ -212,16 +212,20 @@ def test_decided_flow_gets_final_accept(make_engine):
     assert tls[1] is ACCEPT and tls[2] is ACCEPT_FINAL
 
 
-def test_early_decision_at_data_and_after_the_ssh_banner(make_engine):
-    from inspector.verdict import ACCEPT_FINAL
+def test_early_decision_in_body_at_data_and_after_the_ssh_banner(make_engine):
+    from inspector.verdict import ACCEPT_BODY, ACCEPT_FINAL, ACCEPT_RESUME
 
     e = make_engine(decide="early")
     c = Conn()
     out = [e.process(p, i * 0.01) for i, p in enumerate(
         [c.syn(), c.send(b"EHLO a\r\nMAIL FROM:<a@ok.test>\r\nRCPT TO:<b@ok.test>\r\n"), c.send(b"DATA\r\n"),
          c.send(b"body\r\n.\r\n")])]
-    assert out[1] is ACCEPT and out[2] is ACCEPT_FINAL and out[3] is ACCEPT_FINAL
-    s = Conn(dport=22, sport=3)
+    # DATA: the connection goes "in body" (not decided); after the end-of-data line, commands again
+    assert out[1] is ACCEPT and out[2] is ACCEPT_BODY and out[3] is ACCEPT_RESUME
+    more = [e.process(p, 0.5 + i * 0.01) for i, p in enumerate(
+        [c.send(b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<b@blocked.test>\r\n")])]
+    assert more[0].reason is Reason.DOMAIN, "early: the second transaction is inspected"
+    s = Conn(dport=22, sport=3, src="198.51.100.8")
     ssh = [e.process(p, 1 + i * 0.01) for i, p in enumerate([s.syn(), s.send(b"SSH-2.0-Open"),
                                                               s.send(b"SSH_9.2\r\n"), s.send(b"\x00" * 50)])]
     assert ssh[1] is ACCEPT and ssh[2] is ACCEPT_FINAL and ssh[3] is ACCEPT_FINAL

@@ -7,7 +7,7 @@ from inspector.runner import Runner
 from inspector.testing import FakeFirewall, FakePacket, RecordingSender
 from tests.conftest import Conn
 
-BLOCKED = b"RCPT TO:<b@blocked.test>\r\n"
+BLOCKED = b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<b@blocked.test>\r\n"
 
 
 def make(make_engine, tmp_path, **config):

@@ -297,20 +297,24 @@ class SmtpSession:
     """
 
     __slots__ = ("mode", "partial", "remaining", "txn", "rcpts", "bdat", "settings", "at_line_start",
-                 "unsure", "errors", "chunk_last")
+                 "unsure", "errors", "chunk_last", "kernel_body")
 
-    def __init__(self, settings: SmtpSettings = DEFAULT_SETTINGS) -> None:
+    def __init__(self, settings: SmtpSettings = DEFAULT_SETTINGS, midstream: bool = False) -> None:
+        """``midstream``: the flow was picked up after its start (an inspector restart): whether a
+        transaction is open is unknown, so envelope addresses are checked and no DATA starts a body
+        until the state is known (RSET, EHLO, an end of data)."""
         self.settings = settings
         self.mode = COMMAND
         self.partial = b""
         self.remaining = 0     # bytes left in a BDAT chunk
         self.chunk_last = False
-        self.txn = _NONE       # transaction: none, maybe open, open
+        self.txn = _MAYBE if midstream else _NONE  # transaction: none, maybe open, open
         self.rcpts = 0         # recipients surely accepted in an open transaction
         self.bdat = False      # a BDAT transfer is in progress (MAIL/RCPT/DATA refused)
         self.at_line_start: bool | None = True  # body: the next byte starts a line (None: unknown)
         self.unsure = False    # commands after a "." line that may have been body (see skip())
         self.errors = 0        # lines Postfix refuses, while unsure
+        self.kernel_body = False  # the engine told the kernel "in body" (ACCEPT_BODY) and not yet undone
 
     @property
     def finished(self) -> bool:
