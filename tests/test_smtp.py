@@ -180,6 +180,16 @@ def test_kind3_routed_domains(address, domains):
     assert routed_domains(address) == domains
 
 
+def test_kind3_local_domains_stop_the_rewriting_at_a_remote_domain():
+    only_literals = SmtpSettings(local_domains=())
+    assert routed_domains("example.org!example.com!v", only_literals) == ["example.org"]
+    assert routed_domains("v%example.com%example.org@[192.0.2.25]", only_literals) == ["example.org"]
+    assert routed_domains("v%example.com@[192.0.2.25]", only_literals) == ["example.com"]
+    mine = SmtpSettings(local_domains=("mx.ok.test",))
+    assert routed_domains("v%example.com@MX.ok.test", mine) == ["mx.ok.test", "example.com"]
+    assert routed_domains("v%example.com@other.test", mine) == ["other.test"]
+
+
 def test_kind3_rewriting_follows_the_settings():
     off = SmtpSettings(allow_percent_hack=False, swap_bangpath=False, resolve_dequoted=False)
     assert routed_domains("v%example.com@[192.0.2.25]", off) == []
@@ -276,3 +286,19 @@ def test_skip_then_unknown_lines_go_back_to_body_after_the_error_limit():
     assert s.mode == COMMAND
     s.feed(b"baz\r\n", RULES_EX)
     assert s.mode == BODY
+
+
+def test_smtp_section_parses_and_names_bad_keys(tmp_path):
+    from inspector.config import ConfigError, load_config
+
+    p = tmp_path / "c.toml"
+    p.write_text('[smtp]\nallow_percent_hack = false\nlocal_domains = ["Mx.Straße.example", "ok.test"]\n')
+    s = load_config(p).smtp
+    assert not s.allow_percent_hack and s.swap_bangpath
+    assert s.local_domains == ("mx.xn--strae-oqa.example", "ok.test")
+    p.write_text("[smtp]\nlocal_domains = [1]\n")
+    with pytest.raises(ConfigError, match=r"c.toml:2: smtp.local_domains"):
+        load_config(p)
+    p.write_text("[smtp]\n\nswap_bang_path = true\n")
+    with pytest.raises(ConfigError, match=r"c.toml:3: smtp.swap_bang_path: unknown"):
+        load_config(p)

@@ -37,7 +37,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .domains import DomainMatcher, normalize_domain
+import idna
+
+from .domains import DomainMatcher, normalize_domain, to_ascii
 
 __all__ = ["SmtpSettings", "SmtpSession", "envelope_domain", "envelope_address", "routed_domains",
            "COMMAND", "BODY", "CHUNK", "OVER", "TLS_PENDING"]
@@ -63,7 +65,11 @@ class SmtpSettings:
     ``allow_percent_hack``, ``swap_bangpath``, ``resolve_dequoted``: Postfix parameters of the
     same names (address rewriting, ``postconf(5)``); ``line_length_limit``: Postfix's
     ``line_length_limit`` (bytes); ``message_size_limit``: Postfix's (bytes; a larger
-    ``MAIL ... SIZE=`` is refused); ``hard_error_limit``: ``smtpd_hard_error_limit``.
+    ``MAIL ... SIZE=`` is refused); ``hard_error_limit``: ``smtpd_hard_error_limit``;
+    ``local_domains``: the server's own domains (Postfix's ``mydestination``, the domains
+    whose address the rewriting strips), ``"*"`` = any domain may be (the default: the wire
+    cannot tell, so every domain an address may be rewritten to is looked up); address
+    literals (``[192.0.2.1]``) always count as possibly the server's own.
     """
 
     allow_percent_hack: bool = True
@@ -72,12 +78,14 @@ class SmtpSettings:
     line_length_limit: int = 2048
     message_size_limit: int = 10240000
     hard_error_limit: int = 20
+    local_domains: tuple[str, ...] = ("*",)
 
 
 DEFAULT_SETTINGS = SmtpSettings()
 
 SMTP_KEYS: dict[str, type] = {"allow_percent_hack": bool, "swap_bangpath": bool, "resolve_dequoted": bool,
-                              "line_length_limit": int, "message_size_limit": int, "hard_error_limit": int}
+                              "line_length_limit": int, "message_size_limit": int, "hard_error_limit": int,
+                              "local_domains": list}
 
 
 def parse_smtp_section(table: dict[str, object]) -> SmtpSettings:
@@ -87,6 +95,14 @@ def parse_smtp_section(table: dict[str, object]) -> SmtpSettings:
         kind = SMTP_KEYS.get(key)
         if kind is None:
             raise KeyError(key)
+        if kind is list:
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise ValueError(f"{key}: must be a list of domain names (or [\"*\"])")
+            try:
+                values[key] = tuple(v if v == "*" else to_ascii(v.rstrip(".")) for v in value)
+            except (idna.IDNAError, UnicodeError) as e:
+                raise ValueError(f"{key}: invalid domain ({e})") from None
+            continue
         if kind is bool and not isinstance(value, bool):
             raise ValueError(f"{key}: must be true or false")
         if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
@@ -151,12 +167,17 @@ def routed_domains(address: str, settings: SmtpSettings = DEFAULT_SETTINGS, limi
     """
     out: list[str] = []
     addr = address
+    local_domains = settings.local_domains
+    anywhere = "*" in local_domains
     for _ in range(limit):
         at = _last_at(addr)
         if at >= 0:
-            d = normalize_domain(addr[at + 1:])
+            raw = addr[at + 1:].strip()
+            d = normalize_domain(raw)
             if d is not None and d not in out:
                 out.append(d)
+            if not raw or not (raw[0] == "[" or anywhere or (d is not None and d in local_domains)):
+                break  # a remote domain: Postfix routes the address there as it is
             local = addr[:at]
             if settings.resolve_dequoted and len(local) >= 2 and local[0] == '"' and local[-1] == '"':
                 local = local[1:-1].replace('\\"', '"')

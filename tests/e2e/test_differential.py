@@ -41,8 +41,9 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tuple[st
             pytest.skip(str(e))
         results = bed.run(CASES, modes=MODES)
         report = workdir / "report.txt"
-        report.write_text("\n".join(o.describe(m) for o in results for m in MODES) + "\n")
-        print(f"differential report: {report}")
+        text = "\n".join(o.describe(m) for o in results for m in MODES) + "\n"
+        report.write_text(text)
+        print(f"differential report ({report}):\n{text}")  # shown with -s
         yield {(o.case.name, o.family): o for o in results}
     finally:
         bed.close()

@@ -84,6 +84,18 @@ def kind2() -> list[Case]:
         Case("k2-rset-then-data", [ehlo(), mail(), rcpt("<x@example.org>"), line("RSET"), line("DATA"),
                                    *message(["<v@example.com>"])],
              postfix_accepts=True, kind="2"),
+        # a refused blocked recipient (RCPT before MAIL) is not accepted, and not blocked
+        Case("k2-refused-blocked-rcpt", [ehlo(), rcpt("<v@example.com>"), line("DATA"),
+                                         *message(["<v@example.org>"]), line("QUIT")],
+             postfix_accepts=False, kind="2"),
+        # EHLO in a transaction resets it: the DATA after it is refused, the next lines are commands
+        Case("k2-ehlo-resets", [ehlo(), mail(), rcpt("<v@example.org>"), ehlo(), line("DATA"),
+                                *message(["<v@example.com>"])],
+             postfix_accepts=True, kind="2"),
+        # a refused BDAT (no transaction) still swallows its chunk; what follows is commands
+        Case("k2-refused-bdat-chunk", [ehlo(), line("BDAT 6"), Seg(b"QUIT\r\n"), line("RSET"),
+                                       *message(["<v@example.com>"])],
+             postfix_accepts=True, kind="2"),
         # the body of an accepted DATA is body, whatever it says
         Case("k2-body-says-rcpt", [ehlo(), *message(["<v@example.org>"],
                                                     b"Subject: t\r\n\r\nMAIL FROM:<x@example.org>\r\n"
@@ -108,6 +120,10 @@ def kind3(family: int) -> list[Case]:
         Case(f"k3-nested-bang-v{family}", [ehlo(), *message(["<example.org!example.com!v>"])],
              postfix_accepts=False, kind="3", families=f),
         Case(f"k3-percent-two-v{family}", [ehlo(), *message([f"<v%example.com%example.org@{own}>"])],
+             postfix_accepts=False, kind="3", families=f),
+        Case(f"k3-quoted-local-own-literal-v{family}", [ehlo(), *message([f'<"v@example.com"@{own}>'])],
+             postfix_accepts=None, kind="3", families=f),
+        Case(f"k3-quoted-local-remote-v{family}", [ehlo(), *message(['<"v@example.com"@example.org>'])],
              postfix_accepts=False, kind="3", families=f),
         Case(f"k3-upper-percent-v{family}", [ehlo(), *message([f"<V%EXAMPLE.COM@{own}>"])],
              postfix_accepts=True, kind="3", families=f),

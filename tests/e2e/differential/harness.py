@@ -40,6 +40,7 @@ from typing import Any
 import idna
 
 from inspector.config import Config
+from inspector.detect.smtp import SmtpSettings
 from inspector.engine import Engine
 from inspector.replay import replay_file
 from inspector.rules import DOMAIN, RuleFile, load_rules
@@ -53,6 +54,9 @@ BLOCKED = ("example.com", "xn--strae-oqa.example", "blocked.test")
 # client addresses: one per session (first 198.51.100.100.., 2001:db8:1::100..)
 FIRST = {4: ipaddress.ip_address("198.51.100.100"), 6: ipaddress.ip_address("2001:db8:1::100")}
 MYNETWORKS = ["198.51.100.0/24", "[2001:db8:1::]/64"]
+# the engine configured as the Postfix instance is: no mydestination (its only own "domains" are
+# its address literals); the default (every domain possibly local) is tested by the unit tests
+ENGINE_CONFIG: dict[str, Any] = {"smtp": SmtpSettings(local_domains=())}
 
 
 @dataclass(frozen=True)
@@ -215,7 +219,7 @@ class DiffBed:
             o.recipients = by_client.get(o.src, set())
             o.blocked_accepted = any(is_blocked_address(a) for a in o.recipients)
             for mode in modes:
-                o.engine[mode] = engine_blocks(o.pcap, self.dir, mode)
+                o.engine[mode] = engine_blocks(o.pcap, self.dir, mode, extra=ENGINE_CONFIG)
         return outcomes
 
 
