@@ -190,6 +190,7 @@ class NfQueue:
         self.want_fail_open = fail_open
         self.copy_range: int | None = None
         self.fail_open_errno: int | None = None
+        self.gso_errno: int | None = None
         self._nfq: Any = None
         self._messages: WholeMessages | None = None
 
@@ -212,6 +213,9 @@ class NfQueue:
         self.copy_range = set_copy_range(fd, self.number)
         if self.want_fail_open:
             self.fail_open_errno = set_queue_flags(fd, self.number, FAIL_OPEN)
+        # GRO/TSO aggregates (at most 64 KiB: within the copy range) are handed over whole instead of
+        # one queued packet per segment (an SMTP body's end-of-data aggregate: 1 packet, not ~40)
+        self.gso_errno = set_queue_flags(fd, self.number, GSO)
 
     def fileno(self) -> int:
         """The netlink socket's descriptor (for select)."""
