@@ -38,8 +38,9 @@ def main() -> int:
     for o in outcomes:
         name = o.pcap.name
         shutil.copy(o.pcap, dest / name)
+        recipients = json.dumps(sorted(o.recipients), ensure_ascii=False)
         lines += ["[[capture]]", f'file = "{name}"', f'case = "{o.case.name}"', f'kind = "{o.case.kind}"',
-                  f"family = {o.family}", f"postfix_recipients = {json.dumps(sorted(o.recipients), ensure_ascii=False)}",
+                  f"family = {o.family}", f"postfix_recipients = {recipients}",
                   f"blocked_accepted = {'true' if o.blocked_accepted else 'false'}", ""]
     (dest / "expected.toml").write_text("\n".join(lines), encoding="utf-8")
     shutil.rmtree(work, ignore_errors=True)
