@@ -302,3 +302,16 @@ def test_smtp_section_parses_and_names_bad_keys(tmp_path):
     p.write_text("[smtp]\n\nswap_bang_path = true\n")
     with pytest.raises(ConfigError, match=r"c.toml:3: smtp.swap_bang_path: unknown"):
         load_config(p)
+
+
+@pytest.mark.parametrize("rule", ["faß.example", "FASS.example", "xn--fa-hia.example"])
+def test_kind4_rules_in_u_label_or_a_label_form(rule, tmp_path):
+    from inspector.rules import DOMAIN, RuleFile, load_rules
+
+    (tmp_path / "r.txt").write_text(rule + "\n", encoding="utf-8")
+    domains = load_rules([RuleFile(tmp_path / "r.txt", DOMAIN)]).domains
+    real = E + b"MAIL FROM:<a@ok.test> SMTPUTF8\r\nRCPT TO:<v@fa\xc3\x9f.example>\r\n"
+    other = E + M + b"RCPT TO:<v@fass.example>\r\n"
+    sharp = rule != "FASS.example"
+    assert (SmtpSession().feed(real, domains) is not None) == sharp, "faß.example is xn--fa-hia.example"
+    assert (SmtpSession().feed(other, domains) is not None) == (not sharp), "fass.example is another domain"

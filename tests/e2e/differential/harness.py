@@ -50,7 +50,8 @@ from ..mta import Postfix
 
 HERE = Path(__file__).resolve().parent
 SENDER = HERE / "sender.py"
-BLOCKED = ("example.com", "xn--strae-oqa.example", "blocked.test")
+# the rules as an operator writes them: straße.example in its U-label form (stored as xn--strae-oqa.example)
+BLOCKED = ("example.com", "straße.example", "blocked.test")
 # client addresses: one per session (first 198.51.100.100.., 2001:db8:1::100..)
 FIRST = {4: ipaddress.ip_address("198.51.100.100"), 6: ipaddress.ip_address("2001:db8:1::100")}
 MYNETWORKS = ["198.51.100.0/24", "[2001:db8:1::]/64"]
@@ -135,7 +136,8 @@ def is_blocked_address(address: str, blocked: Iterable[str] = BLOCKED) -> bool:
     if "@" not in address:
         return False
     d = domain_form(address.rpartition("@")[2])
-    return any(d == b or d.endswith("." + b) for b in blocked)
+    forms = [domain_form(b) for b in blocked]
+    return any(d == b or d.endswith("." + b) for b in forms)
 
 
 # ---- the engine's side ------------------------------------------------------------------------------------
