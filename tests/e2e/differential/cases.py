@@ -216,7 +216,7 @@ def splits() -> list[Case]:
              postfix_accepts=False, kind="5"),
         # kind 4: the U-label recipient split inside the two-byte UTF-8 sequence of "ß"
         Case("k4-sharp-s-split-utf8", [ehlo(), line("MAIL FROM:<a@example.org> SMTPUTF8"),
-                                       Seg("RCPT TO:<v@stra".encode() + b"\xc3"), Seg(b"\x9f" + b"e.example>\r\n"),
+                                       Seg(b"RCPT TO:<v@stra" + b"\xc3"), Seg(b"\x9f" + b"e.example>\r\n"),
                                        line("DATA"), body()],
              postfix_accepts=True, kind="4"),
     ]
