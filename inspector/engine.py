@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from .config import Config, RateRule
 from .detect.rate import RateLimiter
-from .detect.smtp import BODY, CHUNK, SmtpSession
+from .detect.smtp import BODY, CHUNK, COMMAND, SmtpSession
 from .flow import PAYLOAD, SMTP, Flow, FlowTable
 from .nets import Whitelist, mask_address, network_text
 from .packet import ACK, FIN, PSH, RST, SYN, URG, Malformed, decode, format_addr
@@ -222,7 +222,7 @@ class Engine:
         if stream is None:
             stream = flow.stream = Stream(flow.base, self._depth)
         state = flow.state
-        if self._early and isinstance(state, SmtpSession):
+        if state is not None and self._early and state.__class__ is SmtpSession and state.mode != COMMAND:
             self._body_gap(state, stream, seq, len(payload))
         conflicts = stream.conflicts
         chunk = stream.push(seq, payload)
@@ -257,8 +257,10 @@ class Engine:
                 return self._decide(verdict, data, d, now)
         if stream.full or (self._early and flow.kind != SMTP and b"\n" in chunk):
             flow.done = True  # early: the first line (an SSH banner) was seen
-        if self._early and not flow.done and isinstance(flow.state, SmtpSession):
-            return self._body_mark(flow.state)
+        if self._early and not flow.done:
+            state = flow.state
+            if state.__class__ is SmtpSession and (state.mode == BODY and not state.partial) != state.kernel_body:
+                return self._body_mark(state)
         return ACCEPT
 
     @staticmethod

@@ -49,11 +49,17 @@ _TLS_HANDSHAKE = 0x16  # the first byte of a TLS record carrying a ClientHello
 
 # "MAIL FROM:" / "RCPT TO:" as Postfix tokenises them: the colon belongs to FROM/TO
 _ENVELOPE = re.compile(rb"(MAIL[ \t]+FROM|RCPT[ \t]+TO):(.*)", re.I | re.S)
+# the common case, decided without the general parser: a plain local part (nothing Postfix rewrites)
+# at an ASCII domain, in brackets, no parameters
+_SIMPLE = re.compile(rb"(?:MAIL[ \t]+FROM|RCPT[ \t]+TO):[ \t]*"
+                     rb"<([A-Za-z0-9._+=-]+@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*))>", re.I)
 _BDAT = re.compile(rb"BDAT[ \t]+(\d+)(?:[ \t]+(LAST))?[ \t]*", re.I)
 _ESMTP = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*(?:=\S*)?")
 # every command smtpd knows (smtpd.c, smtpd_cmd_table); others draw "502 not recognized"
 _VERBS = frozenset({b"HELO", b"EHLO", b"XCLIENT", b"XFORWARD", b"STARTTLS", b"AUTH", b"MAIL", b"RCPT",
                     b"DATA", b"BDAT", b"RSET", b"NOOP", b"VRFY", b"ETRN", b"QUIT"})
+# the first four letters of the verbs that change the session's state
+_VERBS4 = frozenset({b"MAIL", b"RCPT", b"DATA", b"BDAT", b"RSET", b"HELO", b"EHLO", b"STAR", b"QUIT"})
 # transaction state: none, maybe open (the parser cannot tell), surely open
 _NONE, _MAYBE, _OPEN = 0, 1, 2
 
@@ -390,6 +396,15 @@ class SmtpSession:
             eol = data.find(b"\n", pos)
             if mode == BODY:
                 start = self.at_line_start
+                if start is False or data[pos:pos + 1] != b".":
+                    # only a line that starts with "." can end the body: jump to the next "\n."
+                    dot = data.find(b"\n.", pos)
+                    if dot < 0:
+                        self.at_line_start = data[n - 1:n] == b"\n"
+                        return None
+                    pos = dot + 1
+                    self.at_line_start = start = True
+                    eol = data.find(b"\n", pos)
                 if eol < 0:
                     rest = data[pos:]
                     if start is not False and rest[:1] == b"." and rest.rstrip(b"\r") == b".":
@@ -453,12 +468,16 @@ class SmtpSession:
         self.chunk_last = False
 
     def _command(self, line: bytes, domains: DomainMatcher) -> tuple[str, str] | None:
-        sp = line.find(b" ")
-        tab = line.find(b"\t")
-        if tab >= 0 and (sp < 0 or tab < sp):
-            sp = tab
-        verb = (line if sp < 0 else line[:sp]).upper()
-        has_arg = sp >= 0 and bool(line[sp:].strip())
+        verb = line[:4].upper()
+        if verb not in _VERBS4:
+            return None  # not a command that changes state (NOOP, VRFY, unknown...)
+        sep = line[4:5]
+        if sep == b"" or sep == b" " or sep == b"\t":
+            has_arg = bool(line[5:].strip())
+        elif verb == b"STAR" and line[:8].upper() == b"STARTTLS" and line[8:9] in (b"", b" ", b"\t"):
+            verb, has_arg = b"STARTTLS", bool(line[9:].strip())
+        else:
+            return None  # "MAILX ...", "DATAx": another verb, unknown to Postfix
         if verb == b"MAIL" or verb == b"RCPT":
             self.unsure = False
             return self._envelope(verb, line, domains)
@@ -508,6 +527,18 @@ class SmtpSession:
             return None  # "need MAIL command": refused
         if not rcpt and self.txn == _OPEN:
             return None  # "nested MAIL command": refused
+        simple = _SIMPLE.fullmatch(line)
+        if simple is not None:  # the common <local@domain> with nothing to rewrite: surely accepted
+            if rcpt:
+                if self.txn == _OPEN:
+                    self.rcpts += 1
+            else:
+                self.txn = _OPEN if self.txn == _NONE else _MAYBE
+                self.rcpts = 0
+            rule = domains.match(simple.group(2).decode("ascii").lower())
+            if rule is not None:
+                return rule, "<" + simple.group(1).decode("ascii") + ">"
+            return None
         m = _ENVELOPE.fullmatch(line)
         if m is None:
             return None  # "Syntax: MAIL FROM:<address>": refused
