@@ -236,3 +236,54 @@ def test_early_decision_in_body_at_data_and_after_the_ssh_banner(make_engine):
         [c2.syn(), c2.send(b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<b@ok.test>\r\nDATA\r\n"), c2.send(b"hi\r\n.\r\n"),
          c2.send(b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<b@blocked.test>\r\n")])]
     assert verdicts[3].reason is Reason.DOMAIN
+
+
+# ---- issue 12, kind 5: decide = "early" with the kernel's in-body filter ------------------------------------
+
+def test_in_body_gaps_are_skipped_and_the_next_transaction_is_read(make_engine):
+    from inspector.verdict import ACCEPT_BODY, ACCEPT_RESUME
+
+    e = make_engine(decide="early")
+    c = Conn()
+    head = b"EHLO a\r\nMAIL FROM:<a@ok.test>\r\nRCPT TO:<b@ok.test>\r\nDATA\r\n"
+    assert e.process(c.syn(), 0) is ACCEPT
+    assert e.process(c.send(head), 0.1) is ACCEPT_BODY
+    body = b"x" * 76 + b"\r\n"
+    start = len(head)
+    # the kernel kept 1,000 body lines; it queues the segment with the end-of-data line
+    tail = c.at(start + 1000 * len(body), b"more\r\n.\r\nMAIL FROM:<a@ok.test>\r\nRCPT TO:<v@blocked.test>\r\n")
+    assert e.process(tail, 0.2).reason is Reason.DOMAIN
+
+
+def test_in_body_partial_dot_line_asks_for_the_next_segment(make_engine):
+    from inspector.verdict import ACCEPT_BODY, ACCEPT_RESUME
+
+    e = make_engine(decide="early")
+    c = Conn()
+    e.process(c.syn(), 0)
+    assert e.process(c.send(b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<b@ok.test>\r\nDATA\r\n"), 0.1) is ACCEPT_BODY
+    assert e.process(c.send(b"text\r\n."), 0.2) is ACCEPT_RESUME, "'.' may end the data: queue the next one"
+    assert e.process(c.send(b".stuffed\r\n"), 0.3) is ACCEPT_BODY, "it did not: back in the body"
+    assert e.process(c.send(b"end\r\n.\r\n"), 0.4) is ACCEPT_RESUME
+    assert e.process(c.send(b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<x@blocked.test>\r\n"), 0.5).reason is Reason.DOMAIN
+
+
+def test_early_message_bytes_do_not_count_towards_depth(make_engine):
+    e = make_engine(decide="early", depth=4096)
+    c = Conn()
+    e.process(c.syn(), 0)
+    e.process(c.send(b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<b@ok.test>\r\nDATA\r\n"), 0.1)
+    for i in range(100):  # 100 KB of body, every segment seen (no kernel filter)
+        e.process(c.send(b"y" * 998 + b"\r\n"), 0.2 + i * 0.001)
+    e.process(c.send(b".\r\n"), 0.4)
+    assert e.process(c.send(b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<x@blocked.test>\r\n"), 0.5).reason is Reason.DOMAIN
+    # depth mode reads the body as bytes of the stream: past depth, nothing more is seen
+    d = make_engine(decide="depth", depth=4096)
+    c2 = Conn(src="198.51.100.9")
+    d.process(c2.syn(), 0)
+    d.process(c2.send(b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<b@ok.test>\r\nDATA\r\n"), 0.1)
+    for i in range(10):
+        d.process(c2.send(b"y" * 998 + b"\r\n"), 0.2 + i * 0.001)
+    d.process(c2.send(b".\r\n"), 0.4)
+    assert d.process(c2.send(b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<x@blocked.test>\r\n"), 0.5).reason is None
+
