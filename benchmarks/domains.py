@@ -18,7 +18,7 @@ from pathlib import Path
 import ahocorasick
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from inspector.detect.domains import DomainMatcher  # noqa: E402
+from inspector.detect.domains import DomainMatcher
 
 
 def aho_matcher(domains):
@@ -44,7 +44,8 @@ def main() -> int:
     rng = random.Random(3)
     words = set()
     while len(words) < args.domains:
-        words.add("".join(rng.choices(string.ascii_lowercase, k=rng.randint(5, 12))) + rng.choice((".com", ".net", ".org")))
+        word = "".join(rng.choices(string.ascii_lowercase, k=rng.randint(5, 12)))
+        words.add(word + rng.choice((".com", ".net", ".org")))
     domains = sorted(words)
     picks = rng.choices(domains, k=args.lookups // 2)
     queries = [f"mx{i % 7}.{d}" for i, d in enumerate(picks)]

@@ -25,11 +25,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from inspector.bench import (  # noqa: E402
-    Engine, domain_rules, flood, mixed_workload, peak_rss_mb, run_engine,
+from inspector.bench import (
+    Engine,
+    domain_rules,
+    flood,
+    mixed_workload,
+    peak_rss_mb,
+    run_engine,
 )
-from inspector.config import Config  # noqa: E402
-from inspector.rules import load_rules  # noqa: E402
+from inspector.config import Config
+from inspector.rules import load_rules
 
 
 def write_pcap(path: Path, workload: list[tuple[float, bytes]]) -> None:
@@ -94,7 +99,7 @@ def main() -> int:
         big_rules = load_rules(domain_rules(big, Path(tmp)))
         results = {}
         # interleave the two rule sets so machine noise hits both alike
-        for rnd in range(2):
+        for _ in range(2):
             for name, rules in (("2 domains", small_rules), (f"{big:,} domains", big_rules)):
                 engine = Engine(Config(), rules)
                 cpu, verdicts = run_engine(engine, workload)
@@ -128,7 +133,8 @@ def main() -> int:
     print("\n## memory as flood sources grow (fresh process each, one SYN per source)")
     for n in ((10_000, 100_000) if args.quick else (10_000, 100_000, 1_000_000)):
         r = in_child("sources", n)
-        print(f"   {r['sources']:>9,} sources: peak RSS {r['peak_rss_mb']:>6.1f} MB (baseline {r['rss_before_mb']} MB), "
+        print(f"   {r['sources']:>9,} sources: peak RSS {r['peak_rss_mb']:>6.1f} MB "
+              f"(baseline {r['rss_before_mb']} MB), "
               f"flows held {r['flows']:,} (max 262,144), rate entries {r['rate_entries']:,}, {r['pps']:,.0f} SYN/s")
 
     print("\n## blocklists at scale (fresh process each)")

@@ -20,10 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from inspector.bench import domain_rules, mixed_workload  # noqa: E402
-from inspector.config import Config  # noqa: E402
-from inspector.engine import Engine  # noqa: E402
-from inspector.rules import PAYLOAD, RuleFile, load_rules  # noqa: E402
+from inspector.bench import domain_rules, mixed_workload
+from inspector.config import Config
+from inspector.engine import Engine
+from inspector.rules import PAYLOAD, RuleFile, load_rules
 
 
 def mutate(rng: random.Random, p: bytes, corpus: list[bytes]) -> bytes:

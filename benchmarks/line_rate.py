@@ -53,9 +53,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from linerate import procfs, profile  # noqa: E402
-from linerate.bed import SERVER4, Bed, wait_for  # noqa: E402
-from linerate.filters import REPO, Bare, Inspector, NoFilter, Recipe, supports_decide_early  # noqa: E402
+import contextlib
+
+from linerate import procfs, profile
+from linerate.bed import SERVER4, Bed, wait_for
+from linerate.filters import REPO, Bare, Inspector, NoFilter, Recipe, supports_decide_early
 
 HERE = Path(__file__).resolve().parent / "linerate"
 LOADGEN, SINK, FLOOD = HERE / "loadgen.py", HERE / "sink.py", HERE / "flood.py"
@@ -201,7 +203,8 @@ def smtp_benchmark(bed: Bed, sink: Sink, args: argparse.Namespace) -> dict[str, 
     if args.bare:
         for mode in args.bare_modes:
             for w in args.bare_workers:
-                makers.append(lambda r, mode=mode, w=w: Bare(bed, sink.pid, args.python, f"bare-{mode}{w}-{r}", mode, w))
+                makers.append(lambda r, mode=mode, w=w: Bare(bed, sink.pid, args.python, f"bare-{mode}{w}-{r}",
+                                                             mode, w))
     for w in args.smtp_workers:
         makers.append(lambda r, w=w: Inspector(bed, sink.pid, args.python, w, f"smtp{w}-{r}"))
     if args.early:
@@ -224,7 +227,7 @@ def smtp_benchmark(bed: Bed, sink: Sink, args: argparse.Namespace) -> dict[str, 
                 log(f"    FAILED: {type(e).__name__}: {e}")
                 this[flt.name] = {"filter": flt.name, "label": flt.label, "error": f"{type(e).__name__}: {e}"}
         ncpu = os.cpu_count() or 1
-        for name, run in this.items():
+        for run in this.values():
             none = this.get("none", {})
             base = none.get("tx_per_s")
             if base and "tx_per_s" in run:
@@ -388,10 +391,8 @@ def flood_run(bed: Bed, sink: Sink, args: argparse.Namespace, workers: int, tag:
         conntrack_entries = bed.s("conntrack", "-C", check=False).stdout.strip()
 
         # the attackers went over the limit during the flood: banned, so the kernel drops them
-        try:
+        with contextlib.suppress(TimeoutError):
             wait_for(lambda: set(ATTACKERS) <= flt.banned(), 5, what="every attacker banned")
-        except TimeoutError:
-            pass
         banned = sorted(set(ATTACKERS) & flt.banned())
         c2, q2 = flt.chain_counters(), procfs.queue_totals(sink.pid)
         more = 50
@@ -430,7 +431,8 @@ def flood_run(bed: Bed, sink: Sink, args: argparse.Namespace, workers: int, tag:
         "fail_open": nfq - verdicts - dq["queue_dropped"] - dq["user_dropped"], "peak_waiting": peak["waiting"],
         "cpu_s": cpu, "cpu_us_per_verdict": cpu * 1e6 / verdicts if verdicts else None,
         "cpu_per_process": {str(p): round(cpu1.get(p, 0) - cpu0.get(p, 0), 2) for p in cpu1},
-        "peak_rss_kb": {str(k): v for k, v in rss.items()}, "peak_rss_mb_max": max((v or 0) for v in rss.values()) / 1024,
+        "peak_rss_kb": {str(k): v for k, v in rss.items()},
+        "peak_rss_mb_max": max((v or 0) for v in rss.values()) / 1024,
         "peak_rss_mb_sum": sum((v or 0) for v in rss.values()) / 1024,
         "alive_after_flood": all(alive.values()), "alive_at_end": all(alive_end.values()),
         "worker_exits": sum(1 for e in events if e.get("what") == "worker-exit"),
@@ -440,11 +442,13 @@ def flood_run(bed: Bed, sink: Sink, args: argparse.Namespace, workers: int, tag:
         "cpus_ours": ours / elapsed, "cpus_others": max(0.0, busy / wall * (os.cpu_count() or 1) - ours / elapsed)
         if wall else None,
         "bans": {"attackers_banned": len(banned), "attackers": len(ATTACKERS), "syns_sent_after": more * len(banned),
-                 "ban_drop_delta": c3["ban_drop"] - c2["ban_drop"], "id_sequence_delta": q3["id_sequence"] - q2["id_sequence"],
+                 "ban_drop_delta": c3["ban_drop"] - c2["ban_drop"],
+                 "id_sequence_delta": q3["id_sequence"] - q2["id_sequence"],
                  "queue_rule_delta": c3["nfqueue"] - c2["nfqueue"]},
     }
     log(f"    sent {out['sent']:,} in {out['send_seconds']:.1f} s ({out['send_rate']:,.0f}/s); verdicts {verdicts:,}"
-        f" ({out['verdicts_per_s']:,.0f}/s); fail-open {out['fail_open']:,}; drops {dq['queue_dropped'] + dq['user_dropped']}"
+        f" ({out['verdicts_per_s']:,.0f}/s); fail-open {out['fail_open']:,}; "
+        f"drops {dq['queue_dropped'] + dq['user_dropped']}"
         f"; peak RSS {out['peak_rss_mb_max']:.0f} MB; banned {len(banned)}/{len(ATTACKERS)}")
     return out
 
@@ -541,7 +545,8 @@ def report_smtp(smtp: dict[str, Any], args: argparse.Namespace) -> list[str]:
                 cells.append(f"{run.get('label', n)}: FAILED {run.get('error', '')[:60]}")
         lines.append(f"  round {i + 1}: " + "  |  ".join(cells))
     lines.append("")
-    head = (f"{'filter':<28}{'tx/s':>7}{'ratio':>7}{'(min-max)':>13}{'norm':>6}{'p50 ms':>8}{'p99 ms':>8}{'CPU us/tx':>10}"
+    head = (f"{'filter':<28}{'tx/s':>7}{'ratio':>7}{'(min-max)':>13}{'norm':>6}{'p50 ms':>8}{'p99 ms':>8}"
+            f"{'CPU us/tx':>10}"
             f"{'us/pkt':>8}{'pkts/tx':>8} {'plain':>11}{'upper':>11}{'split':>11}  {'reset seen':>11}"
             f"{'srv told':>10}{'legit fail':>11}")
     lines += [head, "-" * len(head)]
@@ -555,7 +560,8 @@ def report_smtp(smtp: dict[str, Any], args: argparse.Namespace) -> list[str]:
         ratios = [x["ratio"] for x in runs if "ratio" in x]
         normed = [x["ratio_cpu_normalized"] for x in runs if "ratio_cpu_normalized" in x]
         tx = sum(x["tx"] for x in runs)
-        s: dict[str, Any] = {"label": label, "runs": len(runs), "tx_per_s": statistics.median(x["tx_per_s"] for x in runs),
+        s: dict[str, Any] = {"label": label, "runs": len(runs),
+                             "tx_per_s": statistics.median(x["tx_per_s"] for x in runs),
                              "ratio": statistics.median(ratios) if ratios else None,
                              "ratio_min": min(ratios) if ratios else None, "ratio_max": max(ratios) if ratios else None,
                              "ratio_cpu_normalized": statistics.median(normed) if normed else None,
@@ -564,7 +570,8 @@ def report_smtp(smtp: dict[str, Any], args: argparse.Namespace) -> list[str]:
                              if any(x.get("cpus_others") is not None for x in runs) else None,
                              "p50_ms": statistics.median(x["p50_ms"] for x in runs),
                              "p99_ms": statistics.median(x["p99_ms"] for x in runs),
-                             "legit_failed": sum(x["legit_failed"] for x in runs), "legit": sum(x["legit"] for x in runs),
+                             "legit_failed": sum(x["legit_failed"] for x in runs),
+                             "legit": sum(x["legit"] for x in runs),
                              "server_told": sum(x["sink"]["reset_by_peer"] for x in runs),
                              "sink_cpu_us_per_tx": sum(x["sink_cpu_s"] for x in runs) * 1e6 / tx,
                              "gen_cpu_us_per_tx": sum(x["gen_cpu_s"] for x in runs) * 1e6 / tx}
@@ -590,7 +597,8 @@ def report_smtp(smtp: dict[str, Any], args: argparse.Namespace) -> list[str]:
         lines.append(f"{label:<28}{s['tx_per_s']:>7.0f}{fmt(s['ratio'], '.3f'):>7}{rng:>13}"
                      f"{fmt(s['ratio_cpu_normalized'], '.2f'):>6}{s['p50_ms']:>8.1f}"
                      f"{s['p99_ms']:>8.1f}{cpu_cells}{kinds}  {str(s['reset_seen']) + '/' + str(blocked_total):>11}"
-                     f"{str(s['server_told']) + '/' + str(blocked_total):>10}{str(s['legit_failed']) + '/' + str(s['legit']):>11}")
+                     f"{str(s['server_told']) + '/' + str(blocked_total):>10}"
+                     f"{str(s['legit_failed']) + '/' + str(s['legit']):>11}")
         s["blocked_total"], s["expected_total"] = blocked_total, expected_total
     lines.append(f"{'suricata (NFQ)':<28}  {smtp['suricata']}")
     smtp["summary"] = summary
@@ -604,7 +612,8 @@ def report_smtp(smtp: dict[str, Any], args: argparse.Namespace) -> list[str]:
         if n == "none":
             base_total = total
         extra = f"   vs no filter {total - base_total:+7.1f}" if base_total is not None else ""
-        lines.append(f"  {s['label']:<28} sink {s['sink_cpu_us_per_tx']:7.1f}   load generator {s['gen_cpu_us_per_tx']:7.1f}"
+        lines.append(f"  {s['label']:<28} sink {s['sink_cpu_us_per_tx']:7.1f}   "
+                     f"load generator {s['gen_cpu_us_per_tx']:7.1f}"
                      f"   filter {fmt(s.get('cpu_us_per_tx'), '7.1f', '      -')}   all {total:7.1f}{extra}")
     rec = [r["recipe"]["recipe"] for r in rounds if "recipe" in r.get("recipe", {})]
     if rec:
@@ -649,7 +658,8 @@ def report_bulk(bulks: list[dict[str, Any]]) -> list[str]:
         if "error" in bulk:
             lines.append(f"   FAILED {bulk['error']}")
             continue
-        lines.append(f"   {bulk['label']:<30} {bulk['queued_packets']:>4} packets to userspace; delivered: {bulk['ok']};"
+        lines.append(f"   {bulk['label']:<30} {bulk['queued_packets']:>4} packets to userspace; "
+                     f"delivered: {bulk['ok']};"
                      f" client->server packets of the connection (conntrack, after GRO): "
                      f"{bulk.get('conntrack_client_packets')}, {bulk.get('conntrack_client_bytes')} bytes;"
                      f" connmark {bulk.get('conntrack_mark')}; {bulk['seconds']:.2f} s")
@@ -663,7 +673,8 @@ def report_flood(flood: dict[str, Any]) -> list[str]:
         return ["== SYN flood: FAILED " + "; ".join(r.get("error", "") for r in runs)]
     lines = [f"== SYN flood: {first['sources']:,} distinct sources x {first['passes']} SYN(s) each (198.18.0.0/15),"
              f" plus {first['attackers']} attackers x {first['per_attacker']} SYNs spread through it; one Python"
-             f" raw-socket sender in the client ns{' pinned to CPU ' + flood['sender_pinned_to_cpu'] if flood['sender_pinned_to_cpu'] else ''};"
+             f" raw-socket sender in the client ns"
+             f"{' pinned to CPU ' + flood['sender_pinned_to_cpu'] if flood['sender_pinned_to_cpu'] else ''};"
              f" flood sources {'silent (SYN-ACKs dropped)' if flood['silent_sources'] else 'answer SYN-ACKs with RST'};"
              f" inspector: > 4 SYNs in 60 s -> drop + ban"]
     head = (f"{'round':>5}{'workers':>8}{'sent':>9}{'send/s':>9}{'reached':>9}{'verdicts':>10}{'verdicts/s':>11}"
@@ -676,8 +687,10 @@ def report_flood(flood: dict[str, Any]) -> list[str]:
             continue
         lines.append(f"{r['round']:>5}{r['workers']:>8}{r['sent']:>9,}{r['send_rate']:>9,.0f}{r['reached_filter']:>9,}"
                      f"{r['verdicts']:>10,}{r['verdicts_per_s']:>11,.0f}{r['fail_open']:>10,}"
-                     f"{r['queue_dropped'] + r['user_dropped']:>8}{r['peak_waiting']:>8}{fmt(r['cpu_us_per_verdict']):>11}"
-                     f"{r['peak_rss_mb_max']:>11.1f}{r['peak_rss_mb_sum']:>6.0f}{'yes' if r['alive_at_end'] else 'NO':>7}"
+                     f"{r['queue_dropped'] + r['user_dropped']:>8}{r['peak_waiting']:>8}"
+                     f"{fmt(r['cpu_us_per_verdict']):>11}"
+                     f"{r['peak_rss_mb_max']:>11.1f}{r['peak_rss_mb_sum']:>6.0f}"
+                     f"{'yes' if r['alive_at_end'] else 'NO':>7}"
                      f"{r['worker_exits']:>6}{fmt(r['cpus_ours'], '.2f') + ' / ' + fmt(r['cpus_others'], '.2f'):>17}")
     med = flood["median_verdicts_per_s"]
     lines.append(f"median verdicts/s: 1 worker {fmt(med.get('1'), ',.0f')}, 2 workers {fmt(med.get('2'), ',.0f')};"
@@ -689,7 +702,8 @@ def report_flood(flood: dict[str, Any]) -> list[str]:
     lines.append(f"  scaled to the whole machine (verdicts/s x CPUs / CPUs not taken by other tenants): 1 worker"
                  f" {fmt(norm.get('1'), ',.0f')}, 2 workers {fmt(norm.get('2'), ',.0f')};"
                  f" ratio {fmt(flood.get('ratio_2_over_1_norm'), '.2f')}")
-    lines.append(f"  inspector CPU per verdict (median): 1 worker {fmt(us.get('1'))} us, 2 workers {fmt(us.get('2'))} us"
+    lines.append(f"  inspector CPU per verdict (median): 1 worker {fmt(us.get('1'))} us, "
+                 f"2 workers {fmt(us.get('2'))} us"
                  f" -> with a free core per worker: {fmt(cap.get('1'), ',.0f')} vs {fmt(cap.get('2'), ',.0f')}"
                  f" verdicts/s. The sender (with the kernel's receive path, which runs in its context) needs"
                  f" a core of its own here, so on {os.cpu_count()} CPUs 2 workers share what it leaves.")
@@ -745,8 +759,10 @@ def preflight(python: str) -> str | None:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="CI smoke test: 1 round of a few seconds, then a 10,000-source flood")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="CI smoke test: 1 round of a few seconds, then a 10,000-source flood")
     p.add_argument("--seconds", type=float, help="load per filter run (default 8; --quick 4)")
     p.add_argument("--rounds", type=int, help="interleaved rounds (default 8; --quick 1)")
     p.add_argument("--concurrency", type=int, help="concurrent SMTP connections (default 300: enough to keep the"
@@ -811,7 +827,8 @@ def main() -> int:
     do_flood = args.flood or args.all or q
     if not 0 <= args.blocked_every <= 1000 or args.blocked_every == 1:
         p.error("--blocked-every must be 0 (none) or 2..1000")
-    if args.seconds <= 0 or args.seconds > 300 or args.rounds < 1 or args.rounds > 50 or not 1 <= args.concurrency <= 5000:
+    if (args.seconds <= 0 or args.seconds > 300 or args.rounds < 1 or args.rounds > 50
+            or not 1 <= args.concurrency <= 5000):
         p.error("--seconds must be in (0, 300], --rounds 1..50, --concurrency 1..5000")
     if not 1 <= args.flood_sources <= 120_000:
         p.error("--flood-sources must be 1..120,000 (198.18.0.0/15 minus the blocked and attacker pools)")

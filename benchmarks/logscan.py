@@ -93,22 +93,34 @@ def _failure(name: str, h: str, ts: str, iso: str, tm: time.struct_time, pid: in
         rc_ts = time.strftime("%d-%b-%Y %H:%M:%S", tm)
         return (f"[{rc_ts} +0000]: <{pid:08x}> IMAP Error: Login failed for user{pid}@example.org against localhost "
                 f"from {h}. AUTHENTICATE PLAIN: A0002 NO [AUTHENTICATIONFAILED] Authentication failed. in "
-                f"/var/www/roundcube/program/lib/Roundcube/rcube_imap.php on line 211 (POST /?_task=login&_action=login)")
+                "/var/www/roundcube/program/lib/Roundcube/rcube_imap.php on line 211 "
+                "(POST /?_task=login&_action=login)")
     if name == "apache-probe":
         a_ts = time.strftime("%a %b %d %H:%M:%S", tm) + f".{pid:06d} {tm.tm_year}"
         path = rnd.choice(["/var/www/html/wp-login.php", "/var/www/html/phpmyadmin", "/var/www/html/admin",
                            "/var/www/html/xmlrpc.php", "/var/www/html/.env"])
-        return f"[{a_ts}] [core:info] [pid {pid}:tid 1402] [client {h}:{40000 + pid % 20000}] AH00128: File does not exist: {path}"
+        return (f"[{a_ts}] [core:info] [pid {pid}:tid 1402] [client {h}:{40000 + pid % 20000}] AH00128: "
+                f"File does not exist: {path}")
     if name == "proftpd":
         ip = f"::ffff:{h}" if v4 else h
         return rnd.choice([
             f"{ts} ftp proftpd[{pid}] ftp.example.org ({ip}[{ip}]): USER user{pid} (Login failed): Incorrect password.",
-            f"{ts} ftp proftpd[{pid}] ftp.example.org ({ip}[{ip}]): USER x{pid}: no such user found from {ip} [{ip}] to 192.0.2.10:21",
+            f"{ts} ftp proftpd[{pid}] ftp.example.org ({ip}[{ip}]): USER x{pid}: no such user found from {ip} "
+            f"[{ip}] to 192.0.2.10:21",
             f"{ts} ftp proftpd[{pid}] ftp.example.org ({ip}[{ip}]): SECURITY VIOLATION: root login attempted.",
         ])
+    if name == "dovecot":
+        return (f"{ts} mail dovecot: {rnd.choice(['imap', 'pop3'])}-login: Aborted login (auth failed, 1 attempts in "
+                f"2 secs): user=<user{pid}@example.org>, method=PLAIN, rip={h}, lip=192.0.2.10, TLS, "
+                f"session=<{pid:012x}>")
+    if name == "exim":
+        e_ts = time.strftime("%Y-%m-%d %H:%M:%S", tm)
+        return (f"{e_ts} {rnd.choice(['dovecot_plain', 'login', 'plain'])} authenticator failed for (ylmf-pc) "
+                f"[{h}]:{40000 + pid % 20000}: 535 Incorrect authentication data (set_id=user{pid})")
     return rnd.choice([
         f"{iso} host sshd[{pid}]: Failed password for root from {h} port {40000 + pid % 20000} ssh2",
-        f"{ts} host sshd[{pid}]: Failed password for invalid user admin{pid % 50} from {h} port {40000 + pid % 20000} ssh2",
+        f"{ts} host sshd[{pid}]: Failed password for invalid user admin{pid % 50} from {h} "
+        f"port {40000 + pid % 20000} ssh2",
         f"{ts} host sshd-session[{pid}]: Invalid user test{pid % 50} from {h} port {40000 + pid % 20000}",
     ])
 
@@ -126,11 +138,13 @@ def _noise(rnd: random.Random, ts: str, iso: str, tm: time.struct_time, pid: int
     if r < 0.50:
         return f"{ts} host CRON[{pid}]: (root) CMD (command -v debian-sa1 > /dev/null && debian-sa1 1 1)"
     if r < 0.58:
-        return f"{ts} host kernel: [{pid}.{pid % 1000:03d}] [UFW BLOCK] IN=eth0 OUT= SRC={h} DST=192.0.2.10 PROTO=TCP DPT=23"
+        return (f"{ts} host kernel: [{pid}.{pid % 1000:03d}] [UFW BLOCK] IN=eth0 OUT= SRC={h} DST=192.0.2.10 "
+                "PROTO=TCP DPT=23")
     if r < 0.64:
         return f"{iso} host systemd[1]: Started session-{pid}.scope - Session {pid} of User bob."
     if r < 0.70:
-        return f"{ts} host sshd[{pid}]: Accepted publickey for bob from {h} port {40000 + pid % 20000} ssh2: ED25519 SHA256:x"
+        return (f"{ts} host sshd[{pid}]: Accepted publickey for bob from {h} port {40000 + pid % 20000} ssh2: "
+                "ED25519 SHA256:x")
     if r < 0.75:
         return f"{ts} host sshd[{pid}]: Connection closed by authenticating user root {h} port 40001 [preauth]"
     if r < 0.79:
@@ -149,6 +163,13 @@ def _noise(rnd: random.Random, ts: str, iso: str, tm: time.struct_time, pid: int
     if r < 0.97:
         rc_ts = time.strftime("%d-%b-%Y %H:%M:%S", tm)
         return f"[{rc_ts} +0000]: <{pid:08x}> Successful login for bob@example.org (ID: 3) from {h} in session x"
+    if r < 0.98:
+        return (f"{ts} mail dovecot: imap-login: Login: user=<bob@example.org>, method=PLAIN, rip={h}, "
+                f"lip=192.0.2.10, mpid={pid}, TLS, session=<{pid:012x}>")
+    if r < 0.99:
+        e_ts = time.strftime("%Y-%m-%d %H:%M:%S", tm)
+        return (f"{e_ts} {pid:X}-000123-4x <= bob@example.org H=(laptop) [{h}]:40020 I=[192.0.2.10]:587 "
+                f"P=esmtpsa A=plain:bob S=1234")
     return f"{ts} host dhclient[{pid}]: DHCPREQUEST for 192.0.2.10 on eth0 to 192.0.2.1 port 67"
 
 

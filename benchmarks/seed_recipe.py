@@ -10,11 +10,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from inspector.config import Config  # noqa: E402
-from inspector.engine import Engine  # noqa: E402
-from inspector.rules import DOMAIN, RuleFile, load_rules  # noqa: E402
-from inspector.testing import StringRecipe  # noqa: E402
-from tests.test_seed_recipe import CASES, RULE  # noqa: E402
+from benchmarks.string_recipe import StringRecipe
+from inspector.config import Config
+from inspector.engine import Engine
+from inspector.rules import DOMAIN, RuleFile, load_rules
+from tests.test_seed_recipe import CASES, RULE
 
 
 def main() -> int:
@@ -29,7 +29,7 @@ def main() -> int:
         eng = any(engine.process(p, i * 0.01).reason is not None for i, p in enumerate(packets))
         rec = StringRecipe([RULE]).matches(packets) > 0
 
-        def show(got: bool) -> str:
+        def show(got: bool, should: bool = should) -> str:
             return ("block" if got else "pass") + ("" if got == should else "  WRONG")
         print(f"{name:<26} {'block' if should else 'pass':<9} {show(rec):<16} {show(eng):<16}")
     return 0

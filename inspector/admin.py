@@ -1,4 +1,9 @@
-"""``inspector bans`` and ``inspector unban``: ask the running service, or act on the state directly."""
+"""``inspector bans``, ``ban`` and ``unban``: ask the running service, or act on the state directly.
+
+``ban`` needs the running service: its ban pipeline knows what must never be banned (the
+whitelist, the host's own addresses) and publishes to the fleet.  ``unban`` also works
+without it, on the state file and the kernel set.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +14,18 @@ import sys
 import time
 from pathlib import Path
 
-
 from .bans import BanStore, StateError
-from .config import load_config
+from .config import Config, load_config
+from .control import control_request
 from .events import now_iso
 from .firewall import FirewallError, IpsetFirewall, SetNames
-from .nets import ban_network
-from .control import control_request
+from .manual import TargetError, ban_form, parse_duration, parse_target
 
 
 def list_bans(config_path: str | None, as_json: bool) -> int:
+    """``inspector bans``: the active bans from the running service, else from the state file; one line (or, with
+    ``as_json``, one JSON object) per ban. Returns the exit code (1: the state file is unreadable).
+    """
     config = load_config(config_path)
     reply = control_request(config.service.control_socket, {"cmd": "bans"})
     if reply is not None:
@@ -33,7 +40,7 @@ def list_bans(config_path: str | None, as_json: bool) -> int:
             print(f"inspector: error: {e}", file=sys.stderr)
             return 1
         bans = [{"network": r.network, "reason": r.reason, "rule": r.rule, "seconds_left": int(r.expires - now),
-                 "expires_at": now_iso(r.expires)} for r in store.active(now)]
+                 "expires_at": now_iso(r.expires), "origin": r.origin} for r in store.active(now)]
         source = f"state file {config.service.state_file} (service not running)"
     if as_json:
         for b in bans:
@@ -43,17 +50,54 @@ def list_bans(config_path: str | None, as_json: bool) -> int:
     for b in bans:
         left = int(b["seconds_left"])
         print(f"{b['network']:<40} {b['reason']:<10} {left // 3600:>3}h{left % 3600 // 60:02d}m left"
-              f"  {b.get('rule') or ''}")
+              f"  {b.get('origin') or 'local':<16} {b.get('rule') or ''}")
     return 0
 
 
-def unban(config_path: str | None, address: str) -> int:
+def ban(config_path: str | None, target: str, duration: str, reason: str | None) -> int:
+    """``inspector ban TARGET``: each network of the target through the running service's pipeline."""
     config = load_config(config_path)
     try:
-        ipaddress.ip_network(address, strict=False)
-    except ValueError:
-        print(f"inspector: error: {address!r} is not an address or network", file=sys.stderr)
+        networks = parse_target(target, config.ipv6_prefix)
+        seconds = parse_duration(duration)
+    except TargetError as e:
+        print(f"inspector: error: {e}", file=sys.stderr)
         return 1
+    reply = control_request(config.service.control_socket,
+                            {"cmd": "ban", "networks": networks, "seconds": seconds, "reason": reason})
+    if reply is None:
+        print(f"inspector: error: no service answers on {config.service.control_socket}: manual bans go through "
+              "the running service (it knows what must never be banned, and tells the fleet)", file=sys.stderr)
+        return 1
+    if not reply.get("ok"):
+        print(f"inspector: error: {reply.get('error')}", file=sys.stderr)
+        return 1
+    for network in reply.get("banned", []):
+        print(f"banned {network} for {seconds}s")
+    for refused in reply.get("refused", []):
+        print(f"refused {refused['network']}: {refused['why']}", file=sys.stderr)
+    return 0 if not reply.get("refused") else 1
+
+
+def unban(config_path: str | None, target: str) -> int:
+    """``inspector unban TARGET``: lift the bans of an address (an IPv6 address: its /64), a network or a range
+    a-b (its networks) through the running service (and so the fleet), else directly in the state file and, as
+    root, the kernel sets.  Returns the exit code (1: not a target, or the service refused)."""
+    config = load_config(config_path)
+    try:
+        networks = [target] if "-" not in target else parse_target(target, config.ipv6_prefix)
+        if "-" not in target:
+            ipaddress.ip_network(target, strict=False)
+    except (TargetError, ValueError):
+        print(f"inspector: error: {target!r} is not an address, a network or a range a-b", file=sys.stderr)
+        return 1
+    code = 0
+    for address in networks:
+        code = max(code, _unban_one(config, address))
+    return code
+
+
+def _unban_one(config: Config, address: str) -> int:
     reply = control_request(config.service.control_socket, {"cmd": "unban", "network": address})
     if reply is not None:
         if not reply.get("ok"):
@@ -62,7 +106,7 @@ def unban(config_path: str | None, address: str) -> int:
         print(f"unbanned {reply['network']}" + ("" if reply.get("was_banned") else " (it was not banned)"))
         return 0
     # no service: edit the state and the kernel set directly
-    network = ban_network(address, ipv6_prefix=config.ipv6_prefix, ipv4_prefix=config.ipv4_prefix)
+    network = ban_form(address, config.ipv4_prefix, config.ipv6_prefix)
     store = BanStore(Path(config.service.state_file))
     try:
         store.load(time.time())

@@ -17,6 +17,9 @@ def load(config_path: str | Path | None = None, rules_path: str | Path | None = 
 
 def build_engine(config_path: str | Path | None = None, rules_path: str | Path | None = None,
                  **overrides: object) -> Engine:
+    """A ready :class:`~inspector.engine.Engine` from the config and rules at these paths, with ``overrides`` of config
+    fields (e.g. ``mode="alert"``); raises ConfigError / RuleError.
+    """
     config, rules = load(config_path, rules_path)
     if overrides:
         config = config.with_overrides(**overrides)

@@ -26,11 +26,15 @@ class StateError(Exception):
 
 @dataclass(frozen=True)
 class BanRecord:
+    """One stored ban: ``network`` (as the ipset holds it), ``expires`` and ``added`` (Unix seconds), ``reason`` and
+    the ``rule`` that matched.
+    """
     network: str
     expires: float
     reason: str
     rule: str | None = None
     added: float = 0.0
+    origin: str | None = None  # the fleet host that issued it (None: this host)
 
 
 class BanStore:
@@ -54,24 +58,31 @@ class BanStore:
 
     @property
     def journal(self) -> Path | None:
+        """The journal file beside the state file (None for an in-memory store)."""
         return None if self.path is None else self.path.with_name(self.path.name + ".journal")
 
     def add(self, record: BanRecord) -> None:
+        """Record ``record`` unless a later-expiring ban of the same network is already there; it goes to the journal
+        at the next :meth:`save`.
+        """
         current = self.records.get(record.network)
         if current is None or record.expires > current.expires:
             self.records[record.network] = record
             self._pending.append(json.dumps(asdict(record), separators=(",", ":")))
 
     def remove(self, network: str) -> bool:
+        """Forget the ban of ``network``; True if there was one."""
         found = self.records.pop(network, None) is not None
         if found:
             self._pending.append(json.dumps({"remove": network}))
         return found
 
     def active(self, now: float) -> list[BanRecord]:
+        """The unexpired bans at ``now``, soonest expiry first."""
         return sorted((r for r in self.records.values() if r.expires > now), key=lambda r: r.expires)
 
     def prune(self, now: float) -> int:
+        """Drop the bans expired at ``now``; how many were dropped."""
         expired = [n for n, r in self.records.items() if r.expires <= now]
         for n in expired:
             del self.records[n]

@@ -25,6 +25,9 @@ SYN, ACK, PSH, FIN = 0x02, 0x10, 0x08, 0x01
 
 
 def tcp_packet(src: bytes, dst: bytes, sport: int, dport: int, seq: int, flags: int, payload: bytes = b"") -> bytes:
+    """A raw IPv4 or IPv6 TCP packet (the family follows the length of ``src``, 4 or 16 bytes) with these ports,
+    sequence number, flags and payload; checksums are left zero (the engine does not check them).
+    """
     tcp = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, 1, 0x50, flags, 65535, 0, 0) + payload
     if len(src) == 4:
         return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0x4000, 64, 6, 0, src, dst) + tcp
@@ -39,6 +42,9 @@ def source(i: int) -> bytes:
 
 
 def smtp_session(src: bytes, sport: int, blocked: bool, rng: random.Random) -> list[bytes]:
+    """The client packets of one SMTP session from ``src``: handshake, EHLO, envelope (to a blocked domain when
+    ``blocked``), a short message, QUIT.
+    """
     dst = SERVER4 if len(src) == 4 else SERVER6
     isn = rng.getrandbits(32)
     rcpt = b"user@blocked-%d.example" % rng.randrange(2) if blocked else b"user@ok-%d.example" % rng.randrange(1000)
@@ -55,6 +61,8 @@ def smtp_session(src: bytes, sport: int, blocked: bool, rng: random.Random) -> l
 
 
 def ssh_session(src: bytes, sport: int, rng: random.Random) -> list[bytes]:
+    """The client packets of one SSH connection from ``src``: handshake, banner, a few encrypted-looking segments.
+    """
     dst = SERVER4 if len(src) == 4 else SERVER6
     isn = rng.getrandbits(32)
     out = [tcp_packet(src, dst, sport, 22, isn, SYN), tcp_packet(src, dst, sport, 22, isn + 1, ACK)]
@@ -97,11 +105,11 @@ def mixed_workload(packets: int, flood_sources: int, seed: int = 1, step: float 
     i = 0
     while True:
         while len(active) < 256:
-            s = next(pending, None)
-            if s is None:
+            session = next(pending, None)
+            if session is None:
                 break
-            s.reverse()
-            active.append(s)
+            session.reverse()
+            active.append(session)
         if not active:
             break
         k = rng.randrange(len(active))
@@ -161,6 +169,9 @@ def run_engine(engine: Engine, workload: list[tuple[float, bytes]]) -> tuple[flo
 
 
 def flood(engine: Engine, sources: int) -> Iterator[None]:
+    """Feed ``engine`` one SYN from each of ``sources`` distinct addresses (IPv6 past 131,072), yielding after each
+    (the memory benchmark samples between them).
+    """
     for i in range(sources):
         engine.process(tcp_packet(source(i), SERVER4 if i < 131072 else SERVER6, 1024 + i % 60000, 25, i, SYN),
                        i * 1e-5)
@@ -168,6 +179,9 @@ def flood(engine: Engine, sources: int) -> Iterator[None]:
 
 
 def main_bench(packets: int, sources: int, domains: int, seed: int) -> int:
+    """``inspector bench``: the engine over a synthetic mixed workload; prints packets/s on one core, the verdicts and
+    the peak RSS. Returns 0.
+    """
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -178,7 +192,9 @@ def main_bench(packets: int, sources: int, domains: int, seed: int) -> int:
     built = time.perf_counter() - t
     cpu, verdicts = run_engine(engine, workload)
     print(f"workload: {len(workload)} packets ({sources} flood sources) built in {built:.1f}s")
-    print(f"engine: {len(workload) / cpu:,.0f} packets/s on one core ({cpu:.2f}s CPU, {cpu / len(workload) * 1e6:.2f} us/packet)")
-    print(f"verdicts: {verdicts} non-accept; {dict((k, v) for k, v in sorted(engine.counts.items()) if k.startswith('verdict:'))}")
+    print(f"engine: {len(workload) / cpu:,.0f} packets/s on one core ({cpu:.2f}s CPU, "
+          f"{cpu / len(workload) * 1e6:.2f} us/packet)")
+    by_reason = {k: v for k, v in sorted(engine.counts.items()) if k.startswith("verdict:")}
+    print(f"verdicts: {verdicts} non-accept; {by_reason}")
     print(f"peak RSS: {peak_rss_mb():.0f} MB")
     return 0

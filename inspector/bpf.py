@@ -15,6 +15,7 @@ parse (IPv4 fragments, IPv6 extension headers) is queued, so nothing is missed.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 __all__ = ["program", "dot_first", "bytecode", "run"]
 
@@ -31,18 +32,18 @@ Insn = tuple[int, int, int, int]  # code, jt, jf, k
 _SYN = 0x02
 
 
-def _assemble(lines: list[tuple]) -> list[Insn]:
+def _assemble(lines: list[tuple[Any, ...]]) -> list[Insn]:
     """Resolve ``("label", name)`` markers and jump targets given as label names."""
     labels: dict[str, int] = {}
-    code: list[tuple] = []
+    code: list[tuple[Any, ...]] = []
     for item in lines:
         if item[0] == "label":
             labels[item[1]] = len(code)
         else:
             code.append(item)
-    out = []
+    out: list[Insn] = []
     for pc, (op, jt, jf, k) in enumerate(code):
-        def rel(target: object) -> int:
+        def rel(target: object, pc: int = pc) -> int:
             return labels[target] - pc - 1 if isinstance(target, str) else int(target)  # type: ignore[call-overload]
         out.append((op, rel(jt), rel(jf), k))
     return out

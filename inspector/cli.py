@@ -20,6 +20,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``inspector`` command and its subcommands."""
     parser = argparse.ArgumentParser(prog="inspector", description="Inline packet inspector for mail and SSH servers.")
     parser.add_argument("--version", action="version", version=f"inspector {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -52,12 +53,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker processes on queues N..N+workers-1 (default: as the installed rules spread them)")
     p.add_argument("--alert", action="store_true", help="alert mode: report what would be done, accept everything")
 
+    p = sub.add_parser("policy", help="serve only the MTA policy path ([policy] listen; bans through the ipset)")
+    _common(p)
+
     p = sub.add_parser("bans", help="list current bans with the time left")
     p.add_argument("--config", metavar="FILE")
     p.add_argument("--json", action="store_true", help="one JSON object per ban")
 
-    p = sub.add_parser("unban", help="lift a ban (kernel, state file and running service)")
-    p.add_argument("address", help="an address or network (an IPv6 address lifts its /64 ban)")
+    p = sub.add_parser("unban", help="lift a ban (kernel, state file, running service and fleet)")
+    p.add_argument("address", help="an address, a network or a range a-b (an IPv6 address lifts its /64 ban)")
+    p.add_argument("--config", metavar="FILE")
+
+    p = sub.add_parser("ban", help="ban an address, a network or a range a-b (through the running service and fleet)")
+    p.add_argument("target", help="198.51.100.7, 198.51.100.0/24, 198.51.100.10-198.51.100.20 or IPv6 alike")
+    p.add_argument("--time", default="1d", help="duration: 3600, 30m, 12h, 1d, 2w (default 1d)")
+    p.add_argument("--reason", metavar="TEXT", help="a note kept with the ban (shown by 'inspector bans')")
     p.add_argument("--config", metavar="FILE")
 
     p = sub.add_parser("status", help="is it working? the running service at a glance")
@@ -81,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``inspector`` command line with ``argv`` (default: ``sys.argv``); returns the exit code (1: config or
+    rule error, 130: interrupted, 141: the reader of stdout went away).
+    """
     args = build_parser().parse_args(argv)
     try:
         if args.command == "check":
@@ -100,6 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return run_service(args.config, args.rules, {"queue": args.queue, "ban_time": args.ban_time,
                                                           "alert": args.alert, "workers": args.workers})
+        if args.command == "policy":
+            from .policy.main import main_policy
+
+            return main_policy(args.config, args.rules)
         if args.command == "bans":
             from .admin import list_bans
 
@@ -108,6 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .admin import unban
 
             return unban(args.config, args.address)
+        if args.command == "ban":
+            from .admin import ban
+
+            return ban(args.config, args.target, args.time, args.reason)
         if args.command == "status":
             from .status import main_status
 
@@ -163,7 +184,7 @@ def run_service(config_path: str | None, rules_path: str | None, overrides: dict
     except ServiceError as e:
         print(f"inspector: error: {e}", file=sys.stderr)
         return 1
-    queue = overrides.get("queue") if overrides.get("queue") is not None else config.service.queue
+    queue = int(overrides["queue"]) if overrides.get("queue") is not None else config.service.queue
     print(f"inspector: running on queue {queue}" + (f"..{queue + workers - 1} ({workers} workers)" if workers > 1
           else "") + f" ({service.config.mode} mode)", file=sys.stderr)
     return service.run()
@@ -186,11 +207,18 @@ def _check(args: argparse.Namespace) -> int:
     print(f"rate capacity: {config.rate_capacity} sources; IPv6 counted per /{config.ipv6_prefix}")
     print(f"bans: domain {config.ban_domain}s, payload {config.ban_payload}s, tcp-flags {config.ban_flags}s")
     print(f"whitelist: {', '.join(map(str, config.whitelist)) or '(none)'}")
+    policy = config.policy
+    print(f"policy path: {policy.listen}, reply {policy.reply!r}, request timeout {policy.limits.request_timeout:g}s, "
+          f"users {', '.join(policy.users) or 'anyone'}" if policy.listen else "policy path: off ([policy] listen)")
     for rf in rules.files:
         extra = f" ports {list(rf.ports)}" if rf.ports else ""
         print(f"rules: {rf.path} ({rf.scope}{extra})")
     print(f"blocked domains: {rules.counts.get(DOMAIN, 0)} (duplicates: {rules.duplicates}); "
           f"payload strings: {rules.counts.get(PAYLOAD, 0)}")
+    if config.logs.sources:
+        from .logs import check_lines
+
+        print("\n".join(check_lines(config.logs)))
     print(f"loaded in {took:.3f}s")
     print("OK")
     return 0

@@ -1,7 +1,13 @@
 """Configuration: a TOML file parsed once into a frozen :class:`Config`.
 
 Every setting has a default, so no file is needed.  Errors name the file, the
-line where the offending key stands, and what is wrong.
+line where the offending key stands, and what is wrong; an unknown section or key
+is an error too.
+
+Over 400 lines, on purpose: each section is one frozen dataclass and one parser
+block, kept side by side so that a setting and its checks read together.  A new
+section may live in its own module (dataclass + parser) with a one-line hook in
+:func:`_from_dict`, as ``[logs]`` does.
 """
 
 from __future__ import annotations
@@ -9,15 +15,21 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from .detect.smtp import SMTP_KEYS, SmtpSettings, parse_smtp_section
+from .fleet import FleetSettings, parse_fleet
+from .logs.settings import LogFilter, LogSettings, LogSource, parse_logs
+from .nets import parse_networks
+from .policy.settings import KEYS as POLICY_KEYS
+from .policy.settings import PolicySettings, parse_policy
 from .rules import DOMAIN, PAYLOAD, SCOPES, RuleFile
 
-__all__ = ["Config", "ConfigError", "LogFilter", "LogSettings", "LogSource", "RateRule", "ServiceSettings",
-           "load_config", "DEFAULT_RULES"]
+__all__ = ["Config", "ConfigError", "LogFilter", "LogSettings", "LogSource", "MetricsSettings", "RateRule",
+           "ServiceSettings", "load_config", "DEFAULT_RULES"]
 
 DEFAULT_RULES = Path(__file__).resolve().parent.parent / "rules"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -57,47 +69,19 @@ class ServiceSettings:
 
 
 @dataclass(frozen=True)
-class LogSource:
-    """One followed log (``[[logs.source]]``): a file or journal matches, a filter, its limits."""
+class MetricsSettings:
+    """The ``[metrics]`` section: ``listen = "host:port"`` serves Prometheus metrics ("" = off;
+    an empty host is 127.0.0.1; IPv6 as ``"[::1]:9478"``)."""
 
-    filter: str
-    path: str | None = None
-    journal: tuple[str, ...] = ()  # journald matches, e.g. ("_SYSTEMD_UNIT=ssh.service",)
-    name: str = ""  # default: "<filter>:<path>"
-    maxretry: int = 5
-    findtime: float = 600.0
-    bantime: int = 86400
-
-
-@dataclass(frozen=True)
-class LogFilter:
-    """A user filter (``[[logs.filter]]``): a regex with a named ``host`` group."""
-
-    name: str
-    regex: str
-    literal: str | None = None  # a string every failure line contains (a fast prefilter)
-
-
-@dataclass(frozen=True)
-class LogSettings:
-    """The ``[logs]`` section: log sources, user filters, the log whitelist and ban policy."""
-
-    sources: tuple[LogSource, ...] = ()
-    filters: tuple[LogFilter, ...] = ()
-    whitelist: tuple[Network, ...] = ()  # beyond loopback and the server's own addresses
-    maxretry: int = 5  # defaults for the sources
-    findtime: float = 600.0
-    bantime: int = 86400
-    bantime_max: int = 604800  # repeat offenders: each ban twice the last, up to this
-    capacity: int = 100_000  # networks tracked
-    poll_interval: float = 0.25
-    from_start: bool = False  # read existing content at start (default: only new lines)
-    hosts_deny: str | None = None  # also export bans to this file (TCP wrappers)
-    hosts_deny_daemon: str = "ALL"  # "ALL: addr" lines; "" for bare addresses
+    listen: str = ""
 
 
 @dataclass(frozen=True)
 class Config:
+    """The whole configuration, frozen: engine settings at the top level, and one settings object per section
+    (``service``, ``logs``, ``metrics``). ``decide`` is the ``[stream] decide`` value: when a flow is bypassed (see
+    :data:`inspector.verdict.BYPASS`).
+    """
     mode: str = "enforce"  # or "alert"
     smtp_ports: tuple[int, ...] = (25,)
     other_ports: tuple[int, ...] = (22,)
@@ -118,19 +102,24 @@ class Config:
     rules: tuple[RuleFile, ...] = ()
     service: ServiceSettings = ServiceSettings()
     logs: LogSettings = LogSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    fleet: FleetSettings = FleetSettings()  # off unless [fleet] url is set
+    policy: PolicySettings = PolicySettings()  # [policy]: the MTA policy service (inspector/policy/)
     smtp: SmtpSettings = SmtpSettings()  # how the protected MTA reads SMTP ([smtp], detect/smtp.py)
     source: str | None = None  # the file this came from
-    extra: dict[str, Any] = field(default_factory=dict)  # sections later stages read (metrics)
 
     @property
     def ports(self) -> tuple[int, ...]:
+        """Every protected port, SMTP first, without repeats."""
         return tuple(dict.fromkeys(self.smtp_ports + self.other_ports))
 
     @property
     def alert(self) -> bool:
+        """Alert mode: report what would be done, accept everything."""
         return self.mode == "alert"
 
     def with_overrides(self, **changes: Any) -> Config:
+        """A copy with these fields replaced (e.g. ``mode="alert"``)."""
         return replace(self, **changes)
 
 
@@ -147,12 +136,11 @@ _KNOWN: dict[str, dict[str, type | tuple[type, ...]]] = {
     "service": {"queue": int, "queue_maxlen": int, "fail_open": bool, "state_file": str, "events": str,
                 "syslog": bool, "control_socket": str, "ipset_v4": str, "ipset_v6": str, "maxelem": int,
                 "mark": int, "body_mark": int, "workers": int},
-    "logs": {"whitelist": list, "maxretry": int, "findtime": (int, float), "bantime": int, "bantime_max": int,
-             "capacity": int, "poll_interval": (int, float), "from_start": bool, "hosts_deny": str,
-             "hosts_deny_daemon": str, "source": list, "filter": list},
+    "metrics": {"listen": str},
+    "logs": {},  # checked by inspector.logs.settings.parse_logs
+    "fleet": {},  # checked by inspector.fleet.parse_fleet
+    "policy": POLICY_KEYS,
 }
-# sections owned by later stages (log sources, metrics): kept, checked there
-_PASSTHROUGH = {"metrics", "log"}
 
 
 class _Locator:
@@ -246,9 +234,9 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
 
     # unknown keys and wrong types, everywhere
     for key, value in data.items():
-        if isinstance(value, dict) and key not in _KNOWN and key not in _PASSTHROUGH:
+        if isinstance(value, dict) and key not in _KNOWN:
             raise fail(key, None, f"unknown section (known: {', '.join(sorted(k for k in _KNOWN if k))})")
-        if key == "rules":
+        if key in ("rules", "logs", "fleet"):
             continue
         if isinstance(value, dict) and key in _KNOWN:
             for sub, v in value.items():
@@ -310,7 +298,8 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
         rules.insert(0, RateRule(
             ports=tuple(_port_list(extra["ports"], lambda m: fail("rate", "rules", m))),
             limit=_bounded(extra.get("limit", base_rule.limit), 0, 1_000_000, lambda m: fail("rate", "rules", m)),
-            window=float(_bounded(extra.get("window", base_rule.window), 0.001, 86400 * 7, lambda m: fail("rate", "rules", m))),
+            window=float(_bounded(extra.get("window", base_rule.window), 0.001, 86400 * 7,
+                                  lambda m: fail("rate", "rules", m))),
             ban=_ban(extra.get("ban", base_rule.ban), lambda m: fail("rate", "rules", m)),
         ))
     cfg["rates"] = tuple(rules)
@@ -320,14 +309,10 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
         if key in bans:
             cfg[name] = _ban(bans[key], lambda m, k=key: fail("bans", k, m))
 
-    wl = data.get("whitelist", {})
-    nets = []
-    for entry in wl.get("cidrs", []):
-        try:
-            nets.append(ipaddress.ip_network(str(entry), strict=False))
-        except ValueError:
-            raise fail("whitelist", "cidrs", f"invalid network {entry!r}") from None
-    cfg["whitelist"] = tuple(nets)
+    try:
+        cfg["whitelist"] = parse_networks(data.get("whitelist", {}).get("cidrs", []))
+    except ValueError as e:
+        raise fail("whitelist", "cidrs", str(e)) from None
 
     rule_files = []
     raw_rules = data.get("rules", [])
@@ -357,7 +342,8 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
     if "queue" in svc:
         settings["queue"] = _bounded(svc["queue"], 0, 65535, lambda m: fail("service", "queue", m))
     if "queue_maxlen" in svc:
-        settings["queue_maxlen"] = _bounded(svc["queue_maxlen"], 1, 1 << 20, lambda m: fail("service", "queue_maxlen", m))
+        settings["queue_maxlen"] = _bounded(svc["queue_maxlen"], 1, 1 << 20,
+                                            lambda m: fail("service", "queue_maxlen", m))
     if "mark" in svc:
         mark = svc["mark"]
         if not isinstance(mark, int) or mark <= 0 or mark > 0xFFFFFFFF or mark & (mark - 1):
@@ -381,130 +367,39 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
             settings[key] = svc[key]
     cfg["service"] = ServiceSettings(**settings)
     if "logs" in data:
-        cfg["logs"] = _logs(data["logs"], path, where, fail)
-    cfg["extra"] = {k: v for k, v in data.items() if k in _PASSTHROUGH}
+        if not isinstance(data["logs"], dict):
+            raise fail("", "logs", "must be a table: [logs]")
+        cfg["logs"] = parse_logs(data["logs"], path, where, ConfigError)
+    if "metrics" in data:
+        cfg["metrics"] = _metrics(data["metrics"], fail)
+    if "fleet" in data:
+        cfg["fleet"] = parse_fleet(data["fleet"], lambda key, msg: fail("fleet", key, msg))
+    if "policy" in data:
+        cfg["policy"] = parse_policy(data["policy"], fail)
     return Config(**cfg)
 
 
-_LOG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-_LOG_SOURCE_KEYS = {"path": str, "journal": list, "filter": str, "name": str, "maxretry": int,
-                    "findtime": (int, float), "bantime": int}
-_LOG_FILTER_KEYS = {"name": str, "regex": str, "literal": str}
+def _check_entry(entry: dict[str, Any], known: dict[str, type | tuple[type, ...]],
+                 fail: Callable[[str, str], ConfigError]) -> None:
+    """Unknown keys and wrong types in one ``[[table]]`` entry; ``fail(key, message)`` makes the error."""
+    for key, value in entry.items():
+        wanted = known.get(key)
+        if wanted is None:
+            raise fail(key, f"unknown setting (known here: {', '.join(sorted(known))})")
+        if isinstance(value, bool) or not isinstance(value, wanted):
+            kinds = wanted if isinstance(wanted, tuple) else (wanted,)
+            raise fail(key, f"expected {' or '.join(_kind(k) for k in kinds)}, got {value!r}")
 
 
-def _logs(logs: dict[str, Any], path: Path, where: _Locator, fail: Any) -> LogSettings:
-    """The ``[logs]`` section (types of its plain keys are already checked)."""
-    from .logs.filters import BUILTIN, FilterError, user_filter
-
-    def entry_fail(table: str, i: int, key: str | None, msg: str) -> ConfigError:
-        line = where.nth(f"logs.{table}", i, key) or where.line("logs", table) or where.line("logs") or 0
-        loc = f"{path}:{line}" if line else str(path)
-        return ConfigError(f"{loc}: logs.{table}[{i + 1}]{'.' + key if key else ''}: {msg}")
-
-    out: dict[str, Any] = {}
-    nets = []
-    for entry in logs.get("whitelist", []):
-        try:
-            nets.append(ipaddress.ip_network(str(entry), strict=False))
-        except ValueError:
-            raise fail("logs", "whitelist", f"invalid network {entry!r}") from None
-    out["whitelist"] = tuple(nets)
-    out["maxretry"] = int(_bounded(logs.get("maxretry", 5), 1, 1000, lambda m: fail("logs", "maxretry", m)))
-    out["findtime"] = float(_bounded(logs.get("findtime", 600), 1, 86400 * 30, lambda m: fail("logs", "findtime", m)))
-    out["bantime"] = _ban(logs.get("bantime", 86400), lambda m: fail("logs", "bantime", m))
-    out["bantime_max"] = int(_bounded(logs.get("bantime_max", 604800), 1, 2_147_483,
-                                      lambda m: fail("logs", "bantime_max", m)))
-    if "bantime" not in logs:
-        out["bantime"] = min(out["bantime"], out["bantime_max"])  # a lower cap lowers the default too
-    elif out["bantime"] > out["bantime_max"]:
-        raise fail("logs", "bantime", f"{out['bantime']} is above bantime_max {out['bantime_max']}")
-    if "capacity" in logs:
-        out["capacity"] = _bounded(logs["capacity"], 16, 10_000_000, lambda m: fail("logs", "capacity", m))
-    if "poll_interval" in logs:
-        out["poll_interval"] = float(_bounded(logs["poll_interval"], 0.05, 10, lambda m: fail("logs", "poll_interval", m)))
-    if "from_start" in logs:
-        out["from_start"] = logs["from_start"]
-    if "hosts_deny" in logs:
-        if not logs["hosts_deny"].strip():
-            raise fail("logs", "hosts_deny", "must be a file path (leave it out to export nothing)")
-        out["hosts_deny"] = logs["hosts_deny"]
-    if "hosts_deny_daemon" in logs:
-        if not re.fullmatch(r"[A-Za-z0-9_.@-]{0,64}", logs["hosts_deny_daemon"]):
-            raise fail("logs", "hosts_deny_daemon", "a daemon name such as ALL or sshd (or \"\" for bare addresses)")
-        out["hosts_deny_daemon"] = logs["hosts_deny_daemon"]
-
-    filters: list[LogFilter] = []
-    for i, f in enumerate(logs.get("filter", [])):
-        if not isinstance(f, dict):
-            raise entry_fail("filter", i, None, "must be a table: [[logs.filter]] name = \"...\" regex = '...'")
-        for key, value in f.items():
-            want = _LOG_FILTER_KEYS.get(key)
-            if want is None:
-                raise entry_fail("filter", i, key, f"unknown setting (known here: {', '.join(sorted(_LOG_FILTER_KEYS))})")
-            if not isinstance(value, want):
-                raise entry_fail("filter", i, key, f"expected {_kind(want)}, got {value!r}")
-        for key in ("name", "regex"):
-            if key not in f:
-                raise entry_fail("filter", i, None, f"'{key}' is required")
-        name = f["name"]
-        if not _LOG_NAME.fullmatch(name):
-            raise entry_fail("filter", i, "name", f"invalid name {name!r} (letters, digits, '-', '_', '.')")
-        if name in BUILTIN:
-            raise entry_fail("filter", i, "name", f"{name!r} is a built-in filter; choose another name")
-        if any(x.name == name for x in filters):
-            raise entry_fail("filter", i, "name", f"filter {name!r} is defined twice")
-        try:
-            user_filter(name, f["regex"], f.get("literal"))
-        except FilterError as e:
-            raise entry_fail("filter", i, "regex", str(e)) from None
-        if f.get("literal") == "":
-            raise entry_fail("filter", i, "literal", "must not be empty (leave it out for no prefilter)")
-        filters.append(LogFilter(name, f["regex"], f.get("literal")))
-    out["filters"] = tuple(filters)
-
-    known_filters = sorted(BUILTIN) + [f.name for f in filters]
-    sources: list[LogSource] = []
-    for i, src in enumerate(logs.get("source", [])):
-        if not isinstance(src, dict):
-            raise entry_fail("source", i, None, "must be a table: [[logs.source]] path = \"...\" filter = \"...\"")
-        for key, value in src.items():
-            want = _LOG_SOURCE_KEYS.get(key)
-            if want is None:
-                raise entry_fail("source", i, key, f"unknown setting (known here: {', '.join(sorted(_LOG_SOURCE_KEYS))})")
-            if isinstance(value, bool) or not isinstance(value, want):
-                kinds = want if isinstance(want, tuple) else (want,)
-                raise entry_fail("source", i, key, f"expected {' or '.join(_kind(k) for k in kinds)}, got {value!r}")
-        if "filter" not in src:
-            raise entry_fail("source", i, None, f"'filter' is required (one of: {', '.join(known_filters)})")
-        if src["filter"] not in known_filters:
-            raise entry_fail("source", i, "filter", f"unknown filter {src['filter']!r} (known: {', '.join(known_filters)})")
-        if ("path" in src) == ("journal" in src):
-            raise entry_fail("source", i, None, "needs either path = \"/var/log/...\" or journal = [\"FIELD=value\", ...]")
-        log_path = None
-        journal: tuple[str, ...] = ()
-        if "path" in src:
-            p = Path(src["path"])
-            log_path = str(p if p.is_absolute() else path.parent / p)
-        else:
-            journal = tuple(src["journal"])
-            if not journal or not all(isinstance(m, str) and re.fullmatch(r"[A-Z0-9_]+=.*", m) for m in journal):
-                raise entry_fail("source", i, "journal", "expected matches such as [\"_SYSTEMD_UNIT=ssh.service\"]")
-        name = src.get("name") or f"{src['filter']}:{log_path or ','.join(journal)}"
-        if any(s.name == name for s in sources):
-            raise entry_fail("source", i, "name" if "name" in src else None, f"two sources named {name!r}")
-        limits = {
-            "maxretry": int(_bounded(src.get("maxretry", out["maxretry"]), 1, 1000,
-                                     lambda m: entry_fail("source", i, "maxretry", m))),
-            "findtime": float(_bounded(src.get("findtime", out["findtime"]), 1, 86400 * 30,
-                                       lambda m: entry_fail("source", i, "findtime", m))),
-            "bantime": _ban(src.get("bantime", out["bantime"]), lambda m: entry_fail("source", i, "bantime", m)),
-        }
-        if limits["bantime"] > out["bantime_max"]:
-            raise entry_fail("source", i, "bantime" if "bantime" in src else None,
-                             f"bantime {limits['bantime']} is above [logs] bantime_max {out['bantime_max']}")
-        sources.append(LogSource(src["filter"], log_path, journal, name, **limits))
-    out["sources"] = tuple(sources)
-    return LogSettings(**out)
+def _metrics(section: dict[str, Any], fail: Any) -> MetricsSettings:
+    """The ``[metrics]`` section (its types are already checked)."""
+    listen = section.get("listen", "")
+    if listen:
+        host, sep, port = listen.rpartition(":")
+        if not sep or not port.isdigit() or not 1 <= int(port) <= 65535 or (":" in host and not host.startswith("[")):
+            raise fail("metrics", "listen", f"expected \"host:port\" such as \"127.0.0.1:9478\" or \"[::1]:9478\", "
+                                            f"not {listen!r}")
+    return MetricsSettings(listen)
 
 
 def _check_type(table: str, key: str, value: Any, fail: Any) -> None:

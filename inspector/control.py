@@ -10,6 +10,7 @@ the service.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -116,10 +117,8 @@ class ControlServer:
                 reply = self.handle(json.loads(read_line(conn)))
             except Exception as e:  # noqa: BLE001 - a bad request gets an error reply, never stops the loop
                 reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
-            try:
+            with contextlib.suppress(OSError):
                 conn.sendall(json.dumps(reply).encode() + b"\n")
-            except OSError:
-                pass
 
     def close(self) -> None:
         """Stop listening and remove the socket file."""
@@ -127,10 +126,8 @@ class ControlServer:
             return
         self.sock.close()
         self.sock = None
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(self.path)
-        except OSError:
-            pass
 
 
 def control_request(path: str, request: dict[str, Any], timeout: float = 3.0) -> dict[str, Any] | None:

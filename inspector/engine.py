@@ -14,30 +14,20 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from dataclasses import dataclass
 
 from .config import Config, RateRule
 from .detect.rate import RateLimiter
 from .detect.smtp import BODY, CHUNK, COMMAND, SmtpSession
-from .flow import PAYLOAD, SMTP, Flow, FlowTable
+from .flow import KIND_PAYLOAD, KIND_SMTP, Flow, FlowTable
 from .nets import Whitelist, mask_address, network_text
 from .packet import ACK, FIN, PSH, RST, SYN, URG, Malformed, decode, format_addr
 from .rules import RuleSet
 from .stream import Stream
-from .verdict import ACCEPT, ACCEPT_BODY, ACCEPT_FINAL, ACCEPT_RESUME, Action, Decision, Fields, Reason, Verdict
+from .verdict import ACCEPT, ACCEPT_BODY, ACCEPT_RESUME, BYPASS, Action, Decision, Fields, Reason, Verdict
 
-__all__ = ["Engine", "Decision", "Ban"]
+__all__ = ["Engine", "Decision"]
 
 _XMAS = FIN | PSH | URG
-
-
-@dataclass(frozen=True, slots=True)
-class Ban:
-    """A source the engine has banned: the address or prefix, in CIDR form."""
-
-    network: str
-    expires: float
-    reason: str
 
 
 class Engine:
@@ -52,11 +42,11 @@ class Engine:
         self.packets = 0
         self._alert = config.alert
         self._depth = config.depth
-        self._early = config.decide == "early"
+        self._bypass_early = config.decide == "early"  # [stream] decide: SMTP bodies skipped, not bypassed
         self._smtp = config.smtp
-        self._kind = {p: SMTP for p in config.smtp_ports}
+        self._kind = {p: KIND_SMTP for p in config.smtp_ports}
         for p in config.other_ports:
-            self._kind.setdefault(p, PAYLOAD)
+            self._kind.setdefault(p, KIND_PAYLOAD)
         self._prefix = {4: config.ipv4_prefix, 16: config.ipv6_prefix}  # by address length
         # by address length: is the ban/rate key the raw address itself?
         self._raw_key = {4: config.ipv4_prefix == 32, 16: config.ipv6_prefix == 128}
@@ -75,8 +65,8 @@ class Engine:
     def process(self, data: bytes, now: float) -> Decision:
         """Inspect one IP datagram received at ``now`` (seconds); never raises.
 
-        Returns :data:`~inspector.verdict.ACCEPT`, :data:`~inspector.verdict.ACCEPT_FINAL` (accept,
-        and the rest of the flow needs no inspection), or a :class:`~inspector.verdict.Decision`
+        Returns :data:`~inspector.verdict.ACCEPT`, :data:`~inspector.verdict.BYPASS` (accept,
+        and the rest of the flow bypasses inspection), or a :class:`~inspector.verdict.Decision`
         with the non-accept verdict, the packet's facts and its decoded fields."""
         self.packets += 1
         try:
@@ -136,9 +126,9 @@ class Engine:
             decision = ACCEPT
             if pend > poff:
                 if not flow.done:
-                    decision = self._inspect(flow, seq, data[poff:pend], data, d, now)
+                    decision = self._inspect(flow, seq, data[poff:pend], data, d, dport, now)
                 if decision is ACCEPT and flow.done and not flow.blocked:
-                    decision = ACCEPT_FINAL
+                    decision = BYPASS
             if f & (FIN | RST) and self._ends(flow, seq, pend - poff):
                 flows.pop(key, None)
             return decision
@@ -165,17 +155,14 @@ class Engine:
         self.bans[self.ban_key(net.network_address.packed)] = (expires, reason)
 
     def remove_ban(self, network: str) -> bool:
+        """Forget the ban covering ``network`` (after ``inspector unban``); True if there was one."""
         net = ipaddress.ip_network(network, strict=False)
         return self.bans.pop(self.ban_key(net.network_address.packed), None) is not None
 
-    def active_bans(self, now: float) -> list[Ban]:
-        out = []
-        for key, (expires, reason) in self.bans.items():
-            if expires > now:
-                out.append(Ban(self.ban_network(key), expires, reason))
-        return out
-
     def stats(self) -> dict[str, object]:
+        """Counters for ``status``: packets, flows (active, evicted, expired), malformed packets, bans, rate-limit
+        sources, and every named count.
+        """
         return {
             "packets": self.packets,
             "flows": self.counts["flows"],
@@ -205,24 +192,25 @@ class Engine:
             if count:
                 verdict = Verdict(Action.DROP, Reason.RATE, rule=f"{rule.limit}/{rule.window:g}s",
                                   match=f"{count} new connections in {rule.window:g}s", ban=rule.ban)
-                decided = self._decide(verdict, data, d, now)
-                if decided is not ACCEPT:
-                    return decided
+                decision = self._decide(verdict, data, d, now)
+                if decision is not ACCEPT:
+                    return decision
         flow = Flow(seq, (seq + 1) & 0xFFFFFFFF, kind, now)
         table.add(key, flow)
         if now >= table.next_sweep:
             table.sweep(now)
         self.counts["flows"] += 1
         if pend > poff:  # data on the SYN (TCP Fast Open)
-            return self._inspect(flow, (seq + 1) & 0xFFFFFFFF, data[poff:pend], data, d, now)
+            return self._inspect(flow, (seq + 1) & 0xFFFFFFFF, data[poff:pend], data, d, dport, now)
         return ACCEPT
 
-    def _inspect(self, flow: Flow, seq: int, payload: bytes, data: bytes, d: Fields, now: float) -> Decision:
+    def _inspect(self, flow: Flow, seq: int, payload: bytes, data: bytes, d: Fields, dport: int,
+                 now: float) -> Decision:
         stream = flow.stream
         if stream is None:
             stream = flow.stream = Stream(flow.base, self._depth)
         state = flow.state
-        if state is not None and self._early and state.__class__ is SmtpSession and state.mode != COMMAND:
+        if state is not None and self._bypass_early and state.__class__ is SmtpSession and state.mode != COMMAND:
             self._body_gap(state, stream, seq, len(payload))
         conflicts = stream.conflicts
         chunk = stream.push(seq, payload)
@@ -233,7 +221,7 @@ class Engine:
                 flow.done = True
             return ACCEPT
         rules = self.rules
-        if flow.kind == SMTP:
+        if flow.kind == KIND_SMTP:
             session = flow.state
             if not isinstance(session, SmtpSession):
                 session = flow.state = SmtpSession(self._smtp, midstream=flow.isn is None)
@@ -245,9 +233,9 @@ class Engine:
                 return self._decide(verdict, data, d, now)
             if session.finished:
                 flow.done = True
-            matcher = rules.payload.get(d[3])
+            matcher = rules.payload.get(dport)
         else:
-            matcher = rules.payload_for(d[3])
+            matcher = rules.payload_for(dport)
         if matcher is not None:
             pattern, flow.carry = matcher.scan(flow.carry, chunk)
             if pattern is not None:
@@ -255,9 +243,9 @@ class Engine:
                 verdict = Verdict(Action.RESET, Reason.PAYLOAD, rule=pattern, match=pattern,
                                   ban=self.config.ban_payload)
                 return self._decide(verdict, data, d, now)
-        if stream.full or (self._early and flow.kind != SMTP and b"\n" in chunk):
+        if stream.full or (self._bypass_early and flow.kind != KIND_SMTP and b"\n" in chunk):
             flow.done = True  # early: the first line (an SSH banner) was seen
-        if self._early and not flow.done:
+        if self._bypass_early and not flow.done:
             state = flow.state
             if state.__class__ is SmtpSession and (state.mode == BODY and not state.partial) != state.kernel_body:
                 return self._body_mark(state)
@@ -322,7 +310,7 @@ class Engine:
             else:
                 src_raw = dst_raw = b""
         else:
-            key, src_raw, sport, dport = d[0], d[1], d[2], d[3]
+            key, src_raw, sport, dport = d[:4]
             alen = len(src_raw)
             dst_raw = key[alen:2 * alen]
             if verdict.reason is not Reason.BANNED and self.whitelist and self.whitelist.contains_raw(src_raw):
@@ -337,11 +325,11 @@ class Engine:
             ban_network = self.ban_network(bkey)
             self.counts["bans"] += 1
         if self._alert:
-            verdict = Verdict(verdict.action, verdict.reason, verdict.rule, verdict.match,
-                              verdict.ban, True, verdict.detail)
             self.counts["alerts"] += 1
-        return Decision(verdict, now, format_addr(src_raw) if src_raw else "", sport,
+        return Decision(verdict.action, verdict.reason, verdict.rule, verdict.match, verdict.ban, self._alert,
+                        verdict.detail, False, now, format_addr(src_raw) if src_raw else "", sport,
                         format_addr(dst_raw) if dst_raw else "", dport, ban_network, d)
 
     def ban_network(self, bkey: bytes) -> str:
+        """The ban network of a ban key (see :meth:`ban_key`), as text: ``203.0.113.7`` or ``2001:db8:1::/64``."""
         return network_text(bkey, self._prefix[len(bkey)])

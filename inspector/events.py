@@ -18,7 +18,10 @@ BAN_PREFIX = "inspector-ban:"
 
 
 class EventSink(Protocol):
-    def emit(self, event: dict[str, Any]) -> None: ...
+    """Where events go: one ``emit(event)`` per event, a JSON-ready dict with at least ``event`` (its kind)."""
+
+    def emit(self, event: dict[str, Any]) -> None:
+        """Write one event; a sink may raise OSError (the service's fan-out counts and skips it)."""
 
 
 class JsonLinesSink:
@@ -28,6 +31,7 @@ class JsonLinesSink:
         self.stream = stream
 
     def emit(self, event: dict[str, Any]) -> None:
+        """Write ``event`` as one compact JSON line and flush."""
         self.stream.write(json.dumps(event, separators=(",", ":")) + "\n")
         self.stream.flush()
 
@@ -39,10 +43,14 @@ class MemorySink:
         self.events: list[dict[str, Any]] = []
 
     def emit(self, event: dict[str, Any]) -> None:
+        """Keep ``event``."""
         self.events.append(event)
 
 
 def ban_line(network: str, seconds: int, reason: str, rule: str | None = None, dport: int | None = None) -> str:
+    """The syslog line of a ban (see the module docstring): the prefix, the network, the duration in seconds, the
+    reason, and the rule and port when known.
+    """
     parts = [BAN_PREFIX, network, f"banned for {seconds}s", f"reason={reason}"]
     if rule:
         parts.append(f"rule={rule}")
@@ -61,6 +69,7 @@ class SyslogBans:
         syslog.openlog(ident, syslog.LOG_PID, syslog.LOG_AUTH)
 
     def emit(self, event: dict[str, Any]) -> None:
+        """Write a :func:`ban_line` to syslog for a ``ban`` event; other events are ignored."""
         if event.get("event") == "ban":
             self._syslog.syslog(self._syslog.LOG_WARNING, ban_line(
                 str(event["network"]), int(event["seconds"]), str(event["reason"]),
@@ -68,4 +77,5 @@ class SyslogBans:
 
 
 def now_iso(ts: float | None = None) -> str:
+    """``ts`` (Unix seconds; default: now) as an ISO 8601 UTC time to the second, e.g. ``2026-11-21T13:00:00Z``."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if ts is None else ts))

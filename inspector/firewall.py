@@ -1,10 +1,12 @@
 """The kernel side of bans: ipset blacklists, over netlink (pyroute2), no forking.
 
 A narrow interface, :class:`Firewall`, with the real :class:`IpsetFirewall`
-here and a recording fake in :mod:`inspector.testing`.  IPv4 bans go into a
-``hash:ip`` set (``hash:net`` when bans cover a prefix shorter than /32) and
-IPv6 bans into a ``hash:net`` set, so that a /64 is one entry.  Both sets have
-``timeout`` support: the kernel expires bans by itself.
+here and a recording fake in :mod:`inspector.testing`.  Bans go into two
+``hash:net`` sets, one per family, so that an address, an IPv6 /64 or a manual
+range's networks are each one entry.  Both sets have ``timeout`` support: the
+kernel expires bans by itself.  An IPv4 ``hash:ip`` set made by an older
+``setup-nfqueue.sh`` is still used, for single addresses only, until that
+script's ``install`` upgrades it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from .ipset_netlink import IpsetError, IpsetNetlink
 __all__ = ["Firewall", "FirewallError", "IpsetFirewall", "SetNames", "MAX_TIMEOUT", "detect_queues", "parse_queues"]
 
 MAX_TIMEOUT = 2_147_483  # ipset's largest timeout; netlink silently clamps larger ones
-_ERR_EXIST, _ERR_HASH_FULL = 4103, 4352
+_ERR_HASH_FULL = 4352  # IPSET_ERR_HASH_FULL (include/uapi/linux/netfilter/ipset/ip_set_hash.h)
 
 
 class FirewallError(RuntimeError):
@@ -28,14 +30,23 @@ class FirewallError(RuntimeError):
 
 
 class Firewall(Protocol):
-    def ensure_sets(self) -> None: ...
-    def ban(self, network: str, seconds: int) -> None: ...
-    def unban(self, network: str) -> bool: ...
-    def bans(self) -> list[tuple[str, int]]: ...
+    """The kernel side of bans (ipset sets): the real :class:`IpsetFirewall`, or
+    :class:`inspector.testing.FakeFirewall`. Methods raise FirewallError.
+    """
+
+    def ensure_sets(self) -> None:
+        """Create the ban sets if they are missing (an unusable existing set is an error)."""
+    def ban(self, network: str, seconds: int) -> None:
+        """Add ``network`` (an address or CIDR) for ``seconds`` (the kernel expires it)."""
+    def unban(self, network: str) -> bool:
+        """Remove ``network``; True if it was there."""
+    def bans(self) -> list[tuple[str, int]]:
+        """Every entry of the ban sets as ``(network, seconds left)``."""
 
 
 @dataclass(frozen=True)
 class SetNames:
+    """The names of the IPv4 and IPv6 ban sets (``setup-nfqueue.sh`` creates the same names)."""
     v4: str = "inspector-ban4"
     v6: str = "inspector-ban6"
 
@@ -50,7 +61,7 @@ class IpsetFirewall:
                 raise FirewallError(f"ipset name {n!r} must be 1 to 31 characters")
         self.names = names
         self.maxelem = maxelem
-        self.v4_net = ipv4_prefix < 32
+        self.v4_net = True  # False: an existing hash:ip set (single addresses only)
         self.ipv6_prefix = ipv6_prefix
         try:
             from pyroute2 import IPSet
@@ -62,6 +73,7 @@ class IpsetFirewall:
             raise FirewallError(_explain_open(e)) from None
 
     def close(self) -> None:
+        """Close the netlink sockets."""
         self._ipset.close()
         self._fast.close()
 
@@ -70,8 +82,7 @@ class IpsetFirewall:
         used when its type and family fit and it supports timeouts; otherwise it is an error."""
         from pyroute2.ipset import AlreadyExists
 
-        specs = ((self.names.v4, "hash:net" if self.v4_net else "hash:ip", socket.AF_INET),
-                 (self.names.v6, "hash:net", socket.AF_INET6))
+        specs = ((self.names.v4, "hash:net", socket.AF_INET), (self.names.v6, "hash:net", socket.AF_INET6))
         for name, stype, family in specs:
             try:
                 self._ipset.create(name, stype=stype, family=family, timeout=3600,
@@ -82,6 +93,9 @@ class IpsetFirewall:
             except Exception as e:  # noqa: BLE001
                 raise FirewallError(f"cannot create ipset {name}: {e}") from None
             kind, fam, timeout = self._header(name)
+            if kind == "hash:ip" and fam == socket.AF_INET == family and timeout is not None:
+                self.v4_net = False  # legacy: until setup-nfqueue.sh install upgrades it
+                continue
             want = f"{stype} {'inet' if family == socket.AF_INET else 'inet6'} with timeout support"
             if kind != stype or fam != family or timeout is None:
                 have = f"{kind} {'inet' if fam == socket.AF_INET else 'inet6'}" + \
@@ -100,7 +114,12 @@ class IpsetFirewall:
         net = ipaddress.ip_network(network, strict=False)
         if net.version == 4:
             if self.v4_net:
-                return self.names.v4, str(net), {"family": socket.AF_INET, "etype": "net"}
+                entry = str(net) if net.prefixlen < 32 else str(net.network_address)
+                return self.names.v4, entry, {"family": socket.AF_INET, "etype": "net"}
+            if net.prefixlen < 32:
+                raise FirewallError(f"ipset {self.names.v4} is hash:ip (made by an older setup-nfqueue.sh) and holds "
+                                    f"single addresses only: {net} not banned; run setup-nfqueue.sh install to "
+                                    "upgrade it to hash:net")
             return self.names.v4, str(net.network_address), {"family": socket.AF_INET}
         return self.names.v6, str(net), {"family": socket.AF_INET6, "etype": "net"}
 
@@ -117,6 +136,9 @@ class IpsetFirewall:
             raise FirewallError(f"cannot ban {entry} in ipset {name}: {e}") from None
 
     def unban(self, network: str) -> bool:
+        """Remove ``network`` from its set; True if it was there, False if not. Raises FirewallError on any other
+        netlink error.
+        """
         name, entry, kw = self._target(network)
         try:
             return self._fast.delete(name, entry, net=kw.get("etype") == "net")

@@ -14,8 +14,8 @@ from collections import OrderedDict
 
 from .stream import Stream
 
-# what a flow's client stream is inspected for
-SMTP, PAYLOAD = 1, 2
+# what a flow's client stream is inspected for (not the rule scopes of inspector.rules)
+KIND_SMTP, KIND_PAYLOAD = 1, 2
 
 
 class Flow:

@@ -57,6 +57,7 @@ class IpsetNetlink:
         self.seq = 0
 
     def close(self) -> None:
+        """Close the netlink socket."""
         self.sock.close()
 
     def _request(self, cmd: int, set_name: str, network: str, timeout: int | None, net: bool,
@@ -84,7 +85,7 @@ class IpsetNetlink:
             while offset + 16 <= len(reply):
                 length, kind, _flags, seq, _pid = struct.unpack_from("=IHHII", reply, offset)
                 if kind == NLMSG_ERROR and seq == self.seq:
-                    return -struct.unpack_from("=i", reply, offset + 16)[0]
+                    return -int(struct.unpack_from("=i", reply, offset + 16)[0])
                 offset += max(16, (length + 3) & ~3)
 
     def add(self, set_name: str, network: str, timeout: int, net: bool) -> None:

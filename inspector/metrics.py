@@ -15,10 +15,13 @@ from .telemetry import LATENCY_BOUNDS
 
 
 class StatusCollector:
+    """A Prometheus collector that reads the service's ``status`` on every scrape."""
+
     def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
         self.status = status
 
     def collect(self) -> Iterator[Any]:
+        """The metric families for one scrape: packets, verdicts by reason, bans, queue drops, engine latency."""
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
         st = self.status()
@@ -44,11 +47,20 @@ class StatusCollector:
         yield CounterMetricFamily("inspector_rule_reloads", "Successful rule reloads", value=st.get("reloads", 0))
         lat = live.get("latency") or {"buckets": [0] * (len(LATENCY_BOUNDS) + 1), "sum": 0.0}
         cumulative, running = [], 0
-        for bound, n in zip([*map(str, LATENCY_BOUNDS), "+Inf"], lat["buckets"]):
+        for bound, n in zip([*map(str, LATENCY_BOUNDS), "+Inf"], lat["buckets"], strict=False):
             running += n
             cumulative.append((bound, running))
         yield HistogramMetricFamily("inspector_engine_seconds", "Engine time per packet (sampled 1 in 64)",
                                     buckets=cumulative, sum_value=lat["sum"])
+        policy = st.get("policy")
+        if policy:  # the MTA's policy hook ([policy] listen)
+            answers = CounterMetricFamily("inspector_policy_requests", "Policy requests by outcome and bound hit",
+                                          labels=["outcome"])
+            for outcome, n in sorted(policy.get("counts", {}).items()):
+                answers.add_metric([outcome], n)
+            yield answers
+            yield GaugeMetricFamily("inspector_policy_connections", "Open MTA connections to the policy service",
+                                    value=policy.get("connections", 0))
 
 
 def serve(listen: str, status: Callable[[], dict[str, Any]]) -> Any:

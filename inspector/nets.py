@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from .packet import format_addr
 
 __all__ = ["Network", "Address", "LOOPBACK", "Whitelist", "mask_address", "network_text", "ban_network",
-           "own_addresses", "local_addresses", "protects"]
+           "parse_networks", "own_addresses", "local_addresses", "protects"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -51,6 +51,18 @@ def ban_network(address: str, ipv6_prefix: int = 64, ipv4_prefix: int = 32) -> s
     raw = ipaddress.ip_network(address, strict=False).network_address.packed
     prefix = ipv4_prefix if len(raw) == 4 else ipv6_prefix
     return network_text(mask_address(raw, prefix), prefix)
+
+
+def parse_networks(entries: Iterable[object]) -> tuple[Network, ...]:
+    """Networks (or addresses, as /32 or /128) from config values; host bits are dropped
+    (``"192.0.2.7/24"`` is 192.0.2.0/24).  Raises ValueError naming the first bad entry."""
+    nets = []
+    for entry in entries:
+        try:
+            nets.append(ipaddress.ip_network(str(entry), strict=False))
+        except ValueError:
+            raise ValueError(f"invalid network {entry!r}") from None
+    return tuple(nets)
 
 
 def _as_network(n: Network | Address | str) -> Network:
@@ -204,7 +216,7 @@ def protects(address: str, whitelist: Whitelist | None = None,
     address).  Raises ValueError if ``address`` is not an address or network.
     """
     net = ipaddress.ip_network(address, strict=False)
-    if any(net.version == n.version and net.overlaps(n) for n in LOOPBACK):  # type: ignore[arg-type]
+    if any(net.version == n.version and net.overlaps(n) for n in LOOPBACK):
         return "loopback"
     if whitelist is not None and whitelist.overlaps(str(net)):
         return "whitelist"

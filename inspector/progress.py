@@ -14,6 +14,10 @@ from typing import IO
 
 
 class Progress:
+    """A one-line progress bar on stderr, drawn only on a terminal (or with ``force``) and only after ``delay``
+    seconds; :meth:`update` is cheap enough to call per record.
+    """
+
     def __init__(self, label: str, total: int, stream: IO[str] | None = None, every: int = 8192,
                  delay: float = 1.0, force: bool = False) -> None:
         self.stream = stream if stream is not None else sys.stderr
@@ -29,6 +33,7 @@ class Progress:
 
     @classmethod
     def for_file(cls, label: str, path: str, **kw: object) -> Progress:
+        """A bar whose total is the size of the file at ``path`` (0 if it cannot be read)."""
         try:
             size = os.path.getsize(path)
         except OSError:
@@ -36,6 +41,7 @@ class Progress:
         return cls(label, size, **kw)  # type: ignore[arg-type]
 
     def update(self, done: int, items: int) -> None:
+        """``done`` of the total (bytes read) and ``items`` handled so far; redraws at most 5 times a second."""
         if not self.enabled:
             return
         self.calls += 1
@@ -53,6 +59,7 @@ class Progress:
         self.shown = True
 
     def done(self) -> None:
+        """Erase the bar, if it was drawn."""
         if self.shown:
             self.stream.write("\r" + " " * 90 + "\r")
             self.stream.flush()

@@ -19,6 +19,9 @@ from .sources.pcap import CaptureError, CaptureReader
 
 @dataclass
 class ReplayResult:
+    """What a replay found: packets, the decisions (when collected), the summary line and the error that ended it, if
+    any.
+    """
     packets: int = 0
     decisions: list[dict[str, object]] = field(default_factory=list)
     summary: dict[str, object] = field(default_factory=dict)
@@ -91,6 +94,8 @@ def replay_file(engine: Engine, path: str, out: IO[str] | None = None, collect: 
 
 
 def main_replay(engine: Engine, path: str) -> int:
+    """``inspector replay``: JSON lines to stdout; returns the exit code (2: the capture could not be read to the end).
+    """
     result = replay_file(engine, path, sys.stdout)
     if result.error:
         print(f"inspector: error: {result.error}", file=sys.stderr)

@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -35,25 +36,30 @@ def parse_since(text: str, now: float) -> float:
     if m:
         scale = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
         return now - float(m.group(1)) * scale
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     try:
         dt = datetime.fromisoformat(text.strip())
     except ValueError:
         raise ValueError(f"--since: expected a duration like 24h, 90m, 7d or an ISO date, not {text!r}") from None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
 
 
 @dataclass
 class Report:
+    """Counts over the event log between ``since`` and ``until`` (Unix seconds): blocks and bans by reason, top
+    sources, networks, domains and recipients, log failures, errors, and time buckets for the chart.
+    """
     since: float
     until: float
     events: int = 0
     skipped: int = 0
     blocks: Counter[str] = field(default_factory=Counter)  # verdicts by reason
     bans: Counter[str] = field(default_factory=Counter)  # bans by reason
+    block_paths: Counter[str] = field(default_factory=Counter)  # blocks by who acted: packet, policy
+    ban_paths: Counter[str] = field(default_factory=Counter)  # bans by who acted: packet, policy, log, ...
     alerts: int = 0
     sources: Counter[str] = field(default_factory=Counter)
     networks: Counter[str] = field(default_factory=Counter)
@@ -66,9 +72,11 @@ class Report:
     bucket_seconds: int = 3600
 
     def as_dict(self) -> dict[str, Any]:
+        """The counts as JSON-ready data (``report --json``)."""
         return {
             "since": self.since, "until": self.until, "events": self.events, "skipped": self.skipped,
             "blocks": dict(self.blocks), "bans": dict(self.bans), "alerts": self.alerts,
+            "blocks_by_path": dict(self.block_paths), "bans_by_path": dict(self.ban_paths),
             "top_sources": self.sources.most_common(TOP), "top_networks": self.networks.most_common(TOP),
             "top_domains": self.domains.most_common(TOP), "top_recipients": self.recipients.most_common(TOP),
             "log_failures": dict(self.log_failures), "errors": dict(self.errors), "reloads": self.reloads,
@@ -85,6 +93,9 @@ def _network(addr: str) -> str:
 
 
 def build_report(lines: Iterable[str], since: float, until: float, bucket_seconds: int | None = None) -> Report:
+    """Count the JSON event ``lines`` that fall between ``since`` and ``until``; lines that are not events are counted
+    as skipped. ``bucket_seconds``: the chart's bucket width (default: from the span).
+    """
     span = max(1.0, until - since)
     bucket = bucket_seconds or (3600 if span > 6 * 3600 else 300 if span > 3600 else 60)
     report = Report(since, until, bucket_seconds=bucket)
@@ -106,6 +117,7 @@ def build_report(lines: Iterable[str], since: float, until: float, bucket_second
             if reason == "banned":
                 continue  # packets of sources already banned: counted by their ban
             report.blocks[reason] += 1
+            report.block_paths[str(event.get("path") or "packet")] += 1
             if event.get("alert"):
                 report.alerts += 1
             src = event.get("src")
@@ -124,6 +136,7 @@ def build_report(lines: Iterable[str], since: float, until: float, bucket_second
         elif kind == "ban":
             reason = str(event.get("reason") or "?")
             report.bans[reason] += 1
+            report.ban_paths[str(event.get("path") or ("log" if reason.startswith("log:") else "packet"))] += 1
             report.buckets.setdefault(int(t // bucket), [0, 0])[1] += 1
             if reason.startswith("log:"):
                 network = str(event.get("network", ""))
@@ -144,6 +157,7 @@ def _when(t: float) -> str:
 
 
 def render_text(r: Report) -> str:
+    """The report as text for the terminal (wire text escaped)."""
     out = [f"inspector report: {_when(r.since)} .. {_when(r.until)}", f"events read: {r.events}"
            + (f" ({r.skipped} unreadable lines skipped)" if r.skipped else "")]
 
@@ -160,6 +174,10 @@ def render_text(r: Report) -> str:
     if r.alerts:
         out.append(f"  (of which {r.alerts} in alert mode: reported, not blocked)")
     section("bans by reason", r.bans.most_common())
+    if (set(r.block_paths) | set(r.ban_paths)) - {"packet"}:
+        section("blocks by path (packet: the inline filter; policy: the MTA's policy hook)",
+                r.block_paths.most_common())
+        section("bans by path", r.ban_paths.most_common())
     section("top sources", r.sources.most_common(TOP))
     section("top networks (/24, /64)", r.networks.most_common(TOP))
     section("top blocked domains", r.domains.most_common(TOP))
@@ -204,6 +222,7 @@ def _chart(r: Report, width: int = 720, height: int = 220) -> str:
 
 
 def render_html(r: Report) -> str:
+    """The report as one self-contained HTML page with a chart."""
     def table(title: str, items: Iterable[tuple[str, int]]) -> str:
         rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td class=n>{n}</td></tr>" for k, n in items)
         return f"<h2>{html.escape(title)}</h2><table>{rows or '<tr><td>(none)</td><td></td></tr>'}</table>"
@@ -216,6 +235,8 @@ def render_html(r: Report) -> str:
         f"{r.bucket_seconds // 60} minutes</p></div>",
         table("Blocks by reason", r.blocks.most_common()),
         table("Bans by reason", r.bans.most_common()),
+        table("Blocks by path", r.block_paths.most_common()),
+        table("Bans by path", r.ban_paths.most_common()),
         table("Top sources", r.sources.most_common(TOP)),
         table("Top networks (/24, /64)", r.networks.most_common(TOP)),
         table("Top blocked domains", r.domains.most_common(TOP)),
@@ -230,6 +251,9 @@ def render_html(r: Report) -> str:
 
 
 def main_report(events_path: str, since: str, html_path: str | None, as_json: bool) -> int:
+    """``inspector report``: read the event log at ``events`` over the ``since`` window, print text or JSON, and write
+    the HTML page if asked. Returns the exit code.
+    """
     import sys
 
     now = time.time()

@@ -34,6 +34,9 @@ class RuleError(ValueError):
 
 @dataclass(frozen=True)
 class RuleFile:
+    """One rule file: its path, its scope (domain list or payload strings) and, for payload strings, the ports they
+    apply to (None: every non-SMTP protected port).
+    """
     path: Path
     scope: str = DOMAIN
     ports: tuple[int, ...] | None = None  # payload scope: ports it applies to (None: all non-SMTP)
@@ -50,10 +53,10 @@ class RuleSet:
     duplicates: int = 0
 
     def payload_for(self, port: int) -> PayloadMatcher | None:
+        """The payload matcher for a destination ``port`` (its own, else the one for every port; None when there are no
+        payload rules).
+        """
         return self.payload.get(port) or self.payload.get(None)
-
-    def source_of(self, domain_rule: str) -> str:
-        return str(self.files[self.domains.source(domain_rule)].path)
 
 
 def rule_files_in(path: Path) -> list[RuleFile]:

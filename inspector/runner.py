@@ -20,7 +20,7 @@ from .events import EventSink
 from .respond.bans import Ban, BanPipeline
 from .respond.reset import build_resets
 from .telemetry import SAMPLE, Telemetry
-from .verdict import ACCEPT, ACCEPT_BODY, ACCEPT_FINAL, ACCEPT_RESUME, Action, Decision, Reason
+from .verdict import ACCEPT, ACCEPT_BODY, ACCEPT_RESUME, BYPASS, Action, Decision, Reason
 
 __all__ = ["Runner", "QueuedPacket", "ResetSender", "RawResetSender"]
 
@@ -30,17 +30,27 @@ ALERT_REPEAT = 60.0  # seconds between two alert-mode reports of the same would-
 class QueuedPacket(Protocol):
     """What NetfilterQueue's packet offers (and the fake in tests)."""
 
-    def get_payload(self) -> bytes: ...
-    def set_payload(self, payload: bytes) -> None: ...
-    def get_mark(self) -> int: ...
-    def set_mark(self, mark: int) -> None: ...
-    def repeat(self) -> None: ...
-    def accept(self) -> None: ...
-    def drop(self) -> None: ...
+    def get_payload(self) -> bytes:
+        """The packet's bytes (the IP header on)."""
+    def set_payload(self, payload: bytes) -> None:
+        """Replace the packet's bytes (given with the next verdict)."""
+    def get_mark(self) -> int:
+        """The packet's mark."""
+    def set_mark(self, mark: int) -> None:
+        """Set the mark given with the next verdict."""
+    def repeat(self) -> None:
+        """Verdict NF_REPEAT: the packet traverses the hook again (with its new mark)."""
+    def accept(self) -> None:
+        """Verdict NF_ACCEPT."""
+    def drop(self) -> None:
+        """Verdict NF_DROP."""
 
 
 class ResetSender(Protocol):
-    def send(self, packet: bytes) -> None: ...
+    """Sends a prebuilt IP packet (a reset): :class:`RawResetSender`, or the recording fake of the tests."""
+
+    def send(self, packet: bytes) -> None:
+        """Send ``packet`` (IPv4 or IPv6, header included); raises OSError."""
 
 
 class RawResetSender:
@@ -51,12 +61,14 @@ class RawResetSender:
         self._v6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
 
     def send(self, packet: bytes) -> None:
+        """Send ``packet`` to its destination address through the raw socket of its family; raises OSError."""
         if packet[0] >> 4 == 4:
             self._v4.sendto(packet, (socket.inet_ntop(socket.AF_INET, packet[16:20]), 0))
         else:
             self._v6.sendto(packet, (socket.inet_ntop(socket.AF_INET6, packet[24:40]), 0))
 
     def close(self) -> None:
+        """Close both raw sockets."""
         self._v4.close()
         self._v6.close()
 
@@ -105,8 +117,8 @@ class Runner:
         if decision is ACCEPT:
             packet.accept()
             return
-        if decision is ACCEPT_FINAL:
-            # nothing more to inspect: mark the packet and let it traverse the chain again
+        if decision is BYPASS:
+            # bypass: nothing more to inspect; mark the packet and let it traverse the chain again
             # (repeat); the chain saves the mark on the connection, whose later packets
             # then never leave the kernel
             if self.mark:
@@ -157,7 +169,7 @@ class Runner:
             self._error("reset-client", e)
 
     def _after(self, decision: Decision, now: float) -> None:
-        v = decision.verdict
+        v = decision
         if v.reason is Reason.BANNED:
             if not v.alert:
                 # the kernel drops banned sources; these slipped through before the ipset entry
@@ -172,7 +184,7 @@ class Runner:
                 self._alerted.clear()
             self._alerted[decision.src] = now
         self.telemetry.decision(decision.src, v.reason.value if v.reason else "", v.rule)
-        event: dict[str, Any] = {"event": "verdict", **decision.as_dict()}
+        event: dict[str, Any] = {"event": "verdict", "path": "packet", **decision.as_dict()}
         self.events.emit(event)
         if v.ban and not v.alert and decision.ban_network:
             self.bans.issue(Ban(decision.ban_network, v.ban, v.reason.value if v.reason else "", v.rule,

@@ -15,9 +15,13 @@ from typing import Any
 
 from .config import load_config
 from .control import control_request
+from .logs import status_lines
 
 
 def fetch(config_path: str | None) -> tuple[str, dict[str, Any] | None]:
+    """The control socket path of the config at ``config_path``, and the running service's status (None if none
+    answers).
+    """
     config = load_config(config_path)
     path = config.service.control_socket
     try:
@@ -40,6 +44,17 @@ def render(path: str, st: dict[str, Any] | None) -> str:
         return (f"inspector: NOT RUNNING (no answer on {path})\n"
                 "  traffic to the protected ports passes uninspected if the rules use --queue-bypass\n"
                 "  (scripts/setup-nfqueue.sh status shows the rules)\n")
+    if st.get("paths") == ["policy"]:  # `inspector policy`: no packet path
+        return "\n".join([
+            f"inspector: RUNNING  pid {st['pid']}  up {_duration(st.get('uptime', 0))}  mode {st['mode'].upper()}"
+            "  (policy path only: no packet inspection)",
+            *_policy_lines(st.get("policy")),
+            f"bans active: {st.get('bans_active', 0):,}"
+            + ("  by reason: " + ", ".join(f"{k} {v:,}" for k, v in sorted(st.get("bans_by_reason", {}).items()))
+               if st.get("bans_by_reason") else ""),
+            *(f"  {b['network']:<28} {b['reason']:<10} {_duration(b['seconds_left'])} left  {b.get('rule') or ''}"
+              for b in st.get("recent_bans", [])),
+        ]) + "\n"
     live = st.get("live", {})
     queues = st.get("queues", [])
     drops = sum(q["queue_dropped"] + q["user_dropped"] for q in queues)
@@ -50,7 +65,8 @@ def render(path: str, st: dict[str, Any] | None) -> str:
         f"inspector: RUNNING  pid {st['pid']}  up {_duration(st.get('uptime', 0))}  mode {st['mode'].upper()}"
         + ("  (reporting only, blocking nothing)" if st["mode"] == "alert" else ""),
         f"queues {st['queue']}..{st['queue'] + st.get('workers', 1) - 1} ({st.get('workers', 1)} worker"
-        f"{'s' if st.get('workers', 1) != 1 else ''}), bound: {', '.join(str(q['queue']) for q in queues if q['portid'])}"
+        f"{'s' if st.get('workers', 1) != 1 else ''}), "
+        f"bound: {', '.join(str(q['queue']) for q in queues if q['portid'])}"
         if queues else f"queue {st['queue']}: not bound!",
         f"last minute: {live.get('packets_per_s', 0):,.1f} packets/s, {live.get('verdicts_per_s', 0):,.1f} verdicts/s"
         f"   packets inspected {seen:,}",
@@ -66,11 +82,41 @@ def render(path: str, st: dict[str, Any] | None) -> str:
         "top blocked domains: " + (", ".join(f"{d} ({n})" for d, n in live.get("top_domains", [])[:5]) or "none"),
         f"rules: {rules.get('domains', '?'):,} domains, {rules.get('payload', 0)} payload strings, loaded "
         f"{rules.get('loaded_at', '?')}" if rules else "rules: ?",
+        *status_lines(st.get("logs")),
+        *_policy_lines(st.get("policy")),
     ]
+    fleet = st.get("fleet")
+    if isinstance(fleet, dict):
+        lines.append(f"fleet: {'CONNECTED' if fleet.get('connected') else 'NOT CONNECTED'} as {fleet.get('host')}  "
+                     f"last id {fleet.get('last_id')}  lag {fleet.get('lag', 0):g}s  outbox {fleet.get('outbox', 0):,}"
+                     f"  published {fleet.get('published', 0):,}  received {fleet.get('received', 0):,}"
+                     f"  refused {fleet.get('refused', 0):,}"
+                     + (f"\n  last error: {fleet['last_error']}" if fleet.get("last_error") else ""))
     return "\n".join(lines) + "\n"
 
 
+def _policy_lines(policy: dict[str, Any] | None) -> list[str]:
+    """The policy path's lines: where it listens, its answers, its bounds hit, its latency."""
+    if not policy:
+        return []
+    c = policy.get("counts", {})
+    lat = policy.get("latency_ms")
+    bounds = {k: v for k, v in c.items() if k.startswith(("timeouts:", "refused:", "errors")) or k == "act-late"}
+    return [
+        f"policy path: {policy.get('listen')}  {policy.get('connections', 0)} MTA connections open, "
+        f"{c.get('requests', 0):,} requests: {c.get('reject', 0):,} rejected, {c.get('dunno', 0):,} DUNNO, "
+        f"{c.get('whitelisted', 0):,} whitelisted, {c.get('malformed', 0):,} malformed"
+        + (f", {c.get('alert', 0):,} alerts" if c.get("alert") else ""),
+        "  " + (f"latency p50 {lat['p50']:.3f} ms, p99 {lat['p99']:.3f} ms (last {lat['samples']})" if lat
+                else "no requests yet")
+        + ("; " + ", ".join(f"{k} {v:,}" for k, v in sorted(bounds.items())) if bounds else ""),
+    ]
+
+
 def main_status(config_path: str | None, watch: bool, as_json: bool) -> int:
+    """``inspector status``: print the status screen once, as JSON, or redrawn every second (``watch``). Returns 0 if a
+    service answered, else 3.
+    """
     import json
 
     path, st = fetch(config_path)

@@ -21,6 +21,9 @@ SAMPLE = 64
 
 
 class Telemetry:
+    """Per-second counters of packets and verdicts over the last minute, the top sources and blocked domains, and the
+    engine's latency histogram (see the module docstring).
+    """
     __slots__ = ("second", "packets", "verdicts", "history", "sources", "domains", "reasons", "latency",
                  "latency_sum", "latency_count")
 
@@ -37,6 +40,7 @@ class Telemetry:
         self.latency_count = 0
 
     def observe(self, seconds: float) -> None:
+        """Count one engine latency sample of ``seconds``."""
         i = 0
         for bound in LATENCY_BOUNDS:
             if seconds <= bound:
@@ -47,6 +51,7 @@ class Telemetry:
         self.latency_count += 1
 
     def tick(self, now: float) -> None:
+        """Close the current second's bucket when ``now`` (Unix seconds) is in a new one."""
         second = int(now)
         if second != self.second:
             if self.second:
@@ -54,6 +59,7 @@ class Telemetry:
             self.second, self.packets, self.verdicts = second, 0, 0
 
     def decision(self, src: str, reason: str, rule: str | None) -> None:
+        """Count one non-accept verdict from ``src`` for ``reason`` (and the blocked domain ``rule``)."""
         self.verdicts += 1
         self.reasons[reason] += 1
         if src:
@@ -66,6 +72,7 @@ class Telemetry:
                 self.domains = Counter(dict(self.domains.most_common(_KEEP // 2)))
 
     def snapshot(self, now: float) -> dict[str, Any]:
+        """The last minute's rates, the counts and the latency histogram at ``now``, JSON-ready."""
         self.tick(now)
         recent = [h for h in self.history if h[0] >= int(now) - WINDOW]
         seconds = max(1, len(recent))
@@ -84,16 +91,18 @@ def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
     sources: Counter[str] = Counter()
     domains: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
-    latency = {"buckets": [0] * (len(LATENCY_BOUNDS) + 1), "sum": 0.0, "count": 0}
+    buckets = [0] * (len(LATENCY_BOUNDS) + 1)
+    total, count = 0.0, 0
     for s in snapshots:
         lat = s.get("latency")
         if lat:
-            latency["buckets"] = [a + b for a, b in zip(latency["buckets"], lat["buckets"])]
-            latency["sum"] += lat["sum"]
-            latency["count"] += lat["count"]
+            buckets = [a + b for a, b in zip(buckets, lat["buckets"], strict=False)]
+            total += lat["sum"]
+            count += lat["count"]
         sources.update(dict(s.get("top_sources", [])))
         domains.update(dict(s.get("top_domains", [])))
         reasons.update(s.get("reasons", {}))
+    latency = {"buckets": buckets, "sum": total, "count": count}
     return {
         "packets_per_s": round(sum(s.get("packets_per_s", 0) for s in snapshots), 1),
         "verdicts_per_s": round(sum(s.get("verdicts_per_s", 0) for s in snapshots), 1),

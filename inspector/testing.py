@@ -1,40 +1,13 @@
-"""Helpers for tests and comparisons that ship with the package.
+"""Fakes of the service's side effects, shipped with the package for the tests and replay.
 
-:class:`StringRecipe` emulates the seeds' iptables recipe
-``-p tcp --dport 25 -m string --algo bm --string "@example.com" -j REJECT``:
-a case-sensitive search of each packet on its own, anywhere in it, with no
-notion of streams or SMTP.  It exists to show, side by side with the engine,
-the cases that recipe gets wrong.
+:class:`FakeFirewall` (the ipset sets), :class:`FakePacket` (a queued packet and its verdict),
+:class:`FakeQueue` (an NFQUEUE), :class:`RecordingSender` (the raw reset sender).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-
-from .packet import Malformed, decode
-
-
-class StringRecipe:
-    """Per-packet, case-sensitive substring match, like ``iptables -m string``."""
-
-    def __init__(self, domains: Iterable[str], ports: Iterable[int] = (25,)) -> None:
-        self.needles = [b"@" + d.encode() for d in domains]
-        self.ports = set(ports)
-
-    def matches(self, packets: Iterable[bytes]) -> int:
-        """Number of packets the recipe would reject."""
-        hits = 0
-        for data in packets:
-            try:
-                d = decode(data)
-            except Malformed:
-                continue
-            if d is None or d[3] not in self.ports:
-                continue
-            # xt_string searches the whole packet from the IP header on (--from 0)
-            if any(n in data for n in self.needles):
-                hits += 1
-        return hits
+import contextlib
+from collections.abc import Callable
 
 
 class FakeFirewall:
@@ -46,17 +19,21 @@ class FakeFirewall:
         self.calls: list[tuple[str, str, int]] = []
 
     def ensure_sets(self) -> None:
+        """Record the call."""
         self.calls.append(("ensure_sets", "", 0))
 
     def ban(self, network: str, seconds: int) -> None:
+        """Record the call; keep ``network`` until the clock passes ``seconds``."""
         self.calls.append(("ban", network, seconds))
         self.entries[network] = self.clock() + seconds
 
     def unban(self, network: str) -> bool:
+        """Record the call; True if ``network`` was there."""
         self.calls.append(("unban", network, 0))
         return self.entries.pop(network, None) is not None
 
     def bans(self) -> list[tuple[str, int]]:
+        """The unexpired entries as ``(network, seconds left)``."""
         now = self.clock()
         return [(n, int(t - now)) for n, t in self.entries.items() if t > now]
 
@@ -70,26 +47,33 @@ class FakePacket:
         self.mark: int | None = None
 
     def get_payload(self) -> bytes:
+        """The packet's bytes."""
         return self.payload
 
     def set_payload(self, payload: bytes) -> None:
+        """Replace the packet's bytes."""
         self.payload = payload
 
     def get_mark(self) -> int:
+        """The mark (0 if none was set)."""
         return self.mark or 0
 
     def set_mark(self, mark: int) -> None:
+        """Set the mark."""
         self.mark = mark
 
     def accept(self) -> None:
+        """Verdict accept (a second verdict fails the test)."""
         assert self.verdict is None, "a packet gets one verdict"
         self.verdict = "accept"
 
     def drop(self) -> None:
+        """Verdict drop (a second verdict fails the test)."""
         assert self.verdict is None, "a packet gets one verdict"
         self.verdict = "drop"
 
     def repeat(self) -> None:
+        """Verdict repeat (a second verdict fails the test)."""
         assert self.verdict is None, "a packet gets one verdict"
         self.verdict = "repeat"
 
@@ -101,6 +85,7 @@ class RecordingSender:
         self.sent: list[bytes] = []
 
     def send(self, packet: bytes) -> None:
+        """Keep ``packet``."""
         self.sent.append(packet)
 
 
@@ -120,12 +105,15 @@ class FakeQueue:
         os.set_blocking(self._r, False)
 
     def bind(self, handler: Callable[[FakePacket], None]) -> None:
+        """Keep ``handler``."""
         self.handler = handler
 
     def fileno(self) -> int:
+        """The read end of a pipe that :meth:`put` makes readable."""
         return self._r
 
     def put(self, payload: bytes) -> FakePacket:
+        """Queue a packet with these bytes; returns it (its verdict is set when it is handled)."""
         import os
 
         packet = FakePacket(payload)
@@ -134,12 +122,11 @@ class FakeQueue:
         return packet
 
     def read(self) -> None:
+        """Hand every queued packet to the handler."""
         import os
 
-        try:
+        with contextlib.suppress(BlockingIOError):
             os.read(self._r, 4096)
-        except BlockingIOError:
-            pass
         waiting, self.waiting = self.waiting, []
         assert self.handler is not None
         for packet in waiting:
@@ -147,6 +134,7 @@ class FakeQueue:
             self.handled.append(packet)
 
     def close(self) -> None:
+        """Close the pipe (``closed`` becomes True)."""
         import os
 
         if not self.closed:

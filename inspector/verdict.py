@@ -10,13 +10,15 @@ import enum
 from dataclasses import dataclass
 
 
-class Action(str, enum.Enum):
+class Action(enum.StrEnum):
+    """What happens to the packet: accept, drop, or reset (drop, and answer both ends with TCP resets)."""
     ACCEPT = "accept"
     DROP = "drop"
     RESET = "reset"  # drop, and answer both ends with TCP resets
 
 
-class Reason(str, enum.Enum):
+class Reason(enum.StrEnum):
+    """Why a packet was not simply accepted (the ``reason`` of events and bans)."""
     DOMAIN = "domain"
     PAYLOAD = "payload"
     RATE = "rate"
@@ -40,10 +42,11 @@ class Verdict:
     ban: int = 0
     alert: bool = False
     detail: str | None = None
-    final: bool = False  # accept, and nothing more of this connection needs inspecting
+    bypass: bool = False  # accept, and let the rest of this connection bypass inspection
 
     @property
     def applied(self) -> Action:
+        """What the kernel is told: accept in alert mode, else the action."""
         return Action.ACCEPT if self.alert else self.action
 
 
@@ -53,18 +56,15 @@ Fields = tuple[bytes, bytes, int, int, int, int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(Verdict):
     """What :meth:`inspector.engine.Engine.process` returns for one packet: the verdict, and for a
-    non-accept verdict the packet facts a report needs (addresses as text, ports, the ban network)
-    and the decoded ``fields`` a responder needs (so a reset does not decode the packet again;
-    None for a malformed packet).  The verdict's attributes are readable on the decision itself
-    (``decision.reason``, ``decision.action`` ...).  Accepts are the shared constants
-    :data:`ACCEPT`, :data:`ACCEPT_FINAL`, :data:`ACCEPT_BODY` and :data:`ACCEPT_RESUME`, compared
-    with ``is``.
+    non-accept verdict the packet facts a report needs (``time`` in seconds, addresses as text,
+    ports, the ban network) and the decoded ``fields`` a responder needs (so a reset does not
+    decode the packet again; None for a malformed packet).  Accepts are the shared constants
+    :data:`ACCEPT`, :data:`BYPASS`, :data:`ACCEPT_BODY` and :data:`ACCEPT_RESUME`, compared with ``is``.
     """
 
-    verdict: Verdict
-    time: float = 0.0  # seconds, the packet's timestamp
+    time: float = 0.0
     src: str = ""
     sport: int = 0
     dst: str = ""
@@ -72,45 +72,9 @@ class Decision:
     ban_network: str | None = None
     fields: Fields | None = None
 
-    @property
-    def action(self) -> Action:
-        return self.verdict.action
-
-    @property
-    def reason(self) -> Reason | None:
-        return self.verdict.reason
-
-    @property
-    def rule(self) -> str | None:
-        return self.verdict.rule
-
-    @property
-    def match(self) -> str | None:
-        return self.verdict.match
-
-    @property
-    def ban(self) -> int:
-        return self.verdict.ban
-
-    @property
-    def alert(self) -> bool:
-        return self.verdict.alert
-
-    @property
-    def detail(self) -> str | None:
-        return self.verdict.detail
-
-    @property
-    def final(self) -> bool:
-        return self.verdict.final
-
-    @property
-    def applied(self) -> Action:
-        return self.verdict.applied
-
     def as_dict(self) -> dict[str, object]:
         """The ``verdict`` event's fields (JSON-ready)."""
-        v = self.verdict
+        v = self
         out: dict[str, object] = {
             "time": round(self.time, 6),
             "verdict": v.action.value,
@@ -134,11 +98,12 @@ class Decision:
         return out
 
 
-ACCEPT = Decision(Verdict(Action.ACCEPT))
-# the flow is decided: the kernel may let the rest of the connection through (connmark)
-ACCEPT_FINAL = Decision(Verdict(Action.ACCEPT, final=True))
+ACCEPT = Decision(Action.ACCEPT)
+# bypass (Suricata's term): the flow is decided, the kernel may let the rest of the connection
+# through without queueing it (the runner marks the packet; the chain saves the mark on the connection)
+BYPASS = Decision(Action.ACCEPT, bypass=True)
 # SMTP, decide = "early": the flow is inside a DATA body; the kernel may keep the body segments that
 # cannot hold an end-of-data line (setup-nfqueue.sh's in-body rules, the body mark on the connection)
-ACCEPT_BODY = Decision(Verdict(Action.ACCEPT, detail="body"))
+ACCEPT_BODY = Decision(Action.ACCEPT, detail="body")
 # the flow left the body (or needs its next segment): every segment must be queued again
-ACCEPT_RESUME = Decision(Verdict(Action.ACCEPT, detail="resume"))
+ACCEPT_RESUME = Decision(Action.ACCEPT, detail="resume")

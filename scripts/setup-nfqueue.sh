@@ -9,7 +9,8 @@
 #   setup-nfqueue.sh confirm          # keep rules installed with --try
 #
 # install (idempotent) creates, for IPv4 (iptables) and IPv6 (ip6tables):
-#   ipsets  inspector-ban4 (hash:ip) / inspector-ban6 (hash:net, /64 bans)   with timeouts
+#   ipsets  inspector-ban4 / inspector-ban6 (hash:net: addresses, /64s, ranges) with timeouts
+#           (an inspector-ban4 of type hash:ip from an older install is upgraded, its bans kept)
 #           inspector-white4 / inspector-white6 (hash:net)                     whitelisted sources
 #   chain   INSPECTOR, jumped to from the top of INPUT for TCP to the protected ports (not from lo):
 #             banned source                     -> DROP   (the kernel enforces bans from then on)
@@ -159,12 +160,34 @@ table_existed() { ipt_save "$1" | grep -q '^\*filter'; }
 create_sets() {
     local fam=$1 family
     family=$([ "$fam" = 4 ] && echo inet || echo inet6)
-    local bantype=hash:ip
-    [ "$fam" = 6 ] && bantype=hash:net
+    local bantype=hash:net
+    [ "$fam" = 4 ] && upgrade_ban4
     ipset create -exist "$(ban_set "$fam")" $bantype family $family timeout 3600 maxelem "$MAXELEM" \
         || die "ipset $(ban_set "$fam") exists with other settings (remove it first)"
     ipset create -exist "$(white_set "$fam")" hash:net family $family maxelem 65536 \
         || die "ipset $(white_set "$fam") exists with other settings (remove it first)"
+}
+
+# An older install made inspector-ban4 hash:ip; bans now include networks (manual ranges, the
+# fleet), so it becomes hash:net with its entries and timeouts.  The kernel neither swaps sets of
+# different types nor renames or destroys one the chain still references: copy the bans into a
+# temporary set, point the chain's ban rule at it, recreate the set and copy them back;
+# install_family then rebuilds the chain on the new set and the temporary one is destroyed.
+upgrade_ban4() {
+    local tmp=$BAN4-up
+    ipset list -t $BAN4 2>/dev/null | grep -q '^Type: hash:ip$' || return 0
+    say "upgrading ipset $BAN4 from hash:ip to hash:net (its bans are kept)"
+    ipset destroy $tmp 2>/dev/null || true
+    ipset create $tmp hash:net family inet timeout 3600 maxelem "$MAXELEM"
+    ipset save $BAN4 | sed -n "s/^add $BAN4 /add $tmp /p" | ipset restore -exist
+    local n
+    n=$(iptables -w -S $CHAIN 2>/dev/null | grep -v '^-N' | grep -n -- "--match-set $BAN4 src" | cut -d: -f1 | head -1)
+    [ -n "$n" ] && iptables -w -R $CHAIN "$n" -m set --match-set $tmp src -j DROP
+    ipset destroy $BAN4 || die "cannot upgrade ipset $BAN4: it is in use outside the $CHAIN chain"
+    ipset create $BAN4 hash:net family inet timeout 3600 maxelem "$MAXELEM"
+    ipset save $tmp | sed -n "s/^add $tmp /add $BAN4 /p" | ipset restore -exist
+    [ -z "$n" ] && ipset destroy $tmp
+    return 0
 }
 
 ssh_client() {
@@ -279,6 +302,7 @@ do_install() {
     for fam in $(families); do create_sets "$fam"; done
     for fam in $(families); do probe_kernel "$fam"; done
     for fam in $(families); do install_family "$fam" "${HAD_TABLE[$fam]}"; done
+    ipset destroy "$BAN4-up" 2>/dev/null || true  # left by upgrade_ban4 until the chain moved off it
     local wl=("${WHITELIST[@]}")
     if [ "$SSH_WHITELIST" = 1 ]; then
         local me; me=$(ssh_client)

@@ -191,7 +191,7 @@ def cut(plan: list[Seg], index: int, *at: int) -> list[Seg]:
     """Split ``plan[index]`` at the given positions (relative to that segment)."""
     off, data = plan[index]
     bounds = [0, *at, len(data)]
-    pieces = [(off + a, data[a:b]) for a, b in zip(bounds, bounds[1:])]
+    pieces = [(off + a, data[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)]
     return plan[:index] + pieces + plan[index + 1:]
 
 

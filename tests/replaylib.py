@@ -72,7 +72,7 @@ def check(result: Replay, expect: list[dict[str, Any]], summary: dict[str, Any] 
     """Compare decision lines in order, the summary's verdict counts, and any summary fields given."""
     wanted = expand(expect)
     wanted = [{**w, "time": round(w["time"], 6)} if "time" in w else w for w in wanted]
-    got = [project(a, w) for a, w in zip(result.decisions, wanted)]
+    got = [project(a, w) for a, w in zip(result.decisions, wanted, strict=False)]
     got += result.decisions[len(wanted):]  # extra lines show up whole in the diff
     want = [{**{k: None for k in ALWAYS}, **w} for w in wanted]
     assert got == want, "decision lines differ (- expected, + replay):\n" + _diff(want, got)

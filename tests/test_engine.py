@@ -74,7 +74,7 @@ def test_rate_limit_window_slides(make_engine):
     e2 = make_engine(domains="")
     # four at t=0..3, then one at t=59.9: five in the window
     times = [0, 1, 2, 3, 59.9]
-    out = [e2.process(s, t) for s, t in zip(syns, times)]
+    out = [e2.process(s, t) for s, t in zip(syns, times, strict=False)]
     assert out[-1].reason is Reason.RATE
 
 
@@ -198,29 +198,29 @@ def test_malformed_names_its_source_when_readable(make_engine):
 
 
 def test_decided_flow_gets_final_accept(make_engine):
-    from inspector.verdict import ACCEPT_FINAL
+    from inspector.verdict import BYPASS
 
     e = make_engine(depth=64)
     c = Conn()
     out = [e.process(p, i * 0.01) for i, p in enumerate([c.syn(), c.send(b"EHLO a\r\n"), c.send(b"x" * 100),
                                                           c.send(b"more data")])]
     assert out[0] is ACCEPT and out[1] is ACCEPT
-    assert out[2] is ACCEPT_FINAL and out[3] is ACCEPT_FINAL  # depth reached: nothing more to inspect
+    assert out[2] is BYPASS and out[3] is BYPASS  # depth reached: nothing more to inspect
     s = Conn(sport=2)
     tls = [e.process(p, 1 + i * 0.01) for i, p in enumerate([s.syn(), s.send(b"STARTTLS\r\n"),
                                                               s.send(b"\x16\x03\x01\x00\x05hello")])]
-    assert tls[1] is ACCEPT and tls[2] is ACCEPT_FINAL
+    assert tls[1] is ACCEPT and tls[2] is BYPASS
 
 
 def test_early_decision_in_body_at_data_and_after_the_ssh_banner(make_engine):
-    from inspector.verdict import ACCEPT_BODY, ACCEPT_FINAL, ACCEPT_RESUME
+    from inspector.verdict import ACCEPT_BODY, ACCEPT_RESUME, BYPASS
 
     e = make_engine(decide="early")
     c = Conn()
     out = [e.process(p, i * 0.01) for i, p in enumerate(
         [c.syn(), c.send(b"EHLO a\r\nMAIL FROM:<a@ok.test>\r\nRCPT TO:<b@ok.test>\r\n"), c.send(b"DATA\r\n"),
          c.send(b"body\r\n.\r\n")])]
-    # DATA: the connection goes "in body" (not decided); after the end-of-data line, commands again
+    # DATA: the connection goes "in body" (not bypassed); after the end-of-data line, commands again
     assert out[1] is ACCEPT and out[2] is ACCEPT_BODY and out[3] is ACCEPT_RESUME
     more = [e.process(p, 0.5 + i * 0.01) for i, p in enumerate(
         [c.send(b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<b@blocked.test>\r\n")])]
@@ -228,7 +228,7 @@ def test_early_decision_in_body_at_data_and_after_the_ssh_banner(make_engine):
     s = Conn(dport=22, sport=3, src="198.51.100.8")
     ssh = [e.process(p, 1 + i * 0.01) for i, p in enumerate([s.syn(), s.send(b"SSH-2.0-Open"),
                                                               s.send(b"SSH_9.2\r\n"), s.send(b"\x00" * 50)])]
-    assert ssh[1] is ACCEPT and ssh[2] is ACCEPT_FINAL and ssh[3] is ACCEPT_FINAL
+    assert ssh[1] is ACCEPT and ssh[2] is BYPASS and ssh[3] is BYPASS
     # "depth" inspects on: a second transaction after the message is still seen
     d = make_engine(decide="depth")
     c2 = Conn(src="198.51.100.9")

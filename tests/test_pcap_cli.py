@@ -149,6 +149,7 @@ def test_replay_into_a_closed_pipe_is_quiet(tmp_path):
         c = Conn(sport=1000 + i)
         packets += [c.syn(), c.send(b"RCPT TO:<a@blocked.test>\r\n")]
     wrpcap(str(tmp_path / "c.pcap"), [IP(p) for p in packets], linktype=101)
-    r = subprocess.run(f"{sys.executable} -m inspector replay {tmp_path / 'c.pcap'} --rules {tmp_path / 'r.txt'} | head -1",
+    command = f"{sys.executable} -m inspector replay {tmp_path / 'c.pcap'} --rules {tmp_path / 'r.txt'} | head -1"
+    r = subprocess.run(command,
                        shell=True, capture_output=True, text=True, check=False)
     assert r.stdout.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr

@@ -30,7 +30,7 @@ def test_html_report_renders_with_its_chart(tmp_path):
     pixels = list(img.getdata())
 
     def near(color: tuple[int, int, int]) -> int:
-        return sum(1 for p in pixels if all(abs(a - b) < 24 for a, b in zip(p, color)))
+        return sum(1 for p in pixels if all(abs(a - b) < 24 for a, b in zip(p, color, strict=False)))
     red, blue = near((0xC0, 0x39, 0x2B)), near((0x2C, 0x6F, 0xBB))
     assert red > 500 and blue > 500, (red, blue)  # the bars of blocks and bans are drawn
     light = sum(1 for p in pixels if sum(p) > 700)

@@ -134,7 +134,8 @@ def test_rules_path_override(tmp_path):
 def test_service_section(tmp_path):
     p = write(tmp_path, '[service]\nqueue = 3\nfail_open = false\nevents = "-"\nipset_v4 = "my-ban4"\n')
     svc = load_config(p).service
-    assert (svc.queue, svc.fail_open, svc.events, svc.ipset_v4, svc.ipset_v6) == (3, False, "-", "my-ban4", "inspector-ban6")
+    assert (svc.queue, svc.fail_open, svc.events, svc.ipset_v4, svc.ipset_v6) == \
+        (3, False, "-", "my-ban4", "inspector-ban6")
 
 
 @pytest.mark.parametrize("text, message", [

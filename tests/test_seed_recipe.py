@@ -7,7 +7,7 @@ cases where it does not are the reason this product exists.
 
 import pytest
 
-from inspector.testing import StringRecipe
+from benchmarks.string_recipe import StringRecipe
 from tests.conftest import Conn
 
 RULE = "example.com"

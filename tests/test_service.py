@@ -169,3 +169,45 @@ bantime = 600
     [p] = b.feed(Conn(src="203.0.113.9", dport=22).syn())
     assert p.verdict == "drop"
     b.service.stop()
+
+
+class RecordingComponent:
+    """A side component that bans from its own thread when started."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.calls: list[str] = []
+
+    def start(self) -> None:
+        import threading
+
+        from inspector.respond.bans import Ban
+
+        self.calls.append("start")
+        host = self.service.host
+        t = threading.Thread(target=lambda: host.bans.issue(Ban("203.0.113.77", 60, "domain", "x.test", "policy"),
+                                                            host.clock()))
+        t.start()
+        t.join()
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+    def status(self) -> dict:
+        return {"calls": list(self.calls)}
+
+
+def test_a_side_component_is_started_shown_in_status_bans_and_is_closed(tmp_path, monkeypatch):
+    from inspector.service import host as host_module
+
+    b = Bed(tmp_path)
+    component = RecordingComponent(b.service)
+    monkeypatch.setattr(host_module, "configured", lambda *args: {"recorder": component})
+    b.service.start()
+    assert component.calls == ["start"]
+    assert b.firewall.entries == {"203.0.113.77": 1000.0 + 60}
+    [p] = b.feed(Conn(src="203.0.113.77").syn())
+    assert p.verdict == "drop"  # the engine learnt the component's ban through the pipeline
+    assert b.service.host.status()["recorder"] == {"calls": ["start"]}
+    b.service.stop()
+    assert component.calls == ["start", "close"]

@@ -27,8 +27,14 @@ import sys
 
 from netfilterqueue import NetfilterQueue
 
-from inspector.sources.nfqueue import (FAIL_OPEN, WholeMessages, build_message, pack_attr, set_copy_range,
-                                      set_queue_flags)
+from inspector.sources.nfqueue import (
+    FAIL_OPEN,
+    WholeMessages,
+    build_message,
+    pack_attr,
+    set_copy_range,
+    set_queue_flags,
+)
 
 _NFQNL_MSG_VERDICT_BATCH, _NFQA_VERDICT_HDR, _NF_ACCEPT, _NLM_F_REQUEST = 3, 2, 1, 1
 

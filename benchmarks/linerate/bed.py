@@ -28,7 +28,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,10 +74,8 @@ class Proc:
             self.files = []
             for stream in (self.popen.stdin, self.popen.stdout):
                 if stream is not None:
-                    try:
+                    with suppress(OSError):
                         stream.close()
-                    except OSError:
-                        pass
 
     def tail(self, n: int = 2000) -> str:
         if self.err_path is None:
@@ -187,10 +185,8 @@ class Bed:
             if not live:
                 return
             for p in live:
-                try:
+                with suppress(ProcessLookupError):
                     os.kill(p, sig)
-                except ProcessLookupError:
-                    pass
             deadline = time.monotonic() + 3
             while time.monotonic() < deadline and any(procfs.alive(p) for p in live):
                 time.sleep(0.05)

@@ -7,6 +7,7 @@ differences) and ``stop()``.  ``stop()`` is safe to call twice and after a faile
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -189,10 +190,8 @@ control_socket = "{self.sock}"
             # workers die with the supervisor (PR_SET_PDEATHSIG); make sure, by PID
             for pid in self.pids:
                 if procfs.alive(pid):
-                    try:
+                    with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
             self.proc = None
         if self.installed:
             self.bed.s("bash", str(SETUP), "remove", check=False)
@@ -222,10 +221,8 @@ control_socket = "{self.sock}"
             return []
         out = []
         for line in text.splitlines():
-            try:
+            with contextlib.suppress(ValueError):
                 out.append(json.loads(line))
-            except ValueError:
-                pass
         return out
 
     def status(self) -> dict[str, Any] | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -41,19 +42,19 @@ async def serve(args: argparse.Namespace) -> None:
     counts: Counter[str] = Counter()
 
     class Handler:
-        async def handle_DATA(self, server, session, envelope):  # noqa: ANN001, ANN201
+        async def handle_DATA(self, server, session, envelope):
             blocked = any(r.lower().rstrip(".").endswith("@" + BLOCKED) for r in envelope.rcpt_tos)
             counts["delivered_blocked" if blocked else "delivered"] += 1
             counts["bytes"] += len(envelope.content or b"")
             return "250 OK delivered"
 
     class CountingSMTP(SMTP):
-        def connection_made(self, transport):  # noqa: ANN001, ANN201
+        def connection_made(self, transport):
             counts["connections"] += 1
             counts["open"] += 1
             super().connection_made(transport)
 
-        def connection_lost(self, error):  # noqa: ANN001, ANN201
+        def connection_lost(self, error):
             counts["open"] -= 1
             if isinstance(error, ConnectionResetError):
                 counts["reset_by_peer"] += 1
@@ -79,10 +80,8 @@ async def serve(args: argparse.Namespace) -> None:
 
     loop.add_reader(sys.stdin.fileno(), on_stdin)
     print(json.dumps({"ready": True}), flush=True)
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=args.max_seconds)
-    except asyncio.TimeoutError:
-        pass
     for s in servers:
         s.close()
 

@@ -18,25 +18,68 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
+from ..nets import Network
 from .filters import BUILTIN, NOT_ADDRESS, Failure, Filter, LineMatcher, TimeParser, get_filter, user_filter
-from .follow import FileFollower, JournalFollower, journal_available
+from .follow import JOURNAL_MISSING, FileFollower, JournalFollower, journal_available
 from .policy import Limits, LogBan, LogPolicy, Whitelist, local_addresses, write_hosts_deny
-
-if TYPE_CHECKING:
-    from ..config import Config, LogSettings
+from .settings import LogSettings
+from .sources import Place, cursor_path, probe_all, resolve
 
 __all__ = ["LogMonitor", "LogBan", "Failure", "Limits", "LogPolicy", "Whitelist", "user_filters",
-           "local_addresses", "write_hosts_deny", "BUILTIN"]
+           "local_addresses", "write_hosts_deny", "BUILTIN", "probe_all", "check_lines", "status_lines"]
+
+
+class MonitorConfig(Protocol):
+    """What :class:`LogMonitor` reads of the service's :class:`inspector.config.Config` (a protocol,
+    so that this package does not import the config module, which parses its ``[logs]`` section)."""
+
+    @property
+    def logs(self) -> LogSettings: ...
+    @property
+    def whitelist(self) -> tuple[Network, ...]: ...
+    @property
+    def ipv4_prefix(self) -> int: ...
+    @property
+    def ipv6_prefix(self) -> int: ...
+    @property
+    def service(self) -> Any: ...  # ``state_file``: the journal cursors are kept beside it
 
 
 class Follower(Protocol):
-    path: str
+    """A file or journal reader: new lines per poll; ``state`` is "reading", "waiting" or "error"."""
 
+    path: str
+    error: str | None
+
+    @property
+    def state(self) -> str: ...
     def poll(self) -> list[str]: ...
     def stats(self) -> dict[str, Any]: ...
     def close(self) -> None: ...
+
+
+class Unreadable:
+    """A source that cannot be read at all (no journal binding, the journal will not open): state "error"."""
+
+    def __init__(self, path: str, error: str) -> None:
+        self.path = path
+        self.error: str | None = error
+
+    @property
+    def state(self) -> str:
+        return "error"
+
+    def poll(self) -> list[str]:
+        return []
+
+    def stats(self) -> dict[str, Any]:
+        return {"path": self.path, "state": "error", "error": self.error}
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass
@@ -52,9 +95,11 @@ class _Feed:
 
     follower: Follower
     sources: list[_Source]
+    place: Place
 
 
 def user_filters(settings: LogSettings) -> list[Filter]:
+    """The ``[[logs.filter]]`` entries as filters."""
     return [user_filter(f.name, f.regex, f.literal) for f in settings.filters]
 
 
@@ -71,8 +116,8 @@ class LogMonitor:
     is lost or read twice across the reload.
     """
 
-    def __init__(self, config: Config, local: Iterable[str] | None = None, utc: bool = False,
-                 previous: LogMonitor | None = None) -> None:
+    def __init__(self, config: MonitorConfig, local: Iterable[str] | None = None, utc: bool = False,
+                 previous: LogMonitor | None = None, cursor_dir: str | Path | None = None) -> None:
         settings = config.logs
         self.settings = settings
         users = user_filters(settings)
@@ -82,32 +127,42 @@ class LogMonitor:
                                 settings.capacity)
         self.counts: Counter[str] = Counter()
         self.feeds: dict[str, _Feed] = {}
+        # journal cursors live beside the ban store (default /var/lib/inspector)
+        self.cursor_dir = Path(cursor_dir) if cursor_dir is not None else Path(config.service.state_file).parent
         # a reload keeps the files open where they were, and what the policy counted so far
         kept: dict[str, Follower] = {}
         if previous is not None:
             self.policy.adopt(previous.policy)
-            kept = {key: feed.follower for key, feed in previous.feeds.items()}
+            kept = {key: feed.follower for key, feed in previous.feeds.items()
+                    if not isinstance(feed.follower, Unreadable)}
+            for old in previous.feeds.values():
+                if isinstance(old.follower, Unreadable):
+                    old.follower.close()
             previous.feeds = {}
         for src in settings.sources:
-            key = src.path if src.path else "journal:" + ",".join(src.journal)
-            feed = self.feeds.get(key)
-            if feed is None:
-                follower: Follower
-                if key in kept:
-                    follower = kept.pop(key)
-                elif src.journal:
-                    if not journal_available():
-                        self.counts["journal-unavailable"] += 1
-                        continue
-                    follower = JournalFollower(src.journal, settings.from_start)
-                else:
-                    assert src.path is not None
-                    follower = FileFollower(src.path, settings.from_start)
-                feed = self.feeds[key] = _Feed(follower, [])
+            place = resolve(src, settings)
+            key = place.key
+            if key not in self.feeds:
+                follower = kept.pop(key, None) or self._open(place, settings.from_start)
+                self.feeds[key] = _Feed(follower, [], place)
+            feed = self.feeds[key]
             matcher = LineMatcher(get_filter(src.filter, users), TimeParser(utc=utc))
             feed.sources.append(_Source(src.name, matcher, Limits(src.maxretry, src.findtime, src.bantime)))
         for gone in kept.values():
             gone.close()
+
+    def _open(self, place: Place, from_start: bool) -> Follower:
+        if place.kind == "file":
+            assert place.path is not None
+            return FileFollower(place.path, from_start)
+        if not journal_available():
+            self.counts["journal-unavailable"] += 1
+            return Unreadable(place.key, JOURNAL_MISSING)
+        try:
+            return JournalFollower(place.matches, from_start, place.directory, cursor_path(self.cursor_dir, place))
+        except OSError as e:
+            self.counts["journal-unavailable"] += 1
+            return Unreadable(place.key, f"cannot open the journal: {e.strerror or e}")
 
     @property
     def sources(self) -> list[_Source]:
@@ -156,12 +211,48 @@ class LogMonitor:
             return None
         return write_hosts_deny(self.settings.hosts_deny, networks, self.settings.hosts_deny_daemon)
 
+    def states(self) -> list[dict[str, Any]]:
+        """Each followed place: its sources, backend, state ("reading", "waiting", "error") and why."""
+        return [{"sources": [s.name for s in feed.sources], "backend": feed.place.kind, "path": feed.follower.path,
+                 "state": feed.follower.state, "error": feed.follower.error} for feed in self.feeds.values()]
+
     def stats(self) -> dict[str, Any]:
         return {"counts": dict(self.counts), "policy": dict(self.policy.counts), "tracked": len(self.policy),
-                "logs": [{"sources": [s.name for s in feed.sources], **feed.follower.stats()}
+                "logs": [{"sources": [s.name for s in feed.sources], "backend": feed.place.kind,
+                          **feed.follower.stats(), "state": feed.follower.state}
                          for feed in self.feeds.values()]}
 
     def close(self) -> None:
         for feed in self.feeds.values():
             feed.follower.close()
         self.feeds = {}
+
+
+def check_lines(settings: LogSettings) -> list[str]:
+    """``inspector check``'s [logs] lines: each source, where it reads, and every one that cannot be read now."""
+    lines = []
+    problems = {p.source: p for p in probe_all(settings)}
+    for src in settings.sources:
+        place = resolve(src, settings)
+        where = place.path if place.kind == "file" else (
+            "journal " + (f"in {place.directory} " if place.directory else "") + " ".join(place.matches))
+        lines.append(f"log source {src.name}: filter {src.filter}, backend {src.backend} -> {where}; "
+                     f"{src.maxretry} in {src.findtime:g}s -> ban {src.bantime}s")
+        p = problems.get(src.name)
+        if p is not None:
+            lines.append(f"  WARNING: cannot be read now: {p.reason}")
+    if problems:
+        lines.append(f"log sources that cannot be read now: {len(problems)} of {len(settings.sources)}")
+    return lines
+
+
+def status_lines(stats: dict[str, Any] | None) -> list[str]:
+    """``inspector status``'s lines for the log monitor's stats (one per followed file or journal query)."""
+    if not stats:
+        return []
+    out = []
+    for feed in stats.get("logs", []):
+        err = f": {feed['error']}" if feed.get("error") else ""
+        out.append(f"log {feed.get('state', '?'):<8} {feed.get('backend', 'file'):<7} {feed.get('path')} "
+                   f"({', '.join(feed.get('sources', []))}){err}")
+    return out

@@ -55,13 +55,23 @@ class Filter:
     ``extract(line)`` returns the address text, :data:`NOT_ADDRESS` when the
     line is a failure without a usable address, or ``None`` (not a failure).
     ``time`` optionally finds the timestamp text (user filters' ``time`` group).
+    ``units``: the systemd units whose journal entries the filter reads when a
+    source names no ``journal`` matches (alternatives: any of them).
+    ``attempts(line)``: how many failed attempts the line reports (default 1).
     """
 
     name: str
     literals: tuple[str, ...]
     extract: Callable[[str], str | None]
     description: str = ""
+    units: tuple[str, ...] = ()
     time: Callable[[str], str | None] | None = None
+    attempts: Callable[[str], int] | None = None  # failures one line reports (Dovecot: "N attempts")
+
+    @property
+    def journal_matches(self) -> tuple[str, ...]:
+        """``_SYSTEMD_UNIT=`` matches for :attr:`units` (journald's trusted field: no process can forge it)."""
+        return tuple(f"_SYSTEMD_UNIT={u}" for u in self.units)
 
     def prefilter(self) -> Callable[[str], bool]:
         """The literal test as one fast callable."""
@@ -105,6 +115,8 @@ def _is_loopback(text: str) -> bool:
 # -- built-in filters ------------------------------------------------------------
 
 _ADDR = r"[0-9A-Fa-f:.]+"
+# an address that ends where the address ends: "from 127.0.0.1." is 127.0.0.1 followed by a full stop
+_IP = r"(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{0,4}:[0-9A-Fa-f:.]*[0-9A-Fa-f])"
 
 # warning: unknown[203.0.113.5]: SASL LOGIN authentication failed: UGFzc3dvcmQ6
 # (smtpd_client_port_logging adds ":port" after the bracket)
@@ -135,20 +147,19 @@ def _courier(line: str) -> str | None:
 # userlogins.log (log_logins = true):
 #   [21-Nov-2026 19:32:28 +0100]: <1a2b3c4d> Failed login for admin from 203.0.113.5 in session x (error: 0)
 # older: "FAILED login for user from ADDR", "IMAP Error: Login failed for user from ADDR".
-# "from" comes after the attacker's user name, so the last candidate is Roundcube's own.
-_RC_FROM = re.compile(r" from (" + _ADDR + r")(?:\(([^()]*)\))?(?=\.\s|\.?\s*$| in session | in \S+ on line \d)")
+# Roundcube writes "Login failed for USER[ against HOST] from ADDR[(headers)]. ERROR": the user name before
+# its "from" is the client's, and the IMAP server's reply after it (ERROR) may quote the client's text too
+# ("NO Login failed. user=admin from 127.0.0.1").  Roundcube's own "from" is the one its own words follow:
+# ". AUTHENTICATE <mech>: " or ". LOGIN: " (rcube_imap_generic's error text), else the end of the message,
+# " in session " or " in FILE on line N".  Two different addresses in such positions: ambiguous, no address.
+_RC_FROM = re.compile(r" from (" + _IP + r")(?:\(([^()]*)\))?")
+_RC_IMAP = re.compile(r"\. (?:AUTHENTICATE [-\w]+|LOGIN): ")
+_RC_END = re.compile(r"\.?\s*$|\.? in session |\.? in \S+ on line \d+ \(|\. (?:Could not connect to |Empty startup)")
 _RC_XREAL = re.compile(r"X-Real-IP: ?([^,\s]+)")
 _RC_XFF = re.compile(r"X-Forwarded-For: ?([^()]*?)(?:,X-|$)")
 
 
-def _roundcube(line: str) -> str | None:
-    candidates = list(_RC_FROM.finditer(line))
-    if not candidates:
-        return None
-    last = candidates[-1]
-    if "Could not connect to " in line[last.end():]:
-        return None  # the IMAP server was down: nobody's password was wrong
-    remote, forwarded = last.group(1), last.group(2)
+def _roundcube_client(remote: str, forwarded: str | None) -> str:
     # behind a local reverse proxy REMOTE_ADDR is loopback: the proxy's own header names the
     # client (X-Real-IP, or the right-most X-Forwarded-For entry: the one the proxy appended).
     # From any other peer these headers are the client's own claims and are ignored.
@@ -164,12 +175,37 @@ def _roundcube(line: str) -> str | None:
     return remote
 
 
+def _roundcube(line: str) -> str | None:
+    imap: list[re.Match[str]] = []
+    other: list[re.Match[str]] = []
+    for m in _RC_FROM.finditer(line):
+        end = m.end()
+        if _RC_IMAP.match(line, end):
+            imap.append(m)
+        elif _RC_END.match(line, end):
+            other.append(m)
+    chosen = imap or other
+    if not chosen:
+        return None
+    end = chosen[-1].end()
+    if not imap and (line.startswith(". Could not connect to ", end) or line.startswith(". Empty startup", end)):
+        return None  # the IMAP server was down: nobody's password was wrong
+    found = {_roundcube_client(m.group(1), m.group(2)) for m in chosen}
+    if len(found) > 1:
+        return NOT_ADDRESS  # the client's text imitates Roundcube's: no address to trust
+    return found.pop()
+
+
 # Apache 2.4: [Sat Nov 21 19:32:28.123456 2026] [core:error] [pid 1234:tid 5678] [client 203.0.113.5:51234]
 #             AH00128: File does not exist: /var/www/html/wp-login.php
 # Apache 2.2: [Sat Nov 21 19:32:28 2026] [error] [client 203.0.113.5] File does not exist: /var/www/phpMyAdmin
 # Every line of an error.log has "[client ": plain string tests first, a regex only on the refused path.
 _APACHE_EXPLOITS = ("() {", "ignoring function definition attempt", "error importing function definition",
                     "invalid URI path")
+# AH00126 (core, 2.4): a request path that climbs above the root ("../" past "/", or encoded)
+_APACHE_INVALID_URI = "Invalid URI in request "
+# Apache 2.2 mod_cgi: "script '/var/www/wp-login.php' not found or unable to stat"
+_APACHE_SCRIPT22 = re.compile(r"script '([^']*)' not found or unable to stat")
 _APACHE_REFUSALS = ("File does not exist: ", "client denied by server configuration: ",
                     "script not found or unable to stat: ", "Cannot serve directory ")
 _APACHE_ADMIN = re.compile(
@@ -179,30 +215,50 @@ _APACHE_ADMIN = re.compile(
 
 
 def _apache(line: str) -> str | None:
+    # 2.4 behind mod_remoteip: "[client ADDR:port]" is the client the module resolved; lines that
+    # carry only the connection's peer write "[remote ADDR:port]"
+    # carry only the connection's peer write "[remote ADDR:port]".  Both sit in the prefix, before
+    # the message (which quotes the client's request): the first of them is Apache's.
     i = line.find("[client ")
-    if i < 0:
+    r = line.find("[remote ", 0, i if i >= 0 else len(line))
+    if r >= 0:
+        i = r
+    elif i < 0:
         return None
     j = line.find("] ", i)
     if j < 0:
         return None
+    if r >= 0 and line.startswith("[client ", j + 2):  # "[remote PEER] [client CLIENT]": the client
+        i, j = j + 2, line.find("] ", j + 2)
+        if j < 0:
+            return None
     client, message = line[i + 8:j], line[j + 2:]
-    if not any(x in message for x in _APACHE_EXPLOITS) and not ("%2" in message and "/.%2e/" in message.lower()):
+    if any(x in message for x in _APACHE_EXPLOITS) or ("%2" in message and "/.%2e/" in message.lower()):
+        pass
+    elif _APACHE_INVALID_URI in message:
+        uri = message[message.find(_APACHE_INVALID_URI) + len(_APACHE_INVALID_URI):]
+        if "/.." not in uri and "%2e" not in uri.lower():
+            return None
+    else:
         for refusal in _APACHE_REFUSALS:
             k = message.find(refusal)
             if k >= 0:
                 path = message[k + len(refusal):]
                 break
         else:
-            return None
+            m = _APACHE_SCRIPT22.search(message)
+            if m is None:
+                return None
+            path = m.group(1)
         # the referer is the client's to choose; only the path Apache refused counts
         path = path.split(", referer: ", 1)[0].rstrip()
         if _APACHE_ADMIN.search(path) is None:
             return None
     # 2.4 always appends ":port", to IPv6 too (without brackets); 2.2 writes the address alone
     head, _, port = client.rpartition(":")
-    if head and port.isdigit() and normalize_host(head) is not None:
-        if normalize_host(client) is None or "] [pid " in line:
-            return head
+    if head and port.isdigit() and normalize_host(head) is not None \
+            and (normalize_host(client) is None or "] [pid " in line):
+        return head
     return client
 
 
@@ -230,30 +286,88 @@ def _proftpd(line: str) -> str | None:
 # sshd[1234]: Failed password for root from 203.0.113.5 port 51234 ssh2
 # sshd[1234]: Failed password for invalid user admin from 2001:db8::5 port 51234 ssh2
 # sshd[1234]: Invalid user admin from 203.0.113.5 port 51234
-# (OpenSSH >= 9.8 logs as sshd-session).  The user name is the client's: anchor at the end.
-_SSHD = re.compile(
-    r"(?:Failed (?:password|keyboard-interactive/pam) for (?:invalid user )?|Invalid user )"
-    r".*? from (\S+?)(?: port \d+)?(?: ssh\d?)?(?: \[preauth\])?\s*$")
+# (OpenSSH >= 9.8 logs as sshd-session).  OpenSSH's auth_log() writes
+# "Failed %s for %s%.100s from %.200s port %d ssh2%s%s": the user name comes first and is the
+# client's, and ": <extra>" after "ssh2" may hold the client's text too (a key comment, a GSSAPI
+# principal).  A user name cannot hold ':' (auth2.c cuts the login style off there), so the first
+# " ssh2: " ends sshd's own part; within it the last "from ADDR port N" is sshd's.
+_SSHD_START = re.compile(r"Failed (?:password|keyboard-interactive/pam) for (?:invalid user )?|Invalid user ")
+_SSHD_FROM = re.compile(r" from (\S+?)(?: port \d+)?(?: ssh\d?)?(?: \[preauth\])?\s*$")
 
 
 def _sshd(line: str) -> str | None:
-    m = _SSHD.search(line)
+    m = _SSHD_START.search(line)
+    if m is None:
+        return None
+    start = m.end()
+    cut = line.find(" ssh2: ", start)
+    rest = line[start:cut + 5] if cut >= 0 else line[start:]
+    f = _SSHD_FROM.search(rest)
+    return f.group(1) if f else None
+
+
+# dovecot: imap-login: Aborted login (auth failed, 1 attempts in 2 secs): user=<admin>, method=PLAIN,
+#   rip=203.0.113.5, lip=192.0.2.10, TLS, session=<k2Jx>
+# dovecot: pop3-login: Disconnected (auth failed, 3 attempts in 12 secs): user=<a>, method=PLAIN, rip=..., ...
+# dovecot: imap-login: Login aborted: Connection closed (auth failed, 1 attempts in 2 secs) (auth_failed):
+#   user=<a>, method=PLAIN, rip=203.0.113.5, lip=..., session=<..>          (Dovecot >= 2.3.21)
+# login_log_format_elements puts user=<%u> (the client's) before rip=%r; what follows rip (lip, mpid, TLS,
+# session) is Dovecot's own: the last ", rip=ADDR," is Dovecot's.  The auth process's own lines
+# ("auth: pam(user,ADDR): ... failed") describe the same attempts and are not counted twice.
+_DOVECOT = re.compile(r"-login: (?:Aborted login|Disconnected|Login aborted)\b[^()]*\(auth failed, (\d+) attempts?")
+_DOVECOT_RIP = re.compile(r", rip=(" + _IP + r")(?=,|\s*$)")
+
+
+def _dovecot(line: str) -> str | None:
+    m = _DOVECOT.search(line)
+    if m is None:
+        return None
+    rips = _DOVECOT_RIP.findall(line, m.end())
+    return rips[-1] if rips else NOT_ADDRESS
+
+
+def _dovecot_attempts(line: str) -> int:
+    # one connection may try several passwords (Dovecot's "3 attempts"): each counts, as each sshd line does
+    m = _DOVECOT.search(line)
+    return min(int(m.group(1)), 100) if m else 1
+
+
+# Exim mainlog (log_selector defaults; +incoming_interface adds I=[..]:port):
+# 2026-11-21 10:00:00 dovecot_plain authenticator failed for (ylmf-pc) [203.0.113.5]:54321:
+#   535 Incorrect authentication data (set_id=admin)
+# 2026-11-21 10:00:00 login authenticator failed for host.example.net (helo) [2001:db8::5]:4000
+#   I=[192.0.2.10]:587: 535 Incorrect authentication data
+# Exim writes "[ADDR]:port" after the reverse-DNS name and "(HELO)", both the client's; a HELO
+# holds no space (Exim refuses one), so "(...) " ends it and the next "[ADDR]" is Exim's.
+_EXIM = re.compile(r" authenticator failed for (?:[^\s()\[\]]+ )?(?:\([^ ]*\) )?\[(" + _IP + r")\](?::\d+)?"
+                   r"(?: I=\[[^\]\s]*\](?::\d+)?)?: 535 Incorrect authentication data")
+
+
+def _exim(line: str) -> str | None:
+    m = _EXIM.search(line)
     return m.group(1) if m else None
 
 
 BUILTIN: dict[str, Filter] = {f.name: f for f in (
     Filter("postfix-sasl", ("authentication failed",), _postfix,
-           "Postfix smtpd: SASL authentication failed (mail.log)"),
+           "Postfix smtpd: SASL authentication failed (mail.log)", ("postfix@-.service", "postfix.service")),
     Filter("courier", ("LOGIN FAILED, ",), _courier,
-           "Courier imapd/pop3d (and -ssl): LOGIN FAILED (mail.log)"),
+           "Courier imapd/pop3d (and -ssl): LOGIN FAILED (mail.log)",
+           ("courier-imap.service", "courier-imap-ssl.service", "courier-pop.service", "courier-pop-ssl.service")),
     Filter("roundcube", ("ogin failed for ", "ailed login for ", "FAILED login for "), _roundcube,
            "Roundcube errors.log / userlogins.log: Login failed"),
-    Filter("apache-probe", ("[client ",), _apache,
+    Filter("apache-probe", ("[client ", "[remote "), _apache,
            "Apache error.log: exploit probes (shellshock, path traversal) and admin-page scans"),
     Filter("proftpd", ("proftpd[",), _proftpd,
-           "ProFTPD: Incorrect password, no such user found, root login attempted"),
+           "ProFTPD: Incorrect password, no such user found, root login attempted", ("proftpd.service",)),
     Filter("sshd", ("Failed ", "Invalid user "), _sshd,
-           "OpenSSH: Failed password (also for invalid users), Invalid user"),
+           "OpenSSH: Failed password (also for invalid users), Invalid user", ("ssh.service", "sshd.service")),
+    Filter("dovecot", ("(auth failed, ",), _dovecot,
+           "Dovecot imap-login/pop3-login: Aborted login / Disconnected (auth failed ...), rip=",
+           ("dovecot.service",), attempts=_dovecot_attempts),
+    Filter("exim", ("authenticator failed for ",), _exim,
+           "Exim: authenticator failed for ... 535 Incorrect authentication data (mainlog)",
+           ("exim4.service", "exim.service")),
 )}
 
 
@@ -285,26 +399,30 @@ def user_filter(name: str, regex: str, literal: str | None = None) -> Filter:
         def when(line: str) -> str | None:
             m = search(line)
             return m.group("time") if m else None
-    return Filter(name, (literal,) if literal else (), extract, "user filter", when)
+    return Filter(name, (literal,) if literal else (), extract, "user filter", time=when)
 
 
 def get_filter(name: str, user: Iterable[Filter] = ()) -> Filter:
-    for f in user:
+    """The user filter or built-in filter called ``name``; :class:`FilterError` lists the known ones."""
+    users = list(user)
+    for f in users:
         if f.name == name:
             return f
-    f = BUILTIN.get(name)
-    if f is None:
-        mine = sorted(u.name for u in user)
+    found = BUILTIN.get(name)
+    if found is None:
+        mine = sorted(u.name for u in users)
         raise FilterError(f"unknown filter {name!r} (built-in: {', '.join(builtin_names())}"
                           + (f"; from the config: {', '.join(mine)})" if mine else ")"))
-    return f
+    return found
 
 
 # -- time ------------------------------------------------------------------------
 
 _MONTHS = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun",
                                         "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
-_ISO = re.compile(r"(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)(?:[.,](\d{1,9}))?(Z|[+-]\d\d(?::?\d\d)?)?")
+# Exim's log_timezone writes "2026-11-21 16:00:03 +0100": a space, then four digits
+_ISO = re.compile(r"(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)(?:[.,](\d{1,9}))?"
+                  r"(Z|[+-]\d\d(?::?\d\d)?| [+-]\d{4}\b)?")
 _SYSLOG = re.compile(r"([A-Z][a-z]{2}) +(\d{1,2}) (\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?")
 _APACHE_TIME = re.compile(r"\[\w{3} (\w{3}) +(\d{1,2}) (\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))? (\d{4})\]")
 _RC_TIME = re.compile(r"\[(\d{1,2})-(\w{3})-(\d{4}) (\d\d):(\d\d):(\d\d)(?: ([+-]\d{4}|UTC|GMT))?\]")
@@ -398,6 +516,7 @@ def _offset(zone: str | None) -> int | None:
         return None
     if zone in ("Z", "UTC", "GMT"):
         return 0
+    zone = zone.lstrip()
     sign = -1 if zone[0] == "-" else 1
     digits = zone[1:].replace(":", "")
     hours, minutes = int(digits[:2]), int(digits[2:4] or 0)
@@ -445,6 +564,8 @@ class LineMatcher:
         if host is None:
             self.not_address += 1
             return NOT_ADDRESS
+        if filt.attempts is not None:
+            count *= max(1, filt.attempts(text))
         stamp = None
         if filt.time is not None:
             t_text = filt.time(line)

@@ -145,7 +145,7 @@ class LogPolicy:
     def forget(self, network: str) -> None:
         """Drop what is known about ``network`` (after ``inspector unban``)."""
         self._history.pop(network, None)
-        for key in [k for k in self._windows.keys() if k[1] == network]:
+        for key in [k for k in self._windows if k[1] == network]:
             self._windows.pop(key, None)
 
     def __len__(self) -> int:

@@ -10,6 +10,7 @@ a readable time takes the previous failure's (the file's mtime at first).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -77,12 +78,12 @@ def scan_file(path: str, filt: Filter, limits: Limits, policy: LogPolicy, out: I
     """Scan ``path``; write JSON lines to ``out`` (if given)."""
     result = ScanResult()
     started, cpu0 = time.perf_counter(), time.process_time()
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        result.error = f"{path}: cannot read: {e.strerror or e}"
-        return result
-    with f:
+    with contextlib.ExitStack() as files:
+        try:
+            f = files.enter_context(open(path, "rb"))
+        except OSError as e:
+            result.error = f"{path}: cannot read: {e.strerror or e}"
+            return result
         mtime = fallback = os.fstat(f.fileno()).st_mtime
         raw: IO[bytes] = f
         magic = f.read(2)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..bans import BanRecord, BanStore, StateError
 from ..events import EventSink
@@ -47,32 +47,34 @@ class Ban:
 Listener = Callable[[str, "Ban | str"], None]
 
 
+@dataclass(eq=False)
 class BanPipeline:
     """The ban store, the kernel set and the events, kept in step (see the module docstring).
 
     ``store`` None: this process does not own the store (a worker: the supervisor records the
     bans it reports through a listener).  ``whitelist`` and ``own`` (this host's addresses) feed
-    :func:`~inspector.nets.protects`.  ``export`` is called with the active networks after every
-    save (the hosts.deny export of the log sources).  ``now``: the time of the issue or lift in
-    progress, for listeners that need an expiry.
+    :func:`~inspector.nets.protects`; the prefixes make ban networks (:meth:`network`).
+    ``export`` is called with the active networks after every save (the hosts.deny export of the
+    log sources).  ``now``: the time of the issue or lift in progress, for listeners that need an
+    expiry.  ``dirty``: the store changed since the last save.
     """
 
-    def __init__(self, store: BanStore | None, firewall: Firewall, events: EventSink,
-                 whitelist: Whitelist | None = None, own: Iterable[Address] = (),
-                 ipv4_prefix: int = 32, ipv6_prefix: int = 64) -> None:
-        self.store = store
-        self.firewall = firewall
-        self.events = events
-        self.whitelist = whitelist
-        self.own = frozenset(own)
-        self.ipv4_prefix = ipv4_prefix
-        self.ipv6_prefix = ipv6_prefix
-        self.counts: Counter[str] = Counter()
-        self.dirty = False  # the store changed since the last save
-        self.now = 0.0
-        self.export: Callable[[list[str]], object] | None = None
-        self._listeners: list[Listener] = []
-        self._lock = threading.RLock()
+    store: BanStore | None
+    firewall: Firewall
+    events: EventSink
+    whitelist: Whitelist | None = None
+    own: Iterable[Address] = ()
+    ipv4_prefix: int = 32
+    ipv6_prefix: int = 64
+    counts: Counter[str] = field(default_factory=Counter, init=False)
+    dirty: bool = field(default=False, init=False)
+    now: float = field(default=0.0, init=False)
+    export: Callable[[list[str]], object] | None = field(default=None, init=False)
+    _listeners: list[Listener] = field(default_factory=list, init=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, init=False)
+
+    def __post_init__(self) -> None:
+        self.own = frozenset(self.own)
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener("ban", Ban)`` after every ban issued or recorded here, and
@@ -113,7 +115,7 @@ class BanPipeline:
             return False
         with self._lock:
             if self.store is not None:
-                self.store.add(BanRecord(ban.network, now + ban.seconds, ban.reason, ban.rule, now))
+                self.store.add(BanRecord(ban.network, now + ban.seconds, ban.reason, ban.rule, now, ban.origin))
                 self.dirty = True
             try:
                 self.firewall.ban(ban.network, ban.seconds)
@@ -124,7 +126,8 @@ class BanPipeline:
                 return False
             self.counts["bans"] += 1
             self.events.emit({"event": "ban", "time": round(now, 3), "network": ban.network, "seconds": ban.seconds,
-                              "reason": ban.reason, "rule": ban.rule, "dport": ban.dport})
+                              "reason": ban.reason, "rule": ban.rule, "dport": ban.dport, "path": ban.path,
+                              **({"origin": ban.origin} if ban.origin else {})})
             self._tell("ban", ban, now)
         return True
 
@@ -132,7 +135,7 @@ class BanPipeline:
         """A ban a worker already issued (kernel set, event): store it and tell the listeners."""
         with self._lock:
             if self.store is not None:
-                self.store.add(BanRecord(ban.network, now + ban.seconds, ban.reason, ban.rule, now))
+                self.store.add(BanRecord(ban.network, now + ban.seconds, ban.reason, ban.rule, now, ban.origin))
                 self.dirty = True
             self._tell("ban", ban, now)
 

@@ -16,20 +16,21 @@ The mode is chosen by :func:`inspector.cli.run_service`.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, Protocol
 
 from ..bans import BanRecord
-from ..config import Config
+from ..config import Config, ConfigError, load_config
 from ..events import EventSink, JsonLinesSink, SyslogBans, now_iso
-from ..rules import RuleSet
+from ..rules import RuleError, RuleSet, load_rules
 
-__all__ = ["ServiceError", "Component", "Fanout", "apply_overrides", "open_sinks", "rules_info", "record_json",
-           "ban_summary", "SAVE_EVERY"]
+__all__ = ["ServiceError", "Component", "Fanout", "Inputs", "apply_overrides", "open_sinks", "rules_info",
+           "record_json", "ban_summary", "SAVE_EVERY"]
 
 SAVE_EVERY = 1.0  # seconds between ban-state saves (when there is something new)
 
@@ -44,9 +45,12 @@ class Component(Protocol):
     saved for the last time; ``status()`` is its section of ``inspector status``.  It may call
     :meth:`inspector.respond.bans.BanPipeline.issue` from its own thread."""
 
-    def start(self) -> None: ...
-    def close(self) -> None: ...
-    def status(self) -> dict[str, Any]: ...
+    def start(self) -> None:
+        """Start (its own thread, socket ...); raise ServiceError if it cannot."""
+    def close(self) -> None:
+        """Stop and release what it holds; never raises."""
+    def status(self) -> dict[str, Any]:
+        """Its section of ``inspector status`` (JSON-ready)."""
 
 
 class Fanout:
@@ -58,12 +62,11 @@ class Fanout:
         self._lock = threading.Lock()
 
     def emit(self, event: dict[str, Any]) -> None:
+        """Write ``event`` to every sink."""
         with self._lock:
             for sink in self.sinks:
-                try:
+                with contextlib.suppress(Exception):  # a full disk must not stop verdicts
                     sink.emit(event)
-                except Exception:  # noqa: BLE001 - a full disk must not stop verdicts
-                    pass
 
 
 def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
@@ -76,6 +79,29 @@ def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
         t = int(overrides["ban_time"])
         config = replace(config, ban_domain=t, ban_payload=t, rates=tuple(replace(r, ban=t) for r in config.rates))
     return config
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Where a service process reads its config and rules: the files (None: the defaults) and the
+    command-line ``overrides`` (``alert``, ``queue``, ``ban_time``).  Loaded at start and again
+    on every reload."""
+
+    config_path: str | None
+    rules_path: str | None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def load_config(self) -> Config:
+        """The config with the overrides applied; raises ConfigError naming ``file:line``."""
+        return apply_overrides(load_config(self.config_path, self.rules_path), self.overrides)
+
+    def load(self) -> tuple[Config, RuleSet]:
+        """Config and rules; raises ServiceError naming the bad input."""
+        try:
+            config = self.load_config()
+            return config, load_rules(config.rules)
+        except (ConfigError, RuleError) as e:
+            raise ServiceError(str(e)) from None
 
 
 def open_sinks(config: Config) -> tuple[list[EventSink], IO[str] | None]:
@@ -108,7 +134,7 @@ def rules_info(rules: RuleSet, loaded: float) -> dict[str, Any]:
 def record_json(r: BanRecord, now: float) -> dict[str, Any]:
     """One ban as ``inspector bans`` shows it."""
     return {"network": r.network, "reason": r.reason, "rule": r.rule, "seconds_left": int(r.expires - now),
-            "expires_at": now_iso(r.expires)}
+            "expires_at": now_iso(r.expires), "origin": r.origin}
 
 
 def ban_summary(active: list[BanRecord], now: float, newest: int = 5) -> dict[str, Any]:

@@ -7,8 +7,9 @@
 * the log sources (``[logs]``), polled on the loop, their bans issued through the pipeline;
 * the Prometheus endpoint (``[metrics] listen``);
 * the side components (:class:`~inspector.service.Component`: the policy server, the fleet
-  client, ...): :meth:`Host.add_component` before :meth:`Host.start`; they are started after the
-  bans are restored and closed before the last save, and ``status`` shows their sections.
+  client, ...): those the config enables (:func:`.components.configured`) and any given with
+  :meth:`Host.add_component` before :meth:`Host.start`; they are started after the bans are
+  restored and closed before the last save, and ``status`` shows their sections.
 """
 
 from __future__ import annotations
@@ -24,10 +25,14 @@ from ..config import Config
 from ..control import ControlError, ControlServer
 from ..events import EventSink
 from ..firewall import Firewall, FirewallError, IpsetFirewall, SetNames
+from ..fleet import attach_fleet
+from ..manual import ban_form, manual_ban_handler
 from ..nets import Address, Whitelist, own_addresses
 from ..respond.bans import Ban, BanPipeline
+from ..rules import RuleSet
 from ..sources.nfqueue import queue_stats
 from . import SAVE_EVERY, Component, Fanout, ServiceError, ban_summary, open_sinks, record_json
+from .components import configured
 from .loop import Loop
 
 __all__ = ["Host", "open_firewall", "make_log_monitor"]
@@ -88,14 +93,17 @@ class Host:
         self.control = ControlServer()
         self.control.register("bans", self._bans)
         self.control.register("unban", self._unban)
+        self.control.register("ban", manual_ban_handler(self.bans, clock))
         self.control.add_status("", self._status)
         self.components: dict[str, Component] = {}
         self.packet_status: PacketStatus = lambda now: {}
+        self.rules: RuleSet | None = None  # the packet side's rules, when in this process (shared, not loaded twice)
         self.logs: Any = None
         self.metrics: Any = None
         self.started = clock()
         self.restored = 0
         self._log_counts: dict[str, int] = {}
+        attach_fleet(self)  # [fleet]: off by default, then nothing is imported or started
 
     def add_component(self, name: str, component: Component) -> None:
         """Run ``component`` beside the loop; its ``status()`` becomes the ``name`` section of ``status``."""
@@ -106,6 +114,9 @@ class Host:
         """Restore the bans, listen on the control socket, open the log sources, start the timers,
         the components and the metrics endpoint.  Raises ServiceError."""
         config = self.config
+        for name, component in configured(config, self.bans, self.events, self.control, self.clock,
+                                          self.rules).items():
+            self.add_component(name, component)
         self.restored = self.bans.restore(self.clock())
         try:
             self.control.listen(config.service.control_socket)
@@ -140,9 +151,9 @@ class Host:
             return
         for b in logs.poll(now):
             if self.config.alert:
-                self.events.emit({"event": "verdict", "time": round(now, 3), "verdict": "drop", "reason": b.reason,
-                                  "src": b.network, "rule": b.rule, "match": b.match, "ban": b.seconds,
-                                  "alert": True})
+                self.events.emit({"event": "verdict", "path": "log", "time": round(now, 3), "verdict": "drop",
+                                  "reason": b.reason, "src": b.network, "rule": b.rule, "match": b.match,
+                                  "ban": b.seconds, "alert": True})
             else:
                 self.bans.issue(Ban(b.network, b.seconds, b.reason, b.rule, "log"), now)
         if now >= self._next_minute:
@@ -160,11 +171,16 @@ class Host:
             self.events.emit({"event": "log-failures", "time": round(now, 3), "counts": delta})
         self._log_counts = counts
 
-    def reload_logs(self, config: Config) -> None:
-        """Take the new config's log sources (the open files and the counts carry over)."""
+    def reload_logs(self, config: Config, rules: RuleSet | None = None) -> None:
+        """Take the new config's log sources (the open files and the counts carry over), and give the
+        components that follow the rules the new ones (``rules``: already loaded, else they load them)."""
         if self.logs is not None or config.logs.sources:
             self.logs = make_log_monitor(config, previous=self.logs)
         self.config = config
+        for component in self.components.values():  # those that follow the rules (the policy service)
+            reload = getattr(component, "reload", None)
+            if reload is not None:
+                reload(config, rules)
 
     # -- control ------------------------------------------------------------------------
 
@@ -174,7 +190,7 @@ class Host:
 
     def _unban(self, request: dict[str, Any]) -> dict[str, Any]:
         now = self.clock()
-        network = self.bans.network(str(request.get("network")))
+        network = ban_form(str(request.get("network")), self.config.ipv4_prefix, self.config.ipv6_prefix)
         try:
             was = self.bans.lift(network, now)
         except FirewallError as e:
@@ -197,7 +213,7 @@ class Host:
 
     def _start_metrics(self) -> Any:
         """The Prometheus endpoint, if ``[metrics] listen`` asks for one (off by default)."""
-        listen = str(self.config.extra.get("metrics", {}).get("listen", "") or "")
+        listen = self.config.metrics.listen
         if not listen:
             return None
         from ..metrics import serve

@@ -12,10 +12,12 @@ counted and reported, and the packet is accepted, never stranded in the kernel.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..events import EventSink
@@ -32,10 +34,14 @@ class PacketQueue(Protocol):
 
     number: int
 
-    def bind(self, handler: Callable[[Any], None]) -> None: ...
-    def fileno(self) -> int: ...
-    def read(self) -> None: ...
-    def close(self) -> None: ...
+    def bind(self, handler: Callable[[Any], None]) -> None:
+        """Bind the queue; ``handler(packet)`` is called for every packet :meth:`read` takes."""
+    def fileno(self) -> int:
+        """The descriptor that becomes readable when packets wait."""
+    def read(self) -> None:
+        """Hand the waiting packets (one burst) to the handler; never blocks."""
+    def close(self) -> None:
+        """Unbind."""
 
 
 class _Timer:
@@ -79,7 +85,13 @@ class Loop:
               first: float | None = None) -> None:
         """Call ``callback(now)`` every ``interval`` seconds (a number, or a callable read at each
         run), the first time at ``first`` (default: one interval from now)."""
-        get = interval if callable(interval) else (lambda: float(interval))  # type: ignore[misc]
+        if callable(interval):
+            get = interval
+        else:
+            seconds = float(interval)
+
+            def get() -> float:
+                return seconds
         self._timers.append(_Timer(get, callback, self.clock() + get() if first is None else first))
 
     def catch_signals(self) -> None:
@@ -91,7 +103,12 @@ class Loop:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
-        self.add_reader(r, lambda: os.read(r, 512) and None)
+        self.add_reader(r, lambda: self._drain_wake(r))
+
+    @staticmethod
+    def _drain_wake(fd: int) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.read(fd, 512)
 
     def wake_fds(self) -> list[int]:
         """The signal wakeup pipe's descriptors (a forked child closes them)."""
@@ -148,6 +165,7 @@ class Loop:
             self._wake = None
 
 
+@dataclass(eq=False)
 class PacketLoop:
     """A queue's packets through a runner, on ``loop`` (see the module docstring).
 
@@ -156,14 +174,12 @@ class PacketLoop:
     bursts read, ``errors:handle``: packets whose handling raised).
     """
 
-    def __init__(self, loop: Loop, queue: PacketQueue, runner: Runner, events: EventSink,
-                 hold: Callable[[], None] | None = None, flush: Callable[[], None] | None = None) -> None:
-        self.loop = loop
-        self.queue = queue
-        self.runner = runner
-        self.events = events
-        self.hold = hold
-        self.flush = flush
+    loop: Loop
+    queue: PacketQueue
+    runner: Runner
+    events: EventSink
+    hold: Callable[[], None] | None = None
+    flush: Callable[[], None] | None = None
 
     def bind(self) -> None:
         """Bind the queue and start reading it (errors are the queue's, e.g. QueueError)."""
@@ -187,16 +203,12 @@ class PacketLoop:
             self.runner.handle(packet)
         except Exception as e:  # noqa: BLE001 - an exception here would strand the packet in the kernel
             self.runner.counts["errors:handle"] += 1
-            try:
+            with contextlib.suppress(Exception):  # it may already have had its verdict
                 packet.accept()
-            except Exception:  # noqa: BLE001 - it already had its verdict
-                pass
             self.events.emit({"event": "error", "what": "handle", "error": f"{type(e).__name__}: {e}"})
 
     def close(self) -> None:
         """Stop reading and unbind the queue."""
-        try:
+        with contextlib.suppress(Exception):  # an unbound queue has no descriptor
             self.loop.remove_reader(self.queue.fileno())
-        except Exception:  # noqa: BLE001 - an unbound queue has no descriptor
-            pass
         self.queue.close()

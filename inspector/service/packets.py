@@ -16,30 +16,19 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from ..app import load
-from ..config import Config, ConfigError
+from ..config import Config
 from ..engine import Engine
-from ..events import EventSink
+from ..events import EventSink, now_iso
 from ..respond.bans import BanPipeline
-from ..rules import RuleError, RuleSet
+from ..rules import RuleSet
 from ..runner import RawResetSender, ResetSender, Runner
 from ..sources.nfqueue import QueueError
-from . import ServiceError, apply_overrides, rules_info
+from . import Inputs, ServiceError, rules_info
 from .loop import Loop, PacketLoop, PacketQueue
 
-__all__ = ["PacketSide", "load_config_and_rules"]
+__all__ = ["PacketSide"]
 
 Reloaded = Callable[[Config, RuleSet], None]
-
-
-def load_config_and_rules(config_path: str | None, rules_path: str | None,
-                          overrides: dict[str, Any]) -> tuple[Config, RuleSet]:
-    """Config (with the command-line overrides) and rules; raises ServiceError naming the bad input."""
-    try:
-        config, rules = load(config_path, rules_path)
-    except (ConfigError, RuleError) as e:
-        raise ServiceError(str(e)) from None
-    return apply_overrides(config, overrides), rules
 
 
 class PacketSide:
@@ -49,11 +38,8 @@ class PacketSide:
     service then reloads its log sources).
     """
 
-    def __init__(self, config_path: str | None, rules_path: str | None, overrides: dict[str, Any],
-                 config: Config, rules: RuleSet, clock: Callable[[], float]) -> None:
-        self.config_path = config_path
-        self.rules_path = rules_path
-        self.overrides = overrides
+    def __init__(self, inputs: Inputs, config: Config, rules: RuleSet, clock: Callable[[], float]) -> None:
+        self.inputs = inputs
         self.config = config
         self.rules = rules
         self.clock = clock
@@ -107,8 +93,6 @@ class PacketSide:
 
     def started_event(self, now: float, restored: int, **identity: Any) -> dict[str, Any]:
         """The ``started`` event of this packet process."""
-        from ..events import now_iso
-
         queue = self.packets.queue.number if self.packets is not None else self.config.service.queue
         return {"event": "started", "time": round(now, 3), "at": now_iso(now), "pid": os.getpid(), "queue": queue,
                 "mode": self.config.mode, **identity, "fail_open": self.fail_open, "bans_restored": restored,
@@ -140,7 +124,7 @@ class PacketSide:
 
         def build() -> None:
             try:
-                self._reload_result = load_config_and_rules(self.config_path, self.rules_path, self.overrides)
+                self._reload_result = self.inputs.load()
             except Exception as e:  # noqa: BLE001 - any failure keeps the running rules
                 self._reload_result = e
         self._reload_thread = threading.Thread(target=build, name="inspector-reload", daemon=True)

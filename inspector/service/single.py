@@ -19,10 +19,10 @@ from ..nets import Address
 from ..respond.bans import Ban
 from ..runner import ResetSender
 from ..sources.nfqueue import NfQueue
-from . import ServiceError
+from . import Inputs, ServiceError
 from .host import Host
 from .loop import Loop, PacketQueue
-from .packets import PacketSide, load_config_and_rules
+from .packets import PacketSide
 
 __all__ = ["Service"]
 
@@ -41,9 +41,7 @@ class Service:
                  firewall: Firewall | None = None, resets: ResetSender | None = None,
                  events: EventSink | None = None, own: Iterable[Address] | None = None,
                  signals: bool = True) -> None:
-        self.config_path = config_path
-        self.rules_path = rules_path
-        self.overrides = overrides
+        self.inputs = Inputs(config_path, rules_path, overrides)
         self.clock = clock
         self.loop = Loop(clock)
         self._adapters = (queue, firewall, resets, events, own)
@@ -52,15 +50,16 @@ class Service:
     def start(self) -> None:
         """Load, restore the bans, bind the queue; emit ``started``."""
         queue, firewall, resets, events, own = self._adapters
-        config, rules = load_config_and_rules(self.config_path, self.rules_path, self.overrides)
+        config, rules = self.inputs.load()
         if queue is None and os.geteuid() != 0:
             raise ServiceError("inspector run needs root (CAP_NET_ADMIN) to bind an NFQUEUE and manage ipsets")
         self.config = config
         self.host = host = Host(config, self.clock, self.loop, firewall, events, own)
-        self.side = side = PacketSide(self.config_path, self.rules_path, self.overrides, config, rules, self.clock)
+        self.side = side = PacketSide(self.inputs, config, rules, self.clock)
         host.packet_status = self._packet_status
         host.bans.add_listener(self._to_engine)
-        side.on_reloaded = lambda config, rules: host.reload_logs(config)
+        side.on_reloaded = lambda config, rules: host.reload_logs(config, rules)
+        host.rules = rules  # the policy path shares them
         host.start()
         now = self.clock()
         for network, expires, reason in host.bans.snapshot(now):

@@ -15,6 +15,7 @@ restarts a worker that dies (its queue fails open meanwhile, through ``--queue-b
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import threading
@@ -25,16 +26,15 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from ..config import ConfigError, load_config
+from ..config import ConfigError
 from ..events import EventSink, now_iso
 from ..firewall import Firewall
 from ..nets import Address
 from ..respond.bans import Ban
 from ..telemetry import merge
-from . import ServiceError, apply_overrides
+from . import Inputs, ServiceError
 from .host import Host
 from .loop import Loop
-from .packets import load_config_and_rules
 from .worker import worker_main
 
 __all__ = ["Supervisor", "RESTARTS_PER_MINUTE"]
@@ -55,9 +55,7 @@ class Supervisor:
                  workers: int, clock: Callable[[], float] = time.time, firewall: Firewall | None = None,
                  events: EventSink | None = None, own: Iterable[Address] | None = None,
                  context: Any = None, signals: bool = True, target: Callable[..., None] = worker_main) -> None:
-        self.config_path = config_path
-        self.rules_path = rules_path
-        self.overrides = overrides
+        self.inputs = Inputs(config_path, rules_path, overrides)
         self.count = workers
         self.clock = clock
         self.loop = Loop(clock)
@@ -79,7 +77,7 @@ class Supervisor:
     def start(self) -> None:
         """Load, restore the bans, listen, spawn the workers."""
         firewall, events, own = self._adapters
-        config, _ = load_config_and_rules(self.config_path, self.rules_path, self.overrides)
+        config, _ = self.inputs.load()
         if firewall is None and os.geteuid() != 0:
             raise ServiceError("inspector run needs root (CAP_NET_ADMIN) to bind an NFQUEUE and manage ipsets")
         self.config = config
@@ -113,8 +111,7 @@ class Supervisor:
         if self.host.log_file is not None:
             close.append(self.host.log_file.fileno())
         proc = self.ctx.Process(target=self.target, name=f"inspector-worker-{index}", daemon=False,
-                                args=(self.config_path, self.rules_path, self.overrides, index, self.base + index,
-                                      child, bans, self.own, close))
+                                args=(self.inputs, index, self.base + index, child, bans, self.own, close))
         proc.start()
         child.close()
         self.workers[index] = (proc, parent)
@@ -124,10 +121,8 @@ class Supervisor:
         with self._send_lock:
             for index, (_, conn) in list(self.workers.items()):
                 if index != skip:
-                    try:
+                    with contextlib.suppress(OSError):
                         conn.send(message)
-                    except OSError:
-                        pass
 
     def _to_workers(self, kind: str, what: Ban | str) -> None:
         if kind == "unban":
@@ -140,7 +135,7 @@ class Supervisor:
     def _reload(self) -> None:
         self._broadcast(("reload", None))
         try:
-            config = apply_overrides(load_config(self.config_path, self.rules_path), self.overrides)
+            config = self.inputs.load_config()
         except ConfigError:
             return  # the workers report the error; the running logs stay
         from dataclasses import replace

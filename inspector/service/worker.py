@@ -9,25 +9,28 @@ supervisor goes away the worker stops; ``--queue-bypass`` keeps the traffic flow
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from time import monotonic
 from typing import Any
 
 from ..events import now_iso
+from ..firewall import Firewall
 from ..nets import Address, Whitelist
 from ..respond.bans import Ban, BanPipeline
+from ..runner import ResetSender
 from ..sources.nfqueue import NfQueue
-from . import SAVE_EVERY, ServiceError
+from . import SAVE_EVERY, Inputs, ServiceError
 from .host import open_firewall
-from .loop import Loop
-from .packets import PacketSide, load_config_and_rules
+from .loop import Loop, PacketQueue
+from .packets import PacketSide
 
 __all__ = ["Outbox", "ChannelSink", "Worker", "worker_main"]
 
@@ -83,51 +86,61 @@ class ChannelSink:
         self.outbox = outbox
 
     def emit(self, event: dict[str, Any]) -> None:
+        """Send ``event`` to the supervisor (with the burst's batch while one is handled)."""
         self.outbox.put("event", event)
 
 
+@dataclass(eq=False)
 class Worker:
-    """One worker; :meth:`start` raises ServiceError, :meth:`run` returns the exit code."""
+    """One worker on queue number ``queue``, talking to the supervisor over ``conn``; ``bans`` are
+    the active bans for its engine, ``own`` this host's addresses.  :meth:`start` raises
+    ServiceError, :meth:`run` returns the exit code.  The adapters may be given (tests: fakes):
+    ``packets`` (default: the NFQUEUE), ``firewall`` (default: the ipset sets), ``resets``
+    (default: raw sockets); ``signals`` False leaves the signal handlers alone."""
 
-    def __init__(self, config_path: str | None, rules_path: str | None, overrides: dict[str, Any], index: int,
-                 queue: int, conn: Connection, bans: list[tuple[str, float, str]], own: list[Address],
-                 clock: Callable[[], float] = time.time) -> None:
-        self.config_path = config_path
-        self.rules_path = rules_path
-        self.overrides = overrides
-        self.index = index
-        self.queue = queue
-        self.conn = conn
-        self.outbox = Outbox(conn)
-        self.snapshot = bans
-        self.own = own
-        self.clock = clock
-        self.loop = Loop(clock)
+    inputs: Inputs
+    index: int
+    queue: int
+    conn: Connection
+    bans: list[tuple[str, float, str]]
+    own: list[Address]
+    clock: Callable[[], float] = time.time
+    packets: PacketQueue | None = None
+    firewall: Firewall | None = None
+    resets: ResetSender | None = None
+    signals: bool = True
+
+    def __post_init__(self) -> None:
+        self.outbox = Outbox(self.conn)
+        self.loop = Loop(self.clock)
 
     def start(self) -> None:
         """Load, bind the queue, announce ``started`` to the supervisor."""
-        config, rules = load_config_and_rules(self.config_path, self.rules_path, self.overrides)
+        config, rules = self.inputs.load()
         events = ChannelSink(self.outbox)
-        self.firewall = open_firewall(config)
-        self.bans = BanPipeline(None, self.firewall, events, Whitelist(config.whitelist), self.own,
-                                config.ipv4_prefix, config.ipv6_prefix)
-        self.bans.add_listener(self._report_ban)
-        self.side = side = PacketSide(self.config_path, self.rules_path, self.overrides, config, rules, self.clock)
-        for network, expires, reason in self.snapshot:
+        if self.firewall is None:
+            self.firewall = open_firewall(config)
+        self.pipeline = BanPipeline(None, self.firewall, events, Whitelist(config.whitelist), self.own,
+                                    config.ipv4_prefix, config.ipv6_prefix)
+        self.pipeline.add_listener(self._report_ban)
+        self.side = side = PacketSide(self.inputs, config, rules, self.clock)
+        for network, expires, reason in self.bans:
             side.engine.add_ban(network, expires, reason)
         svc = config.service
-        side.start(self.loop, NfQueue(self.queue, svc.queue_maxlen, svc.fail_open), events, self.bans)
+        queue = self.packets if self.packets is not None else NfQueue(self.queue, svc.queue_maxlen, svc.fail_open)
+        side.start(self.loop, queue, events, self.pipeline, self.resets)
         assert side.packets is not None
         side.packets.hold, side.packets.flush = self.outbox.hold, self._flush
         self.loop.add_reader(self.conn.fileno(), self._from_supervisor)
         self.loop.every(SAVE_EVERY, self._send_stats)
         self.loop.on_hup = side.request_reload
-        self.loop.catch_signals()
-        events.emit(side.started_event(self.clock(), len(self.snapshot), worker=self.index))
+        if self.signals:
+            self.loop.catch_signals()
+        events.emit(side.started_event(self.clock(), len(self.bans), worker=self.index))
 
     def _report_ban(self, kind: str, what: Ban | str) -> None:
         if kind == "ban" and isinstance(what, Ban):
-            self.outbox.put("ban", {"ban": asdict(what), "now": self.bans.now})
+            self.outbox.put("ban", {"ban": asdict(what), "now": self.pipeline.now})
 
     def _flush(self) -> None:
         try:
@@ -154,7 +167,7 @@ class Worker:
     def _send_stats(self, now: float) -> None:
         stats = self.side.stats(now)
         counts: Counter[str] = Counter(stats["counts"])
-        counts.update(self.bans.counts)
+        counts.update(self.pipeline.counts)
         try:
             self.conn.send(("stats", {"worker": self.index, "queue": self.queue, **stats, "counts": dict(counts)}))
         except OSError:
@@ -165,28 +178,25 @@ class Worker:
         self.loop.run()
         now = self.clock()
         self.side.close()
-        try:
+        with contextlib.suppress(OSError):
             self.outbox.put("event", {"event": "stopped", "time": round(now, 3), "at": now_iso(now)})
-        except OSError:
-            pass
-        self.firewall.close()
+        close = getattr(self.firewall, "close", None)
+        if close is not None:
+            close()
         self.loop.close()
         return 0
 
 
-def worker_main(config_path: str | None, rules_path: str | None, overrides: dict[str, Any], index: int,
-                queue: int, conn: Connection, bans: list[tuple[str, float, str]], own: list[Address],
-                close: list[int]) -> None:
+def worker_main(inputs: Inputs, index: int, queue: int, conn: Connection, bans: list[tuple[str, float, str]],
+                own: list[Address], close: list[int]) -> None:
     """The worker process's entry point (after fork): close the supervisor's descriptors, die
     with the supervisor, run a :class:`Worker`."""
     for fd in close:  # the supervisor's sockets are not ours
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
     signal.set_wakeup_fd(-1)
     die_with_parent()
-    worker = Worker(config_path, rules_path, overrides, index, queue, conn, bans, own)
+    worker = Worker(inputs, index, queue, conn, bans, own)
     try:
         worker.start()
     except ServiceError as e:
@@ -201,9 +211,7 @@ def die_with_parent() -> None:
     import ctypes
 
     pr_set_pdeathsig = 1
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
     if os.getppid() == 1:  # the supervisor died before prctl took effect
         os.kill(os.getpid(), signal.SIGTERM)

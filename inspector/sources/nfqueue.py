@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import select
@@ -28,7 +29,7 @@ __all__ = ["FAIL_OPEN", "MAX_COPY_RANGE", "build_message", "pack_attr", "build_c
            "build_copy_range", "set_queue_flags", "set_copy_range", "QueueStats", "parse_queue_stats", "queue_stats",
            "WholeMessages", "RECV_BUFFER", "NfQueue", "QueueError"]
 
-FAIL_OPEN, CONNTRACK, GSO = 0x1, 0x2, 0x4
+FAIL_OPEN = 0x1  # NFQA_CFG_F_FAIL_OPEN (include/uapi/linux/netfilter/nfnetlink_queue.h)
 _NFNL_SUBSYS_QUEUE, _NFQNL_MSG_CONFIG = 3, 2
 _NLM_F_REQUEST, _NLM_F_ACK = 0x1, 0x4
 _NLMSG_ERROR = 2
@@ -63,6 +64,9 @@ class WholeMessages:
         self._left = burst
 
     def recv(self, _size: int) -> bytes:
+        """One whole netlink message from the socket, without blocking (BlockingIOError when it is empty or the burst
+        is over).
+        """
         left = self._left
         if not left:
             # a burst is over: end this run_socket() call as if the socket were empty, so the
@@ -77,10 +81,12 @@ class WholeMessages:
             raise
 
     def close(self) -> None:
+        """Close the duplicated descriptor."""
         self._sock.close()
 
 
 def pack_attr(kind: int, value: bytes) -> bytes:
+    """A netlink attribute: length, type, ``value``, padded to 4 bytes."""
     length = 4 + len(value)
     return struct.pack("=HH", length, kind) + value + b"\0" * (-length % 4)
 
@@ -122,7 +128,7 @@ def _configure(fd: int, message: bytes, seq: int, timeout: float) -> int | None:
         length, kind, _flags, rseq, _pid = struct.unpack_from("=IHHII", buf, 0)
         if kind == _NLMSG_ERROR and rseq == seq:
             sock.recv(length)
-            return -struct.unpack_from("=i", buf, 16)[0]
+            return -int(struct.unpack_from("=i", buf, 16)[0])
         return None
     finally:
         sock.close()
@@ -143,6 +149,7 @@ def set_copy_range(fd: int, queue: int, copy_range: int = MAX_COPY_RANGE, timeou
 
 @dataclass(frozen=True)
 class QueueStats:
+    """One queue's line of ``/proc/net/netfilter/nfnetlink_queue``."""
     queue: int
     portid: int  # the netlink port bound to the queue (0: nobody)
     waiting: int  # packets in the queue now
@@ -152,6 +159,7 @@ class QueueStats:
 
 
 def parse_queue_stats(text: str) -> list[QueueStats]:
+    """The queues listed in the text of ``/proc/net/netfilter/nfnetlink_queue``."""
     out = []
     for line in text.splitlines():
         f = line.split()
@@ -228,10 +236,8 @@ class NfQueue:
     def close(self) -> None:
         """Unbind the queue (with --queue-bypass the kernel then lets its traffic through)."""
         if self._nfq is not None:
-            try:
+            with contextlib.suppress(Exception):  # closing must not fail the shutdown
                 self._nfq.unbind()
-            except Exception:  # noqa: BLE001 - closing must not fail the shutdown
-                pass
             self._nfq = None
         if self._messages is not None:
             self._messages.close()

@@ -170,7 +170,8 @@ class CaptureReader:
                 length = struct.unpack(order + "I", head[4:8])[0]
                 body = read(length - 8) if length >= 12 else b""
             if length < 12 or length % 4 or len(body) != length - 8:
-                raise CaptureError(f"{self.name}: truncated or corrupt block at byte {offset} after {self.records} packets")
+                raise CaptureError(f"{self.name}: truncated or corrupt block at byte {offset} "
+                                   f"after {self.records} packets")
             code = struct.unpack(order + "I", btype)[0]
             offset += length
             self.bytes_read = offset
@@ -185,7 +186,8 @@ class CaptureReader:
                     iface, _drops, hi, lo, caplen = struct.unpack_from(order + "HHIII", body, 0)
                     data_off = 20
                 if iface >= len(interfaces):
-                    raise CaptureError(f"{self.name}: packet for undeclared interface {iface} at byte {offset - length}")
+                    raise CaptureError(f"{self.name}: packet for undeclared interface {iface} "
+                                       f"at byte {offset - length}")
                 linktype, res = interfaces[iface]
                 last_ts = ((hi << 32) | lo) * res
                 self.records += 1

@@ -33,7 +33,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,10 +155,8 @@ class Proc:
     def tail(self, n: int = 3000) -> str:
         out = []
         for p in (self.stdout, self.stderr):
-            try:
+            with suppress(OSError):
                 out.append(f"--- {p.name}:\n" + p.read_text(errors="replace")[-n:])
-            except OSError:
-                pass
         return "\n".join(out)
 
 
@@ -413,10 +411,8 @@ control_socket = "{self.control_socket}"
         if self.inspector:
             parts.append(self.inspector.tail())
         for p in (self.events_file, self.server_log):
-            try:
+            with suppress(OSError):
                 parts.append(f"--- {p.name} (last lines):\n" + "\n".join(p.read_text().splitlines()[-40:]))
-            except OSError:
-                pass
         try:
             parts.append("--- iptables-save:\n" + self.s("iptables-save", check=False, timeout=10).stdout)
             parts.append("--- queue:\n" + self.s("cat", "/proc/net/netfilter/nfnetlink_queue",

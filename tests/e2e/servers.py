@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
 import sys
@@ -45,27 +46,27 @@ def _err(error: BaseException | None) -> str | None:
     return type(error).__name__ if error is not None else None
 
 
-def aiosmtpd_factory(log: Log):  # noqa: ANN201
+def aiosmtpd_factory(log: Log):
     from aiosmtpd.smtp import SMTP
 
     class Handler:
-        async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: ANN001, ANN201
+        async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
             log(event="rcpt", service="smtp", peer=session.peer[0], sport=session.peer[1], rcpt=address)
             envelope.rcpt_tos.append(address)
             return "250 OK"
 
-        async def handle_DATA(self, server, session, envelope):  # noqa: ANN001, ANN201
+        async def handle_DATA(self, server, session, envelope):
             log(event="message", service="smtp", peer=session.peer[0], sport=session.peer[1],
                 mail_from=envelope.mail_from, rcpt_tos=list(envelope.rcpt_tos), size=len(envelope.content or b""))
             return "250 OK delivered"
 
     class RecordingSMTP(SMTP):
-        def connection_made(self, transport):  # noqa: ANN001, ANN201
+        def connection_made(self, transport):
             self._e2e_peer = _peer(transport)
             log(event="connect", service="smtp", peer=self._e2e_peer[0], sport=self._e2e_peer[1])
             super().connection_made(transport)
 
-        def connection_lost(self, error):  # noqa: ANN001, ANN201
+        def connection_lost(self, error):
             log(event="lost", service="smtp", peer=self._e2e_peer[0], sport=self._e2e_peer[1], error=_err(error))
             super().connection_lost(error)
 
@@ -83,13 +84,13 @@ class MiniSMTP(asyncio.Protocol):
         self.mail_from: str | None = None
         self.rcpts: list[str] = []
 
-    def connection_made(self, transport):  # noqa: ANN001, ANN201
+    def connection_made(self, transport):
         self.transport = transport
         self.peer = _peer(transport)
         self.log(event="connect", service="smtp", peer=self.peer[0], sport=self.peer[1])
         transport.write(b"220 mx.e2e.test ESMTP mini\r\n")
 
-    def connection_lost(self, error):  # noqa: ANN001, ANN201
+    def connection_lost(self, error):
         self.log(event="lost", service="smtp", peer=self.peer[0], sport=self.peer[1], error=_err(error))
 
     def data_received(self, data: bytes) -> None:
@@ -153,7 +154,7 @@ class Echo22(asyncio.Protocol):
     def __init__(self, log: Log) -> None:
         self.log = log
 
-    def connection_made(self, transport):  # noqa: ANN001, ANN201
+    def connection_made(self, transport):
         self.transport = transport
         self.peer = _peer(transport)
         self.log(event="connect", service="ssh", peer=self.peer[0], sport=self.peer[1])
@@ -162,7 +163,7 @@ class Echo22(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.transport.write(data)
 
-    def connection_lost(self, error):  # noqa: ANN001, ANN201
+    def connection_lost(self, error):
         self.log(event="lost", service="ssh", peer=self.peer[0], sport=self.peer[1], error=_err(error))
 
 
@@ -186,10 +187,8 @@ async def serve(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     print(json.dumps({"ready": True, "smtp": kind}), flush=True)
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=args.max_seconds)
-    except asyncio.TimeoutError:
-        pass
     for s in servers:
         s.close()
     log.f.close()

@@ -3,7 +3,15 @@ import calendar
 import pytest
 
 from inspector.logs.filters import (
-    BUILTIN, NOT_ADDRESS, Failure, FilterError, LineMatcher, TimeParser, get_filter, normalize_host, user_filter,
+    BUILTIN,
+    NOT_ADDRESS,
+    Failure,
+    FilterError,
+    LineMatcher,
+    TimeParser,
+    get_filter,
+    normalize_host,
+    user_filter,
 )
 
 
@@ -70,7 +78,8 @@ def test_local_time_without_utc(monkeypatch):
 def test_line_matcher_fallback_time_and_counts():
     m = LineMatcher(BUILTIN["sshd"], TimeParser(2026, utc=True))
     hit = m.match("sshd[1]: Failed password for root from 203.0.113.5 port 22 ssh2", 1000.0)
-    assert hit == Failure(1000.0, "203.0.113.5", "sshd", "sshd[1]: Failed password for root from 203.0.113.5 port 22 ssh2")
+    line = "sshd[1]: Failed password for root from 203.0.113.5 port 22 ssh2"
+    assert hit == Failure(1000.0, "203.0.113.5", "sshd", line)
     assert m.no_time == 1
     assert m.match("sshd[1]: Failed password for root from h.example port 22 ssh2", 0.0) is NOT_ADDRESS
     assert m.not_address == 1
@@ -79,14 +88,34 @@ def test_line_matcher_fallback_time_and_counts():
 
 @pytest.mark.parametrize("line", [
     # sshd
-    "Nov 21 13:00:02 h sshd[1]: Failed password for invalid user x from 198.51.100.1 port 1 ssh2 from 203.0.113.5 port 22 ssh2",
+    "Nov 21 13:00:02 h sshd[1]: Failed password for invalid user x from 198.51.100.1 port 1 ssh2 from 203.0.113.5 "
+    "port 22 ssh2",
+    "Nov 21 13:00:02 h sshd[1]: Failed password for invalid user test from 203.0.113.5 port 58946 ssh2: from "
+    "198.51.100.9 port 55555 ssh2",
+    "Nov 21 13:00:02 h sshd[1]: Invalid user a from 198.51.100.1 port 1 from 203.0.113.5 port 2",
+    # dovecot
+    "Nov 21 14:00:01 mail dovecot: imap-login: Aborted login (auth failed, 1 attempts in 2 secs): user=<a, rip="
+    "198.51.100.1, b>, method=PLAIN, rip=203.0.113.5, lip=192.0.2.10, TLS, session=<x>",
+    # exim
+    "2026-11-21 15:00:01 plain authenticator failed for h.example (x)[198.51.100.1]:1) [203.0.113.5]:54321: 535 "
+    "Incorrect authentication data (set_id=a) [198.51.100.2]:1: 535 Incorrect authentication data",
     # courier
     "Nov 21 08:02:00 mail imapd: LOGIN FAILED, user=x, ip=[198.51.100.1], ip=[::ffff:203.0.113.5]",
     # roundcube
     "[21-Nov-2026 10:01:20 +0100]: <e> IMAP Error: Login failed for x against localhost from 198.51.100.1. y against "
-    "localhost from 203.0.113.5. AUTHENTICATE PLAIN: A0002 NO Authentication failed. in /r/rcube_imap.php on line 211 (POST /)",
-    "Jul 11 03:06:37 h roundcube: IMAP Error: Login failed for admin from 127.0.0.1 from 203.0.113.5. AUTHENTICATE PLAIN: "
-    "A0002 NO Login failed. user=admin from 127.0.0.1 in in /usr/share/roundcube/rcube_imap.php on line 205 (POST /)",
+    "localhost from 203.0.113.5. AUTHENTICATE PLAIN: A0002 NO Authentication failed. in /r/rcube_imap.php on line 211 "
+    "(POST /)",
+    "Jul 11 03:06:37 h roundcube: IMAP Error: Login failed for admin from 127.0.0.1 from 203.0.113.5. AUTHENTICATE "
+    "PLAIN: A0002 NO Login failed. user=admin from 127.0.0.1 in in /usr/share/roundcube/rcube_imap.php on line 205 "
+    "(POST /)",
+    "[21-Nov-2026 10:10:00 +0100]: IMAP Error: Login failed for admin from 203.0.113.5. AUTHENTICATE PLAIN: A0002 NO "
+    "Login failed. user=admin from 127.0.0.1. in /usr/share/roundcube/program/include/rcube_imap.php on line 205 "
+    "(POST /)",
+    # apache: mod_remoteip's [remote ...], and a path in the client's request line
+    "[Sat Nov 21 11:07:00.000000 2026] [core:error] [pid 1:tid 2] [remote 203.0.113.5:41001] AH00126: Invalid URI in "
+    "request GET /../../[client 198.51.100.1:1] HTTP/1.1",
+    "[Sat Nov 21 11:07:00.000000 2026] [authz_core:error] [pid 1:tid 2] [remote 198.51.100.1:80] "
+    "[client 203.0.113.5:1] AH01630: client denied by server configuration: /var/www/html/wp-admin",
     # proftpd
     "Nov 21 12:03:00 ftp proftpd[1] ftp.example.org (203.0.113.5[203.0.113.5]): USER x proftpd[1] h (e[198.51.100.1]): "
     "no such user found from 203.0.113.5 [203.0.113.5] to 192.0.2.10:21",
@@ -124,5 +153,26 @@ def test_user_filter_errors(regex, message):
 def test_unknown_filter_names_the_known_ones():
     with pytest.raises(FilterError) as e:
         get_filter("nginx", [user_filter("app", r"(?P<host>x)")])
-    assert "built-in: apache-probe, courier, postfix-sasl, proftpd, roundcube, sshd" in str(e.value)
+    assert "built-in: apache-probe, courier, dovecot, exim, postfix-sasl, proftpd, roundcube, sshd" in str(e.value)
     assert "from the config: app" in str(e.value)
+
+
+@pytest.mark.parametrize("line", [
+    # Roundcube: client text imitating Roundcube's own words on both sides of its "from"
+    "[21-Nov-2026 10:10:04 +0100]: IMAP Error: Login failed for x from 192.0.2.70. AUTHENTICATE PLAIN: y against "
+    "localhost from 198.51.100.66. AUTHENTICATE PLAIN: A0002 NO Authentication failed. in /r.php on line 211 (POST /)",
+    # Dovecot: the login line without a rip (login_log_format_elements without %r)
+    "Nov 21 14:00:01 mail dovecot: imap-login: Aborted login (auth failed, 1 attempts in 2 secs): user=<a>, "
+    "method=PLAIN",
+])
+def test_ambiguous_or_missing_address_is_no_address(line):
+    hits = [f.extract(line) for f in BUILTIN.values() if f.prefilter()(line)]
+    assert hits == [NOT_ADDRESS]
+
+
+def test_builtin_units_are_trusted_journal_matches():
+    assert BUILTIN["sshd"].journal_matches == ("_SYSTEMD_UNIT=ssh.service", "_SYSTEMD_UNIT=sshd.service")
+    assert "_SYSTEMD_UNIT=postfix@-.service" in BUILTIN["postfix-sasl"].journal_matches
+    assert BUILTIN["dovecot"].units == ("dovecot.service",)
+    assert "exim4.service" in BUILTIN["exim"].units
+    assert BUILTIN["roundcube"].units == () and BUILTIN["apache-probe"].units == ()  # they write files

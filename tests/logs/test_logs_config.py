@@ -57,7 +57,7 @@ def test_other_sections_unchanged_by_logs(tmp_path):
     p = write(tmp_path, '[rate]\nlimit = 7\n[logs]\nbantime_max = 3600\nbantime = 600\n')
     cfg = load_config(p)
     assert cfg.rates[0].limit == 7 and cfg.logs.bantime_max == 3600
-    assert "logs" not in cfg.extra
+    assert not hasattr(cfg, "extra")  # every section is typed now: nothing is passed through untyped
 
 
 @pytest.mark.parametrize("text, line, message", [
@@ -69,11 +69,18 @@ def test_other_sections_unchanged_by_logs(tmp_path):
     ('[logs]\nfindtme = 600\n', 2, "logs.findtme: unknown setting"),
     ('[logs]\nhosts_deny_daemon = "ALL: x"\n', 2, "logs.hosts_deny_daemon: a daemon name"),
     ('[logs]\n\n[[logs.source]]\npath = "/var/log/x"\nfilter = "nginx"\n', 5,
-     "logs.source[1].filter: unknown filter 'nginx' (known: apache-probe, courier, postfix-sasl, proftpd"),
+     "logs.source[1].filter: unknown filter 'nginx' (known: apache-probe, courier, dovecot, exim, postfix-sasl, "
+     "proftpd"),
     ('[[logs.source]]\npath = "/a"\nfilter = "sshd"\n[[logs.source]]\npath = "/b"\n', 4,
      "logs.source[2]: 'filter' is required"),
-    ('[[logs.source]]\nfilter = "sshd"\n', 1, "logs.source[1]: needs either path"),
-    ('[[logs.source]]\nfilter = "sshd"\npath = "/a"\njournal = ["X=1"]\n', 1, "needs either path"),
+    ('[[logs.source]]\nfilter = "roundcube"\n', 1, "logs.source[1]: needs path = "),
+    ('[[logs.source]]\nfilter = "sshd"\nbackend = "file"\n', 3, "logs.source[1].backend: backend \"file\" needs path"),
+    ('[[logs.source]]\nfilter = "apache-probe"\npath = "/a"\nbackend = "journal"\n', 4,
+     "logs.source[1].backend: filter 'apache-probe' knows no systemd unit"),
+    ('[[logs.source]]\nfilter = "sshd"\nbackend = "systemd"\n', 3, "logs.source[1].backend: must be one of auto, file"),
+    ('[[logs.source]]\nfilter = "sshd"\njournal = ["+", "A=1"]\n', 3, "logs.source[1].journal: expected matches"),
+    ('[logs]\njournal_directory = 5\n', 2, "logs.journal_directory: expected a string"),
+    ('logs = 5\n', 1, "logs: must be a table"),
     ('[[logs.source]]\nfilter = "sshd"\njournal = ["ssh.service"]\n', 3, "logs.source[1].journal: expected matches"),
     ('[[logs.source]]\nfilter = "sshd"\npath = "/a"\nbantime = 9999999\n', 4,
      "logs.source[1].bantime: must be between 0 and 2147483"),
@@ -91,7 +98,8 @@ def test_other_sections_unchanged_by_logs(tmp_path):
     ('[[logs.filter]]\nregex = \'(?P<host>x)\'\n', 1, "logs.filter[1]: 'name' is required"),
     ('[[logs.filter]]\nname = "a"\nregex = \'(?P<host>x)\'\n[[logs.filter]]\nname = "a"\nregex = \'(?P<host>y)\'\n',
      5, "filter 'a' is defined twice"),
-    ('[[logs.filter]]\nname = "a"\nregex = \'(?P<host>x)\'\nliteral = ""\n', 4, "logs.filter[1].literal: must not be empty"),
+    ('[[logs.filter]]\nname = "a"\nregex = \'(?P<host>x)\'\nliteral = ""\n', 4,
+     "logs.filter[1].literal: must not be empty"),
     ('[logs]\nsource = "x"\n', 2, "logs.source: expected a list"),
 ])
 def test_logs_errors_name_file_and_line(tmp_path, text, line, message):
@@ -100,3 +108,31 @@ def test_logs_errors_name_file_and_line(tmp_path, text, line, message):
         load_config(p)
     assert str(e.value).startswith(f"{p}:{line}: "), str(e.value)
     assert message in str(e.value)
+
+
+def test_backends_and_units(tmp_path):
+    p = write(tmp_path, """
+[logs]
+journal_directory = "journal"
+[[logs.source]]
+filter = "sshd"
+[[logs.source]]
+filter = "dovecot"
+path = "/var/log/mail.log"
+[[logs.source]]
+filter = "exim"
+path = "/var/log/exim4/mainlog"
+backend = "file"
+[[logs.source]]
+filter = "postfix-sasl"
+backend = "journal"
+journal = ["_SYSTEMD_UNIT=postfix@-.service", "+", "SYSLOG_IDENTIFIER=postfix/smtpd"]
+""")
+    logs = load_config(p).logs
+    assert logs.journal_directory == str(tmp_path / "journal")
+    sshd, dovecot, exim, postfix = logs.sources
+    assert (sshd.backend, sshd.path, sshd.journal) == ("auto", None, ())
+    assert sshd.name == "sshd:_SYSTEMD_UNIT=ssh.service,_SYSTEMD_UNIT=sshd.service"
+    assert (dovecot.backend, dovecot.path) == ("auto", "/var/log/mail.log")
+    assert exim.backend == "file"
+    assert postfix.journal[1] == "+" and postfix.backend == "journal"

@@ -7,8 +7,8 @@ from inspector.config import load_config
 from inspector.engine import Engine
 from inspector.events import MemorySink
 from inspector.logs import LogMonitor
-from inspector.rules import load_rules
 from inspector.respond.bans import Ban, BanPipeline
+from inspector.rules import load_rules
 from inspector.runner import Runner
 from inspector.testing import FakeFirewall, RecordingSender
 
@@ -34,6 +34,7 @@ bantime = 3600
 [[logs.source]]
 path = "{mail}"
 filter = "postfix-sasl"
+backend = "file"
 maxretry = 2
 """)
     config = load_config(cfg)
@@ -78,8 +79,9 @@ def test_log_bans_go_through_the_one_ban_pipeline(tmp_path):
     assert (record.reason, record.rule, record.expires) == ("log:sshd", "sshd", clock[0] + 2 + 3600)
     ban_events = [e for e in events.events if e["event"] == "ban"]
     assert ban_events == [{"event": "ban", "time": round(clock[0] + 2, 3), "network": "203.0.113.5",
-                           "seconds": 3600, "reason": "log:sshd", "rule": "sshd", "dport": None}]
-    assert [b.network for b in engine.active_bans(clock[0] + 3)] == ["203.0.113.5"]
+                           "seconds": 3600, "reason": "log:sshd", "rule": "sshd", "dport": None, "path": "log"}]
+    active = [engine.ban_network(k) for k, (expires, _) in engine.bans.items() if expires > clock[0] + 3]
+    assert active == ["203.0.113.5"]
     store.save(clock[0] + 3)
     saved = json.loads((tmp_path / "bans.json").read_text())
     assert [b["network"] for b in saved["bans"]] == ["203.0.113.5"]
@@ -110,16 +112,15 @@ def test_no_export_unless_configured(tmp_path):
     assert monitor.export_hosts_deny(["203.0.113.5"]) is None
 
 
-def test_a_journal_source_without_the_module_is_counted_not_fatal(tmp_path):
-    from inspector.logs.follow import journal_available
+def test_a_journal_source_without_the_module_is_counted_not_fatal(tmp_path, monkeypatch):
+    import inspector.logs as logs
 
+    monkeypatch.setattr(logs, "journal_available", lambda: False)
     cfg = tmp_path / "c.toml"
     cfg.write_text('[[logs.source]]\njournal = ["_SYSTEMD_UNIT=ssh.service"]\nfilter = "sshd"\n')
     monitor = LogMonitor(load_config(cfg), local=[])
-    if journal_available():
-        assert len(monitor.sources) == 1
-    else:
-        assert monitor.sources == [] and monitor.counts["journal-unavailable"] == 1
+    assert monitor.counts["journal-unavailable"] == 1
+    assert len(monitor.sources) == 1  # kept, in the error state, so status shows it
 
 
 def test_a_missing_log_is_waited_for(tmp_path):
@@ -168,3 +169,42 @@ maxretry = 2
     assert sorted((b.network, b.rule, b.seconds) for b in bans) == [
         ("203.0.113.5", "postfix-sasl", 86400), ("203.0.113.6", "courier", 60)]
     monitor2.close()
+
+
+def test_each_source_has_a_state(tmp_path):
+    monitor, runner, engine, store, firewall, events, clock, auth, mail = setup(tmp_path)
+    states = {s["path"]: (s["backend"], s["state"]) for s in monitor.states()}
+    assert states == {str(auth): ("file", "reading"), str(mail): ("file", "waiting")}
+    mail.write_text("")
+    monitor.poll(clock[0])
+    assert {s["path"]: s["state"] for s in monitor.states()}[str(mail)] == "reading"
+    assert all("state" in entry for entry in monitor.stats()["logs"])
+
+
+def test_auto_takes_the_journal_when_the_file_is_missing(tmp_path, monkeypatch):
+    """backend = "auto": the file when it exists, else the filter's units in the journal (an error state
+    naming the missing binding when it cannot be imported: never a silent skip)."""
+    import inspector.logs as logs_mod
+
+    monkeypatch.setattr(logs_mod, "journal_available", lambda: False)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"""
+[service]
+state_file = "{tmp_path / 'state' / 'bans.json'}"
+[[logs.source]]
+filter = "sshd"
+path = "{tmp_path / 'auth.log'}"
+[[logs.source]]
+filter = "dovecot"
+path = "{tmp_path / 'mail.log'}"
+""")
+    (tmp_path / "mail.log").write_text("")
+    monitor = LogMonitor(load_config(cfg), local=[])
+    by_source = {s["sources"][0]: s for s in monitor.states()}
+    sshd = by_source[f"sshd:{tmp_path / 'auth.log'}"]
+    assert sshd["backend"] == "journal" and sshd["state"] == "error"
+    assert "systemd Python binding is not installed" in sshd["error"]
+    assert sshd["path"] == "journal:_SYSTEMD_UNIT=ssh.service,_SYSTEMD_UNIT=sshd.service"
+    assert by_source[f"dovecot:{tmp_path / 'mail.log'}"]["backend"] == "file"
+    assert monitor.poll(0.0) == [] and monitor.counts["journal-unavailable"] == 1
+    assert monitor.cursor_dir == tmp_path / "state"

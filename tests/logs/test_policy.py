@@ -3,7 +3,14 @@ import ipaddress
 import pytest
 
 from inspector.logs.policy import (
-    MAX_BAN, Limits, LogPolicy, Whitelist, ban_network, hosts_deny_lines, local_addresses, write_hosts_deny,
+    MAX_BAN,
+    Limits,
+    LogPolicy,
+    Whitelist,
+    ban_network,
+    hosts_deny_lines,
+    local_addresses,
+    write_hosts_deny,
 )
 
 L = Limits(maxretry=3, findtime=600, bantime=100)

@@ -1,0 +1,87 @@
+"""The ``[policy]`` section: where the policy service listens and how it answers.
+
+::
+
+    [policy]
+    listen = "127.0.0.1:10040"     # or "unix:/run/inspector/policy.sock"; "" (default): off
+    reply = "421 4.7.1 Service not available, closing transmission channel"
+    request_timeout = 5            # seconds from a request's first byte to its answer
+    idle_timeout = 600             # seconds a connection may wait between requests
+    max_connections = 256
+    users = ["root", "postfix", "Debian-exim"]   # who may ask ([]: anyone who can connect)
+"""
+
+from __future__ import annotations
+
+import pwd
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .server import Limits, Listen, parse_listen
+
+__all__ = ["KEYS", "PolicySettings", "parse_policy"]
+
+DEFAULT_REPLY = "421 4.7.1 Service not available, closing transmission channel"
+KEYS: dict[str, type | tuple[type, ...]] = {
+    "listen": str, "reply": str, "request_timeout": (int, float), "idle_timeout": (int, float),
+    "max_connections": int, "users": list,
+}
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """The parsed ``[policy]`` section (``listen`` None: the policy service is off)."""
+
+    listen: Listen | None = None
+    reply: str = DEFAULT_REPLY
+    limits: Limits = Limits()
+    users: tuple[str, ...] = ("root", "postfix", "Debian-exim")
+
+    def uids(self) -> frozenset[int] | None:
+        """The user ids ``users`` names on this host (names unknown here are skipped); None: anyone."""
+        if not self.users:
+            return None
+        out = set()
+        for user in self.users:
+            if user.isdigit():
+                out.add(int(user))
+                continue
+            try:
+                out.add(pwd.getpwnam(user).pw_uid)
+            except KeyError:
+                continue
+        return frozenset(out)
+
+
+def parse_policy(section: dict[str, Any], fail: Callable[[str, str | None, str], Exception]) -> PolicySettings:
+    """Build :class:`PolicySettings` from the ``[policy]`` table (types already checked against
+    :data:`KEYS`); ``fail(table, key, message)`` makes the error that names ``file:line``."""
+    out: dict[str, Any] = {}
+    listen = section.get("listen", "")
+    if listen:
+        try:
+            out["listen"] = parse_listen(listen)
+        except ValueError as e:
+            raise fail("policy", "listen", str(e)) from None
+    if "reply" in section:
+        reply = section["reply"]
+        if reply[:3] not in ("421", "521") or (len(reply) > 3 and reply[3] != " ") or "\n" in reply:
+            raise fail("policy", "reply", f"must be a one-line 421 or 521 reply such as {DEFAULT_REPLY!r} "
+                                          "(Postfix ends the session on those only)")
+        out["reply"] = reply
+    limits: dict[str, Any] = {}
+    for key, low, high in (("request_timeout", 0.1, 600), ("idle_timeout", 1, 86400), ("max_connections", 1, 65536)):
+        if key in section:
+            value = section[key]
+            if isinstance(value, bool) or not low <= value <= high:
+                raise fail("policy", key, f"must be between {low} and {high}, not {value!r}")
+            limits[key] = value
+    if limits:
+        out["limits"] = Limits(**limits)
+    if "users" in section:
+        users = section["users"]
+        if not all(isinstance(u, str) and u for u in users):
+            raise fail("policy", "users", "expected a list of user names or numeric ids, such as [\"postfix\"]")
+        out["users"] = tuple(users)
+    return PolicySettings(**out)

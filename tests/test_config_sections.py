@@ -1,0 +1,31 @@
+"""Every config section is typed: [metrics] parsed into MetricsSettings, unknown sections and keys name file:line."""
+
+import pytest
+
+from inspector.config import ConfigError, MetricsSettings, load_config
+
+
+def load(tmp_path, text):
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    return load_config(p)
+
+
+def test_metrics_listen_is_typed(tmp_path):
+    assert load(tmp_path, '[metrics]\nlisten = "127.0.0.1:9478"\n').metrics == MetricsSettings("127.0.0.1:9478")
+    assert load(tmp_path, '[metrics]\nlisten = "[::1]:9478"\n').metrics.listen == "[::1]:9478"
+    assert load(tmp_path, "mode = \"alert\"\n").metrics == MetricsSettings()
+
+
+@pytest.mark.parametrize("text, line, message", [
+    ('\n[metrics]\nlisen = "127.0.0.1:9478"\n', 3, "metrics.lisen: unknown setting"),
+    ('[metrics]\nlisten = 9478\n', 2, "metrics.listen: expected a string"),
+    ('[metrics]\n\nlisten = "9478"\n', 3, "metrics.listen: expected \"host:port\""),
+    ('[metrics]\nlisten = "::1:9478"\n', 2, "metrics.listen: expected \"host:port\""),
+    ('mode = "alert"\n[log]\nlevel = "debug"\n', 2, "log: unknown section"),
+    ('[service]\nqueue = 1\nstate = "x"\n', 3, "service.state: unknown setting"),
+])
+def test_unknown_or_bad_keys_name_file_and_line(tmp_path, text, line, message):
+    with pytest.raises(ConfigError) as e:
+        load(tmp_path, text)
+    assert str(e.value).startswith(f"{tmp_path / 'c.toml'}:{line}: ") and message in str(e.value)
