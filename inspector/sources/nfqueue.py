@@ -30,6 +30,7 @@ __all__ = ["FAIL_OPEN", "MAX_COPY_RANGE", "build_message", "pack_attr", "build_c
            "WholeMessages", "RECV_BUFFER", "NfQueue", "QueueError"]
 
 FAIL_OPEN = 0x1  # NFQA_CFG_F_FAIL_OPEN (include/uapi/linux/netfilter/nfnetlink_queue.h)
+GSO = 0x4  # NFQA_CFG_F_GSO: hand GRO/TSO aggregates over whole (same header)
 _NFNL_SUBSYS_QUEUE, _NFQNL_MSG_CONFIG = 3, 2
 _NLM_F_REQUEST, _NLM_F_ACK = 0x1, 0x4
 _NLMSG_ERROR = 2
