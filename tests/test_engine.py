@@ -241,7 +241,7 @@ def test_early_decision_in_body_at_data_and_after_the_ssh_banner(make_engine):
 # ---- issue 12, kind 5: decide = "early" with the kernel's in-body filter ------------------------------------
 
 def test_in_body_gaps_are_skipped_and_the_next_transaction_is_read(make_engine):
-    from inspector.verdict import ACCEPT_BODY, ACCEPT_RESUME
+    from inspector.verdict import ACCEPT_BODY
 
     e = make_engine(decide="early")
     c = Conn()
