@@ -13,6 +13,7 @@ has them, only end flows; nothing depends on them.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections import Counter
 
 from .config import Config, RateRule
@@ -28,6 +29,8 @@ from .verdict import ACCEPT, ACCEPT_BODY, ACCEPT_RESUME, BYPASS, Action, Decisio
 __all__ = ["Engine", "Decision"]
 
 _XMAS = FIN | PSH | URG
+# an end-of-data line, or the start of one, anywhere in a segment (see Engine._body_gap)
+_MAY_END_DATA = re.compile(rb"(?:^|\n)\.\r*(?:\n|$)")
 
 
 class Engine:
@@ -210,8 +213,14 @@ class Engine:
         if stream is None:
             stream = flow.stream = Stream(flow.base, self._depth)
         state = flow.state
-        if state is not None and self._bypass_early and state.__class__ is SmtpSession and state.mode != COMMAND:
-            self._body_gap(state, stream, seq, len(payload))
+        if state is not None and self._bypass_early and state.__class__ is SmtpSession \
+                and (state.mode != COMMAND or state.resumed):
+            desync = self._body_gap(state, stream, seq, payload)
+            if desync is not None:
+                if desync.action is Action.RESET:
+                    flow.done = flow.blocked = True
+                self.counts["smtp-desync"] += 1
+                return self._decide(desync, data, d, now)
         conflicts = stream.conflicts
         chunk = stream.push(seq, payload)
         if stream.conflicts != conflicts:
@@ -252,17 +261,45 @@ class Engine:
         return ACCEPT
 
     @staticmethod
-    def _body_gap(session: SmtpSession, stream: Stream, seq: int, length: int) -> None:
+    def _body_gap(session: SmtpSession, stream: Stream, seq: int, payload: bytes) -> Verdict | None:
         """decide = "early", in a message: the kernel keeps body segments that cannot end it, so a
         gap before this segment is body the engine never sees (``Stream.skip_to``).  Message bytes
-        do not count towards ``depth``: it bounds the command bytes of a session."""
-        if session.mode == BODY:
-            off = stream.offset(seq)
-            gap = stream.skip_to(off) if off > stream.delivered else 0
-            session.skip(gap)
-            stream.depth += gap + length
-        elif session.mode == CHUNK:
+        do not count towards ``depth``: it bounds the command bytes of a session.
+
+        Reordering cannot hide commands behind a skipped body: a queued segment that lands in a
+        skipped stretch and may hold an end-of-data line means the engine read what follows as
+        body while the server will read it as commands (reset, ``desync``); and once commands
+        resumed after a body, a segment beyond a gap is dropped (the client sends it again) until
+        the gap is filled, because the missing bytes may have passed the kernel unseen while the
+        connection was marked in body.
+        """
+        off = stream.offset(seq)
+        length = len(payload)
+        skipped = session.skipped
+        if skipped and off < stream.delivered:
+            end = off + length
+            for low, high in skipped:
+                if off < high and end > low and _MAY_END_DATA.search(payload) is not None:
+                    return Verdict(Action.RESET, Reason.DESYNC,
+                                   detail="a reordered segment may end the data the engine skipped")
+        mode = session.mode
+        if mode == BODY:
+            if off > stream.delivered:
+                low = stream.delivered
+                gap = stream.skip_to(off)
+                if skipped is None:
+                    skipped = session.skipped = []
+                skipped.append((low, off))
+                if len(skipped) > 64:
+                    del skipped[0]
+                session.skip(gap)
+                stream.depth += gap
             stream.depth += length
+        elif mode == CHUNK:
+            stream.depth += length
+        elif mode == COMMAND and off > stream.delivered:
+            return Verdict(Action.DROP, Reason.DESYNC, detail="a gap after a body: resent once the gap is filled")
+        return None
 
     @staticmethod
     def _body_mark(session: SmtpSession) -> Decision:
@@ -272,6 +309,8 @@ class Engine:
         if want == session.kernel_body:
             return ACCEPT
         session.kernel_body = want
+        if not want:
+            session.resumed = True
         return ACCEPT_BODY if want else ACCEPT_RESUME
 
     @staticmethod

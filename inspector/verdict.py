@@ -25,6 +25,7 @@ class Reason(enum.StrEnum):
     TCP_FLAGS = "tcp-flags"
     BANNED = "banned"
     MALFORMED = "malformed"
+    DESYNC = "desync"  # the engine's view of a stream could no longer be the receiver's (reordering)
 
 
 @dataclass(frozen=True, slots=True)

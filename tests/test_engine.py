@@ -287,3 +287,54 @@ def test_early_message_bytes_do_not_count_towards_depth(make_engine):
     d.process(c2.send(b".\r\n"), 0.4)
     assert d.process(c2.send(b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<x@blocked.test>\r\n"), 0.5).reason is None
 
+
+
+def test_reordered_commands_after_a_skipped_body_are_not_hidden(make_engine):
+    """The client sends the commands that follow the end of data *before* the end-of-data segment:
+    the kernel (body mark) lets them through unseen; once commands resume, a later segment beyond
+    the gap is dropped until the gap is filled (kind 5, reordering)."""
+    from inspector.verdict import ACCEPT_BODY, ACCEPT_RESUME
+
+    e = make_engine(decide="early")
+    c = Conn()
+    head = b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<b@ok.test>\r\nDATA\r\n"
+    e.process(c.syn(), 0)
+    assert e.process(c.send(head), 0.1) is ACCEPT_BODY
+    end = b"bye\r\n.\r\n"
+    hidden = b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<v@blocked.test>\r\n"   # passed the kernel unseen
+    start = len(head) + 5000
+    assert e.process(c.at(start, end), 0.2) is ACCEPT_RESUME
+    later = c.at(start + len(end) + len(hidden), b"DATA\r\n")
+    out = e.process(later, 0.3)
+    assert (out.action.value, out.reason.value) == ("drop", "desync")
+    # a legitimate reordering: the filler arrives (queued, the mark is cleared), then the resent one
+    f = make_engine(decide="early")
+    c2 = Conn(src="198.51.100.9")
+    f.process(c2.syn(), 0)
+    f.process(c2.send(head), 0.1)
+    f.process(c2.at(start, end), 0.2)
+    assert f.process(c2.at(start + len(end) + len(hidden), b"DATA\r\n"), 0.3).reason is Reason.DESYNC
+    assert f.process(c2.at(start + len(end), hidden), 0.4).reason is Reason.DOMAIN
+
+
+def test_a_reordered_end_of_data_behind_a_skipped_body_resets(make_engine):
+    """The end-of-data segment arrives after a later segment that the engine read as body (it held
+    "\\n." too): the engine's reading of that segment was wrong, the late segment is reset."""
+    e = make_engine(decide="early")
+    c = Conn()
+    head = b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<b@ok.test>\r\nDATA\r\n"
+    e.process(c.syn(), 0)
+    e.process(c.send(head), 0.1)
+    real_end = b"x\r\n.\r\n"
+    smuggled = b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<v@blocked.test>\r\nDATA\r\nhi\r\n.\r\n"
+    start = len(head) + 3000
+    assert e.process(c.at(start + len(real_end), smuggled), 0.2).reason is None  # read as body: no hit
+    out = e.process(c.at(start, real_end), 0.3)
+    assert (out.action.value, out.reason.value) == ("reset", "desync")
+    # a late body segment without an end-of-data line changes nothing
+    g = make_engine(decide="early")
+    c3 = Conn(src="198.51.100.10")
+    g.process(c3.syn(), 0)
+    g.process(c3.send(head), 0.1)
+    g.process(c3.at(start + 10, b"more\r\n.\r\n"), 0.2)
+    assert g.process(c3.at(start, b"plain text"), 0.3).reason is None

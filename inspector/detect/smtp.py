@@ -324,7 +324,7 @@ class SmtpSession:
     """
 
     __slots__ = ("mode", "partial", "remaining", "txn", "rcpts", "bdat", "settings", "at_line_start",
-                 "unsure", "errors", "chunk_last", "kernel_body")
+                 "unsure", "errors", "chunk_last", "kernel_body", "resumed", "skipped")
 
     def __init__(self, settings: SmtpSettings = DEFAULT_SETTINGS, midstream: bool = False) -> None:
         """``midstream``: the flow was picked up after its start (an inspector restart): whether a
@@ -342,6 +342,8 @@ class SmtpSession:
         self.unsure = False    # commands after a "." line that may have been body (see skip())
         self.errors = 0        # lines Postfix refuses, while unsure
         self.kernel_body = False  # the engine told the kernel "in body" (ACCEPT_BODY) and not yet undone
+        self.resumed = False   # commands resumed after a kernel-filtered body (ACCEPT_RESUME) at least once
+        self.skipped: list[tuple[int, int]] | None = None  # body stretches skipped unseen (stream offsets)
 
     @property
     def finished(self) -> bool:
