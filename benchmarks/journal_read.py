@@ -52,7 +52,7 @@ def children_cpu() -> float:
 
 def read_binding(directory: Path) -> tuple[int, float, float]:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from inspector.logs.follow import JournalFollower
+    from inspector.logs.journal import JournalFollower
 
     t0, c0 = time.perf_counter(), time.process_time()
     f = JournalFollower(("_SYSTEMD_UNIT=ssh.service",), from_start=True, directory=str(directory))

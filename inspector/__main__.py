@@ -1,3 +1,5 @@
+"""``python -m inspector``: the command line (:mod:`inspector.cli`)."""
+
 import sys
 
 from .cli import main

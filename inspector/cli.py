@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", default="24h", help="window: 24h, 90m, 7d or an ISO date (default 24h)")
     p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML page with a chart")
     p.add_argument("--json", action="store_true", help="the counts as JSON instead of text")
+    p.add_argument("--notify", action="store_true", help="send the text report through the [notify] channels")
 
     p = sub.add_parser("bench", help="benchmark the engine on a synthetic mixed workload")
     p.add_argument("--packets", type=int, default=1_000_000)
@@ -137,7 +138,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .config import load_config
             from .report import main_report
 
-            events = args.events or load_config(args.config).service.events
+            config = load_config(args.config)
+            events = args.events or config.service.events
+            if args.notify:
+                from .notify import send_report_now
+
+                return send_report_now(config.notify, events, args.since)
             return main_report(events, args.since, args.html, args.json)
         if args.command == "bench":
             from .bench import main_bench
@@ -207,6 +213,29 @@ def _check(args: argparse.Namespace) -> int:
     print(f"rate capacity: {config.rate_capacity} sources; IPv6 counted per /{config.ipv6_prefix}")
     print(f"bans: domain {config.ban_domain}s, payload {config.ban_payload}s, tcp-flags {config.ban_flags}s")
     print(f"whitelist: {', '.join(map(str, config.whitelist)) or '(none)'}")
+    if config.whitelist_files:
+        from .whitelist_sources import WhitelistSourceError, read_whitelist_file
+
+        try:
+            counts = [f"{f} ({len(read_whitelist_file(f))} entries)" for f in config.whitelist_files]
+        except WhitelistSourceError as e:  # changed since the config was loaded
+            raise ConfigError(str(e)) from None
+        print("whitelist files: " + ", ".join(counts))
+    if config.whitelist_hosts:
+        print(f"whitelist hosts: {', '.join(config.whitelist_hosts)} (resolved every {config.whitelist_resolve:g}s)")
+    if config.connlimit is not None:
+        cl = config.connlimit
+        for port in cl.ports or config.ports:
+            cr = cl.rule_for(port)
+            print(f"connlimit: more than {cr.limit} established connections from one source to port {port} "
+                  f"-> ban {cr.ban}s (checked every {cl.interval:g}s)")
+    if config.notify is not None:
+        n = config.notify
+        channels = [f"{len(n.urls)} Apprise URL(s)"] * bool(n.urls)
+        channels += [f"sendmail to {', '.join(n.mail_to)}"] * bool(n.sendmail)
+        print(f"notify: {' and '.join(channels)}; report {n.report}"
+              f"{' at ' + n.report_at if n.report == 'daily' else ''}; ban notices "
+              f"{f'at most {n.ban_limit} per {n.ban_window}s' if n.bans else 'off'}")
     policy = config.policy
     print(f"policy path: {policy.listen}, reply {policy.reply!r}, request timeout {policy.limits.request_timeout:g}s, "
           f"users {', '.join(policy.users) or 'anyone'}" if policy.listen else "policy path: off ([policy] listen)")

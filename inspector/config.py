@@ -15,15 +15,16 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .connlimit import CONNLIMIT_KEYS, ConnLimitSettings, parse_connlimit
 from .detect.smtp import SMTP_KEYS, SmtpSettings, parse_smtp_section
 from .fleet import FleetSettings, parse_fleet
 from .logs.settings import LogFilter, LogSettings, LogSource, parse_logs
 from .nets import parse_networks
+from .notify import NOTIFY_KEYS, NotifySettings, parse_notify
 from .policy.settings import KEYS as POLICY_KEYS
 from .policy.settings import PolicySettings, parse_policy
 from .rules import DOMAIN, PAYLOAD, SCOPES, RuleFile
@@ -99,11 +100,16 @@ class Config:
     ban_payload: int = 86400
     ban_flags: int = 0
     whitelist: tuple[Network, ...] = ()
+    whitelist_files: tuple[str, ...] = ()  # [whitelist] files: one address/CIDR per line (whitelist_sources.py)
+    whitelist_hosts: tuple[str, ...] = ()  # [whitelist] hosts: A and AAAA, re-resolved
+    whitelist_resolve: float = 300.0  # [whitelist] resolve_interval, seconds
     rules: tuple[RuleFile, ...] = ()
     service: ServiceSettings = ServiceSettings()
     logs: LogSettings = LogSettings()
     metrics: MetricsSettings = MetricsSettings()
     fleet: FleetSettings = FleetSettings()  # off unless [fleet] url is set
+    notify: NotifySettings | None = None  # [notify]; None: no notifications
+    connlimit: ConnLimitSettings | None = None  # [connlimit]; None: no cap on concurrent connections
     policy: PolicySettings = PolicySettings()  # [policy]: the MTA policy service (inspector/policy/)
     smtp: SmtpSettings = SmtpSettings()  # how the protected MTA reads SMTP ([smtp], detect/smtp.py)
     source: str | None = None  # the file this came from
@@ -132,13 +138,15 @@ _KNOWN: dict[str, dict[str, type | tuple[type, ...]]] = {
     "rate": {"limit": int, "window": (int, float), "capacity": int, "ipv4_prefix": int, "ipv6_prefix": int,
              "ports": list, "ban": int, "rules": list},
     "bans": {"domain": int, "payload": int, "tcp_flags": int},
-    "whitelist": {"cidrs": list},
+    "whitelist": {"cidrs": list, "files": list, "hosts": list, "resolve_interval": (int, float)},
     "service": {"queue": int, "queue_maxlen": int, "fail_open": bool, "state_file": str, "events": str,
                 "syslog": bool, "control_socket": str, "ipset_v4": str, "ipset_v6": str, "maxelem": int,
                 "mark": int, "body_mark": int, "workers": int},
     "metrics": {"listen": str},
     "logs": {},  # checked by inspector.logs.settings.parse_logs
     "fleet": {},  # checked by inspector.fleet.parse_fleet
+    "notify": NOTIFY_KEYS,
+    "connlimit": CONNLIMIT_KEYS,
     "policy": POLICY_KEYS,
 }
 
@@ -313,6 +321,7 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
         cfg["whitelist"] = parse_networks(data.get("whitelist", {}).get("cidrs", []))
     except ValueError as e:
         raise fail("whitelist", "cidrs", str(e)) from None
+    cfg.update(_whitelist_sources(data.get("whitelist", {}), path, fail))
 
     rule_files = []
     raw_rules = data.get("rules", [])
@@ -374,21 +383,40 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
         cfg["metrics"] = _metrics(data["metrics"], fail)
     if "fleet" in data:
         cfg["fleet"] = parse_fleet(data["fleet"], lambda key, msg: fail("fleet", key, msg))
+    if "notify" in data:
+        cfg["notify"] = parse_notify(data["notify"], fail)
+    if "connlimit" in data:
+        cfg["connlimit"] = parse_connlimit(data["connlimit"], fail, _port_list)
     if "policy" in data:
         cfg["policy"] = parse_policy(data["policy"], fail)
     return Config(**cfg)
 
 
-def _check_entry(entry: dict[str, Any], known: dict[str, type | tuple[type, ...]],
-                 fail: Callable[[str, str], ConfigError]) -> None:
-    """Unknown keys and wrong types in one ``[[table]]`` entry; ``fail(key, message)`` makes the error."""
-    for key, value in entry.items():
-        wanted = known.get(key)
-        if wanted is None:
-            raise fail(key, f"unknown setting (known here: {', '.join(sorted(known))})")
-        if isinstance(value, bool) or not isinstance(value, wanted):
-            kinds = wanted if isinstance(wanted, tuple) else (wanted,)
-            raise fail(key, f"expected {' or '.join(_kind(k) for k in kinds)}, got {value!r}")
+def _whitelist_sources(wl: dict[str, Any], path: Path, fail: Any) -> dict[str, Any]:
+    """``[whitelist] files``, ``hosts``, ``resolve_interval``: each file is read once here to report errors."""
+    from .whitelist_sources import WhitelistSourceError, read_whitelist_file, valid_hostname
+
+    out: dict[str, Any] = {}
+    files = []
+    for entry in wl.get("files", []):
+        if not isinstance(entry, str) or not entry:
+            raise fail("whitelist", "files", f"expected file paths, got {entry!r}")
+        p = Path(entry) if Path(entry).is_absolute() else path.parent / entry
+        try:
+            read_whitelist_file(p)
+        except WhitelistSourceError as e:
+            raise fail("whitelist", "files", str(e)) from None
+        files.append(str(p))
+    out["whitelist_files"] = tuple(files)
+    hosts = wl.get("hosts", [])
+    for h in hosts:
+        if not isinstance(h, str) or not valid_hostname(h):
+            raise fail("whitelist", "hosts", f"not a host name: {h!r} (IDNs in A-label form, xn--...)")
+    out["whitelist_hosts"] = tuple(hosts)
+    if "resolve_interval" in wl:
+        out["whitelist_resolve"] = float(_bounded(wl["resolve_interval"], 10, 86400,
+                                                  lambda m: fail("whitelist", "resolve_interval", m)))
+    return out
 
 
 def _metrics(section: dict[str, Any], fail: Any) -> MetricsSettings:

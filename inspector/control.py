@@ -39,6 +39,22 @@ def read_line(conn: socket.socket, limit: int = LINE_LIMIT) -> bytes:
     return buf.split(b"\n", 1)[0]
 
 
+def clear_stale_socket(path: Path, who: str = "process") -> None:
+    """Remove a UNIX socket file at ``path`` that nobody answers on (left by a previous run), so
+    that it can be bound again.  Raises OSError if a live ``who`` answers on it."""
+    if not path.is_socket():
+        return  # nothing there, or not a socket: bind() says what is wrong
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+        raise OSError(f"another {who} answers on {path}")
+    except (ConnectionRefusedError, FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    finally:
+        probe.close()
+
+
 class ControlServer:
     """Request dispatch, and (after :meth:`listen`) the socket that serves it."""
 
@@ -81,15 +97,7 @@ class ControlServer:
         p = Path(path)
         try:
             p.parent.mkdir(parents=True, exist_ok=True)
-            if p.exists():
-                probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                try:
-                    probe.connect(str(p))
-                    raise ControlError(f"another inspector answers on {p}")
-                except (ConnectionRefusedError, FileNotFoundError):
-                    p.unlink()  # a stale socket from a previous run
-                finally:
-                    probe.close()
+            clear_stale_socket(p, "inspector")
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.bind(str(p))
             os.chmod(p, 0o600)

@@ -103,3 +103,12 @@ class IpsetNetlink:
         if code:
             raise IpsetError(code, f"delete {network} from {set_name}")
         return True
+
+    def add_entry(self, set_name: str, network: str, net: bool = True) -> bool:
+        """Add ``network`` to a set without timeouts (the whitelist sets); False if it was there already."""
+        code = self._request(IPSET_CMD_ADD, set_name, network, None, net, NLM_F_EXCL)
+        if code == ERR_EXIST:
+            return False
+        if code:
+            raise IpsetError(code, f"add {network} to {set_name}")
+        return True

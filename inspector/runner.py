@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any, Protocol
 
@@ -73,30 +74,29 @@ class RawResetSender:
         self._v6.close()
 
 
+@dataclass(eq=False)
 class Runner:
     """Gives one queued packet its kernel verdict from the engine's decision, then the side effects
     (resets, the verdict event, the ban through the :class:`~inspector.respond.bans.BanPipeline`).
 
-    ``mark``: the packet-mark bit that tells the kernel a connection is decided (0: never mark);
+    ``mark``: the packet-mark bit that tells the kernel a connection is bypassed (0: never mark);
     ``body_mark``: the bit for SMTP connections inside a DATA body (0, or no ``mark``: never marked;
     every segment is then queued, which costs packets, not inspection);
-    ``counts``: what was done (``accept``, ``drop``, ``reset``, ``resets``, ``decided``, ``in-body``,
-    ``out-of-body``,
-    ``banned-late``, ``errors:<what>``).
+    ``counts``: what was done (``accept``, ``drop``, ``reset``, ``resets``, ``decided`` (bypassed),
+    ``in-body``, ``out-of-body``, ``banned-late``, ``errors:<what>``).
     """
 
-    def __init__(self, engine: Engine, resets: ResetSender, events: EventSink, bans: BanPipeline,
-                 clock: Callable[[], float], mark: int = 0, body_mark: int = 0) -> None:
-        self.mark = mark
-        self.body_mark = body_mark  # the mark bit of SMTP flows in a DATA body (0: no in-body filter)
-        self.engine = engine
-        self.resets = resets
-        self.events = events
-        self.bans = bans
-        self.clock = clock
-        self.counts: Counter[str] = Counter()
-        self._alerted: dict[str, float] = {}  # alert mode: when each would-be-banned source was last reported
-        self.telemetry = Telemetry()
+    engine: Engine
+    resets: ResetSender
+    events: EventSink
+    bans: BanPipeline
+    clock: Callable[[], float]
+    mark: int = 0
+    body_mark: int = 0  # the mark bit of SMTP flows in a DATA body (0: no in-body filter)
+    counts: Counter[str] = field(default_factory=Counter, init=False)
+    telemetry: Telemetry = field(default_factory=Telemetry, init=False)
+    # alert mode: when each would-be-banned source was last reported
+    _alerted: dict[str, float] = field(default_factory=dict, init=False)
 
     def handle(self, packet: QueuedPacket) -> None:
         """Decide ``packet`` (its bytes, at the clock's ``now``), give it exactly one verdict, then

@@ -83,6 +83,7 @@ def render(path: str, st: dict[str, Any] | None) -> str:
         f"rules: {rules.get('domains', '?'):,} domains, {rules.get('payload', 0)} payload strings, loaded "
         f"{rules.get('loaded_at', '?')}" if rules else "rules: ?",
         *status_lines(st.get("logs")),
+        *_toolbox_lines(st),
         *_policy_lines(st.get("policy")),
     ]
     fleet = st.get("fleet")
@@ -93,6 +94,29 @@ def render(path: str, st: dict[str, Any] | None) -> str:
                      f"  refused {fleet.get('refused', 0):,}"
                      + (f"\n  last error: {fleet['last_error']}" if fleet.get("last_error") else ""))
     return "\n".join(lines) + "\n"
+
+
+def _toolbox_lines(st: dict[str, Any]) -> list[str]:
+    """One line each for the whitelist sources, the connection cap and the notifier, when they run."""
+    out = []
+    wl = st.get("whitelist")
+    if isinstance(wl, dict):
+        bad = [x["error"] for x in wl.get("files", []) + wl.get("hosts", []) if x.get("error")]
+        out.append(f"whitelist from files/hosts: {wl.get('networks', 0)} networks "
+                   f"({len(wl.get('files', []))} files, {len(wl.get('hosts', []))} hosts)"
+                   + (f"; problem: {bad[0]}" if bad else ""))
+    cl = st.get("connlimit")
+    if isinstance(cl, dict):
+        top = ", ".join(f"{t['network']}:{t['port']} ({t['connections']})" for t in cl.get("top", [])[:3])
+        out.append(f"connlimit: {cl.get('bans', 0)} bans, {cl.get('polls', 0)} reads every {cl.get('interval')}s"
+                   + (f", error: {cl['last_error']}" if cl.get("last_error") else "")
+                   + (f"; most connections: {top}" if top else ""))
+    nt = st.get("notify")
+    if isinstance(nt, dict):
+        out.append(f"notify: {nt.get('sent', 0)} sent, {nt.get('failed', 0)} failed"
+                   + (f" (last: {nt['last_error']})" if nt.get("last_error") else "")
+                   + (f", next report {nt['next_report']}" if nt.get("next_report") else ""))
+    return out
 
 
 def _policy_lines(policy: dict[str, Any] | None) -> list[str]:

@@ -3,10 +3,14 @@
 #
 #   setup-nfqueue.sh install [--queue N] [--workers N] [--ports 25,22] [--whitelist CIDR]...
 #                            [--try MINUTES] [--no-ssh-whitelist] [--mark BIT] [--maxelem N] [--no-ipv6]
-#                            [--fail-closed] [--body-mark BIT]
+#                            [--fail-closed] [--chain INPUT|FORWARD|DOCKER-USER[,...] | --forward]
+#                            [--body-mark BIT]
 #   setup-nfqueue.sh remove
 #   setup-nfqueue.sh status
 #   setup-nfqueue.sh confirm          # keep rules installed with --try
+#   setup-nfqueue.sh baseline --open 25,465,587,993,995,22 [--try MINUTES] [--whitelist CIDR]...
+#                             [--no-ssh-whitelist] [--no-ipv6]
+#   setup-nfqueue.sh remove-baseline  # give INPUT back exactly as it was before "baseline"
 #
 # install (idempotent) creates, for IPv4 (iptables) and IPv6 (ip6tables):
 #   ipsets  inspector-ban4 / inspector-ban6 (hash:net: addresses, /64s, ranges) with timeouts
@@ -23,6 +27,11 @@
 #                                                   kernel; with --workers N, IPv4 is spread over queues
 #                                                   N..N+workers-1 by address pair, IPv6 uses queue N so
 #                                                   that a /64 is always counted by one worker)
+# --chain FORWARD (--forward) or DOCKER-USER (Docker's chain for admin rules) protects an MTA in a
+# container behind Docker's NAT: its packets traverse FORWARD, not INPUT.  Only connections that were
+# DNAT'ed to a published port jump (--ctstate DNAT, original direction), so the containers' own
+# outgoing mail and the servers' replies are not inspected; --ports then names the container's ports.
+# --chain INPUT,DOCKER-USER protects a local MTA and a containerised one at once.
 # SMTP in-body filter (--body-mark BIT, default 0x20000000; 0 turns it off): inspector marks a
 # connection "in body" at an accepted DATA; while so marked, only segments that could hold the
 # end-of-data line ("\n." anywhere, or "." as first payload byte) are queued, the rest of the body
@@ -33,6 +42,11 @@
 # It never locks out the SSH session it runs from: that client's address is whitelisted
 # unless --no-ssh-whitelist. With --try MINUTES everything is removed again after MINUTES
 # unless "setup-nfqueue.sh confirm" is run (the seeds' 10-minute safety net).
+# baseline (the seeds' "iptables basics") adds chain INSPECTOR-BASE, jumped to from INPUT right after
+# the INSPECTOR jump: loopback accepted, conntrack INVALID and NULL/XMAS scans dropped, ESTABLISHED and
+# RELATED accepted, ICMP echo (IPv4) and ICMPv6 (neighbour discovery) accepted, the whitelist and this
+# SSH session's client accepted, new TCP connections to the --open ports accepted; INPUT's policy
+# becomes DROP.  The previous policy is recorded in the jump's comment for remove-baseline.
 # remove deletes exactly what install added and restores what it changed, so
 # iptables-save and ip6tables-save print what they printed before.
 set -euo pipefail
@@ -45,6 +59,8 @@ QUEUE=0 WORKERS=$(nproc 2>/dev/null || echo 1) PORTS=25,22 BYPASS=--queue-bypass
 BPF4="18,48 0 0 9,21 0 14 6,40 0 0 6,69 12 0 16383,177 0 0 0,80 0 0 13,69 9 0 2,80 0 0 12,84 0 0 240,116 0 0 2,12 0 0 0,2 0 0 0,40 0 0 2,97 0 0 0,28 0 0 0,21 1 0 0,6 0 0 1,6 0 0 0"
 BPF6="13,48 0 0 6,21 0 9 6,48 0 0 53,69 7 0 2,48 0 0 52,84 0 0 240,116 0 0 2,7 0 0 0,40 0 0 4,28 0 0 0,21 1 0 0,6 0 0 1,6 0 0 0"
 WHITELIST=()
+JUMP_FROM=INPUT
+BASE=INSPECTOR-BASE BASE_TAG=inspector-baseline OPEN=""
 BODY_MARK=0x20000000
 # "the first payload byte is '.'" (python -m inspector.bpf 4|6 dot; tests/test_bpf.py keeps them in step)
 DOT4="14,40 0 0 6,69 10 0 16383,177 0 0 0,80 0 0 12,84 0 0 240,116 0 0 2,12 0 0 0,7 0 0 0,40 0 0 2,45 0 3 0,80 0 0 0,21 0 1 46,6 0 0 1,6 0 0 0"
@@ -53,7 +69,7 @@ DOT6="14,48 0 0 6,21 0 10 6,48 0 0 52,84 0 0 240,116 0 0 2,4 0 0 40,7 0 0 0,40 0
 die() { echo "setup-nfqueue: error: $*" >&2; exit 1; }
 say() { echo "setup-nfqueue: $*"; }
 
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 [ $# -ge 1 ] || usage
 ACTION=$1; shift
@@ -69,6 +85,9 @@ while [ $# -gt 0 ]; do
         --maxelem) MAXELEM=${2:?}; shift ;;
         --no-ipv6) IPV6=0 ;;
         --fail-closed) BYPASS="" ;;
+        --chain) JUMP_FROM=${2:?}; shift ;;
+        --forward) JUMP_FROM=FORWARD ;;
+        --open) OPEN=${2:?}; shift ;;
         --body-mark) BODY_MARK=${2:?}; shift ;;
         -h|--help) usage ;;
         *) die "unknown option $1 (see --help)" ;;
@@ -225,8 +244,40 @@ install_family() {
     # shellcheck disable=SC2046
     ipt "$fam" -A $CHAIN -m bpf --bytecode "$(bpf "$fam")" $(queue_target "$fam")
     ipt "$fam" -A $CHAIN -j RETURN
-    ipt "$fam" -I INPUT 1 -p tcp -m multiport --dports "$PORTS" ! -i lo \
-        -m comment --comment "$TAG table=$had_table" -j $CHAIN
+    add_jump "$fam" "$had_table"
+}
+
+# The jump into INSPECTOR, first in INPUT (TCP to the protected ports, not from lo) or, with --chain,
+# first in FORWARD or a chain FORWARD calls (DOCKER-USER): there only for connections DNAT'ed to a
+# published port, in their original direction (client to server).  --chain INPUT,DOCKER-USER: both.
+add_jump() {
+    local fam=$1 had_table=$2 rec from
+    # the baseline came first: its record of the table is the older truth
+    rec=$(baseline_recorded "$fam"); if [ -n "$rec" ]; then had_table=${rec#* }; fi
+    for from in ${JUMP_FROM//,/ }; do
+        if [ "$from" = INPUT ]; then
+            ipt "$fam" -I INPUT 1 -p tcp -m multiport --dports "$PORTS" ! -i lo \
+                -m comment --comment "$TAG table=$had_table" -j $CHAIN
+        else
+            ipt "$fam" -I "$from" 1 -p tcp -m multiport --dports "$PORTS" -m conntrack --ctstate DNAT \
+                --ctdir ORIGINAL -m comment --comment "$TAG table=$had_table" -j $CHAIN
+        fi
+    done
+}
+
+# Before anything changes: every chain to jump from must exist in every family.
+check_jump_chain() {
+    local fam from
+    [[ $JUMP_FROM =~ ^[A-Za-z0-9_-]{1,28}(,[A-Za-z0-9_-]{1,28})*$ ]] \
+        || die "--chain must be chain names, e.g. DOCKER-USER or INPUT,DOCKER-USER"
+    for from in ${JUMP_FROM//,/ }; do
+        [ "$from" = INPUT ] && continue
+        [ "$from" = "$CHAIN" ] && die "--chain cannot be $CHAIN itself"
+        for fam in $(families); do
+            ipt "$fam" -S "$from" >/dev/null 2>&1 || die "no chain $from in $([ "$fam" = 4 ] && echo iptables \
+                || echo ip6tables) (is Docker running? Docker without IPv6 has no ip6tables chains: add --no-ipv6)"
+        done
+    done
 }
 
 # ---- SMTP in-body filter (issue 12, kind 5; owned by the smtp engine: keep these two together) ----
@@ -255,11 +306,11 @@ smtp_body_filter() {
 }
 
 remove_jumps() {
-    # delete every INPUT rule that jumps to our chain, whatever its ports
+    # delete every rule that jumps to our chain, whatever its chain (INPUT, FORWARD, DOCKER-USER) and ports
     local fam=$1 rule
-    while rule=$(ipt "$fam" -S INPUT 2>/dev/null | grep -- "-j $CHAIN\$" | head -1) && [ -n "$rule" ]; do
+    while rule=$(ipt "$fam" -S 2>/dev/null | grep -- "^-A .* -j $CHAIN\$" | head -1) && [ -n "$rule" ]; do
         # shellcheck disable=SC2086
-        eval "ipt $fam ${rule/-A INPUT/-D INPUT}"
+        eval "ipt $fam ${rule/-A /-D }"
     done
 }
 
@@ -294,6 +345,7 @@ cancel_try() {
 
 do_install() {
     need_root
+    check_jump_chain
     declare -gA HAD_TABLE HAD_SETS
     for fam in $(families); do
         HAD_TABLE[$fam]=$(table_existed "$fam" && echo old || echo new)
@@ -340,7 +392,7 @@ do_status() {
     for fam in $(families); do
         echo "== IPv$fam"
         if ipt "$fam" -S $CHAIN >/dev/null 2>&1; then
-            ipt "$fam" -S INPUT | grep -- "-j $CHAIN" || echo "(no jump from INPUT!)"
+            ipt "$fam" -S | grep -- "^-A .* -j $CHAIN\$" || echo "(no jump into $CHAIN!)"
             ipt "$fam" -L $CHAIN -v -n
         else
             echo "not installed"
@@ -352,13 +404,151 @@ do_status() {
     echo "== queues (queue portid waiting copy_mode copy_range queue_dropped user_dropped id_sequence)"
     cat /proc/net/netfilter/nfnetlink_queue 2>/dev/null || echo "(no queue bound)"
     [ -f "$(try_pidfile)" ] && echo "trial pending: run '$0 confirm' to keep the rules"
+    baseline_status
     return 0
 }
 
+baseline_status() {
+    local fam
+    for fam in $(families); do
+        if ipt "$fam" -S $BASE >/dev/null 2>&1; then
+            echo "== baseline IPv$fam: INPUT policy $(ipt "$fam" -S INPUT | sed -n 's/^-P INPUT //p'), open: $(ipt "$fam" -S $BASE \
+                | sed -n 's/.*--dports \([0-9,]*\) .*/\1/p' | head -1)"
+        fi
+    done
+    [ -f "$(baseline_try_pidfile)" ] && echo "baseline trial pending: run '$0 confirm' to keep it"
+    return 0
+}
+
+# ---- baseline: a default-DROP INPUT with the listed ports open ---------------------------------------
+
+baseline_try_pidfile() { echo "/run/inspector/setup-baseline-try-$(netns_id).pid"; }
+
+cancel_timer() {
+    local pidfile=$1 pid
+    if [ -f "$pidfile" ]; then
+        pid=$(cat "$pidfile")
+        kill -- "-$pid" 2>/dev/null || kill "$pid" 2>/dev/null || true
+        rm -f "$pidfile"
+        return 0
+    fi
+    return 1
+}
+
+remove_base_jumps() {
+    local fam=$1 rule
+    while rule=$(ipt "$fam" -S INPUT 2>/dev/null | grep -- "^-A INPUT .* -j $BASE\$" | head -1) && [ -n "$rule" ]; do
+        # shellcheck disable=SC2086
+        eval "ipt $fam ${rule/-A /-D }"
+    done
+}
+
+# "POLICY TABLE" recorded by the first baseline run in this family, or nothing
+baseline_recorded() {
+    ipt_save "$1" 2>/dev/null | sed -n "s/.*--comment \"\{0,1\}$BASE_TAG policy=\([A-Z]*\) table=\([a-z]*\).*/\1 \2/p" | head -1
+}
+
+baseline_family() {
+    local fam=$1 had_table=$2 policy rec pos cidr
+    policy=$(ipt "$fam" -S INPUT | sed -n 's/^-P INPUT \([A-Z]*\).*/\1/p')
+    if ipt "$fam" -S $BASE >/dev/null 2>&1; then
+        rec=$(baseline_recorded "$fam")
+        if [ -n "$rec" ]; then policy=${rec% *}; had_table=${rec#* }; fi
+        remove_base_jumps "$fam"
+        ipt "$fam" -F $BASE
+    else
+        ipt "$fam" -N $BASE
+        # install came first: its record of the table is the older truth
+        rec=$(ipt_save "$fam" | sed -n "s/.*--comment \"\{0,1\}$TAG table=\([a-z]*\).*/\1/p" | head -1)
+        if [ -n "$rec" ]; then had_table=$rec; fi
+    fi
+    ipt "$fam" -A $BASE -i lo -j ACCEPT
+    # the scans by name first (conntrack would call them INVALID too, but the counters tell them apart)
+    ipt "$fam" -A $BASE -p tcp --tcp-flags ALL NONE -j DROP
+    ipt "$fam" -A $BASE -p tcp --tcp-flags ALL ALL -j DROP
+    ipt "$fam" -A $BASE -p tcp --tcp-flags ALL FIN,PSH,URG -j DROP
+    ipt "$fam" -A $BASE -m conntrack --ctstate INVALID -j DROP
+    ipt "$fam" -A $BASE -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+    if [ "$fam" = 4 ]; then
+        ipt 4 -A $BASE -p icmp --icmp-type echo-request -j ACCEPT
+    else
+        ipt 6 -A $BASE -p ipv6-icmp -j ACCEPT   # neighbour discovery, PMTU, echo (RFC 4890)
+    fi
+    for cidr in "${BASE_WHITELIST[@]}"; do
+        if [[ $cidr == *:* ]]; then [ "$fam" = 6 ] || continue; else [ "$fam" = 4 ] || continue; fi
+        ipt "$fam" -A $BASE -s "$cidr" -j ACCEPT || die "cannot whitelist $cidr"
+    done
+    ipt "$fam" -A $BASE -p tcp -m multiport --dports "$OPEN" -m conntrack --ctstate NEW -j ACCEPT
+    ipt "$fam" -A $BASE -j RETURN
+    # right after the INSPECTOR jump(s): inspection comes first, ESTABLISHED must not skip it
+    pos=$(ipt "$fam" -S INPUT | grep '^-A INPUT' | grep -n -- "-j $CHAIN\$" | tail -1 | cut -d: -f1 || true)
+    ipt "$fam" -I INPUT $((${pos:-0} + 1)) -m comment --comment "$BASE_TAG policy=$policy table=$had_table" -j $BASE
+    ipt "$fam" -P INPUT DROP
+}
+
+remove_baseline_family() {
+    local fam=$1 rec policy=ACCEPT had_table=old
+    rec=$(baseline_recorded "$fam")
+    if [ -n "$rec" ]; then policy=${rec% *}; had_table=${rec#* }; fi
+    if ipt "$fam" -S $BASE >/dev/null 2>&1; then
+        ipt "$fam" -P INPUT "$policy"   # first: never a moment of DROP without the ESTABLISHED accept
+        remove_base_jumps "$fam"
+        ipt "$fam" -F $BASE
+        ipt "$fam" -X $BASE
+    fi
+    if [ "$had_table" = new ] && [ "$(ipt "$fam" -S | grep -cv '^-P .* ACCEPT$')" = 0 ]; then
+        nft delete table "$(nft_family "$fam")" filter 2>/dev/null || true
+    fi
+}
+
+do_baseline() {
+    need_root
+    [ -n "$OPEN" ] || die "baseline needs --open PORTS, e.g. --open 25,465,587,993,995,22"
+    [[ $OPEN =~ ^[0-9]+(,[0-9]+)*$ ]] || die "--open must be a comma-separated list of ports, e.g. 25,22"
+    local fam me
+    local -A had
+    for fam in $(families); do had[$fam]=$(table_existed "$fam" && echo old || echo new); done
+    BASE_WHITELIST=("${WHITELIST[@]}")
+    if [ "$SSH_WHITELIST" = 1 ]; then
+        me=$(ssh_client)
+        if [ -n "$me" ]; then BASE_WHITELIST+=("$me"); say "accepting this SSH session's client $me"; fi
+    fi
+    [[ ,$OPEN, == *,22,* ]] || say "warning: port 22 is not in --open: new SSH sessions will be refused"
+    for fam in $(families); do baseline_family "$fam" "${had[$fam]}"; done
+    say "baseline: INPUT policy DROP, open TCP ports $OPEN; remove it with: $0 remove-baseline"
+    if [ -n "$TRY" ]; then
+        local seconds pidfile
+        seconds=$(awk -v m="$TRY" 'BEGIN { s = m * 60; if (s < 1) s = 1; printf "%d", s }')
+        pidfile=$(baseline_try_pidfile)
+        mkdir -p "$(dirname "$pidfile")"
+        cancel_timer "$pidfile" || true
+        setsid bash -c "sleep $seconds && rm -f '$pidfile' && '$0' remove-baseline >/dev/null 2>&1" \
+            </dev/null >/dev/null 2>&1 &
+        echo $! > "$pidfile"
+        say "trial: the baseline is removed again in $TRY minute(s) unless you run: $0 confirm"
+    fi
+}
+
+do_remove_baseline() {
+    need_root
+    cancel_timer "$(baseline_try_pidfile)" || true
+    for fam in 4 6; do remove_baseline_family "$fam"; done
+    say "baseline removed"
+}
+
+do_confirm() {
+    local confirmed=0
+    cancel_try && confirmed=1
+    cancel_timer "$(baseline_try_pidfile)" && confirmed=1
+    if [ "$confirmed" = 1 ]; then say "confirmed: rules stay"; else say "nothing to confirm"; fi
+}
+
 case $ACTION in
+    baseline) do_baseline ;;
+    remove-baseline) do_remove_baseline ;;
     install) do_install ;;
     remove) do_remove ;;
     status) need_root; do_status ;;
-    confirm) need_root; if cancel_try; then say "confirmed: rules stay"; else say "nothing to confirm"; fi ;;
+    confirm) need_root; do_confirm ;;
     *) usage ;;
 esac

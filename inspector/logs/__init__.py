@@ -22,11 +22,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..nets import Network
-from .filters import BUILTIN, NOT_ADDRESS, Failure, Filter, LineMatcher, TimeParser, get_filter, user_filter
-from .follow import JOURNAL_MISSING, FileFollower, JournalFollower, journal_available
+from .filters import BUILTIN, NOT_ADDRESS, Failure, Filter, LineMatcher, get_filter, user_filter
+from .follow import FileFollower
+from .journal import JOURNAL_MISSING, JournalFollower, journal_available
 from .policy import Limits, LogBan, LogPolicy, Whitelist, local_addresses, write_hosts_deny
 from .settings import LogSettings
 from .sources import Place, cursor_path, probe_all, resolve
+from .timestamps import TimeParser
 
 __all__ = ["LogMonitor", "LogBan", "Failure", "Limits", "LogPolicy", "Whitelist", "user_filters",
            "local_addresses", "write_hosts_deny", "BUILTIN", "probe_all", "check_lines", "status_lines"]
@@ -56,9 +58,12 @@ class Follower(Protocol):
 
     @property
     def state(self) -> str: ...
-    def poll(self) -> list[str]: ...
-    def stats(self) -> dict[str, Any]: ...
-    def close(self) -> None: ...
+    def poll(self) -> list[str]:
+        """The lines written since the last poll (without their newlines); never raises for an unreadable log."""
+    def stats(self) -> dict[str, Any]:
+        """Its part of ``status``: path, state, error and counters."""
+    def close(self) -> None:
+        """Release the file or journal handle."""
 
 
 class Unreadable:
@@ -70,15 +75,19 @@ class Unreadable:
 
     @property
     def state(self) -> str:
+        """Always "error"."""
         return "error"
 
     def poll(self) -> list[str]:
+        """Nothing to read: an empty list."""
         return []
 
     def stats(self) -> dict[str, Any]:
+        """Path, state and the error, for ``status``."""
         return {"path": self.path, "state": "error", "error": self.error}
 
     def close(self) -> None:
+        """Nothing to release."""
         pass
 
 
@@ -166,6 +175,7 @@ class LogMonitor:
 
     @property
     def sources(self) -> list[_Source]:
+        """Every configured source (a file read by two filters counts twice)."""
         return [s for feed in self.feeds.values() for s in feed.sources]
 
     def poll(self, now: float) -> list[LogBan]:
@@ -217,12 +227,16 @@ class LogMonitor:
                  "state": feed.follower.state, "error": feed.follower.error} for feed in self.feeds.values()]
 
     def stats(self) -> dict[str, Any]:
+        """The ``logs`` part of ``status``: counts, the policy's counts, how many networks are tracked, and each
+        followed log with its sources.
+        """
         return {"counts": dict(self.counts), "policy": dict(self.policy.counts), "tracked": len(self.policy),
                 "logs": [{"sources": [s.name for s in feed.sources], "backend": feed.place.kind,
                           **feed.follower.stats(), "state": feed.follower.state}
                          for feed in self.feeds.values()]}
 
     def close(self) -> None:
+        """Close every followed file and journal."""
         for feed in self.feeds.values():
             feed.follower.close()
         self.feeds = {}

@@ -64,6 +64,7 @@ class LogBan:
     source: str = ""
 
     def as_dict(self) -> dict[str, object]:
+        """The ban as JSON-ready data (``inspector scan`` output, events)."""
         return {"network": self.network, "seconds": self.seconds, "reason": self.reason, "rule": self.rule,
                 "host": self.host, "time": round(self.time, 6), "failures": self.failures,
                 "offense": self.offense, "source": self.source, "match": self.match}
@@ -99,6 +100,7 @@ class LogPolicy:
         return net
 
     def is_whitelisted(self, host: str) -> bool:
+        """Is ``host`` (an address, text) in the policy's whitelist?"""
         return host in self.whitelist
 
     def failure(self, source: str, rule: str, limits: Limits, host: str, now: float, line: str = "",

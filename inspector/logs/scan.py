@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from ..progress import Progress
-from .filters import NOT_ADDRESS, Failure, Filter, FilterError, LineMatcher, TimeParser, get_filter, user_filter
+from .filters import NOT_ADDRESS, Failure, Filter, FilterError, LineMatcher, get_filter, user_filter
 from .follow import MAX_LINE, TOO_LONG, LineSplitter
 from .policy import Limits, LogPolicy, Whitelist, local_addresses
+from .timestamps import TimeParser
 
 __all__ = ["ScanResult", "scan_file", "main_scan"]
 
@@ -32,6 +33,9 @@ _READ = 1 << 20
 
 @dataclass
 class ScanResult:
+    """What ``inspector scan`` found in one file: lines, failure lines and failures, what was skipped and why, the bans
+    the policy would issue, failures per host, CPU and wall seconds, and the error that ended the scan, if any.
+    """
     lines: int = 0
     matched: int = 0  # failure lines (a "message repeated N times" line is one)
     failures: int = 0  # failures (such a line counts N)
@@ -46,6 +50,7 @@ class ScanResult:
     error: str | None = None
 
     def summary(self, top: int = 10) -> dict[str, Any]:
+        """The summary line's data, with the ``top`` hosts by failures."""
         return {
             "lines": self.lines,
             "matched": self.matched,
@@ -155,6 +160,10 @@ def scan_file(path: str, filt: Filter, limits: Limits, policy: LogPolicy, out: I
 def main_scan(path: str, filter_name: str, config_path: str | None, year: int | None, utc: bool = False,
               top: int = 10, maxretry: int | None = None, findtime: float | None = None,
               bantime: int | None = None, out: IO[str] | None = None) -> int:
+    """``inspector scan``: run filter ``filter_name`` and the ban policy (the config's, or the overrides given) over
+    the log at ``path``; one JSON line per ban, then a summary line, to ``out`` (default stdout). Returns the exit
+    code (1: unknown filter, 2: the file could not be read to the end).
+    """
     from ..config import load_config
 
     out = out if out is not None else sys.stdout

@@ -15,6 +15,7 @@ import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -75,8 +76,10 @@ class LogSettings:
 class Locator(Protocol):
     """Finds the line of a key in the TOML text (``config._Locator``)."""
 
-    def line(self, table: str, key: str | None = None) -> int | None: ...
-    def nth(self, table: str, index: int, key: str | None = None) -> int | None: ...
+    def line(self, table: str, key: str | None = None) -> int | None:
+        """The line of ``key`` in ``[table]`` (of the ``[table]`` header when ``key`` is None), or None."""
+    def nth(self, table: str, index: int, key: str | None = None) -> int | None:
+        """The line of ``key`` in the ``index``-th (0-based) ``[[table]]`` entry, else of its header, or None."""
 
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -108,6 +111,18 @@ def _expected(want: type | tuple[type, ...]) -> str:
     return " or ".join(_kind(k) for k in (want if isinstance(want, tuple) else (want,)))
 
 
+def _check_keys(entry: dict[str, Any], known: dict[str, type | tuple[type, ...]],
+                fail: Callable[[str, str], Exception]) -> None:
+    """Unknown keys and wrong types in ``[logs]`` or one of its ``[[logs.*]]`` entries; ``fail(key, message)``
+    makes the error."""
+    for key, value in entry.items():
+        want = known.get(key)
+        if want is None:
+            raise fail(key, f"unknown setting (known here: {', '.join(sorted(known))})")
+        if not _typed(value, want):
+            raise fail(key, f"expected {_expected(want)}, got {_kind(type(value))} {value!r}")
+
+
 def parse_logs(logs: dict[str, Any], path: Path, where: Locator,
                error: Callable[[str], Exception] = ValueError) -> LogSettings:
     """``[logs]`` as read by ``tomllib`` -> :class:`LogSettings`; ``error(message)`` is raised, naming file:line."""
@@ -130,12 +145,7 @@ def parse_logs(logs: dict[str, Any], path: Path, where: Locator,
             raise err(f"must be between {low} and {high}, not {value}")
         return value
 
-    for key, value in logs.items():
-        want = _PLAIN.get(key)
-        if want is None:
-            raise fail(key, f"unknown setting (known here: {', '.join(sorted(_PLAIN))})")
-        if not _typed(value, want):
-            raise fail(key, f"expected {_expected(want)}, got {_kind(type(value))} {value!r}")
+    _check_keys(logs, _PLAIN, fail)
 
     out: dict[str, Any] = {}
     nets = []
@@ -175,12 +185,7 @@ def parse_logs(logs: dict[str, Any], path: Path, where: Locator,
     for i, f in enumerate(logs.get("filter", [])):
         if not isinstance(f, dict):
             raise entry_fail("filter", i, None, "must be a table: [[logs.filter]] name = \"...\" regex = '...'")
-        for key, value in f.items():
-            want = _FILTER_KEYS.get(key)
-            if want is None:
-                raise entry_fail("filter", i, key, f"unknown setting (known here: {', '.join(sorted(_FILTER_KEYS))})")
-            if not _typed(value, want):
-                raise entry_fail("filter", i, key, f"expected {_expected(want)}, got {value!r}")
+        _check_keys(f, _FILTER_KEYS, partial(entry_fail, "filter", i))
         for key in ("name", "regex"):
             if key not in f:
                 raise entry_fail("filter", i, None, f"'{key}' is required")
@@ -205,12 +210,7 @@ def parse_logs(logs: dict[str, Any], path: Path, where: Locator,
     for i, src in enumerate(logs.get("source", [])):
         if not isinstance(src, dict):
             raise entry_fail("source", i, None, "must be a table: [[logs.source]] path = \"...\" filter = \"...\"")
-        for key, value in src.items():
-            want = _SOURCE_KEYS.get(key)
-            if want is None:
-                raise entry_fail("source", i, key, f"unknown setting (known here: {', '.join(sorted(_SOURCE_KEYS))})")
-            if not _typed(value, want):
-                raise entry_fail("source", i, key, f"expected {_expected(want)}, got {value!r}")
+        _check_keys(src, _SOURCE_KEYS, partial(entry_fail, "source", i))
         if "filter" not in src:
             raise entry_fail("source", i, None, f"'filter' is required (one of: {', '.join(known_filters)})")
         if src["filter"] not in known_filters:

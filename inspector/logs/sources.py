@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .filters import BUILTIN
-from .follow import JOURNAL_MISSING, journal_available, parse_matches
+from .journal import JOURNAL_MISSING, journal_available, parse_matches
 from .settings import LogSettings, LogSource
 
 __all__ = ["Place", "SourceProblem", "cursor_path", "probe", "probe_all", "resolve"]

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..control import clear_stale_socket
 from .decide import DUNNO, Decision
 from .protocol import MAX_ATTRIBUTES, MAX_LINE, MAX_REQUEST, Request, RequestReader, encode_reply
 
@@ -210,15 +211,7 @@ class PolicyServer:
         if self.listen.kind == "unix":
             path = Path(self.listen.path)
             path.parent.mkdir(parents=True, exist_ok=True)
-            if path.is_socket():
-                probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                try:
-                    probe.connect(str(path))
-                    raise OSError(f"another process answers on {path}")
-                except (ConnectionRefusedError, FileNotFoundError):
-                    path.unlink()  # stale, from a previous run
-                finally:
-                    probe.close()
+            clear_stale_socket(path)  # one left by a previous run; OSError if a live process answers
             return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         return socket.socket(socket.AF_INET6 if ":" in self.listen.host else socket.AF_INET, socket.SOCK_STREAM)
 

@@ -76,6 +76,7 @@ class PolicyService:
         self.server.start()
 
     def close(self) -> None:
+        """Stop the policy server (open MTA connections are closed; the MTA then uses its default action)."""
         self.server.close()
 
     def status(self) -> dict[str, Any]:

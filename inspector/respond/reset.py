@@ -7,7 +7,20 @@
   address and port, at the sequence number the client has acknowledged, so
   the client's stack accepts it.
 
+:func:`build_resets` makes both from the fields :func:`inspector.packet.decode`
+already returned for the packet (the engine's :class:`~inspector.verdict.Decision`
+carries them), so a reset does not decode the packet again; the two functions
+above decode it themselves, for callers that have only the bytes.
+
 Pure functions over bytes (IPv4 and IPv6); sending is the runner's job.
+
+Forwarded, DNAT'ed flows (an MTA in a container, ``--chain DOCKER-USER``):
+the queued packet already carries the container's address, so the client's
+RST is built from the container's address and port.  Sent from the host, it
+matches the connection's reply tuple in conntrack, and the NAT undoes the
+DNAT on the way out (``nf_nat_packet``: the reply direction gets the inverse
+manipulation), so the client sees the address and port it connected to.
+Tested by ``tests/e2e/test_forward.py``.
 """
 
 from __future__ import annotations

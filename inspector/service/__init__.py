@@ -8,6 +8,7 @@ The parts, each a module:
 * :mod:`.host` -- what the process that owns the ban store holds: events, firewall, the
   :class:`~inspector.respond.bans.BanPipeline`, the control socket, log sources, metrics, and
   the side components (policy server, fleet client ...) registered with it;
+* :mod:`.components` -- the side components the config enables, wired in one place;
 * :mod:`.single` -- one process: a host and a packet loop together;
 * :mod:`.worker` and :mod:`.supervisor` -- one packet process per queue, one host.
 

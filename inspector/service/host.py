@@ -27,7 +27,7 @@ from ..events import EventSink
 from ..firewall import Firewall, FirewallError, IpsetFirewall, SetNames
 from ..fleet import attach_fleet
 from ..manual import ban_form, manual_ban_handler
-from ..nets import Address, Whitelist, own_addresses
+from ..nets import Address, Network, Whitelist, own_addresses
 from ..respond.bans import Ban, BanPipeline
 from ..rules import RuleSet
 from ..sources.nfqueue import queue_stats
@@ -97,6 +97,8 @@ class Host:
         self.control.add_status("", self._status)
         self.components: dict[str, Component] = {}
         self.packet_status: PacketStatus = lambda now: {}
+        # the whole whitelist to the packet engines, when [whitelist] files/hosts change it (set by the service form)
+        self.to_packets: Callable[[tuple[Network, ...]], None] = lambda networks: None
         self.rules: RuleSet | None = None  # the packet side's rules, when in this process (shared, not loaded twice)
         self.logs: Any = None
         self.metrics: Any = None
@@ -115,7 +117,7 @@ class Host:
         the components and the metrics endpoint.  Raises ServiceError."""
         config = self.config
         for name, component in configured(config, self.bans, self.events, self.control, self.clock,
-                                          self.rules).items():
+                                          self.rules, lambda networks: self.to_packets(networks)).items():
             self.add_component(name, component)
         self.restored = self.bans.restore(self.clock())
         try:
@@ -125,7 +127,7 @@ class Host:
         if self.control.sock is not None:
             self.loop.add_reader(self.control.fileno(), self.control.serve_one)
         self.logs = make_log_monitor(config)
-        self.loop.every(lambda: self.config.logs.poll_interval, self._poll_logs, first=0.0)
+        self.loop.every(self._log_interval, self._poll_logs, first=0.0)
         self.loop.every(SAVE_EVERY, self._save)
         for component in self.components.values():
             component.start()
@@ -144,6 +146,10 @@ class Host:
     def _save(self, now: float) -> None:
         if self.bans.dirty:
             self.bans.save(now)
+
+    def _log_interval(self) -> float:
+        """Seconds between two polls of the log sources (1 s while there are none)."""
+        return float(self.config.logs.poll_interval) if self.logs is not None else 1.0
 
     def _poll_logs(self, now: float) -> None:
         logs = self.logs
@@ -177,7 +183,7 @@ class Host:
         if self.logs is not None or config.logs.sources:
             self.logs = make_log_monitor(config, previous=self.logs)
         self.config = config
-        for component in self.components.values():  # those that follow the rules (the policy service)
+        for component in self.components.values():  # those that follow config and rules (policy, whitelist)
             reload = getattr(component, "reload", None)
             if reload is not None:
                 reload(config, rules)

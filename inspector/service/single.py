@@ -15,7 +15,7 @@ from typing import Any
 
 from ..events import EventSink, now_iso
 from ..firewall import Firewall
-from ..nets import Address
+from ..nets import Address, Network, Whitelist
 from ..respond.bans import Ban
 from ..runner import ResetSender
 from ..sources.nfqueue import NfQueue
@@ -58,6 +58,7 @@ class Service:
         self.side = side = PacketSide(self.inputs, config, rules, self.clock)
         host.packet_status = self._packet_status
         host.bans.add_listener(self._to_engine)
+        host.to_packets = self._whitelist_to_engine
         side.on_reloaded = lambda config, rules: host.reload_logs(config, rules)
         host.rules = rules  # the policy path shares them
         host.start()
@@ -86,6 +87,9 @@ class Service:
         elif isinstance(what, Ban) and what.path != "packet" and self.host.bans.is_engine_form(what.network):
             # a narrowed IPv6 single-address ban (log policy) stays narrow: the kernel set holds it
             engine.add_ban(what.network, self.host.bans.now + what.seconds, what.reason)
+
+    def _whitelist_to_engine(self, networks: tuple[Network, ...]) -> None:
+        self.side.engine.whitelist = Whitelist(networks, loopback=False)
 
     def _packet_status(self, now: float) -> dict[str, Any]:
         side = self.side

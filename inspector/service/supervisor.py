@@ -29,7 +29,7 @@ from typing import Any
 from ..config import ConfigError
 from ..events import EventSink, now_iso
 from ..firewall import Firewall
-from ..nets import Address
+from ..nets import Address, Network
 from ..respond.bans import Ban
 from ..telemetry import merge
 from . import Inputs, ServiceError
@@ -73,6 +73,7 @@ class Supervisor:
         self.reloads_pending: dict[int, dict[str, Any]] = {}
         self._send_lock = threading.Lock()  # side components ban from their own threads
         self._origin: int | None = None  # the worker whose ban is being recorded
+        self._whitelist: list[str] | None = None  # the whole whitelist, once [whitelist] files/hosts set it
 
     def start(self) -> None:
         """Load, restore the bans, listen, spawn the workers."""
@@ -85,6 +86,7 @@ class Supervisor:
         self.host = host = Host(config, self.clock, self.loop, firewall, events, own)
         host.packet_status = self._packet_status
         host.bans.add_listener(self._to_workers)
+        host.to_packets = self._whitelist_to_workers
         host.start()
         self.own = sorted(host.bans.own, key=str)
         if self.signals:
@@ -115,6 +117,9 @@ class Supervisor:
         proc.start()
         child.close()
         self.workers[index] = (proc, parent)
+        if self._whitelist is not None:
+            with self._send_lock:
+                parent.send(("whitelist", self._whitelist))
         self.loop.add_reader(parent.fileno(), lambda: self._drain(index, parent))
 
     def _broadcast(self, message: tuple[str, Any], skip: int | None = None) -> None:
@@ -131,6 +136,10 @@ class Supervisor:
             # a narrowed IPv6 single-address ban (log policy) stays narrow: the kernel set holds it
             self._broadcast(("add_ban", (what.network, self.host.bans.now + what.seconds, what.reason)),
                             skip=self._origin)
+
+    def _whitelist_to_workers(self, networks: tuple[Network, ...]) -> None:
+        self._whitelist = [str(n) for n in networks]
+        self._broadcast(("whitelist", self._whitelist))
 
     def _reload(self) -> None:
         self._broadcast(("reload", None))

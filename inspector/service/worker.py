@@ -113,6 +113,7 @@ class Worker:
     def __post_init__(self) -> None:
         self.outbox = Outbox(self.conn)
         self.loop = Loop(self.clock)
+        self._whitelist: tuple[str, ...] | None = None  # the supervisor's whole whitelist ([whitelist] files/hosts)
 
     def start(self) -> None:
         """Load, bind the queue, announce ``started`` to the supervisor."""
@@ -134,9 +135,16 @@ class Worker:
         self.loop.add_reader(self.conn.fileno(), self._from_supervisor)
         self.loop.every(SAVE_EVERY, self._send_stats)
         self.loop.on_hup = side.request_reload
+        side.on_reloaded = self._apply_whitelist
         if self.signals:
             self.loop.catch_signals()
         events.emit(side.started_event(self.clock(), len(self.bans), worker=self.index))
+
+    def _apply_whitelist(self, *_reloaded: Any) -> None:
+        """The supervisor's whole whitelist ([whitelist] files/hosts), also after a reload rebuilt the engine."""
+        if self._whitelist is not None:
+            self.side.engine.whitelist = Whitelist(self._whitelist, loopback=False)
+            self.pipeline.whitelist = Whitelist(self._whitelist)
 
     def _report_ban(self, kind: str, what: Ban | str) -> None:
         if kind == "ban" and isinstance(what, Ban):
@@ -159,6 +167,9 @@ class Worker:
                     engine.remove_ban(body)
                 elif kind == "reload":
                     self.side.request_reload()
+                elif kind == "whitelist":
+                    self._whitelist = tuple(body)
+                    self._apply_whitelist()
                 elif kind == "stop":
                     self.loop.stop()
         except (EOFError, OSError):

@@ -1,4 +1,6 @@
-"""NFQUEUE helpers the NetfilterQueue binding lacks.
+"""The NFQUEUE source: :class:`NfQueue` binds a queue, reads it and unbinds it (the verdicts go
+through each packet's own ``accept``/``drop``/``repeat``), plus the helpers the NetfilterQueue
+binding lacks:
 
 * :func:`set_queue_flags` sets queue flags such as ``NFQA_CFG_F_FAIL_OPEN``
   (when the queue is full, the kernel accepts packets instead of dropping

@@ -8,11 +8,11 @@ from inspector.logs.filters import (
     Failure,
     FilterError,
     LineMatcher,
-    TimeParser,
     get_filter,
     normalize_host,
     user_filter,
 )
+from inspector.logs.timestamps import TimeParser
 
 
 def utc(*t: int) -> float:

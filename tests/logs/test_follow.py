@@ -4,7 +4,8 @@ import shutil
 
 import pytest
 
-from inspector.logs.follow import FileFollower, LineSplitter, parse_matches
+from inspector.logs.follow import FileFollower, LineSplitter
+from inspector.logs.journal import parse_matches
 
 
 class Daemon:

@@ -13,7 +13,7 @@ import pytest
 
 from inspector.config import load_config
 from inspector.logs import LogMonitor
-from inspector.logs.follow import JournalFollower
+from inspector.logs.journal import JournalFollower
 from inspector.logs.settings import LogSettings, LogSource
 from inspector.logs.sources import probe
 
