@@ -65,5 +65,6 @@ def test_engine_blocks_what_postfix_accepted(outcomes: dict[tuple[str, int], Out
     assert o.client.get("synack"), f"{name}: no SYN-ACK from the server: {o.client}"
     if o.case.postfix_accepts is not None:
         assert o.blocked_accepted == o.case.postfix_accepts, (
-            f"broken case (Postfix did not do what the case expects): {o.describe(mode)}\n{o.client.get('reply')}")
-    assert o.agrees(mode), o.describe(mode) + "\n" + str(o.client.get("reply"))
+            f"broken case (Postfix did not do what the case expects): {o.describe(mode)}\n{o.client.get('reply')}\n"
+            + "\n".join(o.log))
+    assert o.agrees(mode), o.describe(mode) + "\n" + str(o.client.get("reply")) + "\n" + "\n".join(o.log)

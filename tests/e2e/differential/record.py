@@ -36,7 +36,7 @@ def main() -> int:
              "# capture's segments (the truth the engine is checked against).",
              f"blocked = {json.dumps(list(BLOCKED))}", ""]
     for o in outcomes:
-        name = o.pcap.name
+        name = f"{o.case.name}-v{o.family}.pcap"
         shutil.copy(o.pcap, dest / name)
         recipients = json.dumps(sorted(o.recipients), ensure_ascii=False)
         lines += ["[[capture]]", f'file = "{name}"', f'case = "{o.case.name}"', f'kind = "{o.case.kind}"',
