@@ -1,8 +1,10 @@
 """Classic BPF programs for ``iptables -m bpf``: queue only what the engine needs.
 
-The engine needs SYNs (connection rates) and segments that carry payload
-(stream inspection); pure ACKs, and bare FINs and RSTs, need no userspace
-visit.  Packet length alone cannot tell a pure ACK with TCP options from a
+The engine needs SYNs (the ISN: where Linux starts the stream), segments that
+carry payload (stream inspection), and bare FINs and RSTs of flows it still
+inspects (a flow's end, so that a reused 4-tuple is never read against an old
+stream; flows it has decided are let through by connmark before this program
+runs).  Pure ACKs need no userspace visit.  Packet length alone cannot tell a pure ACK with TCP options from a
 one-byte segment without options, so these programs compute the payload length
 exactly: IP length minus IP header minus TCP header.  Anything they cannot
 parse (IPv4 fragments, IPv6 extension headers) is queued, so nothing is missed.
@@ -29,7 +31,7 @@ JEQ, JGT, JSET = 0x10, 0x20, 0x40
 TAX = 0x00
 
 Insn = tuple[int, int, int, int]  # code, jt, jf, k
-_SYN = 0x02
+_SYN_FIN_RST = 0x07  # SYN | FIN | RST
 
 
 def _assemble(lines: list[tuple[Any, ...]]) -> list[Insn]:
@@ -50,7 +52,7 @@ def _assemble(lines: list[tuple[Any, ...]]) -> list[Insn]:
 
 
 def program(family: int) -> list[Insn]:
-    """The 'SYN or payload' program for IPv4 (4) or IPv6 (6); it starts at the IP header."""
+    """The 'SYN, FIN, RST or payload' program for IPv4 (4) or IPv6 (6); it starts at the IP header."""
     if family == 4:
         return _assemble([
             (LD | B | ABS, 0, 0, 9),              # A = protocol
@@ -59,7 +61,7 @@ def program(family: int) -> list[Insn]:
             (JMP | JSET | K, "match", 0, 0x3FFF),  # a fragment: queue (the engine counts it)
             (LDX | B | MSH, 0, 0, 0),             # X = IHL * 4
             (LD | B | IND, 0, 0, 13),             # A = TCP flags
-            (JMP | JSET | K, "match", 0, _SYN),   # a SYN: queue (rates)
+            (JMP | JSET | K, "match", 0, _SYN_FIN_RST),  # SYN, FIN or RST: queue
             (LD | B | IND, 0, 0, 12),             # A = TCP data offset byte
             (ALU | AND | K, 0, 0, 0xF0),
             (ALU | RSH | K, 0, 0, 2),             # A = TCP header length
@@ -79,7 +81,7 @@ def program(family: int) -> list[Insn]:
             (LD | B | ABS, 0, 0, 6),              # A = next header
             (JMP | JEQ | K, 0, "match", 6),       # extension headers: queue, the engine walks them
             (LD | B | ABS, 0, 0, 53),             # A = TCP flags (40 + 13)
-            (JMP | JSET | K, "match", 0, _SYN),
+            (JMP | JSET | K, "match", 0, _SYN_FIN_RST),
             (LD | B | ABS, 0, 0, 52),             # A = TCP data offset byte
             (ALU | AND | K, 0, 0, 0xF0),
             (ALU | RSH | K, 0, 0, 2),

@@ -21,7 +21,7 @@ from typing import Any
 
 from .connlimit import CONNLIMIT_KEYS, ConnLimitSettings, parse_connlimit
 from .detect.smtp import SMTP_KEYS, SmtpSettings, parse_smtp_section
-from .fleet import FleetSettings, parse_fleet
+from .fleet_format import FleetSettings, parse_fleet
 from .logs.settings import LogFilter, LogSettings, LogSource, parse_logs
 from .nets import parse_networks
 from .notify import NOTIFY_KEYS, NotifySettings, parse_notify

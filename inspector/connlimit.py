@@ -17,7 +17,6 @@ reported as ``verdict`` events with ``alert: true``.
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import Any, Protocol
 
 from .conntrack_netlink import IPS_DST_NAT, TCP_ESTABLISHED, Connection, ConntrackDump, ConntrackError
 from .packet import format_addr
+from .periodic import Periodic
 
 __all__ = ["ConnLimitRule", "ConnLimitSettings", "ConnLimiter", "parse_connlimit", "make_connlimiter",
            "CONNLIMIT_KEYS"]
@@ -135,8 +135,7 @@ class ConnLimiter:
         self.last_error: str | None = None
         self.issued = 0
         self.top: list[tuple[str, int, int]] = []  # (network, port, connections): the largest counts, last poll
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = Periodic("connlimit", settings.interval, self._tick)
 
     def count(self) -> Counter[tuple[str, int]]:
         """Established inbound connections per (source network, port), over all families and ports."""
@@ -196,26 +195,20 @@ class ConnLimiter:
         if kind == "unban" and isinstance(what, str):
             self._banned.pop(what, None)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.settings.interval):
-            try:
-                self.poll(self.clock())
-            except Exception as e:  # noqa: BLE001 - the poller must outlive a bug; the service goes on
-                self.errors += 1
-                self.emit({"event": "error", "what": "connlimit", "error": f"{type(e).__name__}: {e}"})
+    def _tick(self) -> None:
+        try:
+            self.poll(self.clock())
+        except Exception as e:  # noqa: BLE001 - the poller must outlive a bug; the service goes on
+            self.errors += 1
+            self.emit({"event": "error", "what": "connlimit", "error": f"{type(e).__name__}: {e}"})
 
     def start(self) -> None:
         """Poll in a daemon thread every ``interval`` seconds."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="connlimit", daemon=True)
-            self._thread.start()
+        self._thread.start()
 
     def close(self) -> None:
         """Stop polling."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        self._thread.stop(timeout=10)
         if self.closer is not None:
             self.closer()
             self.closer = None

@@ -15,13 +15,29 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections import Counter
+from collections.abc import Callable
 
 from .config import Config, RateRule
 from .detect.rate import RateLimiter
 from .detect.smtp import BODY, CHUNK, COMMAND, SmtpSession
-from .flow import KIND_PAYLOAD, KIND_SMTP, Flow, FlowTable
+from .flow import KIND_PAYLOAD, KIND_SMTP, Embryo, Flow, FlowTable
 from .nets import Whitelist, mask_address, network_text
-from .packet import ACK, FIN, PSH, RST, SYN, URG, Malformed, decode, format_addr
+from .packet import (
+    ACK,
+    FIN,
+    PSH,
+    RST,
+    SYN,
+    URG,
+    Malformed,
+    decode,
+    flag_anomaly,
+    format_addr,
+    syn_options,
+    tcp_ack,
+    timestamp,
+    urgent_seq,
+)
 from .rules import RuleSet
 from .stream import Stream
 from .verdict import ACCEPT, ACCEPT_BODY, ACCEPT_RESUME, BYPASS, Action, Decision, Fields, Reason, Verdict
@@ -31,12 +47,19 @@ __all__ = ["Engine", "Decision"]
 _XMAS = FIN | PSH | URG
 # an end-of-data line, or the start of one, anywhere in a segment (see Engine._body_gap)
 _MAY_END_DATA = re.compile(rb"(?:^|\n)\.\r*(?:\n|$)")
+_HANDSHAKE_HOLD = 63.0  # s: Linux gives up on a SYN-ACK after 5 retries (tcp_synack_retries: 1+2+4+8+16+32)
+# flag combinations conntrack accepts, PSH aside (see packet.flag_anomaly)
+_VALID_FLAGS = frozenset((0x02, 0x22, 0x12, 0x04, 0x14, 0x11, 0x31, 0x10, 0x30))
 
 
 class Engine:
     """Stateful per-packet inspection; see the module docstring."""
 
-    def __init__(self, config: Config, rules: RuleSet) -> None:
+    def __init__(self, config: Config, rules: RuleSet,
+                 protects: Callable[[str], str | None] | None = None) -> None:
+        """``protects(network)`` says why a network must never be banned (``nets.protects``),
+        or ``None``; the engine also never bans a network holding the packet's destination
+        (the server's own address, and for IPv6 its own /64)."""
         self.config = config
         self.rules = rules
         self.flows = FlowTable(config.max_flows, config.flow_idle)
@@ -62,6 +85,8 @@ class Engine:
                     self._limiters[port] = (limiter, rule)
                     break
         self.whitelist = Whitelist(config.whitelist, loopback=False)
+        self._two_sided = False  # server -> client packets seen: the view shows handshakes
+        self._protects = protects
 
     # -- public -------------------------------------------------------------
 
@@ -80,9 +105,8 @@ class Engine:
             key, src, sport, dport, seq, flags, poff, pend = d
             kind = self._kind.get(dport)
             if kind is None:
-                if sport in self._kind:  # server -> client: only used to end flows
-                    if flags & (RST | FIN):
-                        self._end_reverse(key, len(src))
+                if sport in self._kind:  # server -> client: handshakes and the end of flows
+                    self._server(key, len(src), seq, flags, pend - poff, data)
                     self.counts["server"] += 1
                 else:
                     self.counts["other-port"] += 1
@@ -99,39 +123,39 @@ class Engine:
                     self.counts["bans-expired"] += 1
 
             f = flags & 0x3F
+            if f & ~PSH not in _VALID_FLAGS:
+                return self._flags(data, d, now, flag_anomaly(f) or "invalid")
             if f & SYN:
-                if f & (FIN | RST):
-                    return self._flags(data, d, now, "SYN+FIN" if f & FIN else "SYN+RST")
                 if f & ACK:  # a SYN-ACK towards a protected port is not a new connection
                     return ACCEPT
-                return self._syn(key, src, dport, seq, kind, data, d, poff, pend, now)
-            if f == 0:
-                return self._flags(data, d, now, "NULL")
-            if f & _XMAS == _XMAS:
-                return self._flags(data, d, now, "XMAS")
+                return self._syn(key, seq, data, poff, pend, now)
 
             table = self.flows
             flows = table.flows
             flow = flows.get(key)
             if flow is None:
-                if pend == poff:
-                    return ACCEPT  # a bare ACK/FIN/RST of a flow we do not know: nothing to inspect
-                flow = Flow(None, seq, kind, now)
-                table.add(key, flow)
-                self.counts["flows"] += 1
-                self.counts["flows-midstream"] += 1
+                proven = self._prove(key, src, dport, seq, f, kind, data, d, poff, pend, now)
+                if proven is None:
+                    return ACCEPT
+                if isinstance(proven, Decision):
+                    return proven
+                flow = proven
             else:
                 flow.last = now
                 flows.move_to_end(key)
+                if flow.reopen is not None and seq == flow.reopen:
+                    return self._reopened(key, flow, data, d, now)
             if now >= table.next_sweep:
                 table.sweep(now)
 
             decision = ACCEPT
             if pend > poff:
-                if not flow.done:
-                    decision = self._inspect(flow, seq, data[poff:pend], data, d, dport, now)
+                if not flow.done and not f & RST:  # Linux takes no data from a RST
+                    decision = self._inspect(flow, seq, f, data[poff:pend], data, d, dport, poff, now)
                 if decision is ACCEPT and flow.done and not flow.blocked:
                     decision = BYPASS
+            elif flow.tsval is not None and not flow.done and f & ACK:
+                self._pure_ack(flow, seq, data, poff)
             if f & (FIN | RST) and self._ends(flow, seq, pend - poff):
                 flows.pop(key, None)
             return decision
@@ -163,14 +187,17 @@ class Engine:
         return self.bans.pop(self.ban_key(net.network_address.packed), None) is not None
 
     def stats(self) -> dict[str, object]:
-        """Counters for ``status``: packets, flows (active, evicted, expired), malformed packets, bans, rate-limit
-        sources, and every named count.
+        """Counters for ``status``: packets, flows (active, evicted, expired), handshakes, malformed packets,
+        bans, rate-limit sources, and every named count.
         """
         return {
             "packets": self.packets,
             "flows": self.counts["flows"],
             "flows_active": len(self.flows),
             "flows_evicted": self.flows.evicted,
+            "flows_evicted_open": self.flows.evicted_open,
+            "handshakes_pending": len(self.flows.embryos),
+            "handshakes_evicted": self.flows.embryos_evicted,
             "flows_expired": self.flows.expired,
             "malformed": self.counts["malformed"],
             "bans_active": len(self.bans),
@@ -180,38 +207,171 @@ class Engine:
 
     # -- the data path --------------------------------------------------------
 
-    def _syn(self, key: bytes, src: bytes, dport: int, seq: int, kind: int, data: bytes,
-             d: Fields, poff: int, pend: int, now: float) -> Decision:
+    def _syn(self, key: bytes, seq: int, data: bytes, poff: int, pend: int, now: float) -> Decision:
+        """A client SYN: a handshake starts.  It proves nothing (anyone can forge one), so it
+        never counts towards a rate, never creates or replaces a flow and never decides one:
+        it only records the ISN, where Linux starts the stream (``tcp_rsk(req)->rcv_isn``)."""
         table = self.flows
         flow = table.flows.get(key)
-        if flow is not None and flow.isn == seq:
-            flow.last = now  # a retransmitted SYN is not a new connection
-            return ACCEPT
-        limiter = self._limiters.get(dport)
-        if limiter is not None:
-            lim, rule = limiter
-            rkey = (src if self._raw_key[len(src)] else self.ban_key(src)) + dport.to_bytes(2, "big")
-            count = lim.hit(rkey, now)
-            if count:
-                verdict = Verdict(Action.DROP, Reason.RATE, rule=f"{rule.limit}/{rule.window:g}s",
-                                  match=f"{count} new connections in {rule.window:g}s", ban=rule.ban)
-                decision = self._decide(verdict, data, d, now)
-                if decision is not ACCEPT:
-                    return decision
-        flow = Flow(seq, (seq + 1) & 0xFFFFFFFF, kind, now)
-        table.add(key, flow)
+        if flow is not None:
+            if flow.isn == seq:
+                flow.last = now  # a retransmitted SYN is not a new connection
+                return ACCEPT
+            if not flow.done:
+                # RFC 5961 section 4.2: an open connection answers a SYN with a challenge ACK and
+                # stays as it was.  Which one the next data belongs to is settled in _reopened.
+                self.counts["syn-on-open-flow"] += 1
+                flow.reopen = (seq + 1) & 0xFFFFFFFF
+            else:
+                del table.flows[key]  # nothing left to inspect there: the 4-tuple may be reused
+        embryo = table.embryos.get(key)
+        if embryo is not None:
+            if embryo.isn == seq:
+                embryo.last = now  # retransmitted
+                return ACCEPT
+            if not embryo.refused and now - embryo.last < _HANDSHAKE_HOLD:
+                # Linux keeps the first request: another SYN on the 4-tuple is answered with an
+                # ACK and dropped (tcp_check_req, out of window), or kills the request (in window)
+                self.counts["syn-on-handshake"] += 1
+                return ACCEPT
+        tsval, cookie = syn_options(data, poff)
+        if pend > poff:
+            # Linux delivers data on a SYN only with a valid Fast Open cookie on a listener that
+            # enabled Fast Open (RFC 7413; tcp_fastopen_create_child); neither Postfix nor OpenSSH
+            # does.  It is not part of the stream: the stream starts at ISN + 1 whatever it held.
+            self.counts["syn-data-ignored"] += 1
+            if cookie:
+                self.counts["syn-data-fastopen-cookie"] += 1
+        table.add_embryo(key, Embryo(seq, tsval, now))
+        if table.tombstones:
+            table.tombstones.pop(key, None)  # a new connection on the 4-tuple of an evicted one
+        self.counts["handshakes"] += 1
         if now >= table.next_sweep:
             table.sweep(now)
-        self.counts["flows"] += 1
-        if pend > poff:  # data on the SYN (TCP Fast Open)
-            return self._inspect(flow, (seq + 1) & 0xFFFFFFFF, data[poff:pend], data, d, dport, now)
         return ACCEPT
 
-    def _inspect(self, flow: Flow, seq: int, payload: bytes, data: bytes, d: Fields, dport: int,
-                 now: float) -> Decision:
+    def _server(self, key: bytes, alen: int, seq: int, flags: int, length: int, data: bytes) -> None:
+        """A server -> client packet (captures only: the live queue sees none): the SYN-ACK
+        and what the server sent are what a client's ACK must acknowledge to prove a flow."""
+        self._two_sided = True
+        rkey = key[alen:2 * alen] + key[:alen] + key[2 * alen + 2:] + key[2 * alen:2 * alen + 2]
+        table = self.flows
+        embryo = table.embryos.get(rkey)
+        if embryo is not None:
+            if flags & RST:
+                embryo.refused = True
+            elif flags & SYN:
+                if flags & ACK and tcp_ack(data) == (embryo.isn + 1) & 0xFFFFFFFF:
+                    embryo.server_isn = seq
+                    embryo.server_next = (seq + 1) & 0xFFFFFFFF
+                    flow = table.flows.get(rkey)
+                    if flow is not None:  # the server took the new connection: the old one is gone
+                        del table.flows[rkey]
+            elif embryo.server_isn is not None:
+                end = (seq + length + (flags & FIN)) & 0xFFFFFFFF
+                if 0 < ((end - embryo.server_next) & 0xFFFFFFFF) < 0x80000000:
+                    embryo.server_next = end
+            return
+        if flags & (RST | FIN):
+            table.flows.pop(rkey, None)
+
+    def _prove(self, key: bytes, src: bytes, dport: int, seq: int, f: int, kind: int, data: bytes,
+               d: Fields, poff: int, pend: int, now: float) -> Flow | Decision | None:
+        """A client packet of no known flow: is the connection proven?  ``None`` if not.
+
+        Proven means the handshake completed: the client acknowledged the server's SYN-ACK
+        (an ACK of something the server sent; a blind spoofer cannot see what to acknowledge).
+        Where the view shows no server packets at all (the live queue, which the kernel fills
+        only with packets of connections conntrack has seen complete the handshake, and
+        client-only captures), the client's first ACK after its SYN is taken as that proof.
+        The first proven packet counts the connection towards the source's rate."""
+        table = self.flows
+        if not f & ACK:
+            return None  # Linux takes nothing from a segment without ACK (here: a bare RST)
+        embryo = table.embryos.get(key)
+        if embryo is not None:
+            if embryo.refused:
+                return None
+            if embryo.server_isn is not None:
+                acked = (tcp_ack(data) - embryo.server_isn) & 0xFFFFFFFF
+                if not 0 < acked <= ((embryo.server_next - embryo.server_isn) & 0xFFFFFFFF):
+                    self.counts["unproven"] += 1
+                    return None
+            elif self._two_sided:
+                self.counts["unproven"] += 1
+                return None
+            del table.embryos[key]
+            flow = Flow(embryo.isn, (embryo.isn + 1) & 0xFFFFFFFF, kind, now, embryo.tsval)
+        else:
+            if table.tombstones.pop(key, None) is not None:
+                # evicted while still under inspection: what it has sent so far is lost, so
+                # nothing it sends next can be judged; end the connection rather than pass it
+                self.counts["flows-evicted-reset"] += 1
+                return self._stream_verdict("flow-evicted", data, d, now)
+            if self._two_sided:
+                self.counts["unproven"] += 1
+                return None
+            if pend == poff:
+                return None  # a bare ACK/FIN/RST of a flow we do not know: nothing to inspect
+            flow = Flow(None, seq, kind, now)
+            self.counts["flows-midstream"] += 1
+        table.add(key, flow)
+        self.counts["flows"] += 1
+        if flow.isn is None:
+            # picked up midstream (opened before this engine started, or its handshake record was
+            # pushed out by a flood of others): not counted as a new connection, as before
+            return flow
+        verdict = self._rate(flow, src, dport, data, d, now)
+        return flow if verdict is ACCEPT else verdict
+
+    def _rate(self, flow: Flow, src: bytes, dport: int, data: bytes, d: Fields, now: float) -> Decision:
+        limiter = self._limiters.get(dport)
+        if limiter is None:
+            return ACCEPT
+        lim, rule = limiter
+        rkey = (src if self._raw_key[len(src)] else self.ban_key(src)) + dport.to_bytes(2, "big")
+        count = lim.hit(rkey, now)
+        if not count:
+            return ACCEPT
+        verdict = Verdict(Action.RESET, Reason.RATE, rule=f"{rule.limit}/{rule.window:g}s",
+                          match=f"{count} new connections in {rule.window:g}s", ban=rule.ban)
+        decided = self._decide(verdict, data, d, now)
+        if decided is not ACCEPT:
+            flow.done = flow.blocked = True
+        return decided
+
+    def _reopened(self, key: bytes, flow: Flow, data: bytes, d: Fields, now: float) -> Decision:
+        """A packet at ISN + 1 of a SYN that came while this flow was open.  If the server still
+        holds the old connection (RFC 5961: challenge ACK) it is old data; if the old connection
+        was gone, a new one.  Only the server knows, and the view does not show which: both
+        readings would be attacker-chosen, so the connection is reset instead."""
+        self.counts["reopen-reset"] += 1
+        self.flows.flows.pop(key, None)
+        self.flows.embryos.pop(key, None)
+        return self._stream_verdict("syn-on-open-flow", data, d, now)
+
+    def _stream_verdict(self, detail: str, data: bytes, d: Fields, now: float) -> Decision:
+        return self._decide(Verdict(Action.RESET, Reason.TCP_STREAM, detail=detail), data, d, now)
+
+    def _pure_ack(self, flow: Flow, seq: int, data: bytes, poff: int) -> None:
+        tsval = timestamp(data, poff)
+        if tsval is not None:
+            stream = flow.stream
+            if stream is None:
+                stream = flow.stream = self._stream(flow)
+            stream.ack(seq, tsval)
+
+    def _stream(self, flow: Flow) -> Stream:
+        stream = Stream(flow.base, self._depth)
+        if flow.tsval is not None:
+            stream.timestamps(flow.tsval)
+        return stream
+
+    def _inspect(self, flow: Flow, seq: int, f: int, payload: bytes, data: bytes, d: Fields, dport: int,
+                 poff: int, now: float) -> Decision:
         stream = flow.stream
         if stream is None:
-            stream = flow.stream = Stream(flow.base, self._depth)
+            stream = flow.stream = self._stream(flow)
         state = flow.state
         if state is not None and self._bypass_early and state.__class__ is SmtpSession \
                 and (state.mode != COMMAND or state.resumed):
@@ -222,9 +382,19 @@ class Engine:
                 self.counts["smtp-desync"] += 1
                 return self._decide(desync, data, d, now)
         conflicts = stream.conflicts
-        chunk = stream.push(seq, payload)
+        if flow.isn is None and stream.offset(seq) < 0:
+            # picked up midstream, and this is earlier than the first segment seen: that one was
+            # not the start of the stream, so what was read from it was not what the server reads
+            flow.done = flow.blocked = True
+            return self._stream_verdict("data-before-midstream-start", data, d, now)
+        chunk = stream.push(seq, payload, timestamp(data, poff) if flow.tsval is not None else None,
+                            urgent_seq(data, seq) if f & URG else None)
         if stream.conflicts != conflicts:
             self.counts["overlap-conflicts"] += 1
+        if stream.ambiguous is not None:
+            self.counts["stream-ambiguous"] += 1
+            flow.done = flow.blocked = True
+            return self._stream_verdict(stream.ambiguous, data, d, now)
         if not chunk:
             if stream.full:
                 flow.done = True
@@ -252,12 +422,16 @@ class Engine:
                 verdict = Verdict(Action.RESET, Reason.PAYLOAD, rule=pattern, match=pattern,
                                   ban=self.config.ban_payload)
                 return self._decide(verdict, data, d, now)
-        if stream.full or (self._bypass_early and flow.kind != KIND_SMTP and b"\n" in chunk):
+        if stream.full or (self._bypass_early and flow.kind != KIND_SMTP and b"\n" in chunk
+                           and stream.uncertain is None and flow.isn is not None):
             flow.done = True  # early: the first line (an SSH banner) was seen
         if self._bypass_early and not flow.done:
             state = flow.state
-            if state.__class__ is SmtpSession and (state.mode == BODY and not state.partial) != state.kernel_body:
-                return self._body_mark(state)
+            # in body only where the stream is certain (the tcp rules: a handshake seen, no uncertainty)
+            if state.__class__ is SmtpSession and (state.mode == BODY and not state.partial
+                                                   and stream.uncertain is None and flow.isn is not None) \
+                    != state.kernel_body:
+                return self._body_mark(state, stream.uncertain is None and flow.isn is not None)
         return ACCEPT
 
     @staticmethod
@@ -284,7 +458,7 @@ class Engine:
                                    detail="a reordered segment may end the data the engine skipped")
         mode = session.mode
         if mode == BODY:
-            if off > stream.delivered:
+            if off > stream.delivered and session.kernel_body:
                 low = stream.delivered
                 gap = stream.skip_to(off)
                 if skipped is None:
@@ -302,10 +476,11 @@ class Engine:
         return None
 
     @staticmethod
-    def _body_mark(session: SmtpSession) -> Decision:
+    def _body_mark(session: SmtpSession, certain: bool = True) -> Decision:
         """The accept that keeps the connection's in-body mark in step with the session
-        (:data:`ACCEPT_BODY` on entering a body, :data:`ACCEPT_RESUME` on leaving it)."""
-        want = session.in_body
+        (:data:`ACCEPT_BODY` on entering a body, :data:`ACCEPT_RESUME` on leaving it); never in
+        body while the stream is not ``certain`` (every segment is then queued)."""
+        want = session.in_body and certain
         if want == session.kernel_body:
             return ACCEPT
         session.kernel_body = want
@@ -328,7 +503,8 @@ class Engine:
         return stream.offset(seq) + length == stream.delivered
 
     def _flags(self, data: bytes, d: Fields, now: float, which: str) -> Decision:
-        verdict = Verdict(Action.DROP, Reason.TCP_FLAGS, rule=which, ban=self.config.ban_flags)
+        # never a ban: conntrack calls these packets invalid, no handshake ever proves their source
+        verdict = Verdict(Action.DROP, Reason.TCP_FLAGS, rule=which)
         return self._decide(verdict, data, d, now)
 
     def _end_reverse(self, key: bytes, alen: int) -> None:
@@ -360,14 +536,33 @@ class Engine:
         ban_network = None
         if verdict.ban and src_raw:
             bkey = self.ban_key(src_raw)
-            self.bans[bkey] = (now + verdict.ban, reason)
-            ban_network = self.ban_network(bkey)
-            self.counts["bans"] += 1
+            refusal = self._refuse_ban(bkey, dst_raw)
+            if refusal is None:
+                self.bans[bkey] = (now + verdict.ban, reason)
+                ban_network = self.ban_network(bkey)
+                self.counts["bans"] += 1
+            else:
+                self.counts["ban-refused:" + refusal] += 1
+                verdict = Verdict(verdict.action, verdict.reason, verdict.rule, verdict.match, 0, verdict.alert,
+                                  f"ban refused: {refusal}")
         if self._alert:
             self.counts["alerts"] += 1
         return Decision(verdict.action, verdict.reason, verdict.rule, verdict.match, verdict.ban, self._alert,
                         verdict.detail, False, now, format_addr(src_raw) if src_raw else "", sport,
                         format_addr(dst_raw) if dst_raw else "", dport, ban_network, d)
+
+    def _refuse_ban(self, bkey: bytes, dst_raw: bytes) -> str | None:
+        """Why the ban network ``bkey`` must not be banned, or ``None``.  Never this server:
+        a network holding the packet's destination (its own address, its own /64), loopback,
+        nor what the operator's ``protects`` names."""
+        if dst_raw and len(dst_raw) == len(bkey) and mask_address(dst_raw, self._prefix[len(bkey)]) == bkey:
+            return "own address" if len(bkey) == 4 or self._prefix[16] == 128 else f"own /{self._prefix[16]}"
+        network = self.ban_network(bkey)
+        if ipaddress.ip_network(network, strict=False).is_loopback:
+            return "loopback"
+        if self._protects is not None:
+            return self._protects(network)
+        return None
 
     def ban_network(self, bkey: bytes) -> str:
         """The ban network of a ban key (see :meth:`ban_key`), as text: ``203.0.113.7`` or ``2001:db8:1::/64``."""

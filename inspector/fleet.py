@@ -21,13 +21,14 @@ never published again.  When its id is older than what the stream still holds
 yet, or when Redis lost the stream (an id beyond ``last-generated-id``), it
 resyncs from the snapshot: only bans whose expiry is still ahead come back.
 
-Entries are flat stream fields: ``op`` (``ban``/``unban``), ``net``, ``sec``
-(the duration issued), ``exp`` (absolute expiry, Unix seconds), ``reason``,
-``rule``, ``origin`` (the issuing host id) and ``at`` (issue time).  A receiver
-bans for ``min(sec, exp - now)``: expired entries are skipped, and a peer whose
-clock runs ahead cannot stretch a ban.  Hosts need synchronised clocks (NTP).
+The entry fields, the server-side scripts and the ``[fleet]`` settings are in
+:mod:`inspector.fleet_format`.
 
 Off by default (no ``[fleet] url``): nothing is imported, started or called.
+
+Why this module stays above ~400 lines: it is one class, :class:`FleetClient`, whose publisher
+and subscriber threads share the outbox, the stream position, the Redis connection and the
+counters under one lock; split over modules, that lock's invariants would be too.
 """
 
 from __future__ import annotations
@@ -36,166 +37,32 @@ import contextlib
 import ipaddress
 import json
 import math
-import socket
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from .fleet_format import (
+    MAX_BAN,
+    PRUNE_SCRIPT,
+    PUBLISH_SCRIPT,
+    Entry,
+    FleetBan,
+    FleetError,
+    FleetSettings,
+    id_text,
+    parse_fleet,
+    parse_id,
+)
 from .fsutil import atomic_write
+from .respond.bans import Ban
 
-__all__ = ["FleetBan", "FleetClient", "FleetError", "FleetSettings", "LocalBan", "attach_fleet", "parse_fleet"]
+__all__ = ["FleetBan", "FleetClient", "FleetError", "FleetSettings", "attach_fleet", "parse_fleet"]
 
-STATE_VERSION = 1
-MAX_BAN = 366 * 86400  # the longest ban a peer can ask for (seconds)
+STATE_VERSION = 1  # of the fleet state file (last id, outbox)
 _ID_ZERO = (0, 0)
-
-# KEYS: stream, active (zset), detail (hash); ARGV: minid, op, net, sec, exp, reason, rule, origin, at
-_PUBLISH = """
-local id = redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[1], '*', 'op', ARGV[2], 'net', ARGV[3],
-  'sec', ARGV[4], 'exp', ARGV[5], 'reason', ARGV[6], 'rule', ARGV[7], 'origin', ARGV[8], 'at', ARGV[9])
-if ARGV[2] == 'ban' then
-  local cur = redis.call('ZSCORE', KEYS[2], ARGV[3])
-  if (not cur) or tonumber(cur) < tonumber(ARGV[5]) then
-    redis.call('ZADD', KEYS[2], ARGV[5], ARGV[3])
-    redis.call('HSET', KEYS[3], ARGV[3], cjson.encode({ARGV[4], ARGV[6], ARGV[7], ARGV[8], ARGV[9]}))
-  end
-else
-  redis.call('ZREM', KEYS[2], ARGV[3])
-  redis.call('HDEL', KEYS[3], ARGV[3])
-end
-return id
-"""
-# KEYS: active, detail; ARGV: now, limit -> how many expired snapshot entries were dropped
-_PRUNE = """
-local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-for _, net in ipairs(gone) do
-  redis.call('ZREM', KEYS[1], net)
-  redis.call('HDEL', KEYS[2], net)
-end
-return #gone
-"""
-
-
-class FleetError(ValueError):
-    """A ``[fleet]`` setting that cannot be used; the message names the key."""
-
-
-@dataclass(frozen=True)
-class FleetSettings:
-    """The ``[fleet]`` section.  ``url`` empty: the fleet is off (the default).
-
-    ``url``: ``redis://[user:password@]host:port/db`` or ``rediss://`` (TLS; ``ca_file``,
-    ``cert_file``/``key_file`` for a client certificate).  ``keep``: seconds the stream keeps
-    entries (a host away longer resyncs from the snapshot).  ``min_prefix_v4``/``_v6``: a peer's
-    ban wider than this is refused (a compromised peer cannot ban the Internet).
-    """
-
-    url: str = ""
-    stream: str = "inspector:bans"
-    host: str = ""  # this host's id; default: the host name
-    keep: int = 86400
-    state_file: str = ""  # default: the ban state file + ".fleet"
-    ca_file: str = ""
-    cert_file: str = ""
-    key_file: str = ""
-    batch: int = 500  # entries per XREAD / per publish round trip
-    outbox_max: int = 100_000  # bans waiting for Redis; beyond, the oldest are dropped (counted)
-    min_prefix_v4: int = 8
-    min_prefix_v6: int = 32
-    timeout: float = 5.0  # socket timeout for Redis calls (seconds)
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.url)
-
-    @property
-    def host_id(self) -> str:
-        return self.host or socket.gethostname()
-
-
-_KEYS: dict[str, type | tuple[type, ...]] = {
-    "url": str, "stream": str, "host": str, "keep": int, "state_file": str, "ca_file": str, "cert_file": str,
-    "key_file": str, "batch": int, "min_prefix_v4": int, "min_prefix_v6": int, "timeout": (int, float),
-    "outbox_max": int}
-
-
-def parse_fleet(section: Mapping[str, Any], fail: Callable[[str | None, str], Exception]) -> FleetSettings:
-    """Parse ``[fleet]``; ``fail(key, message)`` builds the error naming ``file:line``."""
-    values: dict[str, Any] = {}
-    for key, value in section.items():
-        kind = _KEYS.get(key)
-        if kind is None:
-            raise fail(key, f"unknown setting (known here: {', '.join(sorted(_KEYS))})")
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise fail(key, f"must be {getattr(kind, '__name__', 'a number')}, not {type(value).__name__}")
-        values[key] = value
-    url = values.get("url", "")
-    if url and not url.startswith(("redis://", "rediss://", "unix://")):
-        raise fail("url", "must start with redis://, rediss:// (TLS) or unix://")
-    for key, low, high in (("keep", 10, 366 * 86400), ("batch", 1, 10_000), ("outbox_max", 100, 10_000_000),
-                           ("min_prefix_v4", 0, 32),
-                           ("min_prefix_v6", 0, 128), ("timeout", 0.1, 60)):
-        if key in values and not low <= values[key] <= high:
-            raise fail(key, f"must be between {low} and {high}")
-    if "host" in values and not values["host"].strip():
-        raise fail("host", "must not be empty (leave it out for the host name)")
-    return FleetSettings(**values)
-
-
-class LocalBan(Protocol):
-    """What a ban pipeline listener receives with ``"ban"`` (the pipeline's ``Ban``)."""
-
-    @property
-    def network(self) -> str: ...
-    @property
-    def seconds(self) -> int: ...
-    @property
-    def reason(self) -> str: ...
-    @property
-    def rule(self) -> str | None: ...
-    @property
-    def path(self) -> str: ...
-    @property
-    def origin(self) -> str | None: ...
-
-
-@dataclass(frozen=True)
-class FleetBan:
-    """A peer's ban as it arrives: apply it for ``seconds`` (the time it has left)."""
-
-    network: str
-    seconds: int
-    reason: str
-    rule: str | None
-    origin: str
-
-
-@dataclass
-class _Entry:
-    op: str  # "ban" | "unban"
-    network: str
-    seconds: int
-    expires: float
-    reason: str
-    rule: str | None
-    at: float
-
-    def fields(self) -> dict[str, Any]:
-        return {"op": self.op, "net": self.network, "sec": self.seconds, "exp": round(self.expires, 3),
-                "reason": self.reason, "rule": self.rule, "at": round(self.at, 3)}
-
-
-def _parse_id(text: str) -> tuple[int, int]:
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def _id_text(value: tuple[int, int]) -> str:
-    return f"{value[0]}-{value[1]}"
 
 
 class FleetClient:
@@ -223,7 +90,7 @@ class FleetClient:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._applying = threading.local()
-        self._outbox: OrderedDict[str, _Entry] = OrderedDict()
+        self._outbox: OrderedDict[str, Entry] = OrderedDict()
         self._last_id: tuple[int, int] | None = None  # None: never synced: resync from the snapshot
         self._dirty = False
         self._threads: list[threading.Thread] = []
@@ -241,7 +108,7 @@ class FleetClient:
 
     # -- the local side -------------------------------------------------------------
 
-    def on_local(self, kind: str, item: LocalBan | str) -> None:
+    def on_local(self, kind: str, item: Ban | str) -> None:
         """Pipeline listener: queue a local ban (``"ban"``, Ban) or unban (``"unban"``, network).
 
         Constant time, no I/O: the publisher thread sends it.  Bans that came from the fleet
@@ -254,10 +121,10 @@ class FleetClient:
         if kind == "ban" and not isinstance(item, str):
             if item.path == "fleet" or item.origin not in (None, self.host):
                 return
-            entry = _Entry("ban", item.network, int(item.seconds), now + int(item.seconds), item.reason,
+            entry = Entry("ban", item.network, int(item.seconds), now + int(item.seconds), item.reason,
                            item.rule, now)
         elif kind == "unban" and isinstance(item, str):
-            entry = _Entry("unban", item, 0, now, "manual", None, now)
+            entry = Entry("unban", item, 0, now, "manual", None, now)
         else:
             return
         with self._lock:
@@ -295,7 +162,7 @@ class FleetClient:
         with self._lock:
             depth = len(self._outbox)
         return {"enabled": True, "host": self.host, "stream": self.settings.stream, "connected": self.connected,
-                "last_id": _id_text(self._last_id) if self._last_id is not None else None,
+                "last_id": id_text(self._last_id) if self._last_id is not None else None,
                 "lag": round(self.lag, 3), "outbox": depth, **self.counts,
                 **({"last_error": self.last_error} if self.last_error else {})}
 
@@ -309,9 +176,9 @@ class FleetClient:
             if data.get("version") != STATE_VERSION:
                 raise ValueError(f"unknown version {data.get('version')!r}")
             last = data.get("last_id")
-            self._last_id = _parse_id(last) if isinstance(last, str) else None
+            self._last_id = parse_id(last) if isinstance(last, str) else None
             for e in data.get("outbox", []):
-                entry = _Entry(str(e["op"]), str(e["net"]), int(e["sec"]), float(e["exp"]), str(e["reason"]),
+                entry = Entry(str(e["op"]), str(e["net"]), int(e["sec"]), float(e["exp"]), str(e["reason"]),
                                e.get("rule"), float(e["at"]))
                 self._outbox[entry.network] = entry
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
@@ -324,7 +191,7 @@ class FleetClient:
         with self._lock:
             outbox = [{"op": e.op, "net": e.network, "sec": e.seconds, "exp": e.expires, "reason": e.reason,
                        "rule": e.rule, "at": e.at} for e in self._outbox.values()]
-            last = _id_text(self._last_id) if self._last_id is not None else None
+            last = id_text(self._last_id) if self._last_id is not None else None
             self._dirty = False
         try:
             atomic_write(self.state_path, json.dumps({"version": STATE_VERSION, "host": self.host, "last_id": last,
@@ -357,8 +224,8 @@ class FleetClient:
         with self._lock:
             if self._redis is None:
                 self._redis = self._factory()
-                self._pub = self._redis.register_script(_PUBLISH)
-                self._prune = self._redis.register_script(_PRUNE)
+                self._pub = self._redis.register_script(PUBLISH_SCRIPT)
+                self._prune = self._redis.register_script(PRUNE_SCRIPT)
             return self._redis
 
     def _set_connected(self, up: bool, error: str = "") -> None:
@@ -446,7 +313,7 @@ class FleetClient:
                     self._check_position(redis)
                     checked = True
                 assert self._last_id is not None
-                reply = redis.xread({self._keys[0]: _id_text(self._last_id)}, count=self.settings.batch, block=1000)
+                reply = redis.xread({self._keys[0]: id_text(self._last_id)}, count=self.settings.batch, block=1000)
                 self._set_connected(True)
                 backoff = 0.2
                 if not reply:
@@ -456,9 +323,9 @@ class FleetClient:
                 for entry_id, fields in entries:
                     self._apply(fields)
                     with self._lock:
-                        self._last_id = _parse_id(entry_id)
+                        self._last_id = parse_id(entry_id)
                         self._dirty = True
-                self.lag = max(0.0, self.clock() - _parse_id(entries[-1][0])[0] / 1000.0)
+                self.lag = max(0.0, self.clock() - parse_id(entries[-1][0])[0] / 1000.0)
                 if len(entries) < self.settings.batch:
                     self.lag = 0.0
             except Exception as e:  # noqa: BLE001 - a lost connection: check the position again after it
@@ -484,10 +351,10 @@ class FleetClient:
             last = deleted = _ID_ZERO
             first = None
         else:
-            last = _parse_id(str(info.get("last-generated-id", "0-0")))
-            deleted = _parse_id(str(info.get("max-deleted-entry-id", "0-0")))
+            last = parse_id(str(info.get("last-generated-id", "0-0")))
+            deleted = parse_id(str(info.get("max-deleted-entry-id", "0-0")))
             head = info.get("recorded-first-entry-id") or (info.get("first-entry") or ("",))[0]
-            first = _parse_id(str(head)) if info.get("length") and head else None
+            first = parse_id(str(head)) if info.get("length") and head else None
         mine = self._last_id
         why = None
         if mine is None:
@@ -529,7 +396,7 @@ class FleetClient:
             self._dirty = True
         self.counts["resyncs"] += 1
         self._emit({"event": "fleet-resync", "time": round(now, 3), "why": why, "applied": applied,
-                    "position": _id_text(position)})
+                    "position": id_text(position)})
 
     def _apply(self, fields: Mapping[str, Any]) -> int:
         """Apply one peer entry; 1 if a ban or unban took effect."""
@@ -589,8 +456,6 @@ def attach_fleet(host: Any) -> FleetClient | None:
     settings = host.config.fleet
     if not settings.enabled:
         return None
-    from .respond.bans import Ban
-
     pipeline = host.bans
     store = pipeline.store
     state = Path(settings.state_file or f"{host.config.service.state_file}.fleet")

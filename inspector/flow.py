@@ -1,11 +1,20 @@
-"""Flow state and the bounded flow table.
+"""Flow state: handshakes in progress, proven flows, and the bounded tables that hold them.
 
 A flow is keyed by the raw bytes of (source address, destination address,
-source port, destination port); the key's length tells IPv4 from IPv6.  The
-table is an insertion-ordered LRU: every packet moves its flow to the end,
-so idle flows collect at the front where a periodic sweep removes them, and
-the table never holds more than ``max_flows`` entries (the least recently
-seen flow is evicted first), whatever a flood sends.
+source port, destination port); the key's length tells IPv4 from IPv6.
+
+Two tables, so that packets nobody has proven can never push out a
+connection in progress:
+
+* :attr:`FlowTable.embryos` holds handshakes: one small :class:`Embryo` per
+  client SYN (its ISN, TSval, and what the server answered, where the view
+  shows the server).  A SYN flood only ever evicts other embryos.
+* :attr:`FlowTable.flows` holds **proven** flows only (the handshake
+  completed, see ``Engine``): an insertion-ordered LRU where every packet
+  moves its flow to the end, idle flows are swept from the front, and the
+  table never holds more than ``max_flows`` (the least recently seen flow is
+  evicted first).  A flow evicted while still under inspection leaves a
+  tombstone, so that its next packet is not mistaken for a new flow.
 """
 
 from __future__ import annotations
@@ -18,14 +27,29 @@ from .stream import Stream
 KIND_SMTP, KIND_PAYLOAD = 1, 2
 
 
+class Embryo:
+    """A client SYN whose handshake has not been proven yet."""
+
+    __slots__ = ("isn", "tsval", "last", "server_isn", "server_next", "refused")
+
+    def __init__(self, isn: int, tsval: int | None, now: float) -> None:
+        self.isn = isn
+        self.tsval = tsval  # the SYN's TSval: timestamps are negotiated (the server's default)
+        self.last = now
+        self.server_isn: int | None = None  # from the server's SYN-ACK, where the view shows it
+        self.server_next = 0  # the server's highest sequence number sent + 1
+        self.refused = False  # the server answered with a RST
+
+
 class Flow:
-    """One TCP connection as seen from the client side."""
+    """One proven TCP connection as seen from the client side."""
 
-    __slots__ = ("stream", "isn", "base", "last", "kind", "state", "carry", "done", "blocked")
+    __slots__ = ("stream", "isn", "base", "last", "kind", "state", "carry", "done", "blocked", "tsval",
+                 "reopen")
 
-    def __init__(self, isn: int | None, base: int, kind: int, now: float) -> None:
-        self.stream: Stream | None = None  # created with the first payload: SYN-only flows stay small
-        self.isn = isn  # None: picked up midstream
+    def __init__(self, isn: int | None, base: int, kind: int, now: float, tsval: int | None = None) -> None:
+        self.stream: Stream | None = None  # created with the first payload: data-less flows stay small
+        self.isn = isn  # None: picked up midstream (no SYN seen: the stream start is not known)
         self.base = base
         self.last = now
         self.kind = kind
@@ -33,18 +57,26 @@ class Flow:
         self.carry = ""  # payload scope: tail of the previous chunk
         self.done = False  # nothing more to inspect: the rest of the flow is accepted
         self.blocked = False  # a verdict was issued for this flow
+        self.tsval = tsval  # ts_recent to start the stream with (timestamps negotiated), else None
+        self.reopen: int | None = None  # ISN + 1 of a SYN that came while this flow was open
 
 
 class FlowTable:
-    """Bounded, idle-expiring flow table."""
+    """Bounded, idle-expiring tables of proven flows and of handshakes."""
 
-    __slots__ = ("flows", "max_flows", "idle", "evicted", "expired", "next_sweep")
+    __slots__ = ("flows", "embryos", "tombstones", "max_flows", "max_embryos", "idle", "evicted",
+                 "evicted_open", "embryos_evicted", "expired", "next_sweep")
 
-    def __init__(self, max_flows: int, idle: float) -> None:
+    def __init__(self, max_flows: int, idle: float, max_embryos: int | None = None) -> None:
         self.flows: OrderedDict[bytes, Flow] = OrderedDict()
+        self.embryos: OrderedDict[bytes, Embryo] = OrderedDict()
+        self.tombstones: OrderedDict[bytes, float] = OrderedDict()  # evicted mid-inspection -> when
         self.max_flows = max_flows
+        self.max_embryos = max_embryos if max_embryos is not None else max_flows
         self.idle = idle
         self.evicted = 0
+        self.evicted_open = 0  # of which still under inspection
+        self.embryos_evicted = 0
         self.expired = 0
         self.next_sweep = float("-inf")  # callers may test this before calling sweep()
 
@@ -52,15 +84,31 @@ class FlowTable:
         return len(self.flows)
 
     def add(self, key: bytes, flow: Flow) -> None:
+        """Add a proven flow, evicting the least recently seen one when full."""
         flows = self.flows
         flows[key] = flow
         flows.move_to_end(key)
         if len(flows) > self.max_flows:
-            flows.popitem(last=False)
+            old_key, old = flows.popitem(last=False)
             self.evicted += 1
+            if not old.done:
+                self.evicted_open += 1
+                tombs = self.tombstones
+                tombs[old_key] = old.last
+                if len(tombs) > self.max_flows:
+                    tombs.popitem(last=False)
+
+    def add_embryo(self, key: bytes, embryo: Embryo) -> None:
+        """Record a handshake; only other handshakes are evicted when the table is full."""
+        embryos = self.embryos
+        embryos[key] = embryo
+        embryos.move_to_end(key)
+        if len(embryos) > self.max_embryos:
+            embryos.popitem(last=False)
+            self.embryos_evicted += 1
 
     def sweep(self, now: float) -> None:
-        """Drop flows idle for longer than the timeout (called about once a second)."""
+        """Drop flows, handshakes and tombstones idle for longer than the timeout (about once a second)."""
         if now < self.next_sweep:
             return
         self.next_sweep = now + 1.0
@@ -72,3 +120,15 @@ class FlowTable:
                 break
             del flows[key]
             self.expired += 1
+        embryos = self.embryos
+        while embryos:
+            key, embryo = next(iter(embryos.items()))
+            if embryo.last >= horizon:
+                break
+            del embryos[key]
+        tombs = self.tombstones
+        while tombs:
+            key, when = next(iter(tombs.items()))
+            if when >= horizon:
+                break
+            del tombs[key]

@@ -97,18 +97,18 @@ class IpsetNetlink:
     def delete(self, set_name: str, network: str, net: bool) -> bool:
         """Remove ``network``; False if it was not there."""
         # EXCL: a missing entry is an error (4103) instead of a silent success
-        code = self._request(IPSET_CMD_DEL, set_name, network, None, net, NLM_F_EXCL)
-        if code == ERR_EXIST:
-            return False
-        if code:
-            raise IpsetError(code, f"delete {network} from {set_name}")
-        return True
+        return self._exclusive(IPSET_CMD_DEL, set_name, network, net, f"delete {network} from {set_name}")
 
     def add_entry(self, set_name: str, network: str, net: bool = True) -> bool:
         """Add ``network`` to a set without timeouts (the whitelist sets); False if it was there already."""
-        code = self._request(IPSET_CMD_ADD, set_name, network, None, net, NLM_F_EXCL)
+        return self._exclusive(IPSET_CMD_ADD, set_name, network, net, f"add {network} to {set_name}")
+
+    def _exclusive(self, cmd: int, set_name: str, network: str, net: bool, what: str) -> bool:
+        """``cmd`` with NLM_F_EXCL and no timeout: True if done, False if the entry was already
+        there (add) or missing (delete), IpsetError otherwise."""
+        code = self._request(cmd, set_name, network, None, net, NLM_F_EXCL)
         if code == ERR_EXIST:
             return False
         if code:
-            raise IpsetError(code, f"add {network} to {set_name}")
+            raise IpsetError(code, what)
         return True

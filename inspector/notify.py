@@ -27,7 +27,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .periodic import Periodic
+
+if TYPE_CHECKING:  # not at run time: the config imports this module and must stay light
+    from .respond.bans import Ban
 
 __all__ = ["NotifySettings", "NotifyError", "Channel", "AppriseChannel", "SendmailChannel", "Notifier",
            "parse_notify", "channels_for", "events_report", "send_report_now", "next_report_time", "NOTIFY_KEYS"]
@@ -220,21 +225,6 @@ def channels_for(settings: NotifySettings) -> list[Channel]:
     return out
 
 
-class BanLike(Protocol):
-    """What a notice needs of a ban (``inspector.respond.bans.Ban`` has it)."""
-
-    @property
-    def network(self) -> str: ...
-    @property
-    def seconds(self) -> int: ...
-    @property
-    def reason(self) -> str: ...
-    @property
-    def rule(self) -> str | None: ...
-    @property
-    def dport(self) -> int | None: ...
-
-
 class Notifier:
     """Side component: the daily report and rate-limited ban notices (see the module docstring).
 
@@ -254,7 +244,7 @@ class Notifier:
         self.emit = emit
         self.interval = interval
         self._lock = threading.Lock()
-        self._pending: deque[BanLike] = deque()
+        self._pending: deque[Ban] = deque()
         self._sent_times: deque[float] = deque()
         self._suppressed = 0
         self._suppressed_since: float | None = None
@@ -264,11 +254,10 @@ class Notifier:
         now = clock()
         self._last_report = now
         self.next_report = next_report_time(now, settings.report_at) if settings.report == "daily" else None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = Periodic("notifier", interval, lambda: self.tick(self.clock()))
 
     # ---- the ban-pipeline listener (any thread): queue only --------------------------------------------
-    def on_ban(self, kind: str, item: BanLike | str) -> None:
+    def on_ban(self, kind: str, item: Ban | str) -> None:
         """``BanPipeline`` listener: queues a notice for each ``("ban", Ban)``; ignores lifts."""
         if kind != "ban" or not self.settings.bans or isinstance(item, str):
             return
@@ -343,22 +332,13 @@ class Notifier:
         if self.emit is not None:
             self.emit({"event": "notify_failed", "channel": channel, "error": error})
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.tick(self.clock())
-
     def start(self) -> None:
         """Start the component's thread (daemon)."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="notifier", daemon=True)
-            self._thread.start()
+        self._thread.start()
 
     def close(self) -> None:
         """Stop the thread; queued ban notices still go out once (bounded by the rate limit)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
+        self._thread.stop(timeout=30)
         self.tick(self.clock())
 
     def status(self) -> dict[str, Any]:
@@ -411,7 +391,7 @@ def _when(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
 
 
-def _ban_text(ban: BanLike) -> str:
+def _ban_text(ban: Ban) -> str:
     lines = [f"{ban.network} is banned for {ban.seconds} s.", f"reason: {ban.reason}"]
     if ban.rule:
         lines.append(f"rule: {ban.rule}")

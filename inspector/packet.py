@@ -10,13 +10,17 @@ from __future__ import annotations
 import ipaddress
 import struct
 
-__all__ = ["Malformed", "decode", "tcp_offset", "format_addr", "FIN", "SYN", "RST", "PSH", "ACK", "URG"]
+__all__ = ["Malformed", "decode", "tcp_offset", "format_addr", "flag_anomaly", "tcp_ack", "urgent_seq",
+           "timestamp", "syn_options", "FIN", "SYN", "RST", "PSH", "ACK", "URG"]
 
 FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 
 _IP4 = struct.Struct("!BxHxxHxB").unpack_from  # ver/ihl, total length, frag, proto
 _TCP = struct.Struct("!HHIxxxxBB").unpack_from  # sport, dport, seq, data offset, flags
 _IP6 = struct.Struct("!BxxxHB").unpack_from  # ver, payload length, next header
+_U32 = struct.Struct("!I").unpack_from
+_U16 = struct.Struct("!H").unpack_from
+_NOP_NOP_TS = b"\x01\x01\x08\x0a"  # the TCP options Linux puts on every segment of a timestamped flow
 
 # IPv6 extension headers walked over (RFC 8200 section 4, plus mobility/HIP/shim6/experimental).
 _IP6_EXT = frozenset((0, 43, 60, 135, 139, 140, 253, 254))
@@ -125,3 +129,84 @@ def tcp_offset(data: bytes) -> int:
 def format_addr(raw: bytes) -> str:
     """Text form of a raw 4- or 16-byte address."""
     return str(ipaddress.ip_address(raw))
+
+
+# Flag combinations conntrack accepts (nf_conntrack_proto_tcp.c, tcp_valid_flags[], with ECE, CWR
+# and PSH masked out); Linux's receiver never takes data from the others.  The names follow
+# nmap's scans and the classic iptables recipes: NULL (no flag), XMAS (exactly FIN, PSH and URG:
+# ``--tcp-flags ALL FIN,PSH,URG``, nmap -sX), FIN (nmap -sF), SYN+FIN, SYN+RST.
+_VALID = frozenset((0x02, 0x22, 0x12, 0x04, 0x14, 0x11, 0x31, 0x10, 0x30))
+_NAMES = ((0x01, "FIN"), (0x02, "SYN"), (0x04, "RST"), (0x08, "PSH"), (0x10, "ACK"), (0x20, "URG"))
+
+
+def flag_anomaly(flags: int) -> str | None:
+    """The name of an invalid TCP flag combination (conntrack's rule), or ``None`` if valid."""
+    f = flags & 0x3F
+    if f & ~0x08 in _VALID:
+        return None
+    if f == 0:
+        return "NULL"
+    if f == 0x29:
+        return "XMAS"
+    if f & 0x03 == 0x03:
+        return "SYN+FIN"
+    if f & 0x06 == 0x06:
+        return "SYN+RST"
+    return "+".join(name for bit, name in _NAMES if f & bit)
+
+
+def _toff(data: bytes) -> int:
+    return (data[0] & 0x0F) << 2 if data[0] >> 4 == 4 else tcp_offset(data)
+
+
+def tcp_ack(data: bytes) -> int:
+    """The acknowledgment number of a datagram :func:`decode` accepted."""
+    return int(_U32(data, _toff(data) + 8)[0])
+
+
+def urgent_seq(data: bytes, seq: int) -> int:
+    """Sequence number of the urgent byte of a segment with URG set, as Linux computes it
+    (``tcp_check_urg`` with ``tcp_stdurg = 0``: the pointer points one past it; 0 means ``seq``)."""
+    ptr = int(_U16(data, _toff(data) + 18)[0])
+    return (seq + ptr - 1) & 0xFFFFFFFF if ptr else seq
+
+
+def _options(data: bytes, start: int, end: int) -> dict[int, bytes]:
+    out: dict[int, bytes] = {}
+    i = start
+    while i < end:
+        kind = data[i]
+        if kind == 0:
+            break
+        if kind == 1:
+            i += 1
+            continue
+        if i + 1 >= end:
+            break
+        size = data[i + 1]
+        if size < 2 or i + size > end:
+            break  # malformed options: Linux stops parsing (tcp_parse_options)
+        out.setdefault(kind, data[i + 2:i + size])
+        i += size
+    return out
+
+
+def timestamp(data: bytes, poff: int) -> int | None:
+    """The TSval of a segment's timestamp option (RFC 7323), or ``None``."""
+    toff = _toff(data)
+    if poff - toff == 32 and data[toff + 20:toff + 24] == _NOP_NOP_TS:  # the common layout, fast
+        return int(_U32(data, toff + 24)[0])
+    if poff - toff <= 20:
+        return None
+    ts = _options(data, toff + 20, poff).get(8)
+    return int(_U32(ts)[0]) if ts is not None and len(ts) == 8 else None
+
+
+def syn_options(data: bytes, poff: int) -> tuple[int | None, bool]:
+    """A SYN's ``(TSval or None, carries a TCP Fast Open cookie)`` (RFC 7323, RFC 7413 option 34)."""
+    toff = _toff(data)
+    if poff - toff <= 20:
+        return None, False
+    opts = _options(data, toff + 20, poff)
+    ts = opts.get(8)
+    return (int(_U32(ts)[0]) if ts is not None and len(ts) == 8 else None), bool(opts.get(34))

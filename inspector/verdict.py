@@ -30,6 +30,7 @@ class Reason(enum.StrEnum):
     TCP_FLAGS = "tcp-flags"
     BANNED = "banned"
     MALFORMED = "malformed"
+    TCP_STREAM = "tcp-stream"  # the receiver's view of the stream cannot be predicted (detail: which case)
     DESYNC = "desync"  # the engine's view of a stream could no longer be the receiver's (reordering)
 
 

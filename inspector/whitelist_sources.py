@@ -25,7 +25,7 @@ import re
 import socket
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -101,6 +101,7 @@ class _Host:
     error: str | None = None
 
 
+@dataclass(eq=False)
 class WhitelistSources:
     """The whitelist networks from ``files`` and ``hosts``, kept current by :meth:`refresh`.
 
@@ -109,18 +110,17 @@ class WhitelistSources:
     events.  :meth:`start` runs :meth:`refresh` every ``check_every`` seconds.
     """
 
-    def __init__(self, files: Sequence[str], hosts: Sequence[str], resolver: Resolver,
-                 clock: Callable[[], float], resolve_interval: float = 300.0,
-                 on_change: Callable[[frozenset[Network]], None] | None = None,
-                 emit: Callable[[dict[str, Any]], None] | None = None,
-                 stat: Callable[[str], os.stat_result] = os.stat, check_every: float = 2.0) -> None:
-        self.resolver = resolver
-        self.clock = clock
-        self.resolve_interval = resolve_interval
-        self.on_change = on_change
-        self.emit = emit
-        self.stat = stat
-        self.check_every = check_every
+    files: InitVar[Sequence[str]]
+    hosts: InitVar[Sequence[str]]
+    resolver: Resolver
+    clock: Callable[[], float]
+    resolve_interval: float = 300.0
+    on_change: Callable[[frozenset[Network]], None] | None = None
+    emit: Callable[[dict[str, Any]], None] | None = None
+    stat: Callable[[str], os.stat_result] = os.stat
+    check_every: float = 2.0
+
+    def __post_init__(self, files: Sequence[str], hosts: Sequence[str]) -> None:
         self._files = [_File(p) for p in dict.fromkeys(files)]
         self._hosts = [_Host(h) for h in dict.fromkeys(hosts)]
         self._lock = threading.Lock()

@@ -4,7 +4,7 @@
 #   setup-nfqueue.sh install [--queue N] [--workers N] [--ports 25,22] [--whitelist CIDR]...
 #                            [--try MINUTES] [--no-ssh-whitelist] [--mark BIT] [--maxelem N] [--no-ipv6]
 #                            [--fail-closed] [--chain INPUT|FORWARD|DOCKER-USER[,...] | --forward]
-#                            [--body-mark BIT]
+#                            [--body-mark BIT] [--syn-limit N]
 #   setup-nfqueue.sh remove
 #   setup-nfqueue.sh status
 #   setup-nfqueue.sh confirm          # keep rules installed with --try
@@ -23,7 +23,10 @@
 #             TCP NEW without SYN               -> DROP   (the seeds' "! --syn --state NEW")
 #             packet marked decided by inspector -> save the mark on the connection, RETURN
 #             connection marked decided          -> RETURN (nothing left to inspect: stays in the kernel)
-#             SYN, or a segment with payload     -> NFQUEUE --queue-bypass (pure ACKs never leave the
+#             SYN (at most --syn-limit per s)    -> NFQUEUE (only the ISN is read: the stream starts there)
+#             connection not ASSURED             -> RETURN (handshake not complete: nothing is proven, so
+#                                                   nothing may count, decide or ban; Linux delivers no data)
+#             payload, FIN or RST                -> NFQUEUE --queue-bypass (pure ACKs never leave the
 #                                                   kernel; with --workers N, IPv4 is spread over queues
 #                                                   N..N+workers-1 by address pair, IPv6 uses queue N so
 #                                                   that a /64 is always counted by one worker)
@@ -55,9 +58,10 @@ CHAIN=INSPECTOR
 BAN4=inspector-ban4 BAN6=inspector-ban6 WHITE4=inspector-white4 WHITE6=inspector-white6
 TAG=inspector-setup
 QUEUE=0 WORKERS=$(nproc 2>/dev/null || echo 1) PORTS=25,22 BYPASS=--queue-bypass TRY="" SSH_WHITELIST=1 MARK=0x40000000 MAXELEM=1000000 IPV6=1
-# "SYN, or TCP payload" as classic BPF (python -m inspector.bpf 4|6; tests/test_bpf.py keeps them in step)
-BPF4="18,48 0 0 9,21 0 14 6,40 0 0 6,69 12 0 16383,177 0 0 0,80 0 0 13,69 9 0 2,80 0 0 12,84 0 0 240,116 0 0 2,12 0 0 0,2 0 0 0,40 0 0 2,97 0 0 0,28 0 0 0,21 1 0 0,6 0 0 1,6 0 0 0"
-BPF6="13,48 0 0 6,21 0 9 6,48 0 0 53,69 7 0 2,48 0 0 52,84 0 0 240,116 0 0 2,7 0 0 0,40 0 0 4,28 0 0 0,21 1 0 0,6 0 0 1,6 0 0 0"
+SYN_LIMIT=10000  # SYNs/s (per family) that reach NFQUEUE; beyond it a flood passes SYNs unqueued (see the tcp block)
+# "SYN, FIN, RST or TCP payload" as classic BPF (python -m inspector.bpf 4|6; tests/test_bpf.py keeps them in step)
+BPF4="18,48 0 0 9,21 0 14 6,40 0 0 6,69 12 0 16383,177 0 0 0,80 0 0 13,69 9 0 7,80 0 0 12,84 0 0 240,116 0 0 2,12 0 0 0,2 0 0 0,40 0 0 2,97 0 0 0,28 0 0 0,21 1 0 0,6 0 0 1,6 0 0 0"
+BPF6="13,48 0 0 6,21 0 9 6,48 0 0 53,69 7 0 7,48 0 0 52,84 0 0 240,116 0 0 2,7 0 0 0,40 0 0 4,28 0 0 0,21 1 0 0,6 0 0 1,6 0 0 0"
 WHITELIST=()
 JUMP_FROM=INPUT
 BASE=INSPECTOR-BASE BASE_TAG=inspector-baseline OPEN=""
@@ -83,6 +87,7 @@ while [ $# -gt 0 ]; do
         --workers) WORKERS=${2:?}; shift ;;
         --mark) MARK=${2:?}; shift ;;
         --maxelem) MAXELEM=${2:?}; shift ;;
+        --syn-limit) SYN_LIMIT=${2:?}; shift ;;
         --no-ipv6) IPV6=0 ;;
         --fail-closed) BYPASS="" ;;
         --chain) JUMP_FROM=${2:?}; shift ;;
@@ -103,6 +108,8 @@ done
 [[ $MAXELEM =~ ^[0-9]+$ ]] || die "--maxelem must be a number"
 [[ $BODY_MARK =~ ^(0|0x[0-9a-fA-F]{1,8})$ ]] && [ $((BODY_MARK & (BODY_MARK - 1))) = 0 ] && [ $((BODY_MARK)) != $((MARK)) ] \
     || die "--body-mark must be 0 or a single bit in hex other than --mark, e.g. 0x20000000"
+[[ $SYN_LIMIT =~ ^[0-9]+$ ]] && [ "$SYN_LIMIT" -le 10000 ] \
+    || die "--syn-limit must be 0 (no limit) .. 10000 SYNs per second (the kernel's limit match allows no more)"
 
 families() { echo 4; [ "$IPV6" = 1 ] && echo 6; return 0; }
 ipt() { if [ "$1" = 4 ]; then shift; iptables -w "$@"; else shift; ip6tables -w "$@"; fi; }
@@ -136,6 +143,8 @@ probe_kernel() {
     local -a checks=(
         "ipset match (xt_set)|-m set --match-set $set src -j DROP"
         "conntrack match|-m conntrack --ctstate INVALID -j DROP"
+        "conntrack status match|-m conntrack ! --ctstatus ASSURED -j RETURN"
+        "limit match|-m limit --limit 10000/second --limit-burst 10000 -j RETURN"
         "connmark match|-m connmark --mark 0x1/0x1 -j RETURN"
         "mark match|-m mark --mark $MARK/$MARK -j RETURN"
         "CONNMARK target|-j CONNMARK --save-mark --nfmask $MARK --ctmask $MARK"
@@ -241,8 +250,22 @@ install_family() {
     ipt "$fam" -A $CHAIN -m mark --mark "$MARK/$MARK" -j RETURN
     ipt "$fam" -A $CHAIN -m connmark --mark "$MARK/$MARK" -j RETURN
     smtp_body_filter "$fam"
+    # >>> tcp: which packets reach NFQUEUE (README "TCP: what the engine reads, and proven connections")
+    # A SYN proves nothing, but it is the only packet whose sequence number Linux takes as the
+    # stream's start (rcv_isn); the engine keeps it apart and never counts or bans on it.
+    # Everything else is queued only once conntrack has seen the handshake complete (ASSURED:
+    # the client acknowledged the server's SYN-ACK), so rates and bans count proven connections.
+    # A SYN flood must not fill the queue: past --syn-limit SYNs/s, SYNs pass unqueued (their
+    # connections are then picked up midstream: still inspected, never bypassed early, never
+    # counted), so the queue keeps room for the data it must see.
+    local synlimit=()
+    [ "$SYN_LIMIT" -gt 0 ] && synlimit=(-m limit --limit "$SYN_LIMIT/second" --limit-burst "$SYN_LIMIT")
+    # shellcheck disable=SC2046
+    ipt "$fam" -A $CHAIN -p tcp --syn "${synlimit[@]}" $(queue_target "$fam")
+    ipt "$fam" -A $CHAIN -m conntrack ! --ctstatus ASSURED -j RETURN
     # shellcheck disable=SC2046
     ipt "$fam" -A $CHAIN -m bpf --bytecode "$(bpf "$fam")" $(queue_target "$fam")
+    # <<< tcp
     ipt "$fam" -A $CHAIN -j RETURN
     add_jump "$fam" "$had_table"
 }

@@ -34,6 +34,14 @@ class Conn:
     def syn(self) -> bytes:
         return pkt(flags="S", seq=self.isn, sport=self.sport, dport=self.dport, src=self.src, dst=self.dst)
 
+    def ack(self) -> bytes:
+        """The client's ACK that completes the handshake (with no server side shown, it proves the flow)."""
+        return pkt(flags="A", seq=self.seq, sport=self.sport, dport=self.dport, src=self.src, dst=self.dst)
+
+    def opened(self) -> list[bytes]:
+        """SYN and handshake ACK: a proven connection."""
+        return [self.syn(), self.ack()]
+
     def send(self, data: bytes, flags: str = "PA") -> bytes:
         p = pkt(data, flags=flags, seq=self.seq, sport=self.sport, dport=self.dport, src=self.src, dst=self.dst)
         self.seq = (self.seq + len(data)) & 0xFFFFFFFF

@@ -635,6 +635,147 @@ def case_tcp_flags_port80(cap: Capture) -> None:
     _probes(cap, "203.0.113.71", 80)
 
 
+# -- TCP as the Linux receiver reads it; proven connections (issues 11 and 12) --------------
+
+
+class Raw4:
+    """A client connection written packet by packet: any flags, options, sequence numbers."""
+
+    def __init__(self, cap: Capture, client: str, cport: int, isn: int, dport: int = 25,
+                 server: str | None = None, ts: int | None = None) -> None:
+        self.cap, self.client, self.cport, self.isn, self.dport = cap, client, cport, isn, dport
+        self.server = server or (SERVER6 if ":" in client else SERVER4)
+        self.ts = ts
+
+    def pkt(self, flags: str, off: int = 0, data: bytes = b"", *, seq: int | None = None, urgptr: int = 0,
+            tsval: int | None = None, ack: int = 0x70000001) -> None:
+        opts: list = []
+        if "S" in flags:
+            opts = [("MSS", 1460)] + ([("Timestamp", (self.ts, 0))] if self.ts is not None else [])
+        elif self.ts is not None:
+            opts = [("NOP", None), ("NOP", None), ("Timestamp", (tsval if tsval is not None else self.ts, 0))]
+        tcp = TCP(sport=self.cport, dport=self.dport, flags=flags, urgptr=urgptr, options=opts, window=64240,
+                  seq=(seq if seq is not None else self.isn + 1 + off) & 0xFFFFFFFF, ack=ack if "A" in flags else 0)
+        p = ip_header(self.client, self.server) / tcp
+        self.cap.ip(bytes(p / Raw(data) if data else p))
+
+    def opened(self, syn_data: bytes = b"") -> None:
+        self.pkt("S", seq=self.isn, data=syn_data)
+        self.pkt("A", tsval=self.ts)
+
+    def lines(self, off: int, *texts: bytes, tsval: int | None = None) -> int:
+        for t in texts:
+            self.pkt("PA", off, t, tsval=tsval)
+            off += len(t)
+        return off
+
+
+_EHLO, _MAIL = b"EHLO client.example\r\n", b"MAIL FROM:<a@fine.example>\r\n"
+
+
+def case_tcp_urgent_byte(cap: Capture) -> None:
+    """URG with the urgent pointer on one byte inside the recipient's domain (IPv4, then IPv6):
+    Linux takes that byte out of the stream (no SO_OOBINLINE), the MTA reads <v@blocked.test>."""
+    for client, port in (("198.51.100.120", 40120), ("2001:db8:1::120", 40121)):
+        c = Raw4(cap, client, port, 0x1200_0000)
+        c.opened()
+        off = c.lines(0, _EHLO, _MAIL)
+        line = b"RCPT TO:<v@blocXked.test>\r\n"
+        c.pkt("PAU", off, line, urgptr=line.index(b"X") + 1)
+        c.lines(off + len(line), b"QUIT\r\n")
+
+
+def case_tcp_paws(cap: Capture) -> None:
+    """Timestamps negotiated.  198.51.100.121: a stale copy (TSval far behind) of the RCPT says
+    <v@safe-ok.test>, the current copy <v@blocked.test>: Linux discards the stale one.
+    198.51.100.122: the reverse; the MTA reads the safe recipient."""
+    for client, port, first, second in (("198.51.100.121", 40122, b"<v@safe-ok.test>", b"<v@blocked.test>"),
+                                        ("198.51.100.122", 40123, b"<v@blocked.test>", b"<v@safe-ok.test>")):
+        c = Raw4(cap, client, port, 0x1210_0000, ts=100_000)
+        c.opened()
+        off = c.lines(0, _EHLO, _MAIL, tsval=100_001)
+        c.pkt("PA", off, b"RCPT TO:" + first + b"\r\n", tsval=5)
+        c.pkt("PA", off, b"RCPT TO:" + second + b"\r\n", tsval=100_002)
+        c.lines(off + 26, b"QUIT\r\n", tsval=100_003)
+
+
+def case_tcp_syn_on_open_flow(cap: Capture) -> None:
+    """RFC 5961 4.2.  198.51.100.123: a SYN with a new ISN in the middle of a split RCPT; the
+    connection stays, the rest of the recipient arrives in its window.  198.51.100.124: data at
+    the new ISN + 1 after such a SYN: old data or a new connection, the view cannot tell: reset."""
+    c = Raw4(cap, "198.51.100.123", 40124, 0x1220_0000)
+    c.opened()
+    off = c.lines(0, _EHLO, _MAIL, b"RCPT TO:<v@blo")
+    c.pkt("S", seq=0x5555_0000)
+    c.lines(off, b"cked.test>\r\n", b"QUIT\r\n")
+    d = Raw4(cap, "198.51.100.124", 40125, 0x1230_0000)
+    d.opened()
+    d.lines(0, _EHLO)
+    d.pkt("S", seq=0x6666_0000)
+    d.pkt("PA", data=_EHLO, seq=0x6666_0001)
+
+
+def case_tcp_syn_data(cap: Capture) -> None:
+    """A SYN carrying QUIT, then a normal session with a blocked recipient (IPv4, IPv6): the SYN's
+    data is not part of the stream.  Then forged SYNs alone, one carrying a blocked envelope, five
+    to port 22 from one source: nothing is proven, nothing counted or banned."""
+    for client, port in (("198.51.100.125", 40126), ("2001:db8:2::125", 40127)):
+        c = Raw4(cap, client, port, 0x1240_0000)
+        c.opened(syn_data=b"QUIT\r\n")
+        c.lines(0, _EHLO, _MAIL, b"RCPT TO:<victim@blocked.test>\r\n")
+    Raw4(cap, "198.51.100.126", 40128, 0x1250_0000).pkt(
+        "S", seq=0x1250_0000, data=b"MAIL FROM:<x@blocked.test>\r\nRCPT TO:<x@blocked.test>\r\n")
+    for i in range(5):
+        Raw4(cap, "198.51.100.127", 40130 + i, 0x1260_0000 + i, dport=22).pkt("S", seq=0x1260_0000 + i)
+
+
+def case_tcp_ofo_merge(cap: Capture) -> None:
+    """Two adjacent out-of-order segments (bloc, ked.), one overlapping both (ZZZZ), then the gap
+    filled: Linux has coalesced the pair and drops ZZZZ; the MTA reads <v@blocked.test>."""
+    c = Raw4(cap, "198.51.100.128", 40140, 0x1270_0000)
+    c.opened()
+    off = c.lines(0, _EHLO, _MAIL)
+    head = b"RCPT TO:<v@"
+    d = off + len(head)
+    c.pkt("PA", d, b"bloc")
+    c.pkt("PA", d + 4, b"ked.")
+    c.pkt("PA", d + 2, b"ZZZZ")
+    c.pkt("PA", d + 8, b"test>\r\n")
+    c.pkt("PA", off, head)
+
+
+def case_tcp_fin_psh_urg_ack(cap: Capture) -> None:
+    """A clean session whose QUIT comes with FIN+PSH+URG+ACK (legal: not an Xmas probe), then an
+    exact Xmas probe (FIN+PSH+URG, nmap -sX) from another source."""
+    c = Raw4(cap, "198.51.100.129", 40150, 0x1280_0000)
+    c.opened()
+    off = c.lines(0, _EHLO, _MAIL, b"RCPT TO:<b@fine.example>\r\n")
+    c.pkt("FPUA", off, b"QUIT\r\n", urgptr=0)
+    Raw4(cap, "198.51.100.130", 40151, 0x1290_0000).pkt("FPU", seq=0x1290_0000)
+
+
+def case_tcp_two_sided_proof(cap: Capture) -> None:
+    """A capture with both directions.  A spoofed 198.51.100.131: SYN, the server's SYN-ACK, then a
+    blind ACK with an envelope whose acknowledgment number is wrong: unproven, ignored.  A real
+    198.51.100.132 acknowledges the SYN-ACK: proven, blocked and banned."""
+    for client, port, ack in (("198.51.100.131", 40160, 0x1234_5678), ("198.51.100.132", 40161, 0x7000_0001)):
+        c = Raw4(cap, client, port, 0x12A0_0000)
+        c.pkt("S", seq=c.isn)
+        synack = ip_header(SERVER4, client) / TCP(sport=25, dport=port, flags="SA", seq=0x7000_0000,
+                                                  ack=c.isn + 1, window=65160)
+        cap.ip(bytes(synack), to_server=False)
+        c.pkt("PA", 0, _MAIL + b"RCPT TO:<x@blocked.test>\r\n", ack=ack)
+
+
+def case_tcp_own_address(cap: Capture) -> None:
+    """Connections from the server's own address (IPv4) and from its own /64 (IPv6) with a blocked
+    recipient: reset, but the ban is refused."""
+    for client, server, port in (("192.0.2.25", SERVER4, 40170), ("2001:db8::99", SERVER6, 40171)):
+        c = Raw4(cap, client, port, 0x12B0_0000, server=server)
+        c.opened()
+        c.lines(0, _EHLO, _MAIL, b"RCPT TO:<x@blocked.test>\r\n")
+
+
 # -- bans ---------------------------------------------------------------------------------
 
 

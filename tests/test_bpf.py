@@ -1,4 +1,4 @@
-"""The 'SYN or payload' BPF programs: interpreted here, and the kernel agrees."""
+"""The 'SYN, FIN, RST or payload' BPF programs: interpreted here, and the kernel agrees."""
 
 import json
 import sys
@@ -29,8 +29,9 @@ CASES = [
     ("v4 SYN with options", v4("S", options=[("MSS", 1460)] + TS), True),
     ("v4 pure ACK", v4("A"), False),
     ("v4 pure ACK with timestamps", v4("A", options=TS), False),
-    ("v4 bare FIN", v4("FA"), False),
-    ("v4 bare RST", v4("R"), False),
+    ("v4 bare FIN", v4("FA"), True),
+    ("v4 bare RST", v4("R"), True),
+    ("v4 RST+ACK", v4("RA"), True),
     ("v4 one byte, no options", v4("PA", b"x"), True),
     ("v4 one byte with timestamps", v4("PA", b"x", TS), True),
     ("v4 data", v4("PA", b"RCPT TO:<a@b.test>\r\n", TS), True),
@@ -38,6 +39,7 @@ CASES = [
     ("v4 fragment", bytes(IP(src="198.51.100.7", dst="192.0.2.99", flags="MF") / TCP(flags="A")), True),
     ("v6 SYN", v6("S"), True),
     ("v6 pure ACK", v6("A"), False),
+    ("v6 bare FIN", v6("FA"), True),
     ("v6 one byte", v6("PA", b"x"), True),
     ("v6 extension header", v6("A", ext=True), True),
 ]

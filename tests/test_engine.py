@@ -61,20 +61,28 @@ def test_midstream_pickup(make_engine):
 
 def test_rate_limit_more_than_four_in_sixty_seconds(make_engine):
     e = make_engine(domains="")
-    syns = [Conn(sport=50000 + i, dport=22).syn() for i in range(6)]
-    verdicts = run(e, syns, step=5)
-    assert [v.reason for v in verdicts] == [Reason.RATE, Reason.BANNED]
-    assert verdicts[0].ban == 86400 and verdicts[0].action is Action.DROP
+    conns = [p for i in range(6) for p in Conn(sport=50000 + i, dport=22).opened()]
+    verdicts = run(e, conns, step=2.5)
+    # counted at the handshake's ACK (proven), reset there; the 6th SYN is already banned
+    assert [v.reason for v in verdicts] == [Reason.RATE, Reason.BANNED, Reason.BANNED]
+    assert verdicts[0].ban == 86400 and verdicts[0].action is Action.RESET
+
+
+def test_rate_counts_only_proven_connections(make_engine):
+    e = make_engine(domains="")
+    syns = [Conn(sport=50000 + i, dport=22).syn() for i in range(50)]
+    assert run(e, syns) == []  # SYNs alone prove nothing: never counted, never banned
+    assert not e.bans and len(e.flows) == 0 and len(e.flows.embryos) == 50
 
 
 def test_rate_limit_window_slides(make_engine):
     e = make_engine(domains="")
-    syns = [Conn(sport=50000 + i, dport=22).syn() for i in range(10)]
-    assert run(e, syns, step=15.01) == []  # never five within 60 s
+    conns = [Conn(sport=50000 + i, dport=22) for i in range(10)]
+    assert run(e, [p for c in conns for p in c.opened()], step=7.51) == []  # never five within 60 s
     e2 = make_engine(domains="")
     # four at t=0..3, then one at t=59.9: five in the window
     times = [0, 1, 2, 3, 59.9]
-    out = [e2.process(s, t) for s, t in zip(syns, times, strict=False)]
+    out = [(e2.process(c.syn(), t), e2.process(c.ack(), t))[1] for c, t in zip(conns, times, strict=False)]
     assert out[-1].reason is Reason.RATE
 
 
@@ -89,8 +97,8 @@ def test_retransmitted_syn_is_not_a_new_connection(make_engine):
 
 def test_ipv6_counted_per_64(make_engine):
     e = make_engine(domains="")
-    syns = [Conn(sport=50000 + i, dport=22, src=f"2001:db8:1::{i + 1:x}", dst="2001:db8::25").syn()
-            for i in range(5)]
+    syns = [p for i in range(5)
+            for p in Conn(sport=50000 + i, dport=22, src=f"2001:db8:1::{i + 1:x}", dst="2001:db8::25").opened()]
     [v] = run(e, syns)
     assert v.reason is Reason.RATE
     assert v.ban_network == "2001:db8:1::/64"
@@ -104,7 +112,7 @@ def test_whitelist_never_limited_or_banned(make_engine):
 
     e = make_engine(whitelist=(ipaddress.ip_network("198.51.100.0/24"),))
     c = Conn()
-    syns = [Conn(sport=50000 + i, dport=22).syn() for i in range(8)]
+    syns = [p for i in range(8) for p in Conn(sport=50000 + i, dport=22).opened()]
     assert run(e, syns + [c.syn(), c.send(BLOCKED)]) == []
     assert e.counts["whitelisted"] == 5
     assert not e.bans
@@ -139,14 +147,18 @@ def test_payload_scope_on_ssh_port_not_smtp(make_engine):
 def test_flow_table_is_bounded(make_engine):
     e = make_engine(max_flows=100, domains="")
     for i in range(1000):
-        e.process(Conn(src=f"198.18.{i // 250}.{i % 250 + 1}", sport=1000 + i, dport=25).syn(), i * 0.001)
+        for p in Conn(src=f"198.18.{i // 250}.{i % 250 + 1}", sport=1000 + i, dport=25).opened():
+            e.process(p, i * 0.001)
     assert len(e.flows) == 100 and e.flows.evicted == 900
+    assert e.flows.evicted_open == 900 and len(e.flows.tombstones) == 100  # bounded too
 
 
 def test_idle_flows_expire(make_engine):
     e = make_engine(flow_idle=10.0, domains="")
-    e.process(Conn().syn(), 0.0)
-    e.process(Conn(src="198.51.100.99").syn(), 30.0)
+    for p in Conn().opened():
+        e.process(p, 0.0)
+    for p in Conn(src="198.51.100.99").opened():
+        e.process(p, 30.0)
     assert len(e.flows) == 1 and e.flows.expired == 1
 
 

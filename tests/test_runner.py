@@ -60,10 +60,12 @@ def test_alert_mode_accepts_untouched_and_bans_nothing(make_engine, tmp_path):
 
 def test_rate_drop_bans_and_late_packets_are_dropped_quietly(make_engine, tmp_path):
     runner, fw, events, _, _, _ = make(make_engine, tmp_path, domains="")
-    out = feed(runner, [Conn(sport=5000 + i, dport=22).syn() for i in range(7)])
-    assert [p.verdict for p in out] == ["accept"] * 4 + ["drop"] * 3
+    out = feed(runner, [p for i in range(7) for p in Conn(sport=5000 + i, dport=22).opened()])
+    # counted at each handshake's ACK: the 5th is reset (its packet rewritten into a RST and
+    # accepted), then the SYNs and ACKs of connections 6 and 7 are dropped as banned
+    assert [p.verdict for p in out] == ["accept"] * 10 + ["drop"] * 4
     assert [c[0] for c in fw.calls] == ["ban"]
-    assert runner.counts["banned-late"] == 2
+    assert runner.counts["banned-late"] == 4
     assert [e["event"] for e in events.events] == ["verdict", "ban"]
 
 
@@ -99,7 +101,7 @@ def test_ban_line_format():
 
 def test_alert_mode_reports_a_would_be_banned_source_once_a_minute(make_engine, tmp_path):
     runner, fw, events, _, _, now = make(make_engine, tmp_path, mode="alert", domains="")
-    feed(runner, [Conn(sport=5000 + i, dport=22).syn() for i in range(5)])  # the 5th: rate alert
+    feed(runner, [p for i in range(5) for p in Conn(sport=5000 + i, dport=22).opened()])  # the 5th: rate alert
     feed(runner, [Conn(sport=6000 + i, dport=22).syn() for i in range(3)])  # would be dropped as banned
     now[0] += 61
     feed(runner, [Conn(sport=7000, dport=22).syn()])

@@ -73,3 +73,75 @@ def test_old_data_before_base_is_ignored():
     s = Stream(1000, 4096)
     assert s.push(990, b"0123456789") == b""
     assert s.push(995, b"56789ABCDE") == b"ABCDE"
+
+
+# -- the Linux receiver's rules (tcp_data_queue_ofo, tcp_urg, tcp_paws_discard) ----------------
+
+
+def test_adjacent_held_segments_coalesce_and_an_overlap_inside_them_is_dropped():
+    s = Stream(0, 4096)
+    s.push(4, b"exam")
+    s.push(8, b"ple.")  # starts where the last held one ends: coalesced (tcp_ooo_try_coalesce)
+    s.push(6, b"ZZZZ")  # inside the coalesced segment: dropped
+    assert s.push(0, b"v@x.") == b"v@x.example."
+    assert s.conflicts == 1 and s.ambiguous is None
+
+
+def test_coalescing_onto_a_predecessor_that_then_covers_a_later_one_is_flagged_on_conflict():
+    s = Stream(0, 4096)
+    s.push(4, b"ab")
+    s.push(8, b"ef")
+    s.push(6, b"cdXY")  # adjacent to [4,6): coalesced into [4,10), which now covers [8,10) with other bytes
+    assert s.ambiguous is None and s.conflicts == 1  # Linux delivers the coalesced bytes: predictable
+    s.push(9, b"QQ")  # where this lands depends on Linux's rb-tree shape: not predictable
+    assert s.ambiguous == "conflicting-copy-of-uncertain-bytes"
+    t = Stream(0, 4096)
+    t.push(4, b"ab")
+    t.push(8, b"ef")
+    t.push(6, b"cdXY")
+    assert t.push(0, b"0123") == b"0123abcdXY"
+
+
+def test_same_start_covering_replaces_and_merge_right_removes_covered():
+    s = Stream(0, 4096)
+    s.push(10, b"kl")
+    s.push(4, b"ef")
+    s.push(4, b"efghijklmn")  # same start, longer: replaces [4,6), and [10,12) is covered: removed
+    assert s.pending == [[4, b"efghijklmn"]]
+    assert s.push(0, b"abcd") == b"abcdefghijklmn"
+
+
+def test_urgent_byte_is_removed_when_delivered_and_a_pointer_to_received_data_is_ignored():
+    s = Stream(0, 4096)
+    assert s.push(0, b"abcXdef", urgent=3) == b"abcdef"
+    assert s.push(7, b"gh", urgent=2) == b"gh"  # points before rcv_nxt: ignored
+    assert s.urgent_removed == 1
+
+
+def test_urgent_pointer_into_held_data():
+    s = Stream(0, 4096)
+    s.push(4, b"Xefg", urgent=4)  # the byte arrives out of order: removed when it is delivered
+    assert s.push(0, b"abcd") == b"abcdefg"
+
+
+def test_newer_urgent_pointer_before_the_old_byte_arrived_returns_it_to_the_stream():
+    s = Stream(0, 4096)
+    s.push(0, b"ab", urgent=5)  # urgent byte at 5, not arrived
+    s.push(2, b"cd", urgent=7)  # a newer pointer: the byte at 5 becomes ordinary data
+    assert s.push(4, b"efgXi") == b"efgi"  # only the byte at 7 is taken out
+    assert s.ambiguous is None
+
+
+def test_paws_discards_stale_segments_and_keeps_fresh_ones():
+    s = Stream(0, 4096)
+    s.timestamps(1000)
+    assert s.push(0, b"abc", tsval=10) == b""  # more than 1 behind ts_recent: discarded
+    assert s.push(0, b"abc", tsval=999) == b"abc"  # 1 behind is still accepted
+    assert s.paws_discarded == 1
+
+
+def test_too_many_held_segments_is_ambiguous():
+    s = Stream(0, 1 << 20)
+    for i in range(300):
+        s.push(10 + 2 * i, b"x")  # gaps between them: nothing coalesces
+    assert s.ambiguous == "too-many-held-segments"

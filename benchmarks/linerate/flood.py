@@ -5,7 +5,10 @@
 Config: ``dst``, ``port``; ``sources`` distinct flood sources counted up from ``base``,
 each sending one SYN per pass (``passes``, default 1); ``attackers`` (a list of addresses)
 that each send ``per_attacker`` SYNs, spread evenly through the flood so they exceed the
-rate limit while it runs;
+rate limit while it runs (with ``attacker_connections``, real connections instead, opened and
+closed from a thread while the flood runs: only connections whose handshake completed count
+towards the rate limit, so bare SYNs from them would never be banned; an attacker stops at its
+first connection that times out, that is once the kernel drops it);
 ``max_seconds``.  Every SYN has its own source port and sequence number (so none of them is
 a retransmission), an MSS option, and a correct TCP checksum; the kernel fills in the IPv4
 header checksum and length (IPPROTO_RAW implies IP_HDRINCL).
@@ -26,6 +29,7 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import time
 
 
@@ -57,7 +61,7 @@ def build(cfg: dict) -> list[bytes]:
             for p in range(int(cfg.get("passes", 1))) for i in range(n)]
     attackers = [socket.inet_aton(a) for a in cfg.get("attackers", [])]
     per = int(cfg.get("per_attacker", 0))
-    if attackers and per:
+    if attackers and per and not cfg.get("attacker_connections"):
         extra = []
         for k in range(per):
             for j, a in enumerate(attackers):
@@ -67,6 +71,20 @@ def build(cfg: dict) -> list[bytes]:
         for pos, pkt in sorted(extra, key=lambda e: e[0], reverse=True):
             pkts.insert(pos, pkt)
     return pkts
+
+
+def connect_attackers(cfg: dict, result: dict) -> None:
+    """Real connections from each attacker (open, close), until one times out."""
+    opened = 0
+    for _ in range(int(cfg.get("per_attacker", 0))):
+        for a in list(cfg["attackers"]):
+            try:
+                with socket.create_connection((cfg["dst"], int(cfg.get("port", 25))), timeout=0.3,
+                                              source_address=(a, 0)):
+                    opened += 1
+            except OSError:
+                cfg["attackers"].remove(a)
+    result["attacker_connections"] = opened
 
 
 def main() -> int:
@@ -81,6 +99,11 @@ def main() -> int:
     errors = 0
     sent = 0
     print("go", flush=True)
+    extra: dict = {}
+    attack = None
+    if cfg.get("attacker_connections") and cfg.get("attackers"):
+        attack = threading.Thread(target=connect_attackers, args=(dict(cfg, attackers=list(cfg["attackers"])), extra))
+        attack.start()
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.monotonic()
     deadline = t0 + max_seconds
@@ -95,12 +118,14 @@ def main() -> int:
         if time.monotonic() > deadline:
             break
     t1 = time.monotonic()
+    if attack is not None:
+        attack.join(timeout=max_seconds)
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     s.close()
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     print(json.dumps({"t_go": t0, "t_end": t1, "planned": len(pkts), "sent": sent, "errors": errors,
                       "seconds": t1 - t0, "rate": sent / max(t1 - t0, 1e-9), "cpu": cpu,
-                      "complete": sent + errors == len(pkts)}), flush=True)
+                      "complete": sent + errors == len(pkts), **extra}), flush=True)
     return 0
 
 

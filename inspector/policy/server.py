@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import os
 import socket
 import struct
@@ -45,67 +44,13 @@ from typing import Any
 
 from ..control import clear_stale_socket
 from .decide import DUNNO, Decision
-from .protocol import MAX_ATTRIBUTES, MAX_LINE, MAX_REQUEST, Request, RequestReader, encode_reply
+from .protocol import Request, RequestReader, encode_reply
+from .settings import Limits, Listen, parse_listen
 
 __all__ = ["Limits", "Listen", "PolicyServer", "parse_listen", "peer_uid"]
 
 LATENCY_SAMPLES = 4096
 MAX_PENDING_ACTS = 1024  # decisions waiting for ``act`` (bans, events) before more are dropped, counted
-
-
-@dataclass(frozen=True)
-class Listen:
-    """Where to listen: ``inet`` (host, port) or ``unix`` (path)."""
-
-    kind: str
-    host: str = ""
-    port: int = 0
-    path: str = ""
-
-    def __str__(self) -> str:
-        if self.kind == "unix":
-            return f"unix:{self.path}"
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-def parse_listen(text: str) -> Listen:
-    """``127.0.0.1:10040``, ``[::1]:10040`` or ``unix:/run/inspector/policy.sock``; ValueError otherwise.
-
-    A TCP address must be a loopback address: the MTA asking is on this host
-    (the bans go into this host's ipset), and a request can ban any address.
-    """
-    text = text.strip()
-    if text.startswith("unix:"):
-        path = text[5:]
-        if not path.startswith("/"):
-            raise ValueError(f"a UNIX socket path must be absolute: {text!r}")
-        if len(path.encode()) > 107:
-            raise ValueError(f"a UNIX socket path is at most 107 bytes: {text!r}")
-        return Listen("unix", path=path)
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"expected HOST:PORT, [V6]:PORT or unix:/PATH, not {text!r}")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"expected an IP address before the port, not {host!r}") from None
-    if not address.is_loopback:
-        raise ValueError(f"listen on a loopback address (127.0.0.1, ::1) or a UNIX socket, not {host!r}: "
-                         "the MTA asking must be on this host")
-    return Listen("inet", host=host, port=int(port))
-
-
-@dataclass(frozen=True)
-class Limits:
-    """The server's bounds (see the module docstring); seconds and bytes."""
-
-    max_connections: int = 256
-    request_timeout: float = 5.0
-    idle_timeout: float = 600.0  # above Postfix's smtpd_policy_service_max_idle (300 s)
-    max_line: int = MAX_LINE
-    max_request: int = MAX_REQUEST
-    max_attributes: int = MAX_ATTRIBUTES
 
 
 def peer_uid(sock: socket.socket) -> int | None:
@@ -145,6 +90,7 @@ def _proc_endpoint(family: int, host: str, port: int) -> str:
     return "".join(f"{w:08X}" for w in words) + f":{port:04X}"
 
 
+@dataclass(eq=False)
 class PolicyServer:
     """Serves policy requests; ``start()`` binds and starts the thread, ``close()`` stops it.
 
@@ -154,15 +100,14 @@ class PolicyServer:
     to ask (None: anyone who can connect).
     """
 
-    def __init__(self, listen: Listen, decide: Callable[[Request], Decision],
-                 act: Callable[[Decision], None], limits: Limits = Limits(),
-                 uids: frozenset[int] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
-        self.listen = listen
-        self.decide = decide
-        self.act = act
-        self.limits = limits
-        self.uids = uids
-        self.clock = clock
+    listen: Listen
+    decide: Callable[[Request], Decision]
+    act: Callable[[Decision], None]
+    limits: Limits = Limits()
+    uids: frozenset[int] | None = None
+    clock: Callable[[], float] = time.monotonic
+
+    def __post_init__(self) -> None:
         self.counts: Counter[str] = Counter()
         self.latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)  # seconds, request read -> reply written
         self.open_connections = 0

@@ -9,24 +9,83 @@
     idle_timeout = 600             # seconds a connection may wait between requests
     max_connections = 256
     users = ["root", "postfix", "Debian-exim"]   # who may ask ([]: anyone who can connect)
+
+:class:`Listen`, :func:`parse_listen` and :class:`Limits` live here rather than in
+:mod:`.server` (which uses them), so that reading the config imports neither asyncio nor ssl.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import pwd
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .server import Limits, Listen, parse_listen
+from .protocol import MAX_ATTRIBUTES, MAX_LINE, MAX_REQUEST
 
-__all__ = ["KEYS", "PolicySettings", "parse_policy"]
+__all__ = ["KEYS", "Limits", "Listen", "PolicySettings", "parse_listen", "parse_policy"]
 
 DEFAULT_REPLY = "421 4.7.1 Service not available, closing transmission channel"
 KEYS: dict[str, type | tuple[type, ...]] = {
     "listen": str, "reply": str, "request_timeout": (int, float), "idle_timeout": (int, float),
     "max_connections": int, "users": list,
 }
+
+
+@dataclass(frozen=True)
+class Listen:
+    """Where to listen: ``inet`` (host, port) or ``unix`` (path)."""
+
+    kind: str
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    def __str__(self) -> str:
+        if self.kind == "unix":
+            return f"unix:{self.path}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_listen(text: str) -> Listen:
+    """``127.0.0.1:10040``, ``[::1]:10040`` or ``unix:/run/inspector/policy.sock``; ValueError otherwise.
+
+    A TCP address must be a loopback address: the MTA asking is on this host
+    (the bans go into this host's ipset), and a request can ban any address.
+    """
+    text = text.strip()
+    if text.startswith("unix:"):
+        path = text[5:]
+        if not path.startswith("/"):
+            raise ValueError(f"a UNIX socket path must be absolute: {text!r}")
+        if len(path.encode()) > 107:
+            raise ValueError(f"a UNIX socket path is at most 107 bytes: {text!r}")
+        return Listen("unix", path=path)
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, [V6]:PORT or unix:/PATH, not {text!r}")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"expected an IP address before the port, not {host!r}") from None
+    if not address.is_loopback:
+        raise ValueError(f"listen on a loopback address (127.0.0.1, ::1) or a UNIX socket, not {host!r}: "
+                         "the MTA asking must be on this host")
+    return Listen("inet", host=host, port=int(port))
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The server's bounds (see the module docstring); seconds and bytes."""
+
+    max_connections: int = 256
+    request_timeout: float = 5.0
+    idle_timeout: float = 600.0  # above Postfix's smtpd_policy_service_max_idle (300 s)
+    max_line: int = MAX_LINE
+    max_request: int = MAX_REQUEST
+    max_attributes: int = MAX_ATTRIBUTES
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ ToPackets = Callable[[tuple[Network, ...]], None]
 RESOLVE_WAIT = 3.0  # seconds the start waits for the first lookups of [whitelist] hosts
 
 
+@dataclass(eq=False)
 class WhitelistComponent:
     """``[whitelist] cidrs`` plus the networks of ``files`` and ``hosts``, as one whitelist.
 
@@ -47,15 +49,15 @@ class WhitelistComponent:
     part to the kernel's whitelist sets (which let it pass before any queueing).
     """
 
-    def __init__(self, base: tuple[Network, ...], bans: BanPipeline, events: EventSink, clock: Callable[[], float],
-                 sources: WhitelistSources, to_packets: ToPackets, kernel: KernelWhitelist | None) -> None:
-        self.base = base
-        self.bans = bans
-        self.events = events
-        self.clock = clock
-        self.sources = sources
-        self.to_packets = to_packets
-        self.kernel = kernel
+    base: tuple[Network, ...]
+    bans: BanPipeline
+    events: EventSink
+    clock: Callable[[], float]
+    sources: WhitelistSources
+    to_packets: ToPackets
+    kernel: KernelWhitelist | None
+
+    def __post_init__(self) -> None:
         self.kernel_errors: list[str] = []
         self.changes = 0
         self._lock = threading.Lock()  # the refresh thread and a reload on the loop may apply at once

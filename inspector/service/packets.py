@@ -19,6 +19,7 @@ from typing import Any
 from ..config import Config
 from ..engine import Engine
 from ..events import EventSink, now_iso
+from ..nets import own_addresses, protects
 from ..respond.bans import BanPipeline
 from ..rules import RuleSet
 from ..runner import RawResetSender, ResetSender, Runner
@@ -47,7 +48,9 @@ class PacketSide:
         self.reloads = 0
         self.loaded = clock()
         self.rules_info = rules_info(rules, self.loaded)
-        self.engine = Engine(config, rules)
+        own = own_addresses()  # the engine never bans this host's addresses or their /64 (issue 11)
+        self._protects: Callable[[str], str | None] = lambda network: protects(network, own=own)
+        self.engine = Engine(config, rules, protects=self._protects)
         self._reload_requested = False
         self._reload_thread: threading.Thread | None = None
         self._reload_result: tuple[Config, RuleSet] | Exception | None = None
@@ -145,7 +148,7 @@ class PacketSide:
         if same_engine:
             self.engine.swap_rules(rules)
         else:
-            engine = Engine(config, rules)
+            engine = Engine(config, rules, protects=self._protects)
             engine.bans = self.engine.bans  # bans carry over; flows are picked up midstream
             self.engine = self.runner.engine = engine
         if config.service != self.config.service:

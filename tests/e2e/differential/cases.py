@@ -223,4 +223,6 @@ def splits() -> list[Case]:
 
 
 def all_cases() -> list[Case]:
-    return [*clean(), *kind2(), *kind3(4), *kind3(6), *kind4(), *kind5(), *splits()]
+    from .tcp_cases import tcp_cases  # the tcp helper's cases (issue 12 kinds 1 and 6)
+
+    return [*clean(), *kind2(), *kind3(4), *kind3(6), *kind4(), *kind5(), *splits(), *tcp_cases()]

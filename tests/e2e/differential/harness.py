@@ -97,6 +97,7 @@ class Case:
     kind: str = ""          # the kind it belongs to ("2", "3", ...), for reports
     families: tuple[int, ...] = (4, 6)
     note: str = ""
+    syn_data: bytes = b""   # payload on the SYN (the tcp cases)
 
 
 @dataclass
@@ -221,7 +222,7 @@ class DiffBed:
                 outcomes.append(Outcome(case, fam, src, pcap))
                 sessions.append({"src": src, "dst": SERVER[fam], "dport": 25, "sport": 40000 + len(sessions),
                                  "isn": case.isn, "timestamps": case.timestamps, "pcap": str(pcap),
-                                 "segments": [s.spec() for s in case.segments]})
+                                 "segments": [s.spec() for s in case.segments], "syn_data": case.syn_data.hex()})
         peer = self.bed.s("cat", "/sys/class/net/veth-s/address").stdout.strip()
         spec_file = self.dir / f"sender{suffix}.json"
         spec_file.write_text(json.dumps({"iface": "veth-c", "peer_mac": peer, "sessions": sessions}))

@@ -72,7 +72,7 @@ class Session:
         options: list[Any] = []
         if syn_options:
             options = [("MSS", 1460), ("SAckOK", b""), ("WScale", 7)]
-        if self.ts:
+        if self.ts and tsval != -1:  # tsval -1: this segment carries no timestamp option
             self.tsval += 1
             options.append(("Timestamp", (tsval if tsval is not None else self.tsval, self.ts_recent)))
         if ack and "A" not in flags and "S" not in flags:
@@ -145,10 +145,15 @@ class Session:
 
     # ---- the session -----------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        self.send(self.frame(self.isn, "S", syn_options=True))
-        end = time.monotonic() + 3
-        while not self.synack and time.monotonic() < end:
-            self.poll(0.05)
+        # "syn_data": bytes on the SYN itself (Linux delivers them only with a Fast Open cookie)
+        syn = self.frame(self.isn, "S", bytes.fromhex(self.spec.get("syn_data", "")), syn_options=True)
+        for _ in range(3):  # retransmitted (same ISN) if lost, as a client kernel would
+            self.send(syn)
+            end = time.monotonic() + 1
+            while not self.synack and time.monotonic() < end:
+                self.poll(0.05)
+            if self.synack:
+                break
         if not self.synack:
             self.writer.close()
             return {"synack": False, "server_bytes": 0, "reply": ""}
