@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from .bans import BanStore, StateError
 from .config import Config, load_config
@@ -21,13 +22,38 @@ from .events import now_iso
 from .firewall import FirewallError, IpsetFirewall, SetNames
 from .manual import TargetError, ban_form, parse_duration, parse_target
 
+__all__ = ["ban", "list_bans", "printable", "unban"]
+
+
+def printable(text: object, keep: str = "") -> str:
+    """``text`` safe for a terminal: every character that is not printable (control characters, C1
+    codes such as CSI, bidirectional overrides), except those in ``keep``, written as its Python
+    escape (``\\x1b``).  Reasons, rules and host ids may come from a fleet peer or a log line;
+    printed raw they could recolour, retitle or rewrite the admin's terminal.  None gives ""."""
+    if text is None:
+        return ""
+    s = str(text)
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in s)
+
+
+def _ask(path: str, request: dict[str, Any]) -> dict[str, Any] | None:
+    """``control_request``, with a clear error (SystemExit 1) when the service answers badly or too slowly."""
+    try:
+        return control_request(path, request)
+    except (OSError, ValueError) as e:
+        print(f"inspector: error: the service on {path} did not answer properly: {type(e).__name__}: {e}",
+              file=sys.stderr)
+        raise SystemExit(1) from None
+
 
 def list_bans(config_path: str | None, as_json: bool) -> int:
     """``inspector bans``: the active bans from the running service, else from the state file; one line (or, with
     ``as_json``, one JSON object) per ban. Returns the exit code (1: the state file is unreadable).
     """
     config = load_config(config_path)
-    reply = control_request(config.service.control_socket, {"cmd": "bans"})
+    reply = _ask(config.service.control_socket, {"cmd": "bans"})
     if reply is not None:
         bans = reply.get("bans", [])
         source = "running service"
@@ -44,13 +70,13 @@ def list_bans(config_path: str | None, as_json: bool) -> int:
         source = f"state file {config.service.state_file} (service not running)"
     if as_json:
         for b in bans:
-            print(json.dumps(b))
+            print(json.dumps(b))  # JSON escapes control characters itself
         return 0
     print(f"{len(bans)} active bans, from the {source}")
     for b in bans:
         left = int(b["seconds_left"])
-        print(f"{b['network']:<40} {b['reason']:<10} {left // 3600:>3}h{left % 3600 // 60:02d}m left"
-              f"  {b.get('origin') or 'local':<16} {b.get('rule') or ''}")
+        print(f"{printable(b['network']):<40} {printable(b['reason']):<10} {left // 3600:>3}h{left % 3600 // 60:02d}m"
+              f" left  {printable(b.get('origin') or 'local'):<16} {printable(b.get('rule'))}")
     return 0
 
 
@@ -63,19 +89,19 @@ def ban(config_path: str | None, target: str, duration: str, reason: str | None)
     except TargetError as e:
         print(f"inspector: error: {e}", file=sys.stderr)
         return 1
-    reply = control_request(config.service.control_socket,
-                            {"cmd": "ban", "networks": networks, "seconds": seconds, "reason": reason})
+    reply = _ask(config.service.control_socket,
+                 {"cmd": "ban", "networks": networks, "seconds": seconds, "reason": reason})
     if reply is None:
         print(f"inspector: error: no service answers on {config.service.control_socket}: manual bans go through "
               "the running service (it knows what must never be banned, and tells the fleet)", file=sys.stderr)
         return 1
     if not reply.get("ok"):
-        print(f"inspector: error: {reply.get('error')}", file=sys.stderr)
+        print(f"inspector: error: {printable(reply.get('error'))}", file=sys.stderr)
         return 1
     for network in reply.get("banned", []):
         print(f"banned {network} for {seconds}s")
     for refused in reply.get("refused", []):
-        print(f"refused {refused['network']}: {refused['why']}", file=sys.stderr)
+        print(f"refused {printable(refused['network'])}: {printable(refused['why'])}", file=sys.stderr)
     return 0 if not reply.get("refused") else 1
 
 
@@ -98,12 +124,17 @@ def unban(config_path: str | None, target: str) -> int:
 
 
 def _unban_one(config: Config, address: str) -> int:
-    reply = control_request(config.service.control_socket, {"cmd": "unban", "network": address})
+    reply = _ask(config.service.control_socket, {"cmd": "unban", "network": address})
     if reply is not None:
         if not reply.get("ok"):
             print(f"inspector: error: {reply.get('error')}", file=sys.stderr)
             return 1
-        print(f"unbanned {reply['network']}" + ("" if reply.get("was_banned") else " (it was not banned)"))
+        covered = reply.get("covered_by") or []
+        if covered:
+            print(f"inspector: {printable(reply['network'])} was not banned itself, but the ban of "
+                  f"{', '.join(map(printable, covered))} still drops it: unban that", file=sys.stderr)
+            return 1
+        print(f"unbanned {printable(reply['network'])}" + ("" if reply.get("was_banned") else " (it was not banned)"))
         return 0
     # no service: edit the state and the kernel set directly
     network = ban_form(address, config.ipv4_prefix, config.ipv6_prefix)

@@ -239,6 +239,10 @@ def _check(args: argparse.Namespace) -> int:
     policy = config.policy
     print(f"policy path: {policy.listen}, reply {policy.reply!r}, request timeout {policy.limits.request_timeout:g}s, "
           f"users {', '.join(policy.users) or 'anyone'}" if policy.listen else "policy path: off ([policy] listen)")
+    if policy.listen and policy.unknown_users():
+        print(f"  WARNING: no such user here: {', '.join(policy.unknown_users())} (its requests are refused, and the "
+              "MTA then applies its default action: DUNNO)")
+    print(f"fleet: {config.fleet.describe()}" if config.fleet.enabled else "fleet: off ([fleet] url)")
     for rf in rules.files:
         extra = f" ports {list(rf.ports)}" if rf.ports else ""
         print(f"rules: {rf.path} ({rf.scope}{extra})")

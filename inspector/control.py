@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,21 +23,36 @@ __all__ = ["ControlError", "ControlServer", "Handler", "control_request", "read_
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 LINE_LIMIT = 65536  # bytes of a request line
+REPLY_LIMIT = 1 << 30  # bytes of a reply line (a million bans is about 150 MB)
+SERVE_SECONDS = 1.0  # the longest one client may hold the loop (read and reply together)
 
 
 class ControlError(Exception):
     """The control socket cannot be created; the message says why."""
 
 
-def read_line(conn: socket.socket, limit: int = LINE_LIMIT) -> bytes:
-    """Read up to the first newline (at most ``limit`` bytes, or until EOF); the line without it."""
-    buf = b""
-    while b"\n" not in buf and len(buf) < limit:
-        chunk = conn.recv(4096)
+def read_line(conn: socket.socket, limit: int = LINE_LIMIT, deadline: float | None = None) -> bytes:
+    """Read up to the first newline (at most ``limit`` bytes, or until EOF); the line without it.
+
+    ``deadline`` (a ``time.monotonic()`` value): give up then, raising TimeoutError, however the
+    peer trickles its bytes (the socket's own timeout bounds each ``recv`` only).
+    """
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the other end is too slow")
+            conn.settimeout(left)
+        chunk = conn.recv(65536)
         if not chunk:
             break
-        buf += chunk
-    return buf.split(b"\n", 1)[0]
+        chunks.append(chunk)
+        size += len(chunk)
+        if b"\n" in chunk:
+            break
+    return b"".join(chunks).split(b"\n", 1)[0]
 
 
 def clear_stale_socket(path: Path, who: str = "process") -> None:
@@ -120,12 +136,13 @@ class ControlServer:
         except BlockingIOError:
             return
         with conn:
-            conn.settimeout(1.0)
+            deadline = time.monotonic() + SERVE_SECONDS
             try:
-                reply = self.handle(json.loads(read_line(conn)))
+                reply = self.handle(json.loads(read_line(conn, deadline=deadline)))
             except Exception as e:  # noqa: BLE001 - a bad request gets an error reply, never stops the loop
                 reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
             with contextlib.suppress(OSError):
+                conn.settimeout(max(0.05, deadline - time.monotonic()))
                 conn.sendall(json.dumps(reply).encode() + b"\n")
 
     def close(self) -> None:
@@ -139,14 +156,17 @@ class ControlServer:
 
 
 def control_request(path: str, request: dict[str, Any], timeout: float = 3.0) -> dict[str, Any] | None:
-    """Ask the service listening on ``path``: the reply, or None if none answers.
-    Raises OSError on other socket errors, ValueError on a reply that is not JSON."""
+    """Ask the service listening on ``path``: the reply, or None if none answers.  The whole
+    exchange takes at most ``timeout`` seconds; a reply may be of any size (``REPLY_LIMIT``).
+    Raises OSError on other socket errors (TimeoutError: too slow), ValueError on a reply that is
+    not JSON (or was cut off)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
+    deadline = time.monotonic() + timeout
     try:
         sock.connect(path)
         sock.sendall(json.dumps(request).encode() + b"\n")
-        line = read_line(sock)
+        line = read_line(sock, REPLY_LIMIT, deadline)
     except (FileNotFoundError, ConnectionRefusedError):
         return None
     finally:

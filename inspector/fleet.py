@@ -40,7 +40,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -71,14 +71,18 @@ class FleetClient:
     ``issue(FleetBan, now) -> bool`` applies a peer's ban (False: refused, e.g. whitelisted);
     ``lift(network, now) -> bool`` lifts one.  Both are called from the subscriber thread and
     must be thread-safe (the ban pipeline is).  Register :meth:`on_local` as a pipeline
-    listener.  ``redis_factory`` (tests) replaces ``redis.Redis.from_url``.
+    listener.  ``redis_factory`` (tests) replaces ``redis.Redis.from_url``.  ``peer_bans()``: the
+    networks banned here on a peer's word (their origin is another host); a resync after entries
+    were trimmed lifts those the snapshot no longer holds (their unban was trimmed away).
     """
 
     def __init__(self, settings: FleetSettings, state_path: Path | None,
                  issue: Callable[[FleetBan, float], bool], lift: Callable[[str, float], bool],
                  emit: Callable[[dict[str, Any]], None], clock: Callable[[], float] = time.time,
-                 redis_factory: Callable[[], Any] | None = None) -> None:
+                 redis_factory: Callable[[], Any] | None = None,
+                 peer_bans: Callable[[], Iterable[str]] | None = None) -> None:
         self.settings = settings
+        self._peer_bans = peer_bans
         self.host = settings.host_id
         self.state_path = state_path
         self._issue = issue
@@ -366,17 +370,22 @@ class FleetClient:
             why = "entries this host has not read were trimmed"
         if why is None:
             return
-        self._resync(redis, last, why)
+        self._resync(redis, last, why, lift_missing=why.startswith("entries this host has not read"))
 
-    def _resync(self, redis: Any, position: tuple[int, int], why: str) -> None:
+    def _resync(self, redis: Any, position: tuple[int, int], why: str, lift_missing: bool = False) -> None:
+        """Apply the snapshot's active bans; with ``lift_missing`` also lift the peers' bans held
+        here that it no longer holds (lifted, or expired, while their entries were trimmed).
+        Never after Redis lost its data: an empty snapshot then says nothing about them."""
         now = self.clock()
         applied = 0
         start = 0
         page = 1000
+        held: set[str] = set()
         while True:
             nets = redis.zrangebyscore(self._keys[1], f"({now}", "+inf", start=start, num=page, withscores=True)
             if not nets:
                 break
+            held.update(n for n, _ in nets)
             details = redis.hmget(self._keys[2], [n for n, _ in nets])
             for (net, expires), raw in zip(nets, details, strict=True):
                 if raw is None:
@@ -391,12 +400,17 @@ class FleetClient:
             start += len(nets)
             if len(nets) < page:
                 break
+        lifted = 0
+        if lift_missing and self._peer_bans is not None:
+            for network in list(self._peer_bans()):
+                if network not in held:
+                    lifted += self._apply({"op": "unban", "net": network, "origin": "(resync)"})
         with self._lock:
             self._last_id = position
             self._dirty = True
         self.counts["resyncs"] += 1
         self._emit({"event": "fleet-resync", "time": round(now, 3), "why": why, "applied": applied,
-                    "position": id_text(position)})
+                    "lifted": lifted, "position": id_text(position)})
 
     def _apply(self, fields: Mapping[str, Any]) -> int:
         """Apply one peer entry; 1 if a ban or unban took effect."""
@@ -440,7 +454,7 @@ class FleetClient:
             return 0
         with _Flag(self._applying):
             try:
-                ok = self._issue(FleetBan(network, int(left), reason, rule, origin), now)
+                ok = self._issue(FleetBan(network, int(left), reason, rule, origin[:64]), now)
             except Exception as e:  # noqa: BLE001 - as above: count it and read on
                 self._error(f"ban {network} from {origin}: {type(e).__name__}: {e}")
                 return 0
@@ -469,7 +483,11 @@ def attach_fleet(host: Any) -> FleetClient | None:
     def lift(network: str, now: float) -> bool:
         return bool(pipeline.lift(network, now, "fleet"))
 
-    client = FleetClient(settings, state, issue, lift, host.events.emit, host.clock)
+    def peer_bans() -> list[str]:
+        now = host.clock()
+        return [r.network for r in pipeline.active(now) if r.origin and r.origin != settings.host_id]
+
+    client = FleetClient(settings, state, issue, lift, host.events.emit, host.clock, peer_bans=peer_bans)
     pipeline.add_listener(client.on_local)
     host.add_component("fleet", client)
     return client

@@ -90,6 +90,17 @@ class FleetSettings:
         """This host's id in the stream: ``host``, else the host name."""
         return self.host or socket.gethostname()
 
+    def describe(self) -> str:
+        """One line for ``inspector check``: where Redis is (never the password), this host's id."""
+        from urllib.parse import urlsplit
+
+        u = urlsplit(self.url)
+        where = u.path if u.scheme == "unix" else f"{u.hostname}:{u.port or 6379}{u.path or ''}"
+        user = f"user {u.username}, " if u.username else ""
+        return (f"{u.scheme}://{where} ({user}{'a password' if u.password else 'no password'}), host {self.host_id}, "
+                f"stream {self.stream}, keep {self.keep}s, peers' bans at most /{self.min_prefix_v4} "
+                f"and /{self.min_prefix_v6}")
+
 
 _KEYS: dict[str, type | tuple[type, ...]] = {
     "url": str, "stream": str, "host": str, "keep": int, "state_file": str, "ca_file": str, "cert_file": str,
@@ -110,6 +121,10 @@ def parse_fleet(section: Mapping[str, Any], fail: Callable[[str | None, str], Ex
     url = values.get("url", "")
     if url and not url.startswith(("redis://", "rediss://", "unix://")):
         raise fail("url", "must start with redis://, rediss:// (TLS) or unix://")
+    if url:
+        why = _url_problem(url)
+        if why:
+            raise fail("url", why)
     for key, low, high in (("keep", 10, 366 * 86400), ("batch", 1, 10_000), ("outbox_max", 100, 10_000_000),
                            ("min_prefix_v4", 0, 32),
                            ("min_prefix_v6", 0, 128), ("timeout", 0.1, 60)):
@@ -118,6 +133,27 @@ def parse_fleet(section: Mapping[str, Any], fail: Callable[[str | None, str], Ex
     if "host" in values and not values["host"].strip():
         raise fail("host", "must not be empty (leave it out for the host name)")
     return FleetSettings(**values)
+
+
+def _url_problem(url: str) -> str | None:
+    """Why Redis could not use ``url`` (None: it can): a host, a port 1-65535, a database number."""
+    from urllib.parse import urlsplit
+
+    try:
+        u = urlsplit(url)
+        port = u.port
+    except ValueError as e:
+        return f"{url.split('@')[-1]!r}: {e}"
+    if u.scheme == "unix":
+        return None if u.path.startswith("/") else "unix:// needs an absolute socket path (unix:///run/redis.sock)"
+    if not u.hostname:
+        return "needs a host (redis://host:6379/0)"
+    if port == 0:
+        return "port 0 cannot be connected to"
+    db = u.path.lstrip("/")
+    if db and not db.isdigit():
+        return f"the database after the host must be a number (redis://host:6379/0), not {db!r}"
+    return None
 
 
 @dataclass(frozen=True)

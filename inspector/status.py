@@ -13,6 +13,7 @@ import sys
 import time
 from typing import Any
 
+from .admin import printable
 from .config import load_config
 from .control import control_request
 from .logs import status_lines
@@ -39,7 +40,23 @@ def _duration(seconds: float) -> str:
 
 
 def render(path: str, st: dict[str, Any] | None) -> str:
-    """The status screen as text (what ``--watch`` redraws)."""
+    """The status screen as text (what ``--watch`` redraws); no terminal escapes from the service's
+    data (a fleet peer's reason or host id, a rule) get through (:func:`inspector.admin.printable`)."""
+    return printable(_render(path, st), keep="\n")
+
+
+def _fleet_lines(fleet: Any) -> list[str]:
+    """The fleet's line (and its last error), when the service runs one."""
+    if not isinstance(fleet, dict):
+        return []
+    return [f"fleet: {'CONNECTED' if fleet.get('connected') else 'NOT CONNECTED'} as {fleet.get('host')}  "
+            f"last id {fleet.get('last_id')}  lag {fleet.get('lag', 0):g}s  outbox {fleet.get('outbox', 0):,}"
+            f"  published {fleet.get('published', 0):,}  received {fleet.get('received', 0):,}"
+            f"  refused {fleet.get('refused', 0):,}"
+            + (f"\n  last error: {fleet['last_error']}" if fleet.get("last_error") else "")]
+
+
+def _render(path: str, st: dict[str, Any] | None) -> str:
     if st is None or not st.get("ok"):
         return (f"inspector: NOT RUNNING (no answer on {path})\n"
                 "  traffic to the protected ports passes uninspected if the rules use --queue-bypass\n"
@@ -54,6 +71,8 @@ def render(path: str, st: dict[str, Any] | None) -> str:
                if st.get("bans_by_reason") else ""),
             *(f"  {b['network']:<28} {b['reason']:<10} {_duration(b['seconds_left'])} left  {b.get('rule') or ''}"
               for b in st.get("recent_bans", [])),
+            *_fleet_lines(st.get("fleet")),
+            *status_lines(st.get("logs")),
         ]) + "\n"
     live = st.get("live", {})
     queues = st.get("queues", [])
@@ -86,13 +105,7 @@ def render(path: str, st: dict[str, Any] | None) -> str:
         *_toolbox_lines(st),
         *_policy_lines(st.get("policy")),
     ]
-    fleet = st.get("fleet")
-    if isinstance(fleet, dict):
-        lines.append(f"fleet: {'CONNECTED' if fleet.get('connected') else 'NOT CONNECTED'} as {fleet.get('host')}  "
-                     f"last id {fleet.get('last_id')}  lag {fleet.get('lag', 0):g}s  outbox {fleet.get('outbox', 0):,}"
-                     f"  published {fleet.get('published', 0):,}  received {fleet.get('received', 0):,}"
-                     f"  refused {fleet.get('refused', 0):,}"
-                     + (f"\n  last error: {fleet['last_error']}" if fleet.get("last_error") else ""))
+    lines.extend(_fleet_lines(st.get("fleet")))
     return "\n".join(lines) + "\n"
 
 

@@ -17,8 +17,9 @@
 #           (an inspector-ban4 of type hash:ip from an older install is upgraded, its bans kept)
 #           inspector-white4 / inspector-white6 (hash:net)                     whitelisted sources
 #   chain   INSPECTOR, jumped to from the top of INPUT for TCP to the protected ports (not from lo):
+#             whitelisted source                -> RETURN (never inspected, limited or banned, even
+#                                                   by a ban that covers it: no lockout)
 #             banned source                     -> DROP   (the kernel enforces bans from then on)
-#             whitelisted source                -> RETURN (never inspected, limited or banned)
 #             conntrack INVALID (bad checksums)  -> DROP   (cannot desync the inspector's reassembly)
 #             TCP NEW without SYN               -> DROP   (the seeds' "! --syn --state NEW")
 #             packet marked decided by inspector -> save the mark on the connection, RETURN
@@ -241,8 +242,10 @@ install_family() {
     fi
     local ban white
     ban=$(ban_set "$fam"); white=$(white_set "$fam")
-    ipt "$fam" -A $CHAIN -m set --match-set "$ban" src -j DROP
+    # the whitelist first: a ban the service could not refuse (it knows [whitelist], not these sets:
+    # the SSH client whitelisted here, --whitelist) never locks out a whitelisted source
     ipt "$fam" -A $CHAIN -m set --match-set "$white" src -j RETURN
+    ipt "$fam" -A $CHAIN -m set --match-set "$ban" src -j DROP
     ipt "$fam" -A $CHAIN -m conntrack --ctstate INVALID -j DROP
     ipt "$fam" -A $CHAIN -p tcp ! --syn -m conntrack --ctstate NEW -j DROP
     smtp_body_marks "$fam"

@@ -85,8 +85,12 @@ class Host:
         def issue(b: FleetBan, now: float) -> bool:
             return pipe.issue(Ban(b.network, b.seconds, b.reason, b.rule, path="fleet", origin=b.origin), now)
 
+        def peer_bans() -> list[str]:
+            with pipe.lock:
+                return [n for n, (_, b) in pipe.bans.items() if b.origin and b.origin != self.name]
+
         client = FleetClient(self.settings, self.state, issue, lambda n, now: pipe.lift(n, now, path="fleet"),
-                             self.events.append)
+                             self.events.append, peer_bans=peer_bans)
         pipe.listeners = [client.on_local]
         return client
 
@@ -420,3 +424,51 @@ def test_the_outbox_is_bounded_and_keeps_the_newest_word_per_network(tmp_path: P
     saved = json.loads((tmp_path / "f").read_text())["outbox"]
     assert saved[-1]["op"] == "unban" and saved[-1]["net"] == "198.51.100.149"
     assert saved[0]["net"] == "198.51.100.50"
+
+
+def test_an_unban_trimmed_away_while_a_host_was_down_is_applied_by_its_resync(
+        redis_server: RedisServer, tmp_path: Path) -> None:
+    # host 3 had host 1's ban; host 1 lifted it while host 3 was away longer than the stream keeps
+    # entries: the unban is gone from the stream, and the snapshot no longer holds the ban
+    settings = FleetSettings(url=redis_server.url(), keep=1)  # below the parser's minimum, for the test
+    h1 = Host("host1", settings, tmp_path / "h1")
+    h3 = Host("host3", settings, tmp_path / "h3")
+    try:
+        for h in (h1, h3):
+            h.client.start()
+        h1.ban("198.51.100.1")
+        h1.ban("198.51.100.2")
+        h3.ban("198.51.100.3")  # host 3's own: no peer can lift it by silence
+        for i in range(120):  # a whole stream node of old entries, so that trimming can drop it
+            h1.ban(str(ipaddress.ip_address("198.18.5.0") + i), seconds=3600)
+        assert wait_for(lambda: {"198.51.100.1", "198.51.100.2"} <= h3.pipeline.active())
+        assert wait_for(lambda: h3.client.status()["outbox"] == 0)
+        h3.client.close()
+        h1.pipeline.lift("198.51.100.1", time.time())
+        for i in range(120):
+            h1.ban(str(ipaddress.ip_address("198.18.6.0") + i), seconds=3600)
+        time.sleep(2.5)
+        for i in range(300):  # MINID ~ trims whole stream nodes (100 entries by default)
+            h1.ban(str(ipaddress.ip_address("198.18.4.0") + i))
+        assert wait_for(lambda: h1.client.status()["outbox"] == 0)
+        assert redis_server.admin().xinfo_stream("inspector:bans")["recorded-first-entry-id"] > \
+            h3.client.status()["last_id"]
+        h3.restart()
+        assert wait_for(lambda: h3.client.status()["resyncs"] == 1)
+        assert wait_for(lambda: "198.51.100.1" not in h3.pipeline.active())
+        assert {"198.51.100.2", "198.51.100.3", "198.18.4.0"} <= h3.pipeline.active()
+    finally:
+        h1.client.close()
+        h3.client.close()
+
+
+def test_a_peers_texts_are_bounded_before_they_reach_the_ban_store(tmp_path: Path) -> None:
+    # origin, reason and rule end up in the ban store, the state file, events and `inspector bans`
+    got: list[FleetBan] = []
+    settings = FleetSettings(url="redis://127.0.0.1:1/0", host="h")
+    client = FleetClient(settings, None, lambda b, now: got.append(b) or True, lambda n, now: True, lambda e: None)
+    now = time.time()
+    client._apply({"op": "ban", "net": "198.51.100.9", "sec": 60, "exp": now + 60, "reason": "r" * 10_000,
+                   "rule": "u" * 10_000, "origin": "o" * 100_000, "at": now})
+    [ban] = got
+    assert len(ban.origin) <= 64 and len(ban.reason) <= 64 and len(ban.rule or "") <= 200

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -401,9 +404,12 @@ def test_server_unix_socket_and_peer_uid(tmp_path: Path) -> None:
     refused.start()
     try:
         with connect(refused) as c:
-            assert peer_uid(c) == me  # the loopback TCP peer is found in /proc/net/tcp
-            c.sendall(wire())
-            assert c.recv(100) == b""
+            assert peer_uid(c) == me  # the loopback TCP peer is found (sock_diag, else /proc/net/tcp)
+            try:  # refused at once: closed, or reset if our request arrived after the close
+                c.sendall(wire())
+                assert c.recv(100) == b""
+            except ConnectionResetError:
+                pass
         assert refused.status()["counts"]["refused:peer"] == 1
     finally:
         refused.close()
@@ -674,3 +680,71 @@ def test_metrics_show_the_policy_path() -> None:
                if s.name.endswith("_total")}
     assert samples == {"dunno": 4, "reject": 1, "requests": 5}
     assert families["inspector_policy_connections"].samples[0].value == 2
+
+
+NOBODY = 65534
+
+
+def _as_nobody(code: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                             "/usr/bin/python3", "-c", code])
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None or not Path("/usr/bin/python3").exists(),
+                    reason="needs root and setpriv to connect as another user")
+def test_peer_uid_of_another_users_tcp_socket_without_the_proc_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the exact socket lookup (sock_diag) answers without reading the whole /proc/net/tcp
+    import builtins
+
+    real_open = builtins.open
+
+    def no_proc(path: Any, *a: Any, **kw: Any) -> Any:
+        if str(path).startswith("/proc/net/tcp"):
+            raise OSError("not read")
+        return real_open(path, *a, **kw)
+    with socket.socket() as ls:
+        ls.bind(("127.0.0.1", 0))
+        ls.listen()
+        child = _as_nobody(f"import socket,time; s=socket.create_connection(('127.0.0.1',{ls.getsockname()[1]}));"
+                           " time.sleep(2)")
+        try:
+            ls.settimeout(10)
+            conn, _ = ls.accept()
+            with conn:
+                monkeypatch.setattr(builtins, "open", no_proc)
+                assert peer_uid(conn) == NOBODY
+        finally:
+            child.wait(10)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None or not Path("/usr/bin/python3").exists(),
+                    reason="needs root and setpriv to connect as another user")
+def test_connections_of_refused_local_users_never_take_the_mtas_places(monkeypatch: pytest.MonkeyPatch) -> None:
+    # an unprivileged local user floods the loopback port while the peer checks are slow (a big
+    # socket table): the MTA's connection must still be answered, not refused for capacity
+    import inspector.policy.server as server_module
+
+    # the slow part: the scan of the socket table (before sock_diag, every check scanned it)
+    target = "_proc_uid" if hasattr(server_module, "_proc_uid") else "peer_uid"
+    real = getattr(server_module, target)
+
+    def slow(sock: socket.socket) -> int | None:
+        time.sleep(0.3)
+        return real(sock)  # type: ignore[no-any-return]
+    monkeypatch.setattr(server_module, target, slow)
+    s = PolicyServer(parse_listen("127.0.0.1:0"), decider().decide, Recorder(),
+                     Limits(max_connections=4, request_timeout=2.0, idle_timeout=5.0), uids=frozenset({0}))
+    s.start()
+    port = s.address[1]
+    flood = _as_nobody("import socket,time\nheld=[]\n"
+                       f"for _ in range(40):\n    held.append(socket.create_connection(('127.0.0.1',{port})))\n"
+                       "time.sleep(4)")
+    try:
+        time.sleep(1.0)  # the 40 connections are in, their checks queued
+        with connect(s) as c:
+            c.sendall(wire())
+            assert read_replies(c, 1) == [b"action=DUNNO"]
+        assert s.status()["counts"].get("refused:capacity", 0) == 0
+    finally:
+        flood.wait(15)
+        s.close()

@@ -211,3 +211,15 @@ def test_a_side_component_is_started_shown_in_status_bans_and_is_closed(tmp_path
     assert b.service.host.status()["recorder"] == {"calls": ["start"]}
     b.service.stop()
     assert component.calls == ["start", "close"]
+
+
+def test_unban_of_an_address_inside_a_banned_network_names_that_network(bed):
+    # "inspector unban 198.51.100.45" after "inspector ban 198.51.100.40-198.51.100.47": the address
+    # stays dropped by 198.51.100.40/29, which the reply must say instead of "it was not banned"
+    from inspector.respond.bans import Ban
+
+    now = bed.service.host.clock()
+    assert bed.service.host.bans.issue(Ban("198.51.100.40/29", 3600, "manual", path="manual"), now)
+    reply = bed.service.host.control.handle({"cmd": "unban", "network": "198.51.100.45"})
+    assert reply["ok"] and reply["was_banned"] is False
+    assert reply["covered_by"] == ["198.51.100.40/29"]

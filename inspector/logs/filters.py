@@ -128,8 +128,20 @@ _POSTFIX = re.compile(
     r"(?::(?! Connection lost to authentication server| Invalid authentication mechanism)|\s*$)")
 
 
+# The warning must start Postfix's own message: right after the syslog tag ("postfix/smtpd[PID]: ",
+# the first "]: " of the line; rsyslog's "message repeated N times: [ " may come between), never
+# further on, where a reject line quotes the client's MAIL FROM or HELO and "improper command
+# pipelining" quotes its input: a client could write the whole warning there, with any address.
+_POSTFIX_REPEAT = re.compile(r"message repeated \d+ times: \[ ")
+
+
 def _postfix(line: str) -> str | None:
-    m = _POSTFIX.search(line)
+    tag = line.find("]: ")
+    start = 0 if line.startswith("warning: ") else tag + 3 if tag >= 0 else -1
+    if start < 0:
+        return None
+    repeat = _POSTFIX_REPEAT.match(line, start)
+    m = _POSTFIX.match(line, repeat.end() if repeat else start)
     return m.group(1) if m else None
 
 
@@ -298,8 +310,19 @@ _SSHD_START = re.compile(r"Failed (?:password|keyboard-interactive/pam) for (?:i
 _SSHD_FROM = re.compile(r" from (\S+?)(?: port \d+)?(?: ssh\d?)?(?: \[preauth\])?\s*$")
 
 
+# The failure must start sshd's own message, right after its syslog tag ("sshd[PID]: ", OpenSSH
+# >= 9.8 "sshd-session[PID]: "; the leftmost one is sshd's, the client's text comes after it), or
+# the line (an unwrapped "message repeated" line).  Further on it is the client's text: sshd logs a
+# client's SSH_MSG_DISCONNECT text ("Received disconnect from A port P:11: TEXT [preauth]"), where
+# a client could write "Failed password for x from ANY-ADDRESS port 22 ssh2".
+_SSHD_TAG = re.compile(r"(?:^|\s)sshd[\w-]*(?:\[\d+\])?: ")
+
+
 def _sshd(line: str) -> str | None:
-    m = _SSHD_START.search(line)
+    m = _SSHD_START.match(line)
+    if m is None:
+        tag = _SSHD_TAG.search(line)
+        m = _SSHD_START.match(line, tag.end()) if tag else None
     if m is None:
         return None
     start = m.end()
@@ -346,8 +369,22 @@ _EXIM = re.compile(r" authenticator failed for (?:[^\s()\[\]]+ )?(?:\([^ ]*\) )?
                    r"(?: I=\[[^\]\s]*\](?::\d+)?)?: 535 Incorrect authentication data")
 
 
+# The authenticator's name must start Exim's own message: after an optional syslog prefix
+# ("Nov 21 15:01:00 host exim[PID]: "), Exim's timestamp (log_timezone adds the offset) and pid
+# (+pid).  Further on a line may quote the client's text (a reject line's F=<"...">, an invalid EHLO
+# argument, a syntax error's input), where a client could write the whole failure with any address.
+_EXIM_HEAD = re.compile(
+    r"(?:(?:[A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT[\d:.]+(?:Z|[-+]\d\d:?\d\d)?) \S+ "
+    r"[^\s\[\]:]+(?:\[\d+\])?: )?"
+    r"(?:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d{3})?(?: [-+]\d{4})? )?(?:\[\d+\] )?"
+    r"[^\s=<>\"\[\]()]+(?=" + _EXIM.pattern + ")")
+
+
 def _exim(line: str) -> str | None:
-    m = _EXIM.search(line)
+    head = _EXIM_HEAD.match(line)
+    if head is None:
+        return None
+    m = _EXIM.match(line, head.end())
     return m.group(1) if m else None
 
 
@@ -422,6 +459,9 @@ def get_filter(name: str, user: Iterable[Filter] = ()) -> Filter:
 
 # -- the common line path ----------------------------------------------------------
 
+# rsyslog's reduction of repeated lines; it starts the message (right after the syslog tag, the first
+# "]: " of the line, or the line itself): found further on it is the client's text (a user name, a
+# quoted sender), which would otherwise choose the text the filter reads and multiply its count.
 _REPEATED = re.compile(r"message repeated (\d+) times: \[ ?(.*?)\]?\s*$")
 
 
@@ -451,7 +491,8 @@ class LineMatcher:
         filt = self.filter
         text, count = line, 1
         if "message repeated " in line:
-            m = _REPEATED.search(line)
+            tag = line.find("]: ")
+            m = _REPEATED.match(line, tag + 3 if tag >= 0 else 0)
             if m:
                 count, text = int(m.group(1)), m.group(2)
         raw = filt.extract(text)

@@ -18,7 +18,9 @@ Bounds, each counted in :meth:`PolicyServer.status`:
 * at most ``MAX_PENDING_ACTS`` decisions waiting for ``act`` (a stuck ban pipeline never grows
   memory: the answers still go out, and the drops are counted);
 * only local peers running as one of ``uids`` (SO_PEERCRED on a UNIX socket,
-  the socket table for loopback TCP), since a request can ban an address.
+  sock_diag or the socket table for loopback TCP), since a request can ban an
+  address; they are checked before they count as open connections, so other
+  local users cannot take the MTA's places.
 
 Exim's ``${readsocket}`` half-closes after its request and reads until end of
 file: the request is answered, then the connection is closed.  Any failure
@@ -57,12 +59,71 @@ def peer_uid(sock: socket.socket) -> int | None:
     """The user id of the process at the other end of a local connection (None: unknown).
 
     UNIX sockets: ``SO_PEERCRED`` (unix(7)).  Loopback TCP: the owner of the
-    peer's socket in ``/proc/net/tcp`` / ``tcp6`` (proc(5)), the socket whose
-    local end is our peer's address and whose remote end is ours.
+    peer's socket, the one whose local end is our peer's address and whose
+    remote end is ours: asked of the kernel by its address pair (sock_diag(7),
+    one lookup, about 30 us), else found in ``/proc/net/tcp`` / ``tcp6``
+    (proc(5), a scan of every socket of the namespace).
     """
     if sock.family == socket.AF_UNIX:
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         return int(struct.unpack("3i", creds)[1])
+    try:
+        return _diag_uid(sock)
+    except _NoDiag:
+        return _proc_uid(sock)
+
+
+_NETLINK_SOCK_DIAG = 4  # linux/netlink.h
+_SOCK_DIAG_BY_FAMILY = 20  # linux/sock_diag.h
+_NLM_F_REQUEST = 1
+_NLMSG_ERROR = 2
+_INET_DIAG_NOCOOKIE = 0xFFFFFFFF  # linux/inet_diag.h
+
+
+class _NoDiag(Exception):
+    """sock_diag cannot be asked here (no NETLINK_SOCK_DIAG): scan the socket table instead."""
+
+
+def _diag_uid(sock: socket.socket) -> int | None:
+    """The owner of the peer's TCP socket, by one exact sock_diag lookup (no NLM_F_DUMP: the kernel
+    finds the socket by its address pair, inet_diag_find_one_icsk); None if there is no such socket
+    (the peer is gone).  Raises :class:`_NoDiag` if sock_diag is not available."""
+    try:
+        nl = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG)
+    except OSError as e:
+        raise _NoDiag(str(e)) from None
+    try:
+        peer = sock.getpeername()
+        own = sock.getsockname()
+        family = sock.family
+
+        def raw(host: str) -> bytes:
+            packed = socket.inet_pton(family, host.split("%", 1)[0])
+            return packed + bytes(16 - len(packed))
+        # struct inet_diag_req_v2 {family, protocol, ext, pad, states; struct inet_diag_sockid id}
+        sockid = (struct.pack("!HH", peer[1], own[1]) + raw(peer[0]) + raw(own[0])
+                  + struct.pack("=III", 0, _INET_DIAG_NOCOOKIE, _INET_DIAG_NOCOOKIE))
+        request = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF) + sockid
+        message = struct.pack("=IHHII", 16 + len(request), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST, 1, 0) + request
+        nl.settimeout(1.0)
+        nl.sendto(message, (0, 0))
+        reply = nl.recv(65536)
+        length, kind = struct.unpack_from("=IH", reply)
+        if kind == _NLMSG_ERROR or length < 16 + 4 + 48 + 16 or len(reply) < length:
+            return None
+        # struct inet_diag_msg {family, state, timer, retrans; id (48 bytes); expires, rqueue, wqueue, uid, inode}
+        got = reply[16 + 4:16 + 4 + 48]
+        if got[:4] != sockid[:4] or got[4:36] != sockid[4:36]:
+            return None  # not the socket asked about
+        return int(struct.unpack_from("=I", reply, 16 + 4 + 48 + 12)[0])
+    except (OSError, ValueError, struct.error):
+        return None
+    finally:
+        nl.close()
+
+
+def _proc_uid(sock: socket.socket) -> int | None:
+    """The owner of the peer's TCP socket from the socket table (a scan: the slow fallback)."""
     try:
         peer = sock.getpeername()
         own = sock.getsockname()
@@ -121,6 +182,7 @@ class PolicyServer:
         self._error: BaseException | None = None
         self._bound = False
         self._acting = 0  # decisions handed to ``act`` and not yet done
+        self._checking = 0  # connections whose peer is being checked
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -220,15 +282,30 @@ class PolicyServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         counts = self.counts
         counts["connections"] += 1
+        # who asks first, so that connections of users who may not ask never take the MTA's places
+        # (any local user can connect to a loopback port); checks waiting for the slow socket-table
+        # scan are bounded too
+        if self._checking >= self.limits.max_connections:
+            counts["refused:checks"] += 1
+            writer.close()
+            return
+        self._checking += 1
+        try:
+            allowed = await self._allowed(writer)
+        except Exception:  # noqa: BLE001 - a failed check refuses; the server goes on
+            allowed = False
+        finally:
+            self._checking -= 1
+        if not allowed:
+            counts["refused:peer"] += 1
+            writer.close()
+            return
         if self.open_connections >= self.limits.max_connections:
             counts["refused:capacity"] += 1
             writer.close()
             return
         self.open_connections += 1
         try:
-            if not await self._allowed(writer):
-                counts["refused:peer"] += 1
-                return
             await self._requests(reader, writer)
         except (ConnectionError, OSError):
             counts["connection-errors"] += 1
@@ -244,8 +321,14 @@ class PolicyServer:
         sock = writer.get_extra_info("socket")
         if sock is None:
             return False
-        loop = asyncio.get_running_loop()
-        uid = await loop.run_in_executor(self._lookup, peer_uid, sock)
+        if sock.family == socket.AF_UNIX:
+            uid = peer_uid(sock)
+        else:
+            try:
+                uid = _diag_uid(sock)  # one kernel lookup, on the loop; None: the peer is gone
+            except _NoDiag:  # scan the socket table in a thread
+                loop = asyncio.get_running_loop()
+                uid = await loop.run_in_executor(self._lookup, _proc_uid, sock)
         return uid is not None and uid in self.uids
 
     async def _requests(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -113,6 +113,19 @@ class PolicySettings:
         return frozenset(out)
 
 
+    def unknown_users(self) -> list[str]:
+        """The names in ``users`` that are no user on this host (their requests would be refused)."""
+        out = []
+        for user in self.users:
+            if user.isdigit():
+                continue
+            try:
+                pwd.getpwnam(user)
+            except KeyError:
+                out.append(user)
+        return out
+
+
 def parse_policy(section: dict[str, Any], fail: Callable[[str, str | None, str], Exception]) -> PolicySettings:
     """Build :class:`PolicySettings` from the ``[policy]`` table (types already checked against
     :data:`KEYS`); ``fail(table, key, message)`` makes the error that names ``file:line``."""

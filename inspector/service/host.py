@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -61,6 +62,12 @@ def make_log_monitor(config: Config, previous: Any = None) -> Any:
     from ..logs import LogMonitor
 
     return LogMonitor(config, previous=previous)
+
+
+def _covers(wide: ipaddress.IPv4Network | ipaddress.IPv6Network,
+            narrow: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    return wide.version == narrow.version and wide.prefixlen <= narrow.prefixlen and \
+        narrow.network_address in wide
 
 
 class Host:
@@ -201,7 +208,12 @@ class Host:
             was = self.bans.lift(network, now)
         except FirewallError as e:
             return {"ok": False, "error": str(e)}
-        return {"ok": True, "network": network, "was_banned": was}
+        reply: dict[str, Any] = {"ok": True, "network": network, "was_banned": was}
+        if not was:  # a wider ban (a manual network or range) may still drop it
+            target = ipaddress.ip_network(network, strict=False)
+            reply["covered_by"] = [r.network for r in self.bans.active(now)
+                                   if _covers(ipaddress.ip_network(r.network, strict=False), target)]
+        return reply
 
     def _status(self) -> dict[str, Any]:
         now = self.clock()

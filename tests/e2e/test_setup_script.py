@@ -118,3 +118,16 @@ def test_fail_closed_drops_while_no_inspector_runs(bed: Bed) -> None:
     bed.start_inspector()  # bound again: traffic flows through the inspector
     r = bed.smtp(CLIENTS[4]["b"], ["user@example.org"], timeout=3)
     assert r["delivered"], r
+
+
+@pytest.mark.parametrize("v", [4, 6], ids=["ipv4", "ipv6"])
+def test_a_kernel_whitelisted_source_passes_even_when_banned(net: Bed, v: int) -> None:
+    """No lockout: the SSH client setup-nfqueue.sh whitelists (and every --whitelist) stays reachable
+    when a ban covers it anyway (a log ban of the admin's mistyped passwords, a manual range, a
+    fleet peer's ban: the service knows only [whitelist], not the kernel whitelist sets)."""
+    a = CLIENTS[v]["a"]
+    net.install("--whitelist", a)
+    ban_set = "inspector-ban4" if v == 4 else "inspector-ban6"
+    net.s("ipset", "add", ban_set, a if v == 4 else f"{a}/64", "timeout", "600")
+    r = net.smtp(a, ["user@example.org"], timeout=5)
+    assert r["delivered"], r
