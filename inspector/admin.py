@@ -12,50 +12,44 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from .bans import BanStore, StateError
 from .config import Config, load_config
-from .control import control_request
+from .control import control_request, control_stream
 from .events import now_iso
 from .firewall import FirewallError, IpsetFirewall, SetNames
 from .manual import TargetError, ban_form, parse_duration, parse_target
+from .perms import NeedsRoot, needs_root_message
+from .safetext import printable
 
 __all__ = ["ban", "list_bans", "printable", "unban"]
 
 
-def printable(text: object, keep: str = "") -> str:
-    """``text`` safe for a terminal: every character that is not printable (control characters, C1
-    codes such as CSI, bidirectional overrides), except those in ``keep``, written as its Python
-    escape (``\\x1b``).  Reasons, rules and host ids may come from a fleet peer or a log line;
-    printed raw they could recolour, retitle or rewrite the admin's terminal.  None gives ""."""
-    if text is None:
-        return ""
-    s = str(text)
-    if s.isprintable():
-        return s
-    return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in s)
-
-
-def _ask(path: str, request: dict[str, Any]) -> dict[str, Any] | None:
-    """``control_request``, with a clear error (SystemExit 1) when the service answers badly or too slowly."""
-    try:
-        return control_request(path, request)
-    except (OSError, ValueError) as e:
-        print(f"inspector: error: the service on {path} did not answer properly: {type(e).__name__}: {e}",
-              file=sys.stderr)
-        raise SystemExit(1) from None
-
-
 def list_bans(config_path: str | None, as_json: bool) -> int:
-    """``inspector bans``: the active bans from the running service, else from the state file; one line (or, with
-    ``as_json``, one JSON object) per ban. Returns the exit code (1: the state file is unreadable).
+    """``inspector bans``: the active bans as the running service streams them (any number), else from the state
+    file; one line (or, with ``as_json``, one JSON object) per ban, wire text escaped. Returns the exit code (1 with
+    a one-line error: no permission, the state file is unreadable, the list was cut off).
     """
     config = load_config(config_path)
-    reply = _ask(config.service.control_socket, {"cmd": "bans"})
-    if reply is not None:
-        bans = reply.get("bans", [])
+    try:
+        answer = control_stream(config.service.control_socket, {"cmd": "bans"})
+    except NeedsRoot as e:
+        print(f"inspector: error: {e}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as e:
+        print(f"inspector: error: cannot ask the service on {config.service.control_socket}: {e}", file=sys.stderr)
+        return 1
+    bans: Iterable[dict[str, Any]]
+    if answer is not None:
+        header, items = answer
+        if not header.get("ok"):
+            print(f"inspector: error: {printable(header.get('error'))}", file=sys.stderr)
+            return 1
+        bans = items if header.get("stream") else header.get("bans", [])
+        count = header.get("count", "?")
         source = "running service"
     else:
         now = time.time()
@@ -65,18 +59,31 @@ def list_bans(config_path: str | None, as_json: bool) -> int:
         except StateError as e:
             print(f"inspector: error: {e}", file=sys.stderr)
             return 1
-        bans = [{"network": r.network, "reason": r.reason, "rule": r.rule, "seconds_left": int(r.expires - now),
-                 "expires_at": now_iso(r.expires), "origin": r.origin} for r in store.active(now)]
+        except PermissionError:
+            message = needs_root_message("cannot read the ban state", config.service.state_file)
+            print(f"inspector: error: {message}", file=sys.stderr)
+            return 1
+        active = store.active(now)
+        count = len(active)
+        bans = ({"network": r.network, "reason": r.reason, "rule": r.rule, "seconds_left": int(r.expires - now),
+                 "expires_at": now_iso(r.expires), "origin": r.origin} for r in active)
         source = f"state file {config.service.state_file} (service not running)"
-    if as_json:
+    try:
+        if as_json:
+            for b in bans:
+                sys.stdout.write(json.dumps(b) + "\n")
+            return 0
+        print(f"{count} active bans, from the {source}")
         for b in bans:
-            print(json.dumps(b))  # JSON escapes control characters itself
-        return 0
-    print(f"{len(bans)} active bans, from the {source}")
-    for b in bans:
-        left = int(b["seconds_left"])
-        print(f"{printable(b['network']):<40} {printable(b['reason']):<10} {left // 3600:>3}h{left % 3600 // 60:02d}m"
-              f" left  {printable(b.get('origin') or 'local'):<16} {printable(b.get('rule'))}")
+            left = int(b["seconds_left"])
+            sys.stdout.write(f"{printable(b['network']):<40} {printable(b['reason']):<10} {left // 3600:>3}h"
+                             f"{left % 3600 // 60:02d}m left  {printable(b.get('origin') or 'local'):<16} "
+                             f"{printable(b.get('rule') or '')}\n")
+    except (OSError, ValueError) as e:
+        if isinstance(e, BrokenPipeError):
+            raise
+        print(f"inspector: error: the list was cut off: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -89,8 +96,15 @@ def ban(config_path: str | None, target: str, duration: str, reason: str | None)
     except TargetError as e:
         print(f"inspector: error: {e}", file=sys.stderr)
         return 1
-    reply = _ask(config.service.control_socket,
-                 {"cmd": "ban", "networks": networks, "seconds": seconds, "reason": reason})
+    try:
+        reply = control_request(config.service.control_socket,
+                                {"cmd": "ban", "networks": networks, "seconds": seconds, "reason": reason}, timeout=10)
+    except NeedsRoot as e:
+        print(f"inspector: error: {e}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as e:
+        print(f"inspector: error: the service on {config.service.control_socket} did not answer: {e}", file=sys.stderr)
+        return 1
     if reply is None:
         print(f"inspector: error: no service answers on {config.service.control_socket}: manual bans go through "
               "the running service (it knows what must never be banned, and tells the fleet)", file=sys.stderr)
@@ -99,7 +113,7 @@ def ban(config_path: str | None, target: str, duration: str, reason: str | None)
         print(f"inspector: error: {printable(reply.get('error'))}", file=sys.stderr)
         return 1
     for network in reply.get("banned", []):
-        print(f"banned {network} for {seconds}s")
+        print(f"banned {printable(network)} for {seconds}s")
     for refused in reply.get("refused", []):
         print(f"refused {printable(refused['network'])}: {printable(refused['why'])}", file=sys.stderr)
     return 0 if not reply.get("refused") else 1
@@ -124,10 +138,18 @@ def unban(config_path: str | None, target: str) -> int:
 
 
 def _unban_one(config: Config, address: str) -> int:
-    reply = _ask(config.service.control_socket, {"cmd": "unban", "network": address})
+    try:
+        reply = control_request(config.service.control_socket, {"cmd": "unban", "network": address}, timeout=10)
+    except NeedsRoot as e:
+        print(f"inspector: error: {e}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as e:
+        print(f"inspector: error: the service on {config.service.control_socket} did not answer: {e} "
+              "(nothing was changed here; try again)", file=sys.stderr)
+        return 1
     if reply is not None:
         if not reply.get("ok"):
-            print(f"inspector: error: {reply.get('error')}", file=sys.stderr)
+            print(f"inspector: error: {printable(reply.get('error'))}", file=sys.stderr)
             return 1
         covered = reply.get("covered_by") or []
         if covered:
@@ -138,15 +160,25 @@ def _unban_one(config: Config, address: str) -> int:
         return 0
     # no service: edit the state and the kernel set directly
     network = ban_form(address, config.ipv4_prefix, config.ipv6_prefix)
-    store = BanStore(Path(config.service.state_file))
+    store = BanStore(Path(config.service.state_file), config.files)
     try:
         store.load(time.time())
+        found = store.remove(network)
+        store.save(time.time(), compact=True)
     except StateError as e:
         print(f"inspector: warning: {e}", file=sys.stderr)
-    found = store.remove(network)
-    store.save(time.time(), compact=True)
+        found = store.remove(network)
+    except PermissionError:
+        message = needs_root_message("cannot change the ban state", config.service.state_file)
+        print(f"inspector: error: {message}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"inspector: error: cannot save the ban state {store.path}: {e.strerror or e}", file=sys.stderr)
+        return 1
     in_kernel = False
-    if os.geteuid() == 0:
+    if os.geteuid() != 0:
+        print("inspector: warning: needs root: the kernel's ban set was not changed (run as root)", file=sys.stderr)
+    else:
         try:
             fw = IpsetFirewall(SetNames(config.service.ipset_v4, config.service.ipset_v6), config.service.maxelem,
                                config.ipv4_prefix, config.ipv6_prefix)

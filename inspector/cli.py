@@ -152,6 +152,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, RuleError) as e:
         print(f"inspector: error: {e}", file=sys.stderr)
         return 1
+    except PermissionError as e:  # anything not caught nearer: one line, never a traceback
+        from .perms import NeedsRoot, needs_root_message
+
+        message = str(e) if isinstance(e, NeedsRoot) else needs_root_message("cannot access", e.filename or "?")
+        print(f"inspector: error: {message}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -182,6 +188,13 @@ def run_service(config_path: str | None, rules_path: str | None, overrides: dict
         if found is not None and overrides.get("queue") is None:
             overrides = {**overrides, "queue": found[0]}
         workers = found[1] if found is not None else 1
+    from .queue_check import installed_queues, refusal
+
+    first = int(overrides["queue"]) if overrides.get("queue") is not None else config.service.queue
+    why = refusal(installed_queues(), first, workers)
+    if why:  # every installed queue is bound, or none: an unbound one passes uninspected (issue 11)
+        print(f"inspector: error: {why}", file=sys.stderr)
+        return 1
     service: Service | Supervisor
     service = Supervisor(config_path, rules_path, overrides, workers) if workers > 1 else \
         Service(config_path, rules_path, overrides)

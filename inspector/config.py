@@ -25,6 +25,7 @@ from .fleet_format import FleetSettings, parse_fleet
 from .logs.settings import LogFilter, LogSettings, LogSource, parse_logs
 from .nets import parse_networks
 from .notify import NOTIFY_KEYS, NotifySettings, parse_notify
+from .perms import FilePolicy, parse_files
 from .policy.settings import KEYS as POLICY_KEYS
 from .policy.settings import PolicySettings, parse_policy
 from .rules import DOMAIN, PAYLOAD, SCOPES, RuleFile
@@ -107,6 +108,7 @@ class Config:
     service: ServiceSettings = ServiceSettings()
     logs: LogSettings = LogSettings()
     metrics: MetricsSettings = MetricsSettings()
+    files: FilePolicy = FilePolicy()  # [files]: the mode and group of every file the service writes
     fleet: FleetSettings = FleetSettings()  # off unless [fleet] url is set
     notify: NotifySettings | None = None  # [notify]; None: no notifications
     connlimit: ConnLimitSettings | None = None  # [connlimit]; None: no cap on concurrent connections
@@ -143,6 +145,7 @@ _KNOWN: dict[str, dict[str, type | tuple[type, ...]]] = {
                 "syslog": bool, "control_socket": str, "ipset_v4": str, "ipset_v6": str, "maxelem": int,
                 "mark": int, "body_mark": int, "workers": int},
     "metrics": {"listen": str},
+    "files": {"mode": str, "group": str},  # inspector/perms.py
     "logs": {},  # checked by inspector.logs.settings.parse_logs
     "fleet": {},  # checked by inspector.fleet.parse_fleet
     "notify": NOTIFY_KEYS,
@@ -381,6 +384,8 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
         cfg["logs"] = parse_logs(data["logs"], path, where, ConfigError)
     if "metrics" in data:
         cfg["metrics"] = _metrics(data["metrics"], fail)
+    if "files" in data:
+        cfg["files"] = parse_files(data["files"], lambda key, msg: fail("files", key, msg))
     if "fleet" in data:
         cfg["fleet"] = parse_fleet(data["fleet"], lambda key, msg: fail("fleet", key, msg))
     if "notify" in data:

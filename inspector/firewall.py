@@ -22,6 +22,7 @@ from .ipset_netlink import IpsetError, IpsetNetlink
 __all__ = ["Firewall", "FirewallError", "IpsetFirewall", "SetNames", "MAX_TIMEOUT", "detect_queues", "parse_queues"]
 
 MAX_TIMEOUT = 2_147_483  # ipset's largest timeout; netlink silently clamps larger ones
+WHITE_SETS = ("inspector-white4", "inspector-white6")  # setup-nfqueue.sh's whitelist sets (IPv4, IPv6)
 _ERR_HASH_FULL = 4352  # IPSET_ERR_HASH_FULL (include/uapi/linux/netfilter/ipset/ip_set_hash.h)
 
 
@@ -110,6 +111,12 @@ class IpsetFirewall:
                     data.get_attr("IPSET_ATTR_TIMEOUT") if data is not None else None)
         return None, None, None
 
+    def _exists(self, name: str) -> bool:
+        try:
+            return self._header(name)[0] is not None
+        except Exception:  # noqa: BLE001 - pyroute2 raises its own error for a missing set
+            return False
+
     def _target(self, network: str) -> tuple[str, str, dict[str, Any]]:
         net = ipaddress.ip_network(network, strict=False)
         if net.version == 4:
@@ -149,21 +156,51 @@ class IpsetFirewall:
         """Current entries of both sets with their seconds left."""
         out: list[tuple[str, int]] = []
         for name in (self.names.v4, self.names.v6):
-            try:
-                messages = list(self._ipset.list(name))
-            except Exception as e:  # noqa: BLE001
-                raise FirewallError(f"cannot list ipset {name}: {e}") from None
-            for msg in messages:
-                adt = msg.get_attr("IPSET_ATTR_ADT")
-                if adt is None:
-                    continue
-                for entry in adt.get_attrs("IPSET_ATTR_DATA"):
-                    ip = entry.get_attr("IPSET_ATTR_IP_FROM")
-                    addr = ip.get_attr("IPSET_ATTR_IPADDR_IPV4") or ip.get_attr("IPSET_ATTR_IPADDR_IPV6")
-                    cidr = entry.get_attr("IPSET_ATTR_CIDR")
-                    full = 32 if ":" not in addr else 128
-                    network = addr if cidr is None or cidr == full else f"{addr}/{cidr}"
-                    out.append((network, int(entry.get_attr("IPSET_ATTR_TIMEOUT") or 0)))
+            out.extend(self.members(name))
+        return out
+
+    def whitelist(self, names: tuple[str, str] = WHITE_SETS) -> list[str]:
+        """The networks in the kernel's whitelist sets (``setup-nfqueue.sh --whitelist`` and the SSH
+        client it ran under); a missing set holds nothing."""
+        out: list[str] = []
+        for name in names:
+            if not self._exists(name):
+                continue
+            out.extend(network for network, _ in self.members(name))
+        return out
+
+    def add_whitelist(self, network: str, names: tuple[str, str] = WHITE_SETS) -> bool:
+        """Put ``network`` into the kernel's whitelist set of its family; False if that set does
+        not exist (no ``setup-nfqueue.sh install``)."""
+        net = ipaddress.ip_network(network, strict=False)
+        name = names[0] if net.version == 4 else names[1]
+        try:
+            if not self._exists(name):
+                return False
+            self._ipset.add(name, str(net), family=socket.AF_INET if net.version == 4 else socket.AF_INET6,
+                            etype="net", exclusive=False)
+        except Exception as e:  # noqa: BLE001 - pyroute2 raises its own error types
+            raise FirewallError(f"cannot whitelist {net} in ipset {name}: {e}") from None
+        return True
+
+    def members(self, name: str) -> list[tuple[str, int]]:
+        """Entries of ipset ``name`` with their seconds left (0: no timeout)."""
+        out: list[tuple[str, int]] = []
+        try:
+            messages = list(self._ipset.list(name))
+        except Exception as e:  # noqa: BLE001
+            raise FirewallError(f"cannot list ipset {name}: {e}") from None
+        for msg in messages:
+            adt = msg.get_attr("IPSET_ATTR_ADT")
+            if adt is None:
+                continue
+            for entry in adt.get_attrs("IPSET_ATTR_DATA"):
+                ip = entry.get_attr("IPSET_ATTR_IP_FROM")
+                addr = ip.get_attr("IPSET_ATTR_IPADDR_IPV4") or ip.get_attr("IPSET_ATTR_IPADDR_IPV6")
+                cidr = entry.get_attr("IPSET_ATTR_CIDR")
+                full = 32 if ":" not in addr else 128
+                network = addr if cidr is None or cidr == full else f"{addr}/{cidr}"
+                out.append((network, int(entry.get_attr("IPSET_ATTR_TIMEOUT") or 0)))
         return out
 
 

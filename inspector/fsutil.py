@@ -8,8 +8,9 @@ import tempfile
 from pathlib import Path
 
 
-def atomic_write(path: Path, text: str, mode: int = 0o600, encoding: str = "utf-8") -> None:
-    """Replace ``path`` with ``text``: a crash leaves the old file or the new one, never half of one."""
+def atomic_write(path: Path, text: str, mode: int = 0o600, encoding: str = "utf-8", gid: int = -1) -> None:
+    """Replace ``path`` with ``text``: a crash leaves the old file or the new one, never half of one.
+    The new file has ``mode`` and, unless ``gid`` is -1, that group (see :mod:`inspector.perms`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -18,6 +19,9 @@ def atomic_write(path: Path, text: str, mode: int = 0o600, encoding: str = "utf-
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
+        if gid != -1:
+            with contextlib.suppress(PermissionError):
+                os.chown(tmp, -1, gid)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

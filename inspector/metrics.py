@@ -45,6 +45,18 @@ class StatusCollector:
                                   "Packets handed to the queue but never received (let through by fail-open)",
                                   value=max(0, handed - st.get("packets", 0)))
         yield CounterMetricFamily("inspector_rule_reloads", "Successful rule reloads", value=st.get("reloads", 0))
+        storage = st.get("storage") or {}
+        errors = CounterMetricFamily("inspector_write_errors", "Failed writes (retried), by file", labels=["file"])
+        waiting = GaugeMetricFamily("inspector_writes_pending", "Entries waiting to be written, by file",
+                                    labels=["file"])
+        for name in ("state", "events"):
+            part = storage.get(name) or {}
+            errors.add_metric([name], part.get("write_errors", 0))
+            waiting.add_metric([name], part.get("pending", 0))
+        yield errors
+        yield waiting
+        yield CounterMetricFamily("inspector_events_dropped", "Events dropped: the event log's backlog was full",
+                                  value=(storage.get("events") or {}).get("dropped", 0))
         lat = live.get("latency") or {"buckets": [0] * (len(LATENCY_BOUNDS) + 1), "sum": 0.0}
         cumulative, running = [], 0
         for bound, n in zip([*map(str, LATENCY_BOUNDS), "+Inf"], lat["buckets"], strict=False):

@@ -25,6 +25,8 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
+from .safetext import printable
+
 __all__ = ["Report", "build_report", "parse_since", "render_text", "render_html"]
 
 TOP = 10
@@ -168,7 +170,7 @@ def render_text(r: Report) -> str:
         if not items:
             out.append("  (none)")
         for name, n in items:
-            out.append(f"  {n:>8}  {name}")
+            out.append(f"  {n:>8}  {printable(name)}")
 
     section("blocks by reason", r.blocks.most_common())
     if r.alerts:
@@ -224,7 +226,7 @@ def _chart(r: Report, width: int = 720, height: int = 220) -> str:
 def render_html(r: Report) -> str:
     """The report as one self-contained HTML page with a chart."""
     def table(title: str, items: Iterable[tuple[str, int]]) -> str:
-        rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td class=n>{n}</td></tr>" for k, n in items)
+        rows = "".join(f"<tr><td>{html.escape(printable(k))}</td><td class=n>{n}</td></tr>" for k, n in items)
         return f"<h2>{html.escape(title)}</h2><table>{rows or '<tr><td>(none)</td><td></td></tr>'}</table>"
 
     body = [
@@ -267,7 +269,7 @@ def main_report(events_path: str, since: str, html_path: str | None, as_json: bo
         with path.open(encoding="utf-8", errors="replace") as f:
             report = build_report(f, start, now)
     except OSError as e:
-        print(f"inspector: error: cannot read {path}: {e.strerror or e}", file=sys.stderr)
+        print(f"inspector: error: cannot read {printable(path)}: {e.strerror or e}", file=sys.stderr)
         return 1
     if html_path:
         Path(html_path).write_text(render_html(report), encoding="utf-8")

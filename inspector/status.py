@@ -11,23 +11,29 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
-from .admin import printable
 from .config import load_config
 from .control import control_request
 from .logs import status_lines
+from .perms import NeedsRoot
+from .queue_check import installed_queues, missing_queues
+from .safetext import printable
 
 
 def fetch(config_path: str | None) -> tuple[str, dict[str, Any] | None]:
-    """The control socket path of the config at ``config_path``, and the running service's status (None if none
-    answers).
-    """
+    """The control socket's path and the service's status: None if no service answers there;
+    ``{"ok": False, "cannot_ask": why}`` if one may run but cannot be asked (no permission)."""
     config = load_config(config_path)
     path = config.service.control_socket
     try:
         return path, control_request(path, {"cmd": "status"}, timeout=2.0)
-    except (OSError, ValueError):
+    except NeedsRoot as e:
+        return path, {"ok": False, "cannot_ask": str(e)}
+    except (OSError, ValueError) as e:
+        if Path(path).exists():  # something holds the socket but did not answer in time
+            return path, {"ok": False, "cannot_ask": f"no answer on {path}: {type(e).__name__}: {e}"}
         return path, None
 
 
@@ -39,10 +45,12 @@ def _duration(seconds: float) -> str:
     return (f"{d}d " if d else "") + f"{h:02d}:{m:02d}:{s:02d}"
 
 
-def render(path: str, st: dict[str, Any] | None) -> str:
+def render(path: str, st: dict[str, Any] | None, installed: set[int] | None = None) -> str:
     """The status screen as text (what ``--watch`` redraws); no terminal escapes from the service's
-    data (a fleet peer's reason or host id, a rule) get through (:func:`inspector.admin.printable`)."""
-    return printable(_render(path, st), keep="\n")
+    data (a fleet peer's reason or host id, a rule, a recipient) get through
+    (:func:`inspector.safetext.printable`).  ``installed``: the queues the installed rules use
+    (None: unknown), so that an unbound one shows as an error."""
+    return printable(_render(path, st, installed), keep="\n")
 
 
 def _fleet_lines(fleet: Any) -> list[str]:
@@ -56,7 +64,10 @@ def _fleet_lines(fleet: Any) -> list[str]:
             + (f"\n  last error: {fleet['last_error']}" if fleet.get("last_error") else "")]
 
 
-def _render(path: str, st: dict[str, Any] | None) -> str:
+def _render(path: str, st: dict[str, Any] | None, installed: set[int] | None) -> str:
+    if st is not None and st.get("cannot_ask"):
+        return (f"inspector: UNKNOWN: {st['cannot_ask']}\n"
+                "  (it may be running: this is not the answer \"not running\")\n")
     if st is None or not st.get("ok"):
         return (f"inspector: NOT RUNNING (no answer on {path})\n"
                 "  traffic to the protected ports passes uninspected if the rules use --queue-bypass\n"
@@ -65,6 +76,7 @@ def _render(path: str, st: dict[str, Any] | None) -> str:
         return "\n".join([
             f"inspector: RUNNING  pid {st['pid']}  up {_duration(st.get('uptime', 0))}  mode {st['mode'].upper()}"
             "  (policy path only: no packet inspection)",
+            *storage_errors(st.get("storage") or {}),
             *_policy_lines(st.get("policy")),
             f"bans active: {st.get('bans_active', 0):,}"
             + ("  by reason: " + ", ".join(f"{k} {v:,}" for k, v in sorted(st.get("bans_by_reason", {}).items()))
@@ -106,7 +118,38 @@ def _render(path: str, st: dict[str, Any] | None) -> str:
         *_policy_lines(st.get("policy")),
     ]
     lines.extend(_fleet_lines(st.get("fleet")))
+    lines[2:2] = storage_errors(st.get("storage") or {})
+    lines[2:2] = [f"ERROR: queue {q} is not bound: the installed rules send packets to it, which pass "
+                  "uninspected (--queue-bypass) or are dropped" for q in unbound_queues(st, installed)]
     return "\n".join(lines) + "\n"
+
+
+def storage_errors(storage: dict[str, Any]) -> list[str]:
+    """ERROR lines for writes that failed: the ban state, the event log (and events dropped)."""
+    out = []
+    state = storage.get("state") or {}
+    if state.get("write_errors"):
+        now_failing = state.get("failing") or state.get("pending")
+        out.append(f"{'ERROR' if now_failing else 'warning'}: ban state {state.get('path')}: "
+                   f"{state['write_errors']:,} failed writes, {state.get('pending', 0):,} changes waiting"
+                   f" (last error: {state.get('last_error')})" + ("" if now_failing else "; written since"))
+    events = storage.get("events") or {}
+    if events.get("write_errors") or events.get("dropped"):
+        now_failing = events.get("failing")
+        out.append(f"{'ERROR' if now_failing else 'warning'}: event log {events.get('path')}: "
+                   f"{events['write_errors']:,} failed writes, {events.get('pending', 0):,} events waiting, "
+                   f"{events.get('dropped', 0):,} dropped (last error: {events.get('last_error')})"
+                   + ("" if now_failing else "; written since"))
+    return out
+
+
+def unbound_queues(st: dict[str, Any] | None, installed: set[int] | None) -> list[int]:
+    """Queues that the installed rules (or the service's own range) use but nobody binds."""
+    if not st or not st.get("ok") or "queue" not in st:  # `inspector policy`: no queue
+        return []
+    bound = {q["queue"] for q in st.get("queues", []) if q.get("portid")}
+    expected = set(installed or ()) | set(range(st["queue"], st["queue"] + st.get("workers", 1)))
+    return missing_queues(expected, bound)
 
 
 def _toolbox_lines(st: dict[str, Any]) -> list[str]:
@@ -152,29 +195,35 @@ def _policy_lines(policy: dict[str, Any] | None) -> list[str]:
 
 def main_status(config_path: str | None, watch: bool, as_json: bool) -> int:
     """``inspector status``: print the status screen once, as JSON, or redrawn every second (``watch``). Returns 0 if a
-    service answered, else 3.
+    service answered, 1 if it did but an installed queue is not bound, 3 if none answered, 4 if one may run but
+    cannot be asked (no permission).
     """
     import json
 
     path, st = fetch(config_path)
+    if st is not None and st.get("cannot_ask"):
+        print(json.dumps(st) if as_json else render(path, st), end="\n" if as_json else "")
+        return 4
+    installed = installed_queues() if st else None
+    unbound = unbound_queues(st, installed)
     if as_json:
-        print(json.dumps(st))
-        return 0 if st else 3
+        print(json.dumps(st if not st else {**st, "unbound_queues": unbound}))
+        return (1 if unbound else 0) if st else 3
     if not watch:
-        print(render(path, st), end="")
-        return 0 if st else 3
+        print(render(path, st, installed), end="")
+        return (1 if unbound else 0) if st else 3
     try:
         from rich.live import Live
         from rich.text import Text
     except ImportError:  # pragma: no cover - rich is a dependency
         while True:
-            print("\033[2J\033[H" + render(*fetch(config_path)), end="", flush=True)
+            print("\033[2J\033[H" + render(*fetch(config_path), installed), end="", flush=True)
             time.sleep(1)
     with Live(Text(render(path, st)), refresh_per_second=2, screen=sys.stdout.isatty()) as live:
         try:
             while True:
                 time.sleep(1)
-                live.update(Text(render(*fetch(config_path))))
+                live.update(Text(render(*fetch(config_path), installed)))
         except KeyboardInterrupt:
             pass
     return 0

@@ -37,6 +37,19 @@ class FakeFirewall:
         now = self.clock()
         return [(n, int(t - now)) for n, t in self.entries.items() if t > now]
 
+    def whitelist(self) -> list[str]:
+        """The kernel whitelist sets' networks (``white``; None: the sets do not exist)."""
+        return list(self.white or [])
+
+    def add_whitelist(self, network: str) -> bool:
+        """Add ``network`` to ``white``; False when the sets do not exist (``white`` is None)."""
+        if self.white is None:
+            return False
+        self.white.append(network)
+        return True
+
+    white: list[str] | None = None  # the kernel's whitelist sets (setup-nfqueue.sh); None: not installed
+
 
 class FakePacket:
     """A queued packet as NetfilterQueue hands it over, recording the verdict."""

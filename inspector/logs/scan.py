@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from ..progress import Progress
+from ..safetext import printable
 from .filters import NOT_ADDRESS, Failure, Filter, FilterError, LineMatcher, get_filter, user_filter
 from .follow import MAX_LINE, TOO_LONG, LineSplitter
 from .policy import Limits, LogPolicy, Whitelist, local_addresses
@@ -193,6 +194,6 @@ def main_scan(path: str, filter_name: str, config_path: str | None, year: int | 
     out.write(json.dumps({"summary": summary}) + "\n")
     out.flush()
     if result.error:
-        print(f"inspector: error: {result.error}", file=sys.stderr)
+        print(f"inspector: error: {printable(result.error)}", file=sys.stderr)
         return 2
     return 0

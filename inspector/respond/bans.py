@@ -149,7 +149,7 @@ class BanPipeline:
             self.dirty = True
             self._tell("unban", network, now)
             in_kernel = self.firewall.unban(network)
-            self.save(now, compact=True)
+        self.save(now, compact=True)  # outside the lock: bans go on while the file is rewritten
         self.events.emit({"event": "unban", "time": round(now, 3), "network": network, "path": path})
         return found or in_kernel
 
@@ -216,13 +216,15 @@ class BanPipeline:
         never raised.  True if saved."""
         if self.store is None:
             return True
-        with self._lock:
-            try:
-                self.store.save(now, compact)
-                if self.export is not None:
-                    self.export([r.network for r in self.store.active(now)])
-            except OSError as e:
-                self.events.emit({"event": "error", "what": "state-save", "error": str(e)})
-                return False
-            self.dirty = False
+        # not under the pipeline's lock: a save runs in the state writer's thread and may wait on
+        # the disk, while issue() goes on (the store has its own locks and keeps what fails)
+        self.dirty = False
+        try:
+            self.store.save(now, compact)
+            if self.export is not None:
+                self.export([r.network for r in self.store.active(now)])
+        except OSError as e:
+            self.dirty = True
+            self.events.emit({"event": "error", "what": "state-save", "error": str(e)})
+            return False
         return True

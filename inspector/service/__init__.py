@@ -17,17 +17,19 @@ The mode is chosen by :func:`inspector.cli.run_service`.
 
 from __future__ import annotations
 
-import contextlib
+import errno
+import os
 import sys
 import threading
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 from ..bans import BanRecord
 from ..config import Config, ConfigError, load_config
 from ..events import EventSink, JsonLinesSink, SyslogBans, now_iso
+from ..persist import EventLog, syslog_notifier
 from ..rules import RuleError, RuleSet, load_rules
 
 __all__ = ["ServiceError", "Component", "Fanout", "Inputs", "apply_overrides", "open_sinks", "rules_info",
@@ -61,13 +63,16 @@ class Fanout:
     def __init__(self, sinks: list[EventSink]) -> None:
         self.sinks = sinks
         self._lock = threading.Lock()
+        self.errors = 0  # events a sink failed to take (counted, shown in status; never raised)
 
     def emit(self, event: dict[str, Any]) -> None:
         """Write ``event`` to every sink."""
         with self._lock:
             for sink in self.sinks:
-                with contextlib.suppress(Exception):  # a full disk must not stop verdicts
+                try:
                     sink.emit(event)
+                except Exception:  # noqa: BLE001 - a full disk must not stop verdicts: counted
+                    self.errors += 1
 
 
 def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
@@ -105,9 +110,13 @@ class Inputs:
             raise ServiceError(str(e)) from None
 
 
-def open_sinks(config: Config) -> tuple[list[EventSink], IO[str] | None]:
-    """The event sinks ``[service]`` asks for, and the log file to close at the end.
-    Raises ServiceError when the event log cannot be opened."""
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS)  # retried, never fatal at start
+
+
+def open_sinks(config: Config) -> tuple[list[EventSink], EventLog | None]:
+    """The event sinks ``[service]`` asks for, and the event log to close at the end (an
+    :class:`~inspector.persist.EventLog`: written from its own thread, a full disk retried).
+    Raises ServiceError when the event log cannot be opened for another reason (a wrong path)."""
     svc = config.service
     sinks: list[EventSink] = []
     log_file = None
@@ -115,12 +124,15 @@ def open_sinks(config: Config) -> tuple[list[EventSink], IO[str] | None]:
         sinks.append(JsonLinesSink(sys.stdout))
     elif svc.events:
         path = Path(svc.events)
+        policy = config.files
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            log_file = path.open("a", encoding="utf-8")
+            os.close(policy.open_append(path))
         except OSError as e:
-            raise ServiceError(f"cannot open the event log {path}: {e.strerror or e}") from None
-        sinks.append(JsonLinesSink(log_file))
+            if e.errno not in DISK_ERRORS:
+                raise ServiceError(f"cannot open the event log {path}: {e.strerror or e}") from None
+        log_file = EventLog(path, policy, syslog_notifier(svc.syslog))
+        sinks.append(log_file)
     if svc.syslog:
         sinks.append(SyslogBans())
     return sinks, log_file

@@ -27,6 +27,7 @@ from ..config import Config
 from ..control import ControlServer
 from ..events import EventSink
 from ..firewall import IpsetFirewall
+from ..kernel_whitelist import SOURCES_STATE
 from ..nets import Network, Whitelist
 from ..notify import Notifier, NotifyError, channels_for, events_report
 from ..respond.bans import BanPipeline
@@ -116,7 +117,7 @@ def _kernel_whitelist(config: Config, bans: BanPipeline) -> KernelWhitelist | No
         editor = IpsetNetlink()
     except OSError:
         return None
-    state = Path(config.service.state_file).with_name("whitelist-kernel.json")
+    state = Path(config.service.state_file).with_name(SOURCES_STATE)
     return KernelWhitelist(editor, state)
 
 

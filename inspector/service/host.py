@@ -19,7 +19,7 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from ..bans import BanStore
 from ..config import Config
@@ -27,16 +27,20 @@ from ..control import ControlError, ControlServer
 from ..events import EventSink
 from ..firewall import Firewall, FirewallError, IpsetFirewall, SetNames
 from ..fleet import attach_fleet
+from ..kernel_whitelist import merge_kernel_whitelist
 from ..manual import ban_form, manual_ban_handler
 from ..nets import Address, Network, Whitelist, own_addresses
+from ..persist import EventLog, StateWriter, syslog_notifier
 from ..respond.bans import Ban, BanPipeline
 from ..rules import RuleSet
 from ..sources.nfqueue import queue_stats
-from . import SAVE_EVERY, Component, Fanout, ServiceError, ban_summary, open_sinks, record_json
+from . import Component, Fanout, ServiceError, ban_summary, open_sinks, record_json
 from .components import configured
 from .loop import Loop
 
-__all__ = ["Host", "open_firewall", "make_log_monitor"]
+__all__ = ["Host", "open_firewall", "make_log_monitor", "WHITELIST_REFRESH"]
+
+WHITELIST_REFRESH = 30.0  # seconds between two reads of the kernel's whitelist sets
 
 PacketStatus = Callable[[float], dict[str, Any]]
 
@@ -85,23 +89,28 @@ class Host:
         self.config = config
         self.clock = clock
         self.loop = loop
-        self.log_file: IO[str] | None = None
+        self.log_file: Any = None  # the EventLog of [service] events (inspector.persist)
         if events is None:
             sinks, self.log_file = open_sinks(config)
             events = Fanout(sinks)
         self.events = events
         self.firewall: Firewall = firewall if firewall is not None else open_firewall(config)
+        # the one whitelist: the config's and the kernel's whitelist sets (setup-nfqueue.sh)
+        config = self.config = merge_kernel_whitelist(config, self.firewall, events)
         if store is None:
-            store = BanStore(Path(config.service.state_file))
+            store = BanStore(Path(config.service.state_file), config.files)
+        self.store = store
         self.bans = BanPipeline(store, self.firewall, events, Whitelist(config.whitelist),
                                 own_addresses() if own is None else own, config.ipv4_prefix, config.ipv6_prefix)
         self.bans.export = self._export
         self.bans.add_listener(self._forget_in_logs)
         self.control = ControlServer()
-        self.control.register("bans", self._bans)
+        self.control.register_stream("bans", self._bans)
         self.control.register("unban", self._unban)
         self.control.register("ban", manual_ban_handler(self.bans, clock))
         self.control.add_status("", self._status)
+        self.control.add_status("storage", self._storage)
+        self.state_writer: StateWriter | None = None
         self.components: dict[str, Component] = {}
         self.packet_status: PacketStatus = lambda now: {}
         # the whole whitelist to the packet engines, when [whitelist] files/hosts change it (set by the service form)
@@ -128,14 +137,16 @@ class Host:
             self.add_component(name, component)
         self.restored = self.bans.restore(self.clock())
         try:
-            self.control.listen(config.service.control_socket)
+            self.control.listen(config.service.control_socket, config.files)
         except ControlError as e:
             raise ServiceError(str(e)) from None
-        if self.control.sock is not None:
-            self.loop.add_reader(self.control.fileno(), self.control.serve_one)
+        self.control.start()  # its own thread: a slow local client never holds the packet path
         self.logs = make_log_monitor(config)
         self.loop.every(self._log_interval, self._poll_logs, first=0.0)
-        self.loop.every(SAVE_EVERY, self._save)
+        self.loop.every(WHITELIST_REFRESH, self._refresh_whitelist)
+        if self.store.path is not None:  # saved from its own thread: the packet path never waits on disk
+            self.state_writer = StateWriter(lambda: self.bans.save(self.clock()), self.store, self.notify_disk,
+                                            self.clock)
         for component in self.components.values():
             component.start()
         self.metrics = self._start_metrics()
@@ -150,9 +161,29 @@ class Host:
         if kind == "unban" and self.logs is not None:
             self.logs.forget(what)
 
-    def _save(self, now: float) -> None:
-        if self.bans.dirty:
-            self.bans.save(now)
+    def _refresh_whitelist(self, now: float) -> None:
+        """Take entries added to the kernel's whitelist sets since (``ipset add inspector-white4 ...``)
+        into the one whitelist: the ban pipeline and the log policy (the kernel already RETURNs them
+        before any ban; the engine never sees them)."""
+        merged = merge_kernel_whitelist(self.config, self.firewall, self.events)
+        if set(merged.whitelist) != set(self.config.whitelist):
+            self.reload_logs(merged)
+            self.events.emit({"event": "whitelist", "time": round(now, 3),
+                              "networks": [str(n) for n in merged.whitelist]})
+
+    def notify_disk(self, message: str) -> None:
+        """A write to disk failed (or works again): syslog (``[service] syslog``) and an ``error`` event."""
+        syslog_notifier(self.config.service.syslog)(message)
+        self.events.emit({"event": "error", "what": "disk", "error": message})
+
+    def _storage(self) -> dict[str, Any]:
+        """The ``storage`` section of ``status``: failed and waiting writes of the ban state and event log."""
+        out: dict[str, Any] = {"state": {**self.store.health(), "failing": bool(
+            self.state_writer is not None and self.state_writer.health()["failing"])}}
+        if isinstance(self.log_file, EventLog):
+            out["events"] = self.log_file.health()
+        out["sink_errors"] = getattr(self.events, "errors", 0)
+        return out
 
     def _log_interval(self) -> float:
         """Seconds between two polls of the log sources (1 s while there are none)."""
@@ -187,6 +218,8 @@ class Host:
     def reload_logs(self, config: Config, rules: RuleSet | None = None) -> None:
         """Take the new config's log sources (the open files and the counts carry over), and give the
         components that follow the rules the new ones (``rules``: already loaded, else they load them)."""
+        config = merge_kernel_whitelist(config, self.firewall, self.events)
+        self.bans.whitelist = Whitelist(config.whitelist)
         if self.logs is not None or config.logs.sources:
             self.logs = make_log_monitor(config, previous=self.logs)
         self.config = config
@@ -197,9 +230,11 @@ class Host:
 
     # -- control ------------------------------------------------------------------------
 
-    def _bans(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _bans(self, request: dict[str, Any]) -> tuple[dict[str, Any], Iterable[dict[str, Any]]]:
+        """Every active ban, streamed one line each (a million list fine)."""
         now = self.clock()
-        return {"ok": True, "bans": [record_json(r, now) for r in self.bans.active(now)]}
+        active = self.bans.active(now)
+        return {"ok": True, "count": len(active)}, (record_json(r, now) for r in active)
 
     def _unban(self, request: dict[str, Any]) -> dict[str, Any]:
         now = self.clock()
@@ -259,6 +294,8 @@ class Host:
 
     def save_final(self, now: float) -> None:
         """The last save (compacted) and the control socket closed."""
+        if self.state_writer is not None:
+            self.state_writer.close()
         self.bans.save(now, compact=True)
         self.control.close()
 

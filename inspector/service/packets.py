@@ -45,6 +45,7 @@ class PacketSide:
         self.rules = rules
         self.clock = clock
         self.on_reloaded: Reloaded | None = None
+        self.adjust: Callable[[Config], Config] | None = None  # applied to a reloaded config (the kernel whitelist)
         self.reloads = 0
         self.loaded = clock()
         self.rules_info = rules_info(rules, self.loaded)
@@ -143,6 +144,8 @@ class PacketSide:
                          "error": str(result), "kept": "the rules and config in use"})
             return
         config, rules = result
+        if self.adjust is not None:
+            config = self.adjust(config)
         same_engine = replace(config, rules=(), service=self.config.service) == \
             replace(self.config, rules=(), service=self.config.service)
         if same_engine:

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..events import EventSink, now_iso
 from ..firewall import Firewall
+from ..kernel_whitelist import merge_kernel_whitelist
 from ..nets import Address, Network, Whitelist
 from ..respond.bans import Ban
 from ..runner import ResetSender
@@ -55,7 +56,9 @@ class Service:
             raise ServiceError("inspector run needs root (CAP_NET_ADMIN) to bind an NFQUEUE and manage ipsets")
         self.config = config
         self.host = host = Host(config, self.clock, self.loop, firewall, events, own)
+        config = self.config = host.config  # with the kernel's whitelist sets
         self.side = side = PacketSide(self.inputs, config, rules, self.clock)
+        side.adjust = lambda config: merge_kernel_whitelist(config, host.firewall, host.events)
         host.packet_status = self._packet_status
         host.bans.add_listener(self._to_engine)
         host.to_packets = self._whitelist_to_engine

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..events import now_iso
 from ..firewall import Firewall
+from ..kernel_whitelist import merge_kernel_whitelist
 from ..nets import Address, Whitelist
 from ..respond.bans import Ban, BanPipeline
 from ..runner import ResetSender
@@ -121,10 +122,13 @@ class Worker:
         events = ChannelSink(self.outbox)
         if self.firewall is None:
             self.firewall = open_firewall(config)
+        config = merge_kernel_whitelist(config, self.firewall, events)  # the one whitelist, as the supervisor's
         self.pipeline = BanPipeline(None, self.firewall, events, Whitelist(config.whitelist), self.own,
                                     config.ipv4_prefix, config.ipv6_prefix)
         self.pipeline.add_listener(self._report_ban)
         self.side = side = PacketSide(self.inputs, config, rules, self.clock)
+        firewall = self.firewall
+        side.adjust = lambda config: merge_kernel_whitelist(config, firewall, events)
         for network, expires, reason in self.bans:
             side.engine.add_ban(network, expires, reason)
         svc = config.service

@@ -45,6 +45,7 @@ def test_log_failures_ban_in_the_ipset(bed: Bed, workers: str) -> None:
     log = bed.dir / "auth.log"
     log.write_text("")
     bed.write_config(extra=logs_config(bed, str(log)))
+    bed.setup("install", "--workers", workers, "--queue", "0", "--ports", "25,22", "--no-ssh-whitelist")
     bed.start_inspector("--workers", workers)
     a, b = CLIENTS[4]["a"], CLIENTS[4]["b"]
     assert bed.connect(a, 22, banner=True)["ok"]
