@@ -86,6 +86,7 @@ class Engine:
                     break
         self.whitelist = Whitelist(config.whitelist, loopback=False)
         self._two_sided = False  # server -> client packets seen: the view shows handshakes
+        # (see :meth:`expect_server_packets`: a capture that holds them says so before its first packet)
         self._protects = protects
 
     # -- public -------------------------------------------------------------
@@ -249,6 +250,19 @@ class Engine:
         if now >= table.next_sweep:
             table.sweep(now)
         return ACCEPT
+
+    @property
+    def server_ports(self) -> frozenset[int]:
+        """The protected ports: a TCP packet from one of them is server -> client."""
+        return frozenset(self._kind)
+
+    def expect_server_packets(self) -> None:
+        """Tell the engine, before the first packet, that its view holds server -> client packets
+        (a two-sided capture: replay checks the file first).  Without it the engine learns it at
+        the first server packet, and a forged client packet before that would be judged by the
+        client-only rule (its first ACK proves it), which a blind spoofer can meet.  The live
+        queue never shows server packets: the kernel proves connections there (conntrack)."""
+        self._two_sided = True
 
     def _server(self, key: bytes, alen: int, seq: int, flags: int, length: int, data: bytes) -> None:
         """A server -> client packet (captures only: the live queue sees none): the SYN-ACK
