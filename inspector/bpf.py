@@ -34,6 +34,10 @@ Insn = tuple[int, int, int, int]  # code, jt, jf, k
 _SYN_FIN_RST = 0x07  # SYN | FIN | RST
 
 
+# the two ends every program jumps to: queue the packet (1) or not (0)
+_VERDICTS: list[tuple[Any, ...]] = [("label", "match"), (RET | K, 0, 0, 1), ("label", "skip"), (RET | K, 0, 0, 0)]
+
+
 def _assemble(lines: list[tuple[Any, ...]]) -> list[Insn]:
     """Resolve ``("label", name)`` markers and jump targets given as label names."""
     labels: dict[str, int] = {}
@@ -71,10 +75,7 @@ def program(family: int) -> list[Insn]:
             (LDX | W | MEM, 0, 0, 0),             # X = M[0]
             (ALU | SUB | X, 0, 0, 0),             # A = payload length
             (JMP | JEQ | K, "skip", "match", 0),
-            ("label", "match"),
-            (RET | K, 0, 0, 1),
-            ("label", "skip"),
-            (RET | K, 0, 0, 0),
+            *_VERDICTS,
         ])
     if family == 6:
         return _assemble([
@@ -89,10 +90,7 @@ def program(family: int) -> list[Insn]:
             (LD | H | ABS, 0, 0, 4),              # A = IPv6 payload length
             (ALU | SUB | X, 0, 0, 0),             # A = TCP payload length
             (JMP | JEQ | K, "skip", "match", 0),
-            ("label", "match"),
-            (RET | K, 0, 0, 1),
-            ("label", "skip"),
-            (RET | K, 0, 0, 0),
+            *_VERDICTS,
         ])
     raise ValueError("family must be 4 or 6")
 
@@ -116,10 +114,7 @@ def dot_first(family: int) -> list[Insn]:
             (JMP | JGT | X, 0, "skip", 0),        # no payload: no match
             (LD | B | IND, 0, 0, 0),              # A = first payload byte
             (JMP | JEQ | K, "match", "skip", 0x2E),
-            ("label", "match"),
-            (RET | K, 0, 0, 1),
-            ("label", "skip"),
-            (RET | K, 0, 0, 0),
+            *_VERDICTS,
         ])
     if family == 6:
         return _assemble([
@@ -135,10 +130,7 @@ def dot_first(family: int) -> list[Insn]:
             (JMP | JGT | X, 0, "skip", 0),
             (LD | B | IND, 0, 0, 0),
             (JMP | JEQ | K, "match", "skip", 0x2E),
-            ("label", "match"),
-            (RET | K, 0, 0, 1),
-            ("label", "skip"),
-            (RET | K, 0, 0, 0),
+            *_VERDICTS,
         ])
     raise ValueError("family must be 4 or 6")
 

@@ -189,19 +189,16 @@ def routed_domains(address: str, settings: SmtpSettings = DEFAULT_SETTINGS, limi
                 local = local[1:-1].replace('\\"', '"')
             addr = local
             continue
+        # site!user (swap_bangpath: the first "!") and user%site (allow_percent_hack: the last "%")
         if settings.swap_bangpath and "!" in addr:
             site, _, user = addr.partition("!")
-            if not site or not user:
-                break
-            addr = f"{user}@{site}"
-            continue
-        if settings.allow_percent_hack and "%" in addr:
+        elif settings.allow_percent_hack and "%" in addr:
             user, _, site = addr.rpartition("%")
-            if not site or not user:
-                break
-            addr = f"{user}@{site}"
-            continue
-        break
+        else:
+            break
+        if not site or not user:
+            break
+        addr = f"{user}@{site}"
     return out
 
 
