@@ -12,9 +12,9 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .bans import BanStore, StateError
 from .config import Config, load_config
@@ -25,7 +25,25 @@ from .manual import TargetError, ban_form, parse_duration, parse_target
 from .perms import NeedsRoot, needs_root_message
 from .safetext import printable
 
+T = TypeVar("T")
+
 __all__ = ["ban", "list_bans", "printable", "unban"]
+
+
+class _Failed(Exception):
+    """A control request failed; its one-line error is already printed."""
+
+
+def _ask(call: Callable[[], T], failure: str, hint: str = "") -> T:
+    """``call()`` (a control request), with its errors as one line on stderr and :class:`_Failed`:
+    "needs root" as it is, a socket or protocol error after ``failure`` (and ``hint``)."""
+    try:
+        return call()
+    except NeedsRoot as e:
+        print(f"inspector: error: {e}", file=sys.stderr)
+    except (OSError, ValueError) as e:
+        print(f"inspector: error: {failure}: {e}" + (f" ({hint})" if hint else ""), file=sys.stderr)
+    raise _Failed
 
 
 def list_bans(config_path: str | None, as_json: bool) -> int:
@@ -35,12 +53,9 @@ def list_bans(config_path: str | None, as_json: bool) -> int:
     """
     config = load_config(config_path)
     try:
-        answer = control_stream(config.service.control_socket, {"cmd": "bans"})
-    except NeedsRoot as e:
-        print(f"inspector: error: {e}", file=sys.stderr)
-        return 1
-    except (OSError, ValueError) as e:
-        print(f"inspector: error: cannot ask the service on {config.service.control_socket}: {e}", file=sys.stderr)
+        answer = _ask(lambda: control_stream(config.service.control_socket, {"cmd": "bans"}),
+                      f"cannot ask the service on {config.service.control_socket}")
+    except _Failed:
         return 1
     bans: Iterable[dict[str, Any]]
     if answer is not None:
@@ -96,14 +111,11 @@ def ban(config_path: str | None, target: str, duration: str, reason: str | None)
     except TargetError as e:
         print(f"inspector: error: {e}", file=sys.stderr)
         return 1
+    request = {"cmd": "ban", "networks": networks, "seconds": seconds, "reason": reason}
     try:
-        reply = control_request(config.service.control_socket,
-                                {"cmd": "ban", "networks": networks, "seconds": seconds, "reason": reason}, timeout=10)
-    except NeedsRoot as e:
-        print(f"inspector: error: {e}", file=sys.stderr)
-        return 1
-    except (OSError, ValueError) as e:
-        print(f"inspector: error: the service on {config.service.control_socket} did not answer: {e}", file=sys.stderr)
+        reply = _ask(lambda: control_request(config.service.control_socket, request, timeout=10),
+                     f"the service on {config.service.control_socket} did not answer")
+    except _Failed:
         return 1
     if reply is None:
         print(f"inspector: error: no service answers on {config.service.control_socket}: manual bans go through "
@@ -139,13 +151,11 @@ def unban(config_path: str | None, target: str) -> int:
 
 def _unban_one(config: Config, address: str) -> int:
     try:
-        reply = control_request(config.service.control_socket, {"cmd": "unban", "network": address}, timeout=10)
-    except NeedsRoot as e:
-        print(f"inspector: error: {e}", file=sys.stderr)
-        return 1
-    except (OSError, ValueError) as e:
-        print(f"inspector: error: the service on {config.service.control_socket} did not answer: {e} "
-              "(nothing was changed here; try again)", file=sys.stderr)
+        reply = _ask(lambda: control_request(config.service.control_socket, {"cmd": "unban", "network": address},
+                                             timeout=10),
+                     f"the service on {config.service.control_socket} did not answer", "nothing was changed here; "
+                     "try again")
+    except _Failed:
         return 1
     if reply is not None:
         if not reply.get("ok"):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-__all__ = ["program", "bytecode", "run"]
+__all__ = ["program", "dot_first", "bytecode", "run"]
 
 # classic BPF encoding (linux/filter.h)
 LD, LDX, ST, ALU, JMP, RET, MISC = 0x00, 0x01, 0x02, 0x04, 0x05, 0x06, 0x07
@@ -27,11 +27,15 @@ W, H, B = 0x00, 0x08, 0x10
 IMM, ABS, IND, MEM, MSH = 0x00, 0x20, 0x40, 0x60, 0xA0
 ADD, SUB, AND, RSH = 0x00, 0x10, 0x50, 0x70
 K, X = 0x00, 0x08
-JEQ, JSET = 0x10, 0x40
+JEQ, JGT, JSET = 0x10, 0x20, 0x40
 TAX = 0x00
 
 Insn = tuple[int, int, int, int]  # code, jt, jf, k
 _SYN_FIN_RST = 0x07  # SYN | FIN | RST
+
+
+# the two ends every program jumps to: queue the packet (1) or not (0)
+_VERDICTS: list[tuple[Any, ...]] = [("label", "match"), (RET | K, 0, 0, 1), ("label", "skip"), (RET | K, 0, 0, 0)]
 
 
 def _assemble(lines: list[tuple[Any, ...]]) -> list[Insn]:
@@ -71,10 +75,7 @@ def program(family: int) -> list[Insn]:
             (LDX | W | MEM, 0, 0, 0),             # X = M[0]
             (ALU | SUB | X, 0, 0, 0),             # A = payload length
             (JMP | JEQ | K, "skip", "match", 0),
-            ("label", "match"),
-            (RET | K, 0, 0, 1),
-            ("label", "skip"),
-            (RET | K, 0, 0, 0),
+            *_VERDICTS,
         ])
     if family == 6:
         return _assemble([
@@ -89,17 +90,55 @@ def program(family: int) -> list[Insn]:
             (LD | H | ABS, 0, 0, 4),              # A = IPv6 payload length
             (ALU | SUB | X, 0, 0, 0),             # A = TCP payload length
             (JMP | JEQ | K, "skip", "match", 0),
-            ("label", "match"),
-            (RET | K, 0, 0, 1),
-            ("label", "skip"),
-            (RET | K, 0, 0, 0),
+            *_VERDICTS,
         ])
     raise ValueError("family must be 4 or 6")
 
 
-def bytecode(family: int) -> str:
-    """The program as ``iptables -m bpf --bytecode`` takes it."""
-    insns = program(family)
+def dot_first(family: int) -> list[Insn]:
+    """'The first payload byte is ``.``' for IPv4 (4) or IPv6 (6): with ``-m string "\\n."`` it
+    queues every segment of an SMTP body that could hold an end-of-data line, however the
+    client split it (setup-nfqueue.sh's in-body rules).  Fragments and IPv6 extension
+    headers match (queued: the engine decides)."""
+    if family == 4:
+        return _assemble([
+            (LD | H | ABS, 0, 0, 6),              # A = flags + fragment offset
+            (JMP | JSET | K, "match", 0, 0x3FFF),
+            (LDX | B | MSH, 0, 0, 0),             # X = IHL * 4
+            (LD | B | IND, 0, 0, 12),             # A = TCP data offset byte
+            (ALU | AND | K, 0, 0, 0xF0),
+            (ALU | RSH | K, 0, 0, 2),             # A = TCP header length
+            (ALU | ADD | X, 0, 0, 0),             # A = offset of the payload
+            (MISC | TAX, 0, 0, 0),                # X = A
+            (LD | H | ABS, 0, 0, 2),              # A = IP total length
+            (JMP | JGT | X, 0, "skip", 0),        # no payload: no match
+            (LD | B | IND, 0, 0, 0),              # A = first payload byte
+            (JMP | JEQ | K, "match", "skip", 0x2E),
+            *_VERDICTS,
+        ])
+    if family == 6:
+        return _assemble([
+            (LD | B | ABS, 0, 0, 6),              # A = next header
+            (JMP | JEQ | K, 0, "match", 6),       # extension headers: queue
+            (LD | B | ABS, 0, 0, 52),             # A = TCP data offset byte
+            (ALU | AND | K, 0, 0, 0xF0),
+            (ALU | RSH | K, 0, 0, 2),
+            (ALU | ADD | K, 0, 0, 40),            # A = offset of the payload
+            (MISC | TAX, 0, 0, 0),
+            (LD | H | ABS, 0, 0, 4),              # A = IPv6 payload length
+            (ALU | ADD | K, 0, 0, 40),            # A = packet length
+            (JMP | JGT | X, 0, "skip", 0),
+            (LD | B | IND, 0, 0, 0),
+            (JMP | JEQ | K, "match", "skip", 0x2E),
+            *_VERDICTS,
+        ])
+    raise ValueError("family must be 4 or 6")
+
+
+def bytecode(family: int, insns: list[Insn] | None = None) -> str:
+    """The program (default: :func:`program`) as ``iptables -m bpf --bytecode`` takes it."""
+    if insns is None:
+        insns = program(family)
     return ",".join([str(len(insns))] + [f"{c} {jt} {jf} {k}" for c, jt, jf, k in insns])
 
 
@@ -135,7 +174,8 @@ def run(insns: list[Insn], packet: bytes) -> int:
                 a = {ADD: a + operand, SUB: a - operand, AND: a & operand, RSH: a >> operand}[op] & 0xFFFFFFFF
             elif cls == JMP:
                 operand = x if code & X else k
-                taken = (a == operand) if code & 0xF0 == JEQ else bool(a & operand)
+                op = code & 0xF0
+                taken = (a == operand) if op == JEQ else (a > operand) if op == JGT else bool(a & operand)
                 pc += jt if taken else jf
             elif cls == RET:
                 return k
@@ -147,4 +187,6 @@ def run(insns: list[Insn], packet: bytes) -> int:
 
 
 if __name__ == "__main__":
-    print(bytecode(int(sys.argv[1]) if len(sys.argv) > 1 else 4))
+    # python -m inspector.bpf [4|6] [dot]
+    fam = int(sys.argv[1]) if len(sys.argv) > 1 else 4
+    print(bytecode(fam, dot_first(fam) if sys.argv[2:] == ["dot"] else None))

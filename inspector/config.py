@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .connlimit import CONNLIMIT_KEYS, ConnLimitSettings, parse_connlimit
+from .detect.smtp import SMTP_KEYS, SmtpSettings, parse_smtp_section
 from .fleet_format import FleetSettings, parse_fleet
 from .logs.settings import LogFilter, LogSettings, LogSource, parse_logs
 from .nets import parse_networks
@@ -65,6 +66,7 @@ class ServiceSettings:
     ipset_v6: str = "inspector-ban6"
     maxelem: int = 1_000_000
     mark: int = 0x40000000  # packet/connection mark bit for decided flows (setup-nfqueue.sh --mark)
+    body_mark: int = 0x20000000  # mark bit for SMTP flows inside a DATA body (setup-nfqueue.sh --body-mark)
     workers: int = 0  # queues queue..queue+workers-1; 0: as many as the installed rules use
 
 
@@ -111,6 +113,7 @@ class Config:
     notify: NotifySettings | None = None  # [notify]; None: no notifications
     connlimit: ConnLimitSettings | None = None  # [connlimit]; None: no cap on concurrent connections
     policy: PolicySettings = PolicySettings()  # [policy]: the MTA policy service (inspector/policy/)
+    smtp: SmtpSettings = SmtpSettings()  # how the protected MTA reads SMTP ([smtp], detect/smtp.py)
     source: str | None = None  # the file this came from
 
     @property
@@ -132,6 +135,7 @@ _KNOWN: dict[str, dict[str, type | tuple[type, ...]]] = {
     "": {"mode": str},
     "ports": {"smtp": list, "other": list},
     "stream": {"depth": int, "decide": str},
+    "smtp": dict(SMTP_KEYS),
     "flows": {"max": int, "idle_timeout": (int, float)},
     "rate": {"limit": int, "window": (int, float), "capacity": int, "ipv4_prefix": int, "ipv6_prefix": int,
              "ports": list, "ban": int, "rules": list},
@@ -139,7 +143,7 @@ _KNOWN: dict[str, dict[str, type | tuple[type, ...]]] = {
     "whitelist": {"cidrs": list, "files": list, "hosts": list, "resolve_interval": (int, float)},
     "service": {"queue": int, "queue_maxlen": int, "fail_open": bool, "state_file": str, "events": str,
                 "syslog": bool, "control_socket": str, "ipset_v4": str, "ipset_v6": str, "maxelem": int,
-                "mark": int, "workers": int},
+                "mark": int, "body_mark": int, "workers": int},
     "metrics": {"listen": str},
     "files": {"mode": str, "group": str},  # inspector/perms.py
     "logs": {},  # checked by inspector.logs.settings.parse_logs
@@ -269,6 +273,11 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
         if stream["decide"] not in ("depth", "early"):
             raise fail("stream", "decide", f"must be 'depth' or 'early', not {stream['decide']!r}")
         cfg["decide"] = stream["decide"]
+    if "smtp" in data:
+        try:
+            cfg["smtp"] = parse_smtp_section(data["smtp"])
+        except (KeyError, ValueError) as e:
+            raise fail("smtp", str(e.args[0]).split(":")[0], str(e.args[0])) from None
     flows = data.get("flows", {})
     if "max" in flows:
         cfg["max_flows"] = _bounded(flows["max"], 16, 50_000_000, lambda m: fail("flows", "max", m))
@@ -352,6 +361,13 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
         if not isinstance(mark, int) or mark <= 0 or mark > 0xFFFFFFFF or mark & (mark - 1):
             raise fail("service", "mark", f"must be a single bit such as 0x40000000, not {mark!r}")
         settings["mark"] = mark
+    if "body_mark" in svc:
+        bmark = svc["body_mark"]
+        if not isinstance(bmark, int) or bmark < 0 or bmark > 0xFFFFFFFF or bmark & (bmark - 1) \
+                or bmark == settings.get("mark", ServiceSettings.mark):
+            raise fail("service", "body_mark", f"must be a single bit other than mark (0: no in-body filter), "
+                                               f"not {bmark!r}")
+        settings["body_mark"] = bmark
     if "workers" in svc:
         settings["workers"] = _bounded(svc["workers"], 0, 64, lambda m: fail("service", "workers", m))
     if "maxelem" in svc:

@@ -18,6 +18,10 @@ Replies of any size: a handler registered with :meth:`ControlServer.register_str
 header and an iterable of items; they go out as the header line (``"stream": NAME``), one line
 per item, and a last line ``{"end": true, "count": N}`` -- produced lazily, as the client
 reads, so a million bans never sit in memory as one text.
+
+Over 400 lines, on purpose: the server, the client and the wire format (request line, reply
+lines, the stream framing and its limits) stay in one module, so the two ends cannot drift apart,
+and ``status``/``admin`` import only this module, never the service.
 """
 
 from __future__ import annotations

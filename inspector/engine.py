@@ -13,12 +13,13 @@ has them, only end flows; nothing depends on them.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections import Counter
 from collections.abc import Callable
 
 from .config import Config, RateRule
 from .detect.rate import RateLimiter
-from .detect.smtp import SmtpSession
+from .detect.smtp import BODY, CHUNK, COMMAND, SmtpSession
 from .flow import KIND_PAYLOAD, KIND_SMTP, Embryo, Flow, FlowTable
 from .nets import Whitelist, mask_address, network_text
 from .packet import (
@@ -39,10 +40,13 @@ from .packet import (
 )
 from .rules import RuleSet
 from .stream import Stream
-from .verdict import ACCEPT, BYPASS, Action, Decision, Fields, Reason, Verdict
+from .verdict import ACCEPT, ACCEPT_BODY, ACCEPT_RESUME, BYPASS, Action, Decision, Fields, Reason, Verdict
 
 __all__ = ["Engine", "Decision"]
 
+_XMAS = FIN | PSH | URG
+# an end-of-data line, or the start of one, anywhere in a segment (see Engine._body_gap)
+_MAY_END_DATA = re.compile(rb"(?:^|\n)\.\r*(?:\n|$)")
 _HANDSHAKE_HOLD = 63.0  # s: Linux gives up on a SYN-ACK after 5 retries (tcp_synack_retries: 1+2+4+8+16+32)
 # flag combinations conntrack accepts, PSH aside (see packet.flag_anomaly)
 _VALID_FLAGS = frozenset((0x02, 0x22, 0x12, 0x04, 0x14, 0x11, 0x31, 0x10, 0x30))
@@ -64,7 +68,8 @@ class Engine:
         self.packets = 0
         self._alert = config.alert
         self._depth = config.depth
-        self._bypass_early = config.decide == "early"  # [stream] decide: when a flow is bypassed
+        self._bypass_early = config.decide == "early"  # [stream] decide: SMTP bodies skipped, not bypassed
+        self._smtp = config.smtp
         self._kind = {p: KIND_SMTP for p in config.smtp_ports}
         for p in config.other_ports:
             self._kind.setdefault(p, KIND_PAYLOAD)
@@ -81,6 +86,7 @@ class Engine:
                     break
         self.whitelist = Whitelist(config.whitelist, loopback=False)
         self._two_sided = False  # server -> client packets seen: the view shows handshakes
+        # (see :meth:`expect_server_packets`: a capture that holds them says so before its first packet)
         self._protects = protects
 
     # -- public -------------------------------------------------------------
@@ -245,6 +251,19 @@ class Engine:
             table.sweep(now)
         return ACCEPT
 
+    @property
+    def server_ports(self) -> frozenset[int]:
+        """The protected ports: a TCP packet from one of them is server -> client."""
+        return frozenset(self._kind)
+
+    def expect_server_packets(self) -> None:
+        """Tell the engine, before the first packet, that its view holds server -> client packets
+        (a two-sided capture: replay checks the file first).  Without it the engine learns it at
+        the first server packet, and a forged client packet before that would be judged by the
+        client-only rule (its first ACK proves it), which a blind spoofer can meet.  The live
+        queue never shows server packets: the kernel proves connections there (conntrack)."""
+        self._two_sided = True
+
     def _server(self, key: bytes, alen: int, seq: int, flags: int, length: int, data: bytes) -> None:
         """A server -> client packet (captures only: the live queue sees none): the SYN-ACK
         and what the server sent are what a client's ACK must acknowledge to prove a flow."""
@@ -367,6 +386,15 @@ class Engine:
         stream = flow.stream
         if stream is None:
             stream = flow.stream = self._stream(flow)
+        state = flow.state
+        if state is not None and self._bypass_early and state.__class__ is SmtpSession \
+                and (state.mode != COMMAND or state.resumed):
+            desync = self._body_gap(state, stream, seq, payload)
+            if desync is not None:
+                if desync.action is Action.RESET:
+                    flow.done = flow.blocked = True
+                self.counts["smtp-desync"] += 1
+                return self._decide(desync, data, d, now)
         conflicts = stream.conflicts
         if flow.isn is None and stream.offset(seq) < 0:
             # picked up midstream, and this is earlier than the first segment seen: that one was
@@ -387,17 +415,16 @@ class Engine:
             return ACCEPT
         rules = self.rules
         if flow.kind == KIND_SMTP:
-            session: SmtpSession | None = flow.state  # type: ignore[assignment]  # an SMTP flow's state
-            if session is None:
-                session = flow.state = SmtpSession()
+            session = flow.state
+            if not isinstance(session, SmtpSession):
+                session = flow.state = SmtpSession(self._smtp, midstream=flow.isn is None)
             hit = session.feed(chunk, rules.domains)
             if hit is not None:
                 flow.done = flow.blocked = True
                 verdict = Verdict(Action.RESET, Reason.DOMAIN, rule=hit[0], match=hit[1],
                                   ban=self.config.ban_domain)
                 return self._decide(verdict, data, d, now)
-            if session.finished or (self._bypass_early and session.in_message
-                                    and stream.uncertain is None and flow.isn is not None):
+            if session.finished:
                 flow.done = True
             matcher = rules.payload.get(dport)
         else:
@@ -412,7 +439,68 @@ class Engine:
         if stream.full or (self._bypass_early and flow.kind != KIND_SMTP and b"\n" in chunk
                            and stream.uncertain is None and flow.isn is not None):
             flow.done = True  # early: the first line (an SSH banner) was seen
+        if self._bypass_early and not flow.done:
+            state = flow.state
+            # in body only where the stream is certain (the tcp rules: a handshake seen, no uncertainty)
+            if state.__class__ is SmtpSession and (state.mode == BODY and not state.partial
+                                                   and stream.uncertain is None and flow.isn is not None) \
+                    != state.kernel_body:
+                return self._body_mark(state, stream.uncertain is None and flow.isn is not None)
         return ACCEPT
+
+    @staticmethod
+    def _body_gap(session: SmtpSession, stream: Stream, seq: int, payload: bytes) -> Verdict | None:
+        """decide = "early", in a message: the kernel keeps body segments that cannot end it, so a
+        gap before this segment is body the engine never sees (``Stream.skip_to``).  Message bytes
+        do not count towards ``depth``: it bounds the command bytes of a session.
+
+        Reordering cannot hide commands behind a skipped body: a queued segment that lands in a
+        skipped stretch and may hold an end-of-data line means the engine read what follows as
+        body while the server will read it as commands (reset, ``desync``); and once commands
+        resumed after a body, a segment beyond a gap is dropped (the client sends it again) until
+        the gap is filled, because the missing bytes may have passed the kernel unseen while the
+        connection was marked in body.
+        """
+        off = stream.offset(seq)
+        length = len(payload)
+        skipped = session.skipped
+        if skipped and off < stream.delivered:
+            end = off + length
+            for low, high in skipped:
+                if off < high and end > low and _MAY_END_DATA.search(payload) is not None:
+                    return Verdict(Action.RESET, Reason.DESYNC,
+                                   detail="a reordered segment may end the data the engine skipped")
+        mode = session.mode
+        if mode == BODY:
+            if off > stream.delivered and session.kernel_body:
+                low = stream.delivered
+                gap = stream.skip_to(off)
+                if skipped is None:
+                    skipped = session.skipped = []
+                skipped.append((low, off))
+                if len(skipped) > 64:
+                    del skipped[0]
+                session.skip(gap)
+                stream.depth += gap
+            stream.depth += length
+        elif mode == CHUNK:
+            stream.depth += length
+        elif mode == COMMAND and off > stream.delivered:
+            return Verdict(Action.DROP, Reason.DESYNC, detail="a gap after a body: resent once the gap is filled")
+        return None
+
+    @staticmethod
+    def _body_mark(session: SmtpSession, certain: bool = True) -> Decision:
+        """The accept that keeps the connection's in-body mark in step with the session
+        (:data:`ACCEPT_BODY` on entering a body, :data:`ACCEPT_RESUME` on leaving it); never in
+        body while the stream is not ``certain`` (every segment is then queued)."""
+        want = session.in_body and certain
+        if want == session.kernel_body:
+            return ACCEPT
+        session.kernel_body = want
+        if not want:
+            session.resumed = True
+        return ACCEPT_BODY if want else ACCEPT_RESUME
 
     @staticmethod
     def _ends(flow: Flow, seq: int, length: int) -> bool:

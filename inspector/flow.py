@@ -20,6 +20,7 @@ connection in progress:
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 from .stream import Stream
 
@@ -113,22 +114,24 @@ class FlowTable:
             return
         self.next_sweep = now + 1.0
         horizon = now - self.idle
-        flows = self.flows
-        while flows:
-            key, flow = next(iter(flows.items()))
-            if flow.last >= horizon:
-                break
-            del flows[key]
-            self.expired += 1
-        embryos = self.embryos
-        while embryos:
-            key, embryo = next(iter(embryos.items()))
-            if embryo.last >= horizon:
-                break
-            del embryos[key]
+        self.expired += _drop_idle(self.flows, horizon)
+        _drop_idle(self.embryos, horizon)
         tombs = self.tombstones
         while tombs:
             key, when = next(iter(tombs.items()))
             if when >= horizon:
                 break
             del tombs[key]
+
+
+def _drop_idle(table: OrderedDict[bytes, Any], horizon: float) -> int:
+    """Drop the entries of ``table`` (least recently seen first) whose ``last`` is before
+    ``horizon``; return how many."""
+    dropped = 0
+    while table:
+        entry = next(iter(table.values()))
+        if entry.last >= horizon:
+            break
+        table.popitem(last=False)
+        dropped += 1
+    return dropped

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from .engine import Engine
+from .packet import Malformed, decode
 from .progress import Progress
 from .sources.pcap import CaptureError, CaptureReader
 
@@ -41,6 +42,30 @@ def run(engine: Engine, packets: Iterable[tuple[float, bytes]], emit: Callable[[
             emit(decision.as_dict())
 
 
+def has_server_packets(path: str, ports: Iterable[int], look: int = 100_000) -> bool:
+    """Whether the first ``look`` records of the capture at ``path`` hold a TCP packet from one of
+    ``ports`` (server -> client; a capture taken at a server shows one within its first packets).
+
+    A first pass over the start of the file (headers only), so that the engine knows before the first packet
+    that handshakes must show the server's SYN-ACK (see ``Engine.expect_server_packets``).  An
+    unreadable capture returns False: the replay itself reports the error."""
+    wanted = frozenset(ports)
+    try:
+        with open(path, "rb", buffering=0) as f:
+            for n, (_, data) in enumerate(CaptureReader(f, path)):
+                if n >= look:
+                    break
+                try:
+                    d = decode(data)
+                except Malformed:
+                    continue  # the replay counts it
+                if d is not None and d[2] in wanted:
+                    return True
+    except (CaptureError, OSError):
+        return False
+    return False
+
+
 def replay_file(engine: Engine, path: str, out: IO[str] | None = None, collect: bool = False) -> ReplayResult:
     """Replay the capture at ``path``; write JSON lines to ``out`` (if given)."""
     result = ReplayResult()
@@ -54,6 +79,8 @@ def replay_file(engine: Engine, path: str, out: IO[str] | None = None, collect: 
     started = time.perf_counter()
     reader: CaptureReader | None = None
     try:
+        if has_server_packets(path, engine.server_ports):
+            engine.expect_server_packets()
         with open(path, "rb", buffering=0) as f:
             reader = CaptureReader(f, path)
             bar = Progress.for_file("replay", path)

@@ -12,7 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .detect.domains import DomainMatcher
+import idna
+
+from .detect.domains import DomainMatcher, to_ascii
 from .detect.payload import PayloadMatcher
 
 __all__ = ["RuleError", "RuleFile", "RuleSet", "load_rules", "rule_files_in"]
@@ -91,12 +93,15 @@ def _lines(path: Path) -> Iterable[tuple[int, str]]:
 
 def parse_domain(entry: str) -> str:
     """Validate and normalise one domain rule; raise ValueError with the reason."""
-    d = entry.lower().rstrip(".")
-    if not d.isascii():
+    d = entry.rstrip(".")
+    if not d.isascii() or "xn--" in d.lower():
+        # a U-label rule is stored as its A-label (UTS #46 mapping, IDNA 2008, as the envelope
+        # side); an A-label rule must be valid IDNA 2008 (the same check, which decodes it)
         try:
-            d = d.encode("idna").decode("ascii")
-        except UnicodeError:
-            raise ValueError(f"invalid internationalised domain {entry!r}") from None
+            d = to_ascii(d) if not d.isascii() else to_ascii(idna.decode(d.lower()))
+        except (idna.IDNAError, UnicodeError, ValueError) as e:
+            raise ValueError(f"invalid internationalised domain {entry!r} (IDNA 2008 / UTS #46: {e})") from None
+    d = d.lower()
     if d.startswith("@"):
         raise ValueError(f"invalid domain {entry!r} (write the domain alone: {d[1:]!r} blocks it and its subdomains)")
     if d.startswith("*.") or d.startswith("."):
@@ -141,8 +146,8 @@ def load_rules(files: Iterable[RuleFile]) -> RuleSet:
             before, entries = len(table), 0
             for number, entry in _lines(rf.path):
                 d = entry.lower()
-                # fast path for plain ASCII names; anything else gets the full check
-                if len(d) > 253 or not check(d):
+                # fast path for plain ASCII names; anything else (U-labels, A-labels) gets the full check
+                if len(d) > 253 or not check(d) or "xn--" in d:
                     try:
                         d = parse_domain(entry)
                     except ValueError as e:

@@ -21,7 +21,7 @@ from .events import EventSink
 from .respond.bans import Ban, BanPipeline
 from .respond.reset import build_resets
 from .telemetry import SAMPLE, Telemetry
-from .verdict import ACCEPT, BYPASS, Action, Decision, Reason
+from .verdict import ACCEPT, ACCEPT_BODY, ACCEPT_RESUME, BYPASS, Action, Decision, Reason
 
 __all__ = ["Runner", "QueuedPacket", "ResetSender", "RawResetSender"]
 
@@ -80,11 +80,13 @@ class Runner:
     (resets, the verdict event, the ban through the :class:`~inspector.respond.bans.BanPipeline`).
 
     ``mark``: the packet-mark bit that tells the kernel a connection is bypassed (0: never mark);
+    ``body_mark``: the bit for SMTP connections inside a DATA body (0, or no ``mark``: never marked;
+    every segment is then queued, which costs packets, not inspection);
     ``accept_later``/``accept_noted``: the queue's batched accept (see
     :class:`~inspector.sources.nfqueue.NfQueue`; None: every accept is given at once), set by
     the packet loop; the noted accepts are given before any drop or reset;
     ``counts``: what was done (``accept``, ``drop``, ``reset``, ``resets``, ``decided`` (bypassed),
-    ``banned-late``, ``errors:<what>``).
+    ``in-body``, ``out-of-body``, ``banned-late``, ``errors:<what>``).
     """
 
     engine: Engine
@@ -93,6 +95,7 @@ class Runner:
     bans: BanPipeline
     clock: Callable[[], float]
     mark: int = 0
+    body_mark: int = 0  # the mark bit of SMTP flows in a DATA body (0: no in-body filter)
     counts: Counter[str] = field(default_factory=Counter, init=False)
     telemetry: Telemetry = field(default_factory=Telemetry, init=False)
     # alert mode: when each would-be-banned source was last reported
@@ -133,6 +136,17 @@ class Runner:
             else:
                 packet.accept()
             self.counts["decided"] += 1
+            return
+        if decision is ACCEPT_BODY or decision is ACCEPT_RESUME:
+            # SMTP in a DATA body (or out of it): the chain sets or clears the connection's body mark
+            # (body bit alone: set; body and decided bits: clear), see setup-nfqueue.sh
+            if self.body_mark and self.mark:
+                bits = self.body_mark if decision is ACCEPT_BODY else self.body_mark | self.mark
+                packet.set_mark(packet.get_mark() | bits)
+                packet.repeat()
+            else:
+                packet.accept()
+            self.counts["in-body" if decision is ACCEPT_BODY else "out-of-body"] += 1
             return
         applied = decision.applied
         if applied is Action.ACCEPT:

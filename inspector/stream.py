@@ -172,6 +172,18 @@ class Stream:
             i = urg - start
             return data[:i] + data[i + 1:]
         return data
+    def skip_to(self, off: int) -> int:
+        """Take the bytes before stream offset ``off`` as delivered unseen (an SMTP body the
+        kernel kept, see ``setup-nfqueue.sh``); returns how many were skipped.  Held segments
+        that end before ``off`` are dropped."""
+        gap = off - self.delivered
+        if gap <= 0:
+            return 0
+        self.delivered = off
+        self._head = b""
+        if self.pending:
+            self.pending = [p for p in self.pending if p[0] + len(p[1]) > off] or None
+        return gap
 
     def _remember(self, data: bytes) -> None:
         # Keep a short window of delivered bytes: enough to see a conflicting

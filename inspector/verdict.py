@@ -31,6 +31,7 @@ class Reason(enum.StrEnum):
     BANNED = "banned"
     MALFORMED = "malformed"
     TCP_STREAM = "tcp-stream"  # the receiver's view of the stream cannot be predicted (detail: which case)
+    DESYNC = "desync"  # the engine's view of a stream could no longer be the receiver's (reordering)
 
 
 @dataclass(slots=True)
@@ -67,7 +68,7 @@ class Decision(Verdict):
     non-accept verdict the packet facts a report needs (``time`` in seconds, addresses as text,
     ports, the ban network) and the decoded ``fields`` a responder needs (so a reset does not
     decode the packet again; None for a malformed packet).  Accepts are the shared constants
-    :data:`ACCEPT` and :data:`BYPASS`, compared with ``is``.
+    :data:`ACCEPT`, :data:`BYPASS`, :data:`ACCEPT_BODY` and :data:`ACCEPT_RESUME`, compared with ``is``.
     """
 
     time: float = 0.0
@@ -108,3 +109,8 @@ ACCEPT = Decision(Action.ACCEPT)
 # bypass (Suricata's term): the flow is decided, the kernel may let the rest of the connection
 # through without queueing it (the runner marks the packet; the chain saves the mark on the connection)
 BYPASS = Decision(Action.ACCEPT, bypass=True)
+# SMTP, decide = "early": the flow is inside a DATA body; the kernel may keep the body segments that
+# cannot hold an end-of-data line (setup-nfqueue.sh's in-body rules, the body mark on the connection)
+ACCEPT_BODY = Decision(Action.ACCEPT, detail="body")
+# the flow left the body (or needs its next segment): every segment must be queued again
+ACCEPT_RESUME = Decision(Action.ACCEPT, detail="resume")

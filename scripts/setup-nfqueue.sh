@@ -4,7 +4,7 @@
 #   setup-nfqueue.sh install [--queue N] [--workers N] [--ports 25,22] [--whitelist CIDR]...
 #                            [--try MINUTES] [--no-ssh-whitelist] [--mark BIT] [--maxelem N] [--no-ipv6]
 #                            [--fail-closed] [--chain INPUT|FORWARD|DOCKER-USER[,...] | --forward]
-#                            [--syn-limit N]
+#                            [--body-mark BIT] [--syn-limit N]
 #   setup-nfqueue.sh remove
 #   setup-nfqueue.sh status
 #   setup-nfqueue.sh confirm          # keep rules installed with --try
@@ -36,6 +36,11 @@
 # DNAT'ed to a published port jump (--ctstate DNAT, original direction), so the containers' own
 # outgoing mail and the servers' replies are not inspected; --ports then names the container's ports.
 # --chain INPUT,DOCKER-USER protects a local MTA and a containerised one at once.
+# SMTP in-body filter (--body-mark BIT, default 0x20000000; 0 turns it off): inspector marks a
+# connection "in body" at an accepted DATA; while so marked, only segments that could hold the
+# end-of-data line ("\n." anywhere, or "." as first payload byte) are queued, the rest of the body
+# stays in the kernel; inspector clears the mark after the end of data (both mark bits on a
+# packet) and reads the next transaction's commands (see smtp_body_marks / smtp_body_filter).
 # --fail-closed leaves out --queue-bypass: while no inspector is bound, the protected ports get
 # no traffic at all (for hosts where unfiltered mail is worse than none).
 # It never locks out the SSH session it runs from: that client's address is whitelisted
@@ -61,6 +66,10 @@ BPF6="13,48 0 0 6,21 0 9 6,48 0 0 53,69 7 0 7,48 0 0 52,84 0 0 240,116 0 0 2,7 0
 WHITELIST=()
 JUMP_FROM=INPUT
 BASE=INSPECTOR-BASE BASE_TAG=inspector-baseline OPEN=""
+BODY_MARK=0x20000000
+# "the first payload byte is '.'" (python -m inspector.bpf 4|6 dot; tests/test_bpf.py keeps them in step)
+DOT4="14,40 0 0 6,69 10 0 16383,177 0 0 0,80 0 0 12,84 0 0 240,116 0 0 2,12 0 0 0,7 0 0 0,40 0 0 2,45 0 3 0,80 0 0 0,21 0 1 46,6 0 0 1,6 0 0 0"
+DOT6="14,48 0 0 6,21 0 10 6,48 0 0 52,84 0 0 240,116 0 0 2,4 0 0 40,7 0 0 0,40 0 0 4,4 0 0 40,45 0 3 0,80 0 0 0,21 0 1 46,6 0 0 1,6 0 0 0"
 
 die() { echo "setup-nfqueue: error: $*" >&2; exit 1; }
 say() { echo "setup-nfqueue: $*"; }
@@ -85,6 +94,7 @@ while [ $# -gt 0 ]; do
         --chain) JUMP_FROM=${2:?}; shift ;;
         --forward) JUMP_FROM=FORWARD ;;
         --open) OPEN=${2:?}; shift ;;
+        --body-mark) BODY_MARK=${2:?}; shift ;;
         -h|--help) usage ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
@@ -100,6 +110,8 @@ done
 [[ $MARK =~ ^0x[0-9a-fA-F]{1,8}$ ]] && [ $((MARK & (MARK - 1))) = 0 ] && [ $((MARK)) != 0 ] \
     || die "--mark must be a single bit in hex, e.g. 0x40000000"
 [[ $MAXELEM =~ ^[0-9]+$ ]] || die "--maxelem must be a number"
+[[ $BODY_MARK =~ ^(0|0x[0-9a-fA-F]{1,8})$ ]] && [ $((BODY_MARK & (BODY_MARK - 1))) = 0 ] && [ $((BODY_MARK)) != $((MARK)) ] \
+    || die "--body-mark must be 0 or a single bit in hex other than --mark, e.g. 0x20000000"
 [[ $SYN_LIMIT =~ ^[0-9]+$ ]] && [ "$SYN_LIMIT" -le 10000 ] \
     || die "--syn-limit must be 0 (no limit) .. 10000 SYNs per second (the kernel's limit match allows no more)"
 
@@ -142,6 +154,7 @@ probe_kernel() {
         "CONNMARK target|-j CONNMARK --save-mark --nfmask $MARK --ctmask $MARK"
         "multiport match|-p tcp -m multiport --dports $PORTS -j RETURN"
         "comment match|-m comment --comment probe -j RETURN"
+        "string match (xt_string)|-m string --algo bm --hex-string |0a2e| -j RETURN"
         "NFQUEUE target|$(queue_target "$fam")"
     )
     for check in "${checks[@]}"; do
@@ -238,9 +251,11 @@ install_family() {
     ipt "$fam" -A $CHAIN -m set --match-set "$ban" src -j DROP
     ipt "$fam" -A $CHAIN -m conntrack --ctstate INVALID -j DROP
     ipt "$fam" -A $CHAIN -p tcp ! --syn -m conntrack --ctstate NEW -j DROP
+    smtp_body_marks "$fam"
     ipt "$fam" -A $CHAIN -m mark --mark "$MARK/$MARK" -j CONNMARK --save-mark --nfmask "$MARK" --ctmask "$MARK"
     ipt "$fam" -A $CHAIN -m mark --mark "$MARK/$MARK" -j RETURN
     ipt "$fam" -A $CHAIN -m connmark --mark "$MARK/$MARK" -j RETURN
+    smtp_body_filter "$fam"
     # >>> tcp: which packets reach NFQUEUE (README "TCP: what the engine reads, and proven connections")
     # A SYN proves nothing, but it is the only packet whose sequence number Linux takes as the
     # stream's start (rcv_isn); the engine keeps it apart and never counts or bans on it.
@@ -292,6 +307,31 @@ check_jump_chain() {
                 || echo ip6tables) (is Docker running? Docker without IPv6 has no ip6tables chains: add --no-ipv6)"
         done
     done
+}
+
+# ---- SMTP in-body filter (issue 12, kind 5; owned by the smtp engine: keep these two together) ----
+# packets inspector gives back with "repeat": body bit alone = the connection enters a DATA body;
+# body and decided bits = it left it (clear the body bit on the connection)
+smtp_body_marks() {
+    local fam=$1 both
+    [ $((BODY_MARK)) = 0 ] && return 0
+    both=$(printf '0x%x' $((BODY_MARK | MARK)))
+    ipt "$fam" -A $CHAIN -m mark --mark "$both/$both" -j CONNMARK --set-xmark "0x0/$BODY_MARK"
+    ipt "$fam" -A $CHAIN -m mark --mark "$both/$both" -j RETURN
+    ipt "$fam" -A $CHAIN -m mark --mark "$BODY_MARK/$BODY_MARK" -j CONNMARK --set-xmark "$BODY_MARK/$BODY_MARK"
+    ipt "$fam" -A $CHAIN -m mark --mark "$BODY_MARK/$BODY_MARK" -j RETURN
+}
+# connections in a body: queue only what may hold the end-of-data line; the rest stays in the kernel
+smtp_body_filter() {
+    local fam=$1 dot
+    [ $((BODY_MARK)) = 0 ] && return 0
+    dot=$([ "$fam" = 4 ] && echo "$DOT4" || echo "$DOT6")
+    # shellcheck disable=SC2046
+    ipt "$fam" -A $CHAIN -m connmark --mark "$BODY_MARK/$BODY_MARK" -m string --algo bm \
+        --hex-string '|0a2e|' $(queue_target "$fam")
+    # shellcheck disable=SC2046
+    ipt "$fam" -A $CHAIN -m connmark --mark "$BODY_MARK/$BODY_MARK" -m bpf --bytecode "$dot" $(queue_target "$fam")
+    ipt "$fam" -A $CHAIN -m connmark --mark "$BODY_MARK/$BODY_MARK" -j RETURN
 }
 
 remove_jumps() {

@@ -783,14 +783,15 @@ def case_smtp_banned_followup(cap: Capture) -> None:
     """Source A: blocked RCPT (line 3 of 4) at t=0; a new SMTP connection at t=10 (SYN, ACK,
     4 lines, FIN: 7 packets, all banned); an SSH connection at t=20 (4 packets, banned: the
     ban is per source, not per port); a SYN to port 80 (not protected).  Source B: a clean
-    session at t=30."""
+    session at t=30.  Every session shows the server's side: a capture that holds server packets
+    proves connections by their handshakes (replay checks the file first)."""
     smtp(cap, "198.51.100.80", 40080, "EHLO client.example", "MAIL FROM:<a@fine.example>",
-         "RCPT TO:<x@blocked.test>", "QUIT")
+         "RCPT TO:<x@blocked.test>", "QUIT", server_side=True)
     cap.at(10)
     smtp(cap, "198.51.100.80", 40081, "EHLO client.example", "MAIL FROM:<a@fine.example>",
-         "RCPT TO:<x@fine.example>", "QUIT", isn=0x1100_0000)
+         "RCPT TO:<x@fine.example>", "QUIT", isn=0x1100_0000, server_side=True)
     cap.at(20)
-    ssh(cap, "198.51.100.80", 40082, isn=0x1200_0000)
+    ssh(cap, "198.51.100.80", 40082, isn=0x1200_0000, server_side=True)
     Conn(cap, "198.51.100.80", 40083, dport=80, isn=0x1300_0000).syn()
     cap.at(30)
     smtp(cap, "198.51.100.81", 40084, "EHLO client.example", "MAIL FROM:<a@fine.example>",
@@ -801,9 +802,9 @@ def case_smtp_ban_expires(cap: Capture) -> None:
     """With a 30 s domain ban: blocked RCPT at t=0 (line 3 of 4); a connection at t=10
     (SYN, ACK, EHLO, QUIT, FIN: banned); a clean connection at t=60 (accepted)."""
     smtp(cap, "198.51.100.82", 40085, "EHLO client.example", "MAIL FROM:<a@fine.example>",
-         "RCPT TO:<x@blocked.test>", "QUIT")
+         "RCPT TO:<x@blocked.test>", "QUIT", server_side=True)
     cap.at(10)
-    smtp(cap, "198.51.100.82", 40086, "EHLO client.example", "QUIT", isn=0x1500_0000)
+    smtp(cap, "198.51.100.82", 40086, "EHLO client.example", "QUIT", isn=0x1500_0000, server_side=True)
     cap.at(60)
     smtp(cap, "198.51.100.82", 40087, "EHLO client.example", "MAIL FROM:<a@fine.example>",
          "RCPT TO:<x@fine.example>", "QUIT", isn=0x1600_0000, server_side=True)

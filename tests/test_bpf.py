@@ -102,3 +102,59 @@ def test_setup_script_embeds_these_programs():
 
     script = (Path(__file__).resolve().parent.parent / "scripts" / "setup-nfqueue.sh").read_text()
     assert f'BPF4="{bytecode(4)}"' in script and f'BPF6="{bytecode(6)}"' in script
+
+
+# ---- "the first payload byte is '.'" (the SMTP in-body filter, issue 12 kind 5) ----------------------------
+
+DOT_CASES = [
+    ("v4 dot first", v4("PA", b".\r\nMAIL FROM:<a@b>\r\n"), True),
+    ("v4 dot first with timestamps", v4("PA", b".", TS), True),
+    ("v4 dot-stuffed line", v4("PA", b"..x\r\n"), True),
+    ("v4 text", v4("PA", b"hello.\r\n"), False),
+    ("v4 LF dot inside (the string match's job)", v4("PA", b"x\r\n.\r\n"), False),
+    ("v4 pure ACK", v4("A"), False),
+    ("v4 pure ACK with timestamps", v4("A", options=TS), False),
+    ("v4 fragment", bytes(IP(src="198.51.100.7", dst="192.0.2.99", flags="MF") / TCP(flags="A")), True),
+    ("v6 dot first", v6("PA", b".\r\n"), True),
+    ("v6 text", v6("PA", b"x.\r\n"), False),
+    ("v6 pure ACK", v6("A"), False),
+    ("v6 extension header", v6("PA", b"x", ext=True), True),
+]
+
+
+@pytest.mark.parametrize("name, packet, matched", DOT_CASES, ids=[c[0] for c in DOT_CASES])
+def test_dot_first_program(name, packet, matched):
+    from inspector.bpf import dot_first
+
+    family = 6 if packet[0] >> 4 == 6 else 4
+    assert bool(run(dot_first(family), packet)) == matched
+
+
+def test_kernel_agrees_on_dot_first():
+    from inspector.bpf import dot_first
+
+    with namespace() as ns:
+        run_in(ns, "ip", "link", "add", "d0", "type", "veth", "peer", "name", "d1")
+        run_in(ns, "ip", "link", "set", "d0", "up")
+        run_in(ns, "ip", "link", "set", "d1", "up")
+        run_in(ns, "ip", "addr", "add", "192.0.2.1/24", "dev", "d0")
+        run_in(ns, "ip", "addr", "add", "2001:db8::1/64", "dev", "d0", "nodad")
+        cases = [(name, pkt.hex(), 6 if pkt[0] >> 4 == 6 else 4) for name, pkt, _ in DOT_CASES
+                 if "fragment" not in name]
+        import subprocess
+        r = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", KERNEL,
+                            bytecode(4, dot_first(4)), bytecode(6, dot_first(6))],
+                           input=json.dumps(cases), capture_output=True, text=True, timeout=60, check=False)
+        assert r.returncode == 0, r.stderr
+        got = json.loads(r.stdout)
+        expected = {name: int(m) for name, _, m in DOT_CASES if "fragment" not in name}
+        assert got == expected
+
+
+def test_setup_script_embeds_the_dot_programs():
+    from pathlib import Path
+
+    from inspector.bpf import dot_first
+
+    script = (Path(__file__).resolve().parent.parent / "scripts" / "setup-nfqueue.sh").read_text()
+    assert f'DOT4="{bytecode(4, dot_first(4))}"' in script and f'DOT6="{bytecode(6, dot_first(6))}"' in script

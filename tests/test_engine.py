@@ -47,7 +47,7 @@ def test_exactly_once_per_flow_with_retransmissions(make_engine):
 def test_split_out_of_order(make_engine):
     e = make_engine()
     c = Conn()
-    a, b = b"RCPT TO:<x@bloc", b"ked.test>\r\n"
+    a, b = b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<x@bloc", b"ked.test>\r\n"
     verdicts = run(e, [c.syn(), c.at(len(a), b), c.at(0, a)])
     assert [v.reason for v in verdicts] == [Reason.DOMAIN]
 
@@ -191,11 +191,11 @@ def test_rule_swap(make_engine, tmp_path):
 
     e = make_engine(domains="other.test\n")
     c = Conn()
-    assert run(e, [c.syn(), c.send(b"RCPT TO:<a@blocked.test>\r\n")]) == []
+    assert run(e, [c.syn(), c.send(BLOCKED)]) == []
     (tmp_path / "n.txt").write_text("blocked.test\n")
     e.swap_rules(load_rules([RuleFile(tmp_path / "n.txt", DOMAIN)]))
     c2 = Conn(src="198.51.100.8")
-    assert len(run(e, [c2.syn(), c2.send(b"RCPT TO:<a@blocked.test>\r\n")])) == 1
+    assert len(run(e, [c2.syn(), c2.send(BLOCKED)])) == 1
 
 
 def test_malformed_names_its_source_when_readable(make_engine):
@@ -224,16 +224,20 @@ def test_decided_flow_gets_final_accept(make_engine):
     assert tls[1] is ACCEPT and tls[2] is BYPASS
 
 
-def test_early_decision_at_data_and_after_the_ssh_banner(make_engine):
-    from inspector.verdict import BYPASS
+def test_early_decision_in_body_at_data_and_after_the_ssh_banner(make_engine):
+    from inspector.verdict import ACCEPT_BODY, ACCEPT_RESUME, BYPASS
 
     e = make_engine(decide="early")
     c = Conn()
     out = [e.process(p, i * 0.01) for i, p in enumerate(
         [c.syn(), c.send(b"EHLO a\r\nMAIL FROM:<a@ok.test>\r\nRCPT TO:<b@ok.test>\r\n"), c.send(b"DATA\r\n"),
          c.send(b"body\r\n.\r\n")])]
-    assert out[1] is ACCEPT and out[2] is BYPASS and out[3] is BYPASS
-    s = Conn(dport=22, sport=3)
+    # DATA: the connection goes "in body" (not bypassed); after the end-of-data line, commands again
+    assert out[1] is ACCEPT and out[2] is ACCEPT_BODY and out[3] is ACCEPT_RESUME
+    more = [e.process(p, 0.5 + i * 0.01) for i, p in enumerate(
+        [c.send(b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<b@blocked.test>\r\n")])]
+    assert more[0].reason is Reason.DOMAIN, "early: the second transaction is inspected"
+    s = Conn(dport=22, sport=3, src="198.51.100.8")
     ssh = [e.process(p, 1 + i * 0.01) for i, p in enumerate([s.syn(), s.send(b"SSH-2.0-Open"),
                                                               s.send(b"SSH_9.2\r\n"), s.send(b"\x00" * 50)])]
     assert ssh[1] is ACCEPT and ssh[2] is BYPASS and ssh[3] is BYPASS
@@ -244,3 +248,105 @@ def test_early_decision_at_data_and_after_the_ssh_banner(make_engine):
         [c2.syn(), c2.send(b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<b@ok.test>\r\nDATA\r\n"), c2.send(b"hi\r\n.\r\n"),
          c2.send(b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<b@blocked.test>\r\n")])]
     assert verdicts[3].reason is Reason.DOMAIN
+
+
+# ---- issue 12, kind 5: decide = "early" with the kernel's in-body filter ------------------------------------
+
+def test_in_body_gaps_are_skipped_and_the_next_transaction_is_read(make_engine):
+    from inspector.verdict import ACCEPT_BODY
+
+    e = make_engine(decide="early")
+    c = Conn()
+    head = b"EHLO a\r\nMAIL FROM:<a@ok.test>\r\nRCPT TO:<b@ok.test>\r\nDATA\r\n"
+    assert e.process(c.syn(), 0) is ACCEPT
+    assert e.process(c.send(head), 0.1) is ACCEPT_BODY
+    body = b"x" * 76 + b"\r\n"
+    start = len(head)
+    # the kernel kept 1,000 body lines; it queues the segment with the end-of-data line
+    tail = c.at(start + 1000 * len(body), b"more\r\n.\r\nMAIL FROM:<a@ok.test>\r\nRCPT TO:<v@blocked.test>\r\n")
+    assert e.process(tail, 0.2).reason is Reason.DOMAIN
+
+
+def test_in_body_partial_dot_line_asks_for_the_next_segment(make_engine):
+    from inspector.verdict import ACCEPT_BODY, ACCEPT_RESUME
+
+    e = make_engine(decide="early")
+    c = Conn()
+    e.process(c.syn(), 0)
+    assert e.process(c.send(b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<b@ok.test>\r\nDATA\r\n"), 0.1) is ACCEPT_BODY
+    assert e.process(c.send(b"text\r\n."), 0.2) is ACCEPT_RESUME, "'.' may end the data: queue the next one"
+    assert e.process(c.send(b".stuffed\r\n"), 0.3) is ACCEPT_BODY, "it did not: back in the body"
+    assert e.process(c.send(b"end\r\n.\r\n"), 0.4) is ACCEPT_RESUME
+    assert e.process(c.send(b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<x@blocked.test>\r\n"), 0.5).reason is Reason.DOMAIN
+
+
+def test_early_message_bytes_do_not_count_towards_depth(make_engine):
+    e = make_engine(decide="early", depth=4096)
+    c = Conn()
+    e.process(c.syn(), 0)
+    e.process(c.send(b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<b@ok.test>\r\nDATA\r\n"), 0.1)
+    for i in range(100):  # 100 KB of body, every segment seen (no kernel filter)
+        e.process(c.send(b"y" * 998 + b"\r\n"), 0.2 + i * 0.001)
+    e.process(c.send(b".\r\n"), 0.4)
+    assert e.process(c.send(b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<x@blocked.test>\r\n"), 0.5).reason is Reason.DOMAIN
+    # depth mode reads the body as bytes of the stream: past depth, nothing more is seen
+    d = make_engine(decide="depth", depth=4096)
+    c2 = Conn(src="198.51.100.9")
+    d.process(c2.syn(), 0)
+    d.process(c2.send(b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<b@ok.test>\r\nDATA\r\n"), 0.1)
+    for i in range(10):
+        d.process(c2.send(b"y" * 998 + b"\r\n"), 0.2 + i * 0.001)
+    d.process(c2.send(b".\r\n"), 0.4)
+    assert d.process(c2.send(b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<x@blocked.test>\r\n"), 0.5).reason is None
+
+
+
+def test_reordered_commands_after_a_skipped_body_are_not_hidden(make_engine):
+    """The client sends the commands that follow the end of data *before* the end-of-data segment:
+    the kernel (body mark) lets them through unseen; once commands resume, a later segment beyond
+    the gap is dropped until the gap is filled (kind 5, reordering)."""
+    from inspector.verdict import ACCEPT_BODY, ACCEPT_RESUME
+
+    e = make_engine(decide="early")
+    c = Conn()
+    head = b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<b@ok.test>\r\nDATA\r\n"
+    e.process(c.syn(), 0)
+    assert e.process(c.send(head), 0.1) is ACCEPT_BODY
+    end = b"bye\r\n.\r\n"
+    hidden = b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<v@blocked.test>\r\n"   # passed the kernel unseen
+    start = len(head) + 5000
+    assert e.process(c.at(start, end), 0.2) is ACCEPT_RESUME
+    later = c.at(start + len(end) + len(hidden), b"DATA\r\n")
+    out = e.process(later, 0.3)
+    assert (out.action.value, out.reason.value) == ("drop", "desync")
+    # a legitimate reordering: the filler arrives (queued, the mark is cleared), then the resent one
+    f = make_engine(decide="early")
+    c2 = Conn(src="198.51.100.9")
+    f.process(c2.syn(), 0)
+    f.process(c2.send(head), 0.1)
+    f.process(c2.at(start, end), 0.2)
+    assert f.process(c2.at(start + len(end) + len(hidden), b"DATA\r\n"), 0.3).reason is Reason.DESYNC
+    assert f.process(c2.at(start + len(end), hidden), 0.4).reason is Reason.DOMAIN
+
+
+def test_a_reordered_end_of_data_behind_a_skipped_body_resets(make_engine):
+    """The end-of-data segment arrives after a later segment that the engine read as body (it held
+    "\\n." too): the engine's reading of that segment was wrong, the late segment is reset."""
+    e = make_engine(decide="early")
+    c = Conn()
+    head = b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<b@ok.test>\r\nDATA\r\n"
+    e.process(c.syn(), 0)
+    e.process(c.send(head), 0.1)
+    real_end = b"x\r\n.\r\n"
+    smuggled = b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<v@blocked.test>\r\nDATA\r\nhi\r\n.\r\n"
+    start = len(head) + 3000
+    assert e.process(c.at(start + len(real_end), smuggled), 0.2).reason is None  # read as body: no hit
+    out = e.process(c.at(start, real_end), 0.3)
+    assert (out.action.value, out.reason.value) == ("reset", "desync")
+    # a late body segment without an end-of-data line changes nothing
+    g = make_engine(decide="early")
+    c3 = Conn(src="198.51.100.10")
+    g.process(c3.syn(), 0)
+    g.process(c3.send(head), 0.1)
+    g.process(c3.at(start + 10, b"more\r\n.\r\n"), 0.2)
+    assert g.process(c3.at(start, b"plain text"), 0.3).reason is None

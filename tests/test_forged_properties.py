@@ -105,7 +105,28 @@ def test_forged_packets_never_ban_nor_change_a_real_session(family: int, blocked
     for n in noise:
         rest.insert(data.draw(st.integers(0, len(rest))), (False, n))
     engine = Engine(Config(), RULES)
+    engine.expect_server_packets()  # a two-sided capture: replay tells the engine (has_server_packets)
     assert verdicts(engine, mixed + rest) == alone
     client = REAL[family][0]
     expected_bans = {client if family == 4 else "2001:db8:1::/64"} if blocked else set()
     assert {engine.ban_network(k) for k in engine.bans} == expected_bans
+
+
+def test_replay_knows_a_two_sided_capture_before_its_first_packet(tmp_path: Path) -> None:
+    """A forged envelope ahead of every server packet of a two-sided capture bans nobody on replay
+    (the engine is told first); fed packet by packet without that, the same engine would ban."""
+    from scapy.utils import wrpcap
+
+    from inspector.replay import has_server_packets, replay_file
+
+    c, s = REAL[4]
+    first = IP(src="203.0.113.1", dst=s) / TCP(sport=1, dport=25, seq=0, ack=0, flags="PA") / \
+        b"RCPT TO:<x@blocked.test>\r\n"
+    packets = [bytes(first), *real_session(4, blocked=False)]
+    capture = tmp_path / "forged-first.pcap"
+    wrpcap(str(capture), [IP(p) for p in packets])
+    assert has_server_packets(str(capture), [25, 22])
+    result = replay_file(Engine(Config(), RULES), str(capture), collect=True)
+    assert [d for d in result.decisions if d.get("ban")] == []
+    unaware = Engine(Config(), RULES)
+    assert {unaware.process(p, 0.0).reason for p in packets[:1]} != {None}  # the rule it relies on

@@ -99,7 +99,7 @@ def test_replay_outputs_json_lines_and_summary(tmp_path):
 
     (tmp_path / "r.txt").write_text("blocked.test\n")
     c = Conn()
-    packets = [c.syn(), c.send(b"RCPT TO:<a@blocked.test>\r\n"), Conn(sport=1).syn()]
+    packets = [c.syn(), c.send(b"MAIL FROM:<b@ok.test>\r\nRCPT TO:<a@blocked.test>\r\n"), Conn(sport=1).syn()]
     wrpcap(str(tmp_path / "c.pcap"), [IP(p) for p in packets], linktype=101)
     r = cli("replay", str(tmp_path / "c.pcap"), "--rules", str(tmp_path / "r.txt"))
     assert r.returncode == 0, r.stderr

@@ -7,7 +7,7 @@ from inspector.runner import Runner
 from inspector.testing import FakeFirewall, FakePacket, RecordingSender
 from tests.conftest import Conn
 
-BLOCKED = b"RCPT TO:<b@blocked.test>\r\n"
+BLOCKED = b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<b@blocked.test>\r\n"
 
 
 def make(make_engine, tmp_path, **config):
@@ -135,5 +135,30 @@ def test_noted_accepts_are_given_before_a_reset(make_engine, tmp_path):
     ok = Conn(sport=40001, src="198.51.100.8")
     packets = feed(runner, [ok.syn(), ok.send(b"EHLO x\r\n"), ok.send(b"MAIL FROM:<a@b.example>\r\n"),
                             ok.send(b"RCPT TO:<c@d.example>\r\n"), ok.send(b"DATA\r\n")])
-    # decided (no mark configured here): its accept is given at once
+    # DATA (in body; no mark configured here): its accept is given at once
     assert [p.verdict for p in packets] == [None, None, None, None, "accept"] and len(noted) == 4
+
+
+def test_in_body_mark_is_set_at_data_and_cleared_after_the_end_of_data(make_engine, tmp_path):
+    runner, *_ = make(make_engine, tmp_path)
+    runner.mark, runner.body_mark = 0x40000000, 0x20000000
+    c = Conn()
+    syn, head, body, end = feed(runner, [c.syn(), c.send(b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<b@ok.test>\r\nDATA\r\n"),
+                                         c.send(b"hello\r\n"), c.send(b".\r\nQUIT\r\n")])
+    assert (syn.verdict, syn.mark) == ("accept", None)
+    assert (head.verdict, head.mark) == ("repeat", 0x20000000), "in body: the chain sets the connection's body mark"
+    assert (body.verdict, body.mark) == ("accept", None)
+    assert end.verdict == "repeat" and end.mark == 0x40000000, "QUIT: decided"
+    c2 = Conn(sport=40001)
+    _, _, out = feed(runner, [c2.syn(), c2.send(b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<b@ok.test>\r\nDATA\r\n"),
+                              c2.send(b"hello\r\n.\r\n")])
+    assert (out.verdict, out.mark) == ("repeat", 0x60000000), "both bits: the chain clears the body mark"
+    assert runner.counts["in-body"] == 2 and runner.counts["out-of-body"] == 1
+
+
+def test_without_a_body_mark_in_body_packets_are_plain_accepts(make_engine, tmp_path):
+    runner, *_ = make(make_engine, tmp_path)
+    runner.mark, runner.body_mark = 0x40000000, 0
+    c = Conn()
+    _, head = feed(runner, [c.syn(), c.send(b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<b@ok.test>\r\nDATA\r\n")])
+    assert (head.verdict, head.mark) == ("accept", None)

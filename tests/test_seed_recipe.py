@@ -15,12 +15,12 @@ RULE = "example.com"
 
 def session(*segments: bytes, src: str = "198.51.100.7") -> list[bytes]:
     c = Conn(src=src)
-    return [c.syn(), c.send(b"EHLO client.test\r\n"), *[c.send(s) for s in segments]]
+    return [c.syn(), c.send(b"EHLO client.test\r\nMAIL FROM:<a@ok.test>\r\n"), *[c.send(s) for s in segments]]
 
 
 def out_of_order() -> list[bytes]:
     c = Conn()
-    a, b = b"RCPT TO:<x@exam", b"ple.com>\r\n"
+    a, b = b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<x@exam", b"ple.com>\r\n"
     return [c.syn(), c.at(len(a), b), c.at(0, a)]
 
 

@@ -14,7 +14,7 @@ from inspector.service.single import Service
 from inspector.testing import FakeFirewall, FakeQueue, RecordingSender
 from tests.conftest import Conn
 
-BLOCKED = b"RCPT TO:<b@blocked.test>\r\n"
+BLOCKED = b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<b@blocked.test>\r\n"
 
 
 def write_config(tmp_path: Path, extra: str = "") -> Path:

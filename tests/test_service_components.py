@@ -135,3 +135,28 @@ def test_the_service_sends_the_daily_report_when_it_is_due(tmp_path: Path) -> No
         assert b.service.host.status()["notify"]["sent"] == 1
     finally:
         b.service.stop()
+
+
+def test_the_policy_path_follows_the_one_whitelist(tmp_path: Path) -> None:
+    """A sender whitelisted by a [whitelist] file gets DUNNO from the policy path (not only a refused
+    ban), and loses it when the file drops it: the policy path reads the pipeline's whitelist."""
+    from inspector.policy.protocol import Request
+
+    wl = tmp_path / "friends.txt"
+    wl.write_text("203.0.113.0/24\n")
+    sock = tmp_path / "policy.sock"
+    b = Bed(tmp_path, extra=f'[whitelist]\nfiles = ["{wl}"]\n[policy]\nlisten = "unix:{sock}"\n')
+    b.service.start()
+    try:
+        decide = b.service.host.components["policy"].service.decider.decide
+        request = Request({"request": "smtpd_access_policy", "protocol_state": "RCPT",
+                           "client_address": "203.0.113.9", "recipient": "v@blocked.test"})
+        assert decide(request).outcome == "whitelisted"
+        comp = b.service.host.components["whitelist"]
+        wl.write_text("# nobody\n")
+        changes = comp.changes
+        comp.sources.reload()
+        assert _wait(lambda: comp.changes > changes)
+        assert decide(request).outcome == "reject"
+    finally:
+        b.service.stop()

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import idna
+
 
 class DomainMatcher:
     """Looks up envelope domains against a set of blocked domains."""
@@ -42,20 +44,32 @@ class DomainMatcher:
         return self._table[entry]
 
 
+def to_ascii(name: str) -> str:
+    """A domain name in the form it is looked up in: lower case, internationalised labels as
+    IDNA 2008 A-labels after UTS #46 mapping (non-transitional: ``ß`` stays ``ß`` and becomes
+    ``xn--strae-oqa``, it is not folded to ``ss``), as Postfix's ``midna_domain_to_ascii``
+    does with ICU.  Raises ``idna.IDNAError`` for a name that is not valid IDNA 2008.
+    """
+    if name.isascii():
+        return name.lower()
+    return idna.encode(name, uts46=True, transitional=False).decode("ascii").lower()
+
+
 def normalize_domain(raw: str) -> str | None:
-    """Lower-case an envelope domain the way an MTA compares it.
+    """An envelope domain in the form rules are stored in (see :func:`to_ascii`).
 
     Strips a trailing root dot (``example.com.`` is ``example.com``); domain
     literals (``[192.0.2.1]``) have no name to match and give None; UTF-8
-    names (SMTPUTF8) are compared in their IDNA form, as rules are stored.
+    names (SMTPUTF8) are mapped by UTS #46 and compared as A-labels; a UTF-8
+    name that is not valid IDNA 2008 is compared lower-cased as it is (it can
+    only match a rule written the same way).
     """
     d = raw.strip().rstrip(".")
     if not d or d[0] == "[":
         return None
-    d = d.lower()
-    if not d.isascii():
-        try:
-            return d.encode("idna").decode("ascii")
-        except UnicodeError:
-            return d
-    return d
+    if d.isascii():
+        return d.lower()
+    try:
+        return to_ascii(d)
+    except (idna.IDNAError, UnicodeError, ValueError):
+        return d.lower()

@@ -279,6 +279,11 @@ class PolicyServer:
 
     # -- one connection -------------------------------------------------------------------
 
+    def _refuse(self, writer: asyncio.StreamWriter, why: str) -> None:
+        """Close a connection the server will not serve, counted as ``refused:<why>``."""
+        self.counts["refused:" + why] += 1
+        writer.close()
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         counts = self.counts
         counts["connections"] += 1
@@ -286,8 +291,7 @@ class PolicyServer:
         # (any local user can connect to a loopback port); checks waiting for the slow socket-table
         # scan are bounded too
         if self._checking >= self.limits.max_connections:
-            counts["refused:checks"] += 1
-            writer.close()
+            self._refuse(writer, "checks")
             return
         self._checking += 1
         try:
@@ -297,12 +301,10 @@ class PolicyServer:
         finally:
             self._checking -= 1
         if not allowed:
-            counts["refused:peer"] += 1
-            writer.close()
+            self._refuse(writer, "peer")
             return
         if self.open_connections >= self.limits.max_connections:
-            counts["refused:capacity"] += 1
-            writer.close()
+            self._refuse(writer, "capacity")
             return
         self.open_connections += 1
         try:

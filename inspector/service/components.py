@@ -173,12 +173,15 @@ def _policy(config: Config, bans: BanPipeline, events: EventSink, clock: Callabl
             rules = load_rules(config.rules)
         except RuleError as e:
             raise ServiceError(str(e)) from None
-    whitelist = Whitelist(config.whitelist)  # with loopback, as the packet path (it never sees lo)
+    fallback = Whitelist(config.whitelist)  # with loopback, as the packet path (it never sees lo)
     own = {str(a) for a in bans.own}
 
     def whitelisted(address: str) -> bool:
-        # this host's own addresses reach the MTA over lo, which the packet path never inspects;
+        # the one whitelist, read at each request: the pipeline's, which the host and the
+        # [whitelist] files/hosts component keep current (config, kernel sets, files, host names).
+        # This host's own addresses reach the MTA over lo, which the packet path never inspects;
         # other hosts in an own /64 are rejected like anyone else (and not banned: the pipeline refuses)
+        whitelist = bans.whitelist or fallback
         return address in whitelist or address in own
 
     def ban(network: str, seconds: int, rule: str, now: float) -> bool:

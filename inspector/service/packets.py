@@ -71,7 +71,8 @@ class PacketSide:
             except OSError as e:
                 raise ServiceError(f"cannot open raw sockets for resets: {e}") from None
         self.resets = resets
-        self.runner = Runner(self.engine, resets, events, bans, self.clock, mark=self.config.service.mark)
+        self.runner = Runner(self.engine, resets, events, bans, self.clock, mark=self.config.service.mark,
+                             body_mark=self.config.service.body_mark)
         self.packets = PacketLoop(loop, queue, self.runner, events)
         try:
             self.packets.bind()

@@ -36,6 +36,7 @@ __all__ = ["FAIL_OPEN", "MAX_COPY_RANGE", "build_message", "pack_attr", "build_c
            "parse_queue_stats", "queue_stats", "WholeMessages", "RECV_BUFFER", "NfQueue", "QueueError"]
 
 FAIL_OPEN = 0x1  # NFQA_CFG_F_FAIL_OPEN (include/uapi/linux/netfilter/nfnetlink_queue.h)
+GSO = 0x4  # NFQA_CFG_F_GSO: hand GRO/TSO aggregates over whole (same header)
 _NFNL_SUBSYS_QUEUE, _NFQNL_MSG_CONFIG = 3, 2
 _NLM_F_REQUEST, _NLM_F_ACK = 0x1, 0x4
 _NLMSG_ERROR = 2
@@ -223,6 +224,7 @@ class NfQueue:
         self.batch_accepts = batch_accepts
         self.copy_range: int | None = None
         self.fail_open_errno: int | None = None
+        self.gso_errno: int | None = None
         self.batches = 0
         self.batched = 0
         self.late_errors = 0
@@ -255,6 +257,9 @@ class NfQueue:
         self.copy_range = set_copy_range(fd, self.number)
         if self.want_fail_open:
             self.fail_open_errno = set_queue_flags(fd, self.number, FAIL_OPEN)
+        # GRO/TSO aggregates (at most 64 KiB: within the copy range) are handed over whole instead of
+        # one queued packet per segment (an SMTP body's end-of-data aggregate: 1 packet, not ~40)
+        self.gso_errno = set_queue_flags(fd, self.number, GSO)
 
     def fileno(self) -> int:
         """The netlink socket's descriptor (for select)."""

@@ -8,7 +8,9 @@ with the server's and the watcher's.
 Actions (``op``):
 
 * ``smtp``: one SMTP session from ``src``: EHLO, MAIL FROM, each RCPT TO,
-  DATA with a body of ``body_size`` bytes, QUIT.  ``split`` = [rcpt index, byte
+  DATA with a body of ``body_size`` bytes (``end_apart``: the end-of-data line sent in a
+  segment of its own), a second MAIL/RCPT transaction when ``second_rcpts`` is given,
+  QUIT.  ``split`` = [rcpt index, byte
   offset] sends that RCPT line in two segments (TCP_NODELAY) with
   ``split_pause`` seconds between them.  The *offending* time is taken just
   before the last segment of the last RCPT is sent.
@@ -148,10 +150,22 @@ def smtp(a: dict) -> dict:
         s.sendall(b"DATA\r\n")
         expect("data", (354,))
         out["t_data"] = mono()
-        s.sendall(_body(int(a.get("body_size", 200))) + b".\r\n")
+        if a.get("end_apart"):  # the end-of-data line in a segment of its own, after a pause
+            s.sendall(_body(int(a.get("body_size", 200))))
+            time.sleep(0.2)
+            s.sendall(b".\r\n")
+        else:
+            s.sendall(_body(int(a.get("body_size", 200))) + b".\r\n")
         expect("data-end", (250,))
         out["delivered"] = True
         out["t_delivered"] = mono()
+        if a.get("second_rcpts"):  # a second transaction in the same session
+            s.sendall(mail)
+            expect("mail2", (250,))
+            for i, rcpt in enumerate(a["second_rcpts"]):
+                out["t_offending"] = mono()
+                s.sendall(f"RCPT TO:<{rcpt}>\r\n".encode())
+                expect(f"rcpt2-{i}", (250, 251))
         s.sendall(b"QUIT\r\n")
         expect("quit", (221,))
     except BaseException as e:  # noqa: BLE001

@@ -41,8 +41,9 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tuple[st
             pytest.skip(str(e))
         results = bed.run(CASES, modes=MODES)
         report = workdir / "report.txt"
-        report.write_text("\n".join(o.describe(m) for o in results for m in MODES) + "\n")
-        print(f"differential report: {report}")
+        text = "\n".join(o.describe(m) for o in results for m in MODES) + "\n"
+        report.write_text(text)
+        print(f"differential report ({report}):\n{text}")  # shown with -s
         yield {(o.case.name, o.family): o for o in results}
     finally:
         bed.close()
@@ -64,5 +65,6 @@ def test_engine_blocks_what_postfix_accepted(outcomes: dict[tuple[str, int], Out
     assert o.client.get("synack"), f"{name}: no SYN-ACK from the server: {o.client}"
     if o.case.postfix_accepts is not None:
         assert o.blocked_accepted == o.case.postfix_accepts, (
-            f"broken case (Postfix did not do what the case expects): {o.describe(mode)}\n{o.client.get('reply')}")
-    assert o.agrees(mode), o.describe(mode) + "\n" + str(o.client.get("reply"))
+            f"broken case (Postfix did not do what the case expects): {o.describe(mode)}\n{o.client.get('reply')}\n"
+            + "\n".join(o.log))
+    assert o.agrees(mode), o.describe(mode) + "\n" + str(o.client.get("reply")) + "\n" + "\n".join(o.log)

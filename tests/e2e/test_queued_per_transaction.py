@@ -5,10 +5,12 @@ each after the server's reply: EHLO, MAIL, RCPT, DATA, the message, QUIT, then F
 ``setup-nfqueue.sh install`` + ``inspector run``; the figure is the queue's id_sequence delta per
 session.  What reaches userspace, and why: the SYN (the only packet whose sequence number Linux takes
 as the stream's start, ``rcv_isn``: the engine keeps it in a handshake table and never counts or bans
-on it), then the command segments up to the early decision at DATA (EHLO, MAIL, RCPT, DATA); the
-rest of the connection is decided (connmark) and stays in the kernel; pure ACKs never leave it, and
-packets of connections conntrack has not seen complete the handshake are never queued.
-Printed with ``-s``; the bound is the figure the design gives, 5.
+on it), then the command segments (EHLO, MAIL, RCPT, DATA); at DATA the connection is marked in body
+(issue 12, kind 5: every transaction is read), so of the message only the segment that holds the
+end-of-data line is queued, then QUIT, which decides the connection (connmark): 7 in all.  Pure ACKs
+never leave the kernel, and packets of connections conntrack has not seen complete the handshake
+are never queued.  Printed with ``-s``; the bound is the figure the design gives, 7 (5 before
+issue 12 made the early decision read past the message: the end-of-data segment and QUIT).
 """
 
 from __future__ import annotations
@@ -42,4 +44,4 @@ def test_queued_packets_per_non_pipelining_transaction(live: Bed) -> None:
             assert live.server_events(event="message", peer=src), f"{src}: the message was not delivered"
         figures[f"ipv{v}"] = (queue_total(live) - before) / N
     print(f"\nqueued packets per non-pipelining SMTP transaction: {figures}")
-    assert all(f <= 5 for f in figures.values()), figures
+    assert all(f <= 7 for f in figures.values()), figures

@@ -1,6 +1,6 @@
 """The SMTP-level differential cases (issue 12, kinds 2 to 5), as data.
 
-Blocked domains: ``example.com``, ``xn--strae-oqa.example`` (straße.example),
+Blocked domains: ``example.com``, ``straße.example`` (a U-label rule: ``xn--strae-oqa.example``),
 ``blocked.test`` (see ``harness.BLOCKED``).  The server's own address literals are
 ``[192.0.2.25]`` and ``[IPv6:2001:db8::25]``; cases that need one use ``{own}``, which
 the harness cannot substitute per family, so they come in a v4 and a v6 variant.
@@ -84,6 +84,18 @@ def kind2() -> list[Case]:
         Case("k2-rset-then-data", [ehlo(), mail(), rcpt("<x@example.org>"), line("RSET"), line("DATA"),
                                    *message(["<v@example.com>"])],
              postfix_accepts=True, kind="2"),
+        # a refused blocked recipient (RCPT before MAIL) is not accepted, and not blocked
+        Case("k2-refused-blocked-rcpt", [ehlo(), rcpt("<v@example.com>"), line("DATA"),
+                                         *message(["<v@example.org>"]), line("QUIT")],
+             postfix_accepts=False, kind="2"),
+        # EHLO in a transaction resets it: the DATA after it is refused, the next lines are commands
+        Case("k2-ehlo-resets", [ehlo(), mail(), rcpt("<v@example.org>"), ehlo(), line("DATA"),
+                                *message(["<v@example.com>"])],
+             postfix_accepts=True, kind="2"),
+        # a refused BDAT (no transaction) still swallows its chunk; what follows is commands
+        Case("k2-refused-bdat-chunk", [ehlo(), line("BDAT 6"), Seg(b"QUIT\r\n"), line("RSET"),
+                                       *message(["<v@example.com>"])],
+             postfix_accepts=True, kind="2"),
         # the body of an accepted DATA is body, whatever it says
         Case("k2-body-says-rcpt", [ehlo(), *message(["<v@example.org>"],
                                                     b"Subject: t\r\n\r\nMAIL FROM:<x@example.org>\r\n"
@@ -108,6 +120,10 @@ def kind3(family: int) -> list[Case]:
         Case(f"k3-nested-bang-v{family}", [ehlo(), *message(["<example.org!example.com!v>"])],
              postfix_accepts=False, kind="3", families=f),
         Case(f"k3-percent-two-v{family}", [ehlo(), *message([f"<v%example.com%example.org@{own}>"])],
+             postfix_accepts=False, kind="3", families=f),
+        Case(f"k3-quoted-local-own-literal-v{family}", [ehlo(), *message([f'<"v@example.com"@{own}>'])],
+             postfix_accepts=None, kind="3", families=f),
+        Case(f"k3-quoted-local-remote-v{family}", [ehlo(), *message(['<"v@example.com"@example.org>'])],
              postfix_accepts=False, kind="3", families=f),
         Case(f"k3-upper-percent-v{family}", [ehlo(), *message([f"<V%EXAMPLE.COM@{own}>"])],
              postfix_accepts=True, kind="3", families=f),
@@ -175,7 +191,38 @@ def kind5() -> list[Case]:
     ]
 
 
+def splits() -> list[Case]:
+    """Variants of the kinds at other split points."""
+    return [
+        # kind 2: the refused RCPT, DATA and the real RCPT split mid-word, mid-address
+        Case("k2-null-rcpt-split", [ehlo(), mail(), Seg(b"RCPT TO:<"), Seg(b">\r\nDA"), Seg(b"TA\r\nRCPT TO:<v@exa"),
+                                    Seg(b"mple.com>\r\nDATA\r\n"), body()],
+             postfix_accepts=True, kind="2"),
+        # kind 5: the end-of-data line split after its CR, the next MAIL in the same segment as its LF
+        Case("k5-dot-cr-then-lf-mail", [ehlo(), mail(), rcpt("<v@example.org>"), line("DATA"),
+                                        Seg(b"Subject: t\r\n\r\nhi\r\n.\r"),
+                                        Seg(b"\nMAIL FROM:<a@example.org>\r\nRCPT TO:<v@example.com>\r\n"),
+                                        line("DATA"), body()],
+             postfix_accepts=True, kind="5"),
+        # kind 5: a BDAT chunk that ends mid-segment, the next transaction right behind it
+        Case("k5-bdat-chunk-then-mail-same-segment",
+             [ehlo(), mail(), rcpt("<v@example.org>"), line(f"BDAT {len(CHUNK)} LAST"),
+              Seg(CHUNK + b"MAIL FROM:<a@example.org>\r\nRCPT TO:<v@example.com>\r\nDATA\r\n"), body()],
+             postfix_accepts=True, kind="5"),
+        # kind 5: "\n." split between segments inside a body line ("x\n" | ".y"): not an end
+        Case("k5-lf-then-dot-text", [ehlo(), mail(), rcpt("<v@example.org>"), line("DATA"),
+                                     Seg(b"Subject: t\r\n\r\nx\r\n"), Seg(b".y\r\nMAIL FROM:<a@example.org>\r\n"
+                                                                          b"RCPT TO:<v@example.com>\r\n"), body()],
+             postfix_accepts=False, kind="5"),
+        # kind 4: the U-label recipient split inside the two-byte UTF-8 sequence of "ß"
+        Case("k4-sharp-s-split-utf8", [ehlo(), line("MAIL FROM:<a@example.org> SMTPUTF8"),
+                                       Seg(b"RCPT TO:<v@stra" + b"\xc3"), Seg(b"\x9f" + b"e.example>\r\n"),
+                                       line("DATA"), body()],
+             postfix_accepts=True, kind="4"),
+    ]
+
+
 def all_cases() -> list[Case]:
     from .tcp_cases import tcp_cases  # the tcp helper's cases (issue 12 kinds 1 and 6)
 
-    return [*clean(), *kind2(), *kind3(4), *kind3(6), *kind4(), *kind5(), *tcp_cases()]
+    return [*clean(), *kind2(), *kind3(4), *kind3(6), *kind4(), *kind5(), *splits(), *tcp_cases()]

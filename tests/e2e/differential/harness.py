@@ -40,6 +40,7 @@ from typing import Any
 import idna
 
 from inspector.config import Config
+from inspector.detect.smtp import SmtpSettings
 from inspector.engine import Engine
 from inspector.replay import replay_file
 from inspector.rules import DOMAIN, RuleFile, load_rules
@@ -49,10 +50,14 @@ from ..mta import Postfix
 
 HERE = Path(__file__).resolve().parent
 SENDER = HERE / "sender.py"
-BLOCKED = ("example.com", "xn--strae-oqa.example", "blocked.test")
+# the rules as an operator writes them: straße.example in its U-label form (stored as xn--strae-oqa.example)
+BLOCKED = ("example.com", "straße.example", "blocked.test")
 # client addresses: one per session (first 198.51.100.100.., 2001:db8:1::100..)
 FIRST = {4: ipaddress.ip_address("198.51.100.100"), 6: ipaddress.ip_address("2001:db8:1::100")}
 MYNETWORKS = ["198.51.100.0/24", "[2001:db8:1::]/64"]
+# the engine configured as the Postfix instance is: no mydestination (its only own "domains" are
+# its address literals); the default (every domain possibly local) is tested by the unit tests
+ENGINE_CONFIG: dict[str, Any] = {"smtp": SmtpSettings(local_domains=())}
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,7 @@ class Outcome:
     blocked_accepted: bool = False
     engine: dict[str, bool] = field(default_factory=dict)  # decide mode -> blocked
     client: dict[str, Any] = field(default_factory=dict)
+    log: list[str] = field(default_factory=list)  # Postfix's log lines naming this session's client
 
     def agrees(self, mode: str) -> bool:
         return self.engine[mode] == self.blocked_accepted
@@ -132,7 +138,8 @@ def is_blocked_address(address: str, blocked: Iterable[str] = BLOCKED) -> bool:
     if "@" not in address:
         return False
     d = domain_form(address.rpartition("@")[2])
-    return any(d == b or d.endswith("." + b) for b in blocked)
+    forms = [domain_form(b) for b in blocked]
+    return any(d == b or d.endswith("." + b) for b in forms)
 
 
 # ---- the engine's side ------------------------------------------------------------------------------------
@@ -184,7 +191,23 @@ class DiffBed:
 
     def run(self, cases: Sequence[Case], families: Sequence[int] = (4, 6),
             modes: Sequence[str] = ("early", "depth")) -> list[Outcome]:
-        """Send every case (each family it supports), then read Postfix's log and replay each capture."""
+        """Send every case (each family it supports), then read Postfix's log and replay each capture.
+
+        A session whose Postfix result is not the one its case states (``postfix_accepts``) is sent
+        once more from a fresh address: on a loaded machine a session can be cut short (the
+        sender's 8 s wait for the server's FIN); a real difference shows again and is reported.
+        """
+        outcomes = self._run_once(cases, families, modes)
+        again = [o for o in outcomes if o.case.postfix_accepts is not None
+                 and o.blocked_accepted != o.case.postfix_accepts]
+        if again:
+            retried = self._run_once([o.case for o in again], families, modes, suffix="-retry")
+            by_key = {(o.case.name, o.family): o for o in retried}
+            outcomes = [by_key.get((o.case.name, o.family), o) if o in again else o for o in outcomes]
+        return outcomes
+
+    def _run_once(self, cases: Sequence[Case], families: Sequence[int], modes: Sequence[str],
+                  suffix: str = "") -> list[Outcome]:
         assert self.postfix is not None
         pcaps = self.dir / "pcaps"
         pcaps.mkdir(exist_ok=True)
@@ -195,13 +218,13 @@ class DiffBed:
                 if fam not in case.families:
                     continue
                 src = self._address(fam)
-                pcap = pcaps / f"{case.name}-v{fam}.pcap"
+                pcap = pcaps / f"{case.name}-v{fam}{suffix}.pcap"
                 outcomes.append(Outcome(case, fam, src, pcap))
                 sessions.append({"src": src, "dst": SERVER[fam], "dport": 25, "sport": 40000 + len(sessions),
                                  "isn": case.isn, "timestamps": case.timestamps, "pcap": str(pcap),
                                  "segments": [s.spec() for s in case.segments], "syn_data": case.syn_data.hex()})
         peer = self.bed.s("cat", "/sys/class/net/veth-s/address").stdout.strip()
-        spec_file = self.dir / "sender.json"
+        spec_file = self.dir / f"sender{suffix}.json"
         spec_file.write_text(json.dumps({"iface": "veth-c", "peer_mac": peer, "sessions": sessions}))
         timeout = 30 + 4 * len(sessions)
         r = subprocess.run(["ip", "netns", "exec", self.bed.client, sys.executable, str(SENDER), str(spec_file)],
@@ -211,12 +234,14 @@ class DiffBed:
         for outcome, result in zip(outcomes, json.loads(r.stdout), strict=True):
             outcome.client = result
         self.postfix.wait_settled()
-        by_client = recipients_by_client(self.postfix.log())
+        log = self.postfix.log()
+        by_client = recipients_by_client(log)
         for o in outcomes:
             o.recipients = by_client.get(o.src, set())
+            o.log = [line for line in log.splitlines() if f"[{o.src}]" in line][-12:]
             o.blocked_accepted = any(is_blocked_address(a) for a in o.recipients)
             for mode in modes:
-                o.engine[mode] = engine_blocks(o.pcap, self.dir, mode)
+                o.engine[mode] = engine_blocks(o.pcap, self.dir, mode, extra=ENGINE_CONFIG)
         return outcomes
 
 

@@ -23,7 +23,8 @@ SYN offers TCP timestamps and every segment carries one (TSval from a counter, o
 ``tsval`` when given; TSecr echoes the server's last TSval).
 
 After the last segment the client waits until the server has been quiet for
-``settle`` seconds, sends a FIN after the highest byte sent and then an RST.  Every
+``settle`` seconds, sends a FIN after the highest byte sent, waits for the server's FIN
+(Postfix has then read everything before it; at most 8 s) and sends an RST.  Every
 frame sent is written to ``pcap`` (Ethernet link type, send time), in order.  Prints
 one JSON result per session: ``{"synack": bool, "server_bytes": n, "reply": "..."}``.
 """
@@ -60,6 +61,7 @@ class Session:
         self.rcv_nxt: int | None = None  # next server byte expected (our ack number)
         self.server_data = b""
         self.synack = False
+        self.server_fin = False
         self.writer = PcapWriter(spec["pcap"], linktype=1, sync=True)
         self.high = 0  # stream offset after the highest byte sent
 
@@ -125,6 +127,8 @@ class Session:
                 continue
             if self.rcv_nxt is None:
                 continue
+            if flags & 0x01:
+                self.server_fin = True
             advance = len(payload) + (1 if flags & 0x01 else 0)
             if advance and tcp.seq == self.rcv_nxt:
                 self.rcv_nxt = (self.rcv_nxt + advance) & 0xFFFFFFFF
@@ -173,9 +177,13 @@ class Session:
                 nxt = off + len(data)
                 self.high = max(self.high, nxt)
             self.poll(seg.get("wait", 0.03))
-        self.quiet(self.spec.get("settle", 0.4))
+        self.quiet(self.spec.get("settle", 0.2))
+        # FIN after the last byte: the server reads everything before its end of file, then closes;
+        # wait for its FIN (a hole that never fills: up to 8 s), then RST what is left
         self.send(self.frame(self.isn + 1 + self.high, "FA"))
-        self.poll(0.2)
+        end = time.monotonic() + 8
+        while not self.server_fin and time.monotonic() < end:
+            self.poll(0.05)
         self.send(self.frame(self.isn + 2 + self.high, "R", ack=False))
         self.writer.close()
         return {"synack": True, "server_bytes": len(self.server_data),

@@ -1,0 +1,30 @@
+"""The differential captures (tests/pcaps/differential, recorded against a real Postfix 3.7 by
+``tests/e2e/differential/record.py``) through the engine, in both decide modes, without root:
+the engine must block exactly the captures in which Postfix accepted a blocked recipient."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.differential.harness import ENGINE_CONFIG, engine_blocks
+
+HERE = Path(__file__).resolve().parent / "pcaps" / "differential"
+EXPECTED = tomllib.loads((HERE / "expected.toml").read_text(encoding="utf-8"))
+CAPTURES = EXPECTED["capture"]
+
+
+@pytest.mark.parametrize("mode", ["early", "depth"])
+@pytest.mark.parametrize("capture", CAPTURES, ids=[c["file"].removesuffix(".pcap") for c in CAPTURES])
+def test_engine_agrees_with_postfix(capture: dict[str, object], mode: str, tmp_path: Path) -> None:
+    blocked = engine_blocks(HERE / str(capture["file"]), tmp_path, mode, EXPECTED["blocked"], extra=ENGINE_CONFIG)
+    assert blocked == capture["blocked_accepted"], (
+        f"Postfix delivered {capture['postfix_recipients']}, engine blocked: {blocked}")
+
+
+def test_every_kind_is_recorded() -> None:
+    kinds = {str(c["kind"]) for c in CAPTURES}
+    assert {"2", "3", "4", "5"} <= kinds
+    assert {4, 6} == {c["family"] for c in CAPTURES}
