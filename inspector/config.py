@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .choices import one_of
 from .connlimit import CONNLIMIT_KEYS, ConnLimitSettings, parse_connlimit
 from .detect.smtp import SMTP_KEYS, SmtpSettings, parse_smtp_section
 from .fleet_format import FleetSettings, parse_fleet
@@ -256,10 +257,7 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
             _check_type("", key, value, fail)
 
     cfg: dict[str, Any] = {"source": str(path)}
-    mode = data.get("mode", "enforce")
-    if mode not in ("enforce", "alert"):
-        raise fail("", "mode", f"must be 'enforce' or 'alert', not {mode!r}")
-    cfg["mode"] = mode
+    one_of(data, "mode", ("enforce", "alert"), cfg, lambda m: fail("", "mode", m), default="enforce")
 
     ports = data.get("ports", {})
     for key, name in (("smtp", "smtp_ports"), ("other", "other_ports")):
@@ -269,10 +267,7 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
     stream = data.get("stream", {})
     if "depth" in stream:
         cfg["depth"] = _bounded(stream["depth"], 64, 1 << 20, lambda m: fail("stream", "depth", m))
-    if "decide" in stream:
-        if stream["decide"] not in ("depth", "early"):
-            raise fail("stream", "decide", f"must be 'depth' or 'early', not {stream['decide']!r}")
-        cfg["decide"] = stream["decide"]
+    one_of(stream, "decide", ("depth", "early"), cfg, lambda m: fail("stream", "decide", m))
     if "smtp" in data:
         try:
             cfg["smtp"] = parse_smtp_section(data["smtp"])

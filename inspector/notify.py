@@ -29,6 +29,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .choices import one_of
 from .periodic import Periodic
 
 if TYPE_CHECKING:  # not at run time: the config imports this module and must stay light
@@ -105,10 +106,7 @@ def parse_notify(table: dict[str, Any], fail: Callable[[str, str | None, str], E
         if not table["mail_from"] or table["mail_from"].startswith("-") or " " in table["mail_from"]:
             raise fail("notify", "mail_from", f"invalid sender {table['mail_from']!r}")
         out["mail_from"] = table["mail_from"]
-    if "report" in table:
-        if table["report"] not in ("daily", "off"):
-            raise fail("notify", "report", f"must be 'daily' or 'off', not {table['report']!r}")
-        out["report"] = table["report"]
+    one_of(table, "report", ("daily", "off"), out, lambda m: fail("notify", "report", m))
     if "report_at" in table:
         try:
             _hhmm(table["report_at"])
