@@ -13,11 +13,15 @@ inspector's stderr, its events, the servers' log and the firewall are printed
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from .bed import SETUP, Bed, NamespaceUnavailable, why_not
+
+B = TypeVar("B", bound=Bed)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -36,25 +40,35 @@ def _failed(request: pytest.FixtureRequest) -> bool:
     return any(getattr(getattr(request.node, f"rep_{w}", None), "failed", False) for w in ("setup", "call"))
 
 
-@pytest.fixture
-def net(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Bed]:
-    reason = why_not()
+@contextmanager
+def bed_up(bed: B, request: pytest.FixtureRequest | None = None, servers: bool = True,
+           extra_reason: str | None = None) -> Iterator[B]:
+    """Bring ``bed``'s namespaces up (skip with the reason where that cannot be done here), start
+    its test servers unless ``servers`` is false, and tear it all down afterwards; a failed test's
+    diagnostics are printed when ``request`` is given."""
+    reason = extra_reason or why_not()
     if reason:
         pytest.skip(reason)
-    bed = Bed(tmp_path)
     try:
         try:
             bed.up()
         except NamespaceUnavailable as e:
             pytest.skip(str(e))
-        bed.start_servers()
+        if servers:
+            bed.start_servers()
         yield bed
     finally:
         try:
-            if _failed(request):
+            if request is not None and _failed(request):
                 print(bed.diagnostics())
         finally:
             bed.close()
+
+
+@pytest.fixture
+def net(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Bed]:
+    with bed_up(Bed(tmp_path), request) as bed:
+        yield bed
 
 
 @pytest.fixture

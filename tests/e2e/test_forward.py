@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from .bed import BLOCKED, CLIENTS, DAY, HERE, PY, Bed, NamespaceUnavailable, ban_network, why_not
+from .bed import BLOCKED, CLIENTS, DAY, HERE, PY, Bed, NamespaceUnavailable, ban_network
+from .conftest import bed_up
 from .test_inspector import assert_reset_both_ways, wait_banned
 
 pytestmark = pytest.mark.e2e
@@ -108,23 +109,8 @@ def _hostport(v: int, port: int) -> str:
 
 @pytest.fixture
 def docker(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[DockerBed]:
-    reason = why_not()
-    if reason:
-        pytest.skip(reason)
-    bed = DockerBed(tmp_path)
-    try:
-        try:
-            bed.up()
-        except NamespaceUnavailable as e:
-            pytest.skip(str(e))
-        bed.start_servers()
+    with bed_up(DockerBed(tmp_path), request) as bed:
         yield bed
-    finally:
-        try:
-            if any(getattr(getattr(request.node, f"rep_{w}", None), "failed", False) for w in ("setup", "call")):
-                print(bed.diagnostics())
-        finally:
-            bed.close()
 
 
 @V

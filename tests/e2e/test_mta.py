@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from .bed import CLIENTS, SERVER, Bed, NamespaceUnavailable
+from .bed import CLIENTS, SERVER, Bed
 from .bed import why_not as bed_why_not
+from .conftest import bed_up
 from .mta import Postfix, why_not
 
 SEND = """
@@ -26,18 +27,8 @@ s.quit()
 @pytest.fixture
 def bare(tmp_path: Path) -> Iterator[Bed]:
     """The two namespaces and the veth pair, no servers (Postfix takes port 25)."""
-    reason = bed_why_not() or why_not()
-    if reason:
-        pytest.skip(reason)
-    bed = Bed(tmp_path)
-    try:
-        try:
-            bed.up()
-        except NamespaceUnavailable as e:
-            pytest.skip(str(e))
+    with bed_up(Bed(tmp_path), servers=False, extra_reason=bed_why_not() or why_not()) as bed:
         yield bed
-    finally:
-        bed.close()
 
 
 @pytest.mark.e2e

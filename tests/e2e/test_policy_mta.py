@@ -21,8 +21,9 @@ from typing import Any
 
 import pytest
 
-from .bed import CLIENTS, PY, REPO, SERVER, Bed, NamespaceUnavailable, Proc, wait_for
+from .bed import CLIENTS, PY, REPO, SERVER, Bed, Proc, wait_for
 from .bed import why_not as bed_why_not
+from .conftest import bed_up
 
 BLOCKED = "blocked.test"
 IDN = "b\u00fccher.test"  # an internationalised rule: stored and matched in its IDNA form
@@ -112,20 +113,10 @@ class PolicyBed:
 
 @pytest.fixture
 def pbed(tmp_path: Path) -> Iterator[PolicyBed]:
-    reason = why_not()
-    if reason:
-        pytest.skip(reason)
-    bed = Bed(tmp_path)
-    try:
-        try:
-            bed.up()
-        except NamespaceUnavailable as e:
-            pytest.skip(str(e))
+    with bed_up(Bed(tmp_path), servers=False, extra_reason=why_not()) as bed:
         bed.install()
         bed.write_config(domains=f"{BLOCKED}\n{IDN}\n", extra=f'[policy]\nlisten = "{POLICY}"\n')
         yield PolicyBed(bed, tmp_path)
-    finally:
-        bed.close()
 
 
 def _certificate(tmp: Path) -> tuple[Path, Path]:
