@@ -121,10 +121,13 @@ class Messages:
         self.burst = burst
         self.pos = 0
         self.left = burst
+        self.on_done: Any = None  # called when the wakeup after the last message ends (stops the service's loop)
 
     def recv(self, _size: int) -> bytes:
         if not self.left or self.pos >= len(self.messages):
             self.left = self.burst
+            if self.on_done is not None and self.pos >= len(self.messages):
+                self.on_done()
             raise BlockingIOError(11, "burst done")
         self.left -= 1
         m = self.messages[self.pos]
@@ -209,13 +212,9 @@ control_socket = "{workdir / 'control.sock'}"
         def fileno(self) -> int:
             return r
 
-        def read(self) -> None:
-            super().read()
-            if src.done:
-                service.loop.stop()
-
     queue = Fed(QUEUE, 4096, True)
     service = Service(str(cfg), None, {}, queue=queue, signals=False)
+    src.on_done = service.loop.stop  # no wrapper around the queue's read: the service's own path only
     service.start()
     runner = service.side.runner
     assert runner is not None

@@ -140,12 +140,20 @@ def test_a_protected_address_is_refused_with_an_event(tmp_path):
 
 
 def test_an_exception_in_the_runner_accepts_the_packet(bed):
-    def broken(packet):
-        raise RuntimeError("bug")
-    bed.service.side.runner.handle = broken  # type: ignore[method-assign]
+    class Broken:
+        packets = 0
+
+        def process(self, data, now):
+            raise RuntimeError("bug")
+    runner = bed.service.side.runner
+    engine, runner.engine = runner.engine, Broken()  # a bug past the engine's own catch-all
     [p] = bed.feed(Conn().syn())
+    runner.engine = engine
     assert p.verdict == "accept"
-    assert bed.events.events[-1]["what"] == "handle"
+    assert bed.events.events[-1]["what"] == "handle" and "RuntimeError: bug" in bed.events.events[-1]["error"]
+    assert runner.counts["errors:handle"] == 1
+    [q] = bed.feed(Conn().syn())  # the loop goes on
+    assert q.verdict == "accept"
 
 
 def test_log_bans_reach_the_engine_through_the_pipeline(tmp_path):

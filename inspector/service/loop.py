@@ -23,7 +23,7 @@ from functools import partial
 from typing import Any, Protocol
 
 from ..events import EventSink
-from ..runner import QueuedPacket, Runner
+from ..runner import Runner
 
 __all__ = ["Loop", "PacketLoop", "PacketQueue"]
 
@@ -167,8 +167,11 @@ class Loop:
 
     def turn(self) -> None:
         """One turn: wait for a reader (or the next timer), then run what is ready and due."""
-        now = self.clock()
-        wait = min(self.max_wait, max(0.0, self._next_due - now))
+        wait = self._next_due - self.clock()
+        if wait > self.max_wait:
+            wait = self.max_wait
+        elif wait < 0.0:
+            wait = 0.0
         try:
             ready = (self._epoll or self._poller()).poll(wait)
         except InterruptedError:
@@ -232,8 +235,10 @@ class PacketLoop:
 
     def bind(self) -> None:
         """Bind the queue and start reading it (errors are the queue's, e.g. QueueError); the
-        runner gives its accepts through the queue's batch (``accept_later``) if it has one."""
-        self.queue.bind(self.handle)
+        queue calls the runner's ``handle`` for every packet (it never raises: a bug there is
+        counted and the packet accepted), and the runner gives its accepts through the queue's
+        batch (``accept_later``) if it has one."""
+        self.queue.bind(self.runner.handle)
         later, noted = getattr(self.queue, "accept_later", None), getattr(self.queue, "accept_noted", None)
         if later is not None and noted is not None:
             self.runner.accept_later, self.runner.accept_noted = later, noted
@@ -242,23 +247,15 @@ class PacketLoop:
     def read(self) -> None:
         """Handle the burst of packets waiting in the queue."""
         self.runner.counts["queue-wakeups"] += 1  # packets / wakeups: how many packets one wakeup handles
-        if self.hold is not None:
-            self.hold()
+        if self.hold is None:
+            self.queue.read()
+            return
+        self.hold()
         try:
             self.queue.read()
         finally:
             if self.flush is not None:
                 self.flush()
-
-    def handle(self, packet: QueuedPacket) -> None:
-        """One packet: the runner's verdict, or accept if the runner raised."""
-        try:
-            self.runner.handle(packet)
-        except Exception as e:  # noqa: BLE001 - an exception here would strand the packet in the kernel
-            self.runner.counts["errors:handle"] += 1
-            with contextlib.suppress(Exception):  # it may already have had its verdict
-                packet.accept()
-            self.events.emit({"event": "error", "what": "handle", "error": f"{type(e).__name__}: {e}"})
 
     def close(self) -> None:
         """Stop reading and unbind the queue."""

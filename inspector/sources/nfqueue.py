@@ -72,21 +72,21 @@ class WholeMessages:
         self._left = burst
 
     def recv(self, _size: int) -> bytes:
-        """One whole netlink message from the socket, without blocking (BlockingIOError when it is empty or the burst
-        is over).
+        """One whole netlink message from the socket, without blocking (BlockingIOError when it is empty, or after
+        ``burst`` messages since the last such stop).
+
+        The socket's own EAGAIN passes through untouched (no handler here: a wakeup ends with it, so it is the
+        common case); the budget is not refilled then, so a stop comes at the latest every ``burst`` messages.
         """
         left = self._left
         if not left:
-            # a burst is over: end this run_socket() call as if the socket were empty, so the
+            # the budget is spent: end this run_socket() call as if the socket were empty, so the
             # loop around it gets its turn (signals, control, the supervisor) under a flood too
             self._left = self.burst
             raise BlockingIOError(errno.EAGAIN, "burst done")
+        data = self._recv(RECV_BUFFER, socket.MSG_DONTWAIT)
         self._left = left - 1
-        try:
-            return self._recv(RECV_BUFFER, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            self._left = self.burst
-            raise
+        return data
 
     def close(self) -> None:
         """Close the duplicated descriptor."""
