@@ -114,7 +114,7 @@ class Runner:
             data = packet.get_payload()
             now = self.clock()
             telemetry = self.telemetry
-            if int(now) != telemetry.second:
+            if not telemetry.second <= now < telemetry.next_second:
                 telemetry.tick(now)
             telemetry.packets += 1
             if telemetry.packets % SAMPLE:

@@ -3,7 +3,8 @@
 Per-second buckets of packets and non-accept verdicts over the last minute,
 the most frequent sources and blocked domains (bounded: the tail is cut when
 they grow), and the engine's per-packet latency.  Cheap enough to update on
-every packet: two integer additions and a comparison.
+every packet: two integer additions and a comparison (of the packet's time with the
+current second's bounds, no conversion).
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ class Telemetry:
     """Per-second counters of packets and verdicts over the last minute, the top sources and blocked domains, and the
     engine's latency histogram (see the module docstring).
     """
-    __slots__ = ("second", "packets", "verdicts", "history", "sources", "domains", "reasons", "latency",
+    __slots__ = ("second", "next_second", "packets", "verdicts", "history", "sources", "domains", "reasons", "latency",
                  "latency_sum", "latency_count")
 
     def __init__(self) -> None:
         self.second = 0
+        self.next_second = 0  # second + 1: a packet at or past it (or before second) calls tick()
         self.packets = 0
         self.verdicts = 0
         self.history: deque[tuple[int, int, int]] = deque(maxlen=WINDOW)
@@ -57,6 +59,7 @@ class Telemetry:
             if self.second:
                 self.history.append((self.second, self.packets, self.verdicts))
             self.second, self.packets, self.verdicts = second, 0, 0
+            self.next_second = second + 1
 
     def decision(self, src: str, reason: str, rule: str | None) -> None:
         """Count one non-accept verdict from ``src`` for ``reason`` (and the blocked domain ``rule``)."""

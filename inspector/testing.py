@@ -114,6 +114,7 @@ class FakeQueue:
         self.waiting: list[FakePacket] = []
         self.handled: list[FakePacket] = []
         self.closed = False
+        self.wakeups = 0
         self._r, self._w = os.pipe()
         os.set_blocking(self._r, False)
 
@@ -135,9 +136,10 @@ class FakeQueue:
         return packet
 
     def read(self) -> None:
-        """Hand every queued packet to the handler."""
+        """Hand every queued packet to the handler (counted in ``wakeups``)."""
         import os
 
+        self.wakeups += 1
         with contextlib.suppress(BlockingIOError):
             os.read(self._r, 4096)
         waiting, self.waiting = self.waiting, []

@@ -199,3 +199,14 @@ def test_alert_mode_accepts_go_with_the_batch(make_engine, tmp_path):
     syn, data = feed(runner, [c.syn(), c.send(BLOCKED)])
     assert noted == [syn, data] and data.verdict is None and sender.sent == []
     assert events.events[0]["alert"] is True and events.events[0]["verdict"] == "reset" and runner.counts["accept"] == 1
+
+
+def test_telemetry_counts_packets_per_second_of_the_clock(make_engine, tmp_path):
+    """The per-second buckets follow the runner's clock, also when it steps back."""
+    runner, *_, now = make(make_engine, tmp_path)
+    t = runner.telemetry
+    for at in (1000.2, 1000.7, 1001.0, 1001.9, 1003.5, 1002.5):
+        now[0] = at
+        feed(runner, [Conn(sport=int(at * 10) % 30000 + 1024).syn()])
+    assert list(t.history) == [(1000, 2, 0), (1001, 2, 0), (1003, 1, 0)]
+    assert (t.second, t.packets) == (1002, 1)

@@ -59,8 +59,14 @@ def test_config_reload_reapplies_the_whitelist_to_a_rebuilt_engine(tmp_path: Pat
         # a config change that rebuilds the engine
         b.config.write_text(b.config.read_text() + "\n[stream]\ndepth = 8192\n")
         b.service.side.request_reload()
+        check = b.service.side._check_reload
+        assert check in b.service.loop._each  # the loop checks on the reload only while one is pending
         assert _wait(lambda: (b.service.loop.turn(), b.service.side.engine is not engine)[1])
         assert b.service.side.engine.whitelist.contains_raw(bytes([198, 51, 100, 7]))
+        assert check not in b.service.loop._each
+        b.service.side.request_reload()  # and again for the next one
+        assert _wait(lambda: (b.service.loop.turn(), b.service.side.reloads == 2)[1])
+        assert check not in b.service.loop._each
     finally:
         b.service.stop()
 

@@ -41,7 +41,8 @@ class PacketQueue(Protocol):
     def fileno(self) -> int:
         """The descriptor that becomes readable when packets wait."""
     def read(self) -> None:
-        """Hand the waiting packets (one burst) to the handler; never blocks."""
+        """Hand the waiting packets (one burst) to the handler; never blocks.  A queue may count
+        these calls in an attribute ``wakeups``."""
     def close(self) -> None:
         """Unbind."""
 
@@ -107,8 +108,12 @@ class Loop:
         return ep
 
     def each_turn(self, callback: Callable[[float], None]) -> None:
-        """Call ``callback(now)`` after the readers, on every turn of the loop."""
-        self._each.append(callback)
+        """Call ``callback(now)`` after the readers, on every turn of the loop (from the next turn on)."""
+        self._each = [*self._each, callback]  # a new list: a callback may add or remove one
+
+    def remove_each(self, callback: Callable[[float], None]) -> None:
+        """Stop calling ``callback`` on every turn (from the next turn on)."""
+        self._each = [c for c in self._each if c != callback]  # equal: the same bound method
 
     def every(self, interval: float | Callable[[], float], callback: Callable[[float], None],
               first: float | None = None) -> None:
@@ -222,8 +227,9 @@ class PacketLoop:
     """A queue's packets through a runner, on ``loop`` (see the module docstring).
 
     ``hold``/``flush`` are called around every burst the queue hands over (a worker batches its
-    messages to the supervisor per burst); ``counts`` are the runner's (``queue-wakeups``:
-    bursts read, ``errors:handle``: packets whose handling raised).
+    messages to the supervisor per burst; set them with :meth:`batch`); without them the loop
+    calls the queue's ``read`` itself, no frame of ours around it.  ``wakeups``: the bursts the
+    queue read (its own count; ``queue-wakeups`` in the counts of ``status``).
     """
 
     loop: Loop
@@ -242,15 +248,26 @@ class PacketLoop:
         later, noted = getattr(self.queue, "accept_later", None), getattr(self.queue, "accept_noted", None)
         if later is not None and noted is not None:
             self.runner.accept_later, self.runner.accept_noted = later, noted
-        self.loop.add_reader(self.queue.fileno(), self.read)
+        self.loop.add_reader(self.queue.fileno(), self._reader())
+
+    def _reader(self) -> Callable[[], None]:
+        return self.queue.read if self.hold is None and self.flush is None else self.read
+
+    def batch(self, hold: Callable[[], None] | None, flush: Callable[[], None] | None) -> None:
+        """Call ``hold()`` before and ``flush()`` after every burst (None, None: neither)."""
+        self.hold, self.flush = hold, flush
+        with contextlib.suppress(Exception):  # not bound yet: bind() registers the reader
+            self.loop.add_reader(self.queue.fileno(), self._reader())
+
+    @property
+    def wakeups(self) -> int:
+        """Bursts read from the queue (packets / wakeups: how many packets one wakeup handles)."""
+        return int(getattr(self.queue, "wakeups", 0))
 
     def read(self) -> None:
-        """Handle the burst of packets waiting in the queue."""
-        self.runner.counts["queue-wakeups"] += 1  # packets / wakeups: how many packets one wakeup handles
-        if self.hold is None:
-            self.queue.read()
-            return
-        self.hold()
+        """Handle the burst of packets waiting in the queue, between ``hold()`` and ``flush()``."""
+        if self.hold is not None:
+            self.hold()
         try:
             self.queue.read()
         finally:

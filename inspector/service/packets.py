@@ -53,6 +53,8 @@ class PacketSide:
         self._protects: Callable[[str], str | None] = lambda network: protects(network, own=own)
         self.engine = Engine(config, rules, protects=self._protects)
         self._reload_requested = False
+        self._loop: Loop | None = None
+        self._watching = False  # _check_reload runs on every turn of the loop (only while a reload is pending)
         self._reload_thread: threading.Thread | None = None
         self._reload_result: tuple[Config, RuleSet] | Exception | None = None
         self.events: EventSink | None = None
@@ -87,7 +89,7 @@ class PacketSide:
         if self.config.service.fail_open and fail_open != 0:
             events.emit({"event": "error", "what": "fail-open",
                          "error": f"the kernel did not confirm the fail-open flag (errno {fail_open})"})
-        loop.each_turn(self._check_reload)
+        self._loop = loop
 
     @property
     def fail_open(self) -> bool:
@@ -105,20 +107,30 @@ class PacketSide:
     def stats(self, now: float) -> dict[str, Any]:
         """This process's part of ``status``: packets, the runner's counts, engine, live, rules."""
         assert self.runner is not None
-        return {"packets": self.engine.packets, "counts": dict(self.runner.counts), "engine": self.engine.stats(),
+        counts = dict(self.runner.counts)
+        if self.packets is not None:
+            counts["queue-wakeups"] = self.packets.wakeups
+        return {"packets": self.engine.packets, "counts": counts, "engine": self.engine.stats(),
                 "live": self.runner.telemetry.snapshot(now), "rules": self.rules_info}
 
     # -- reload -------------------------------------------------------------------
 
     def request_reload(self) -> None:
-        """Reload config and rules at the next turn of the loop (one at a time)."""
+        """Reload config and rules at the next turn of the loop (one at a time); the loop checks
+        on it every turn until it is done (and not at all otherwise)."""
         self._reload_requested = True
+        if not self._watching and self._loop is not None:
+            self._watching = True
+            self._loop.each_turn(self._check_reload)
 
     def _check_reload(self, now: float) -> None:
         if self._reload_requested:
             self._start_reload()
         if self._reload_thread is not None and not self._reload_thread.is_alive():
             self._finish_reload()
+        if self._reload_thread is None and not self._reload_requested and self._loop is not None:
+            self._watching = False
+            self._loop.remove_each(self._check_reload)
 
     def _start_reload(self) -> None:
         self._reload_requested = False

@@ -135,7 +135,7 @@ class Worker:
         queue = self.packets if self.packets is not None else NfQueue(self.queue, svc.queue_maxlen, svc.fail_open)
         side.start(self.loop, queue, events, self.pipeline, self.resets)
         assert side.packets is not None
-        side.packets.hold, side.packets.flush = self.outbox.hold, self._flush
+        side.packets.batch(self.outbox.hold, self._flush)
         self.loop.add_reader(self.conn.fileno(), self._from_supervisor)
         self.loop.every(SAVE_EVERY, self._send_stats)
         self.loop.on_hup = side.request_reload

@@ -214,7 +214,7 @@ class NfQueue:
     burst and a reset never overtakes an earlier packet of its connection.  If the batch message
     cannot be sent, each noted packet gets its own accept.  ``batches`` counts the batch messages
     sent, ``batched`` the packets they accepted, ``late_errors`` noted packets whose own accept
-    failed (they had a verdict already).
+    failed (they had a verdict already), ``wakeups`` the calls of :meth:`read`.
     """
 
     def __init__(self, number: int, maxlen: int = 4096, fail_open: bool = True, batch_accepts: bool = True) -> None:
@@ -227,6 +227,7 @@ class NfQueue:
         self.gso_errno: int | None = None
         self.batches = 0
         self.batched = 0
+        self.wakeups = 0
         self.late_errors = 0
         self._nfq: Any = None
         self._messages: WholeMessages | None = None
@@ -267,7 +268,8 @@ class NfQueue:
 
     def read(self) -> None:
         """Handle the packets waiting on the socket (one burst); never blocks.  The packets noted
-        with ``accept_later`` get their accept before it returns."""
+        with ``accept_later`` get their accept before it returns.  Counts the call in ``wakeups``."""
+        self.wakeups += 1
         try:
             self._nfq.run_socket(self._messages)
         finally:
