@@ -273,8 +273,15 @@ class NfQueue:
         try:
             self._nfq.run_socket(self._messages)
         finally:
-            if self._noted:
-                self.accept_noted()
+            noted = self._noted
+            if noted:
+                if len(noted) == 1:  # one packet: its own verdict, here (no batch, no call)
+                    try:
+                        noted.pop().accept()
+                    except Exception:  # noqa: BLE001 - it already had its verdict: nothing is lost
+                        self.late_errors += 1
+                else:
+                    self.accept_noted()
 
     @staticmethod
     def _accept_now(packet: Any) -> None:
