@@ -220,6 +220,10 @@ def smtp_benchmark(bed: Bed, sink: Sink, args: argparse.Namespace) -> dict[str, 
                                                              mode, w))
     for w in args.smtp_workers:
         makers.append(lambda r, w=w: Inspector(bed, sink.pid, args.python, w, f"smtp{w}-{r}"))
+    for i, other in enumerate(args.compare_repo):
+        makers.append(lambda r, i=i, other=other: Inspector(bed, sink.pid, args.python, args.smtp_workers[0],
+                                                            f"cmp{i}-{r}", repo=Path(other).resolve(),
+                                                            version=Path(other).name))
     if args.early:
         w0 = args.smtp_workers[0]
         makers.append(lambda r: Inspector(bed, sink.pid, args.python, w0, f"smtpd{r}", decide="depth"))
@@ -784,6 +788,13 @@ def report_targets(results: dict[str, Any]) -> list[str]:
     lines.append(f"TARGET per queued packet <= 1.5x the bare loop: inspector (1 worker)"
                  f" {fmt(ins and ins.get('cpu_us_per_pkt'))} us / bare {fmt(bare and bare.get('cpu_us_per_pkt'))} us"
                  f" = {fmt(r, '.2f')}x -> {verdict(r, r is not None and r <= 1.5)}")
+    for name, other in summary.items():
+        if name.startswith("inspector-w1-") and "depth" not in name and other.get("cpu_us_per_pkt") and bare \
+                and bare.get("cpu_us_per_pkt"):  # --compare-repo rows, against the same bare loop
+            ratio = other["cpu_us_per_pkt"] / bare["cpu_us_per_pkt"]
+            lines.append(f"    the same for {other['label']}: {other['cpu_us_per_pkt']:.1f} us /"
+                         f" {bare['cpu_us_per_pkt']:.1f} us = {ratio:.2f}x, {other['pkts_per_tx']:.2f} queued"
+                         f" packets and {other['cpu_us_per_tx']:.1f} us per transaction")
     if suri is None:
         lines.append(f"TARGET CPU per transaction <= 0.5x Suricata's: no Suricata row"
                      f" ({results.get('smtp', {}).get('suricata', 'not run')})")
@@ -904,6 +915,9 @@ def main() -> int:
     p.add_argument("--no-early", action="store_true",
                    help='skip the second inspector configuration, [stream] decide = "depth" (the default is "early")')
     p.add_argument("--no-bulk", action="store_true", help="skip the 10 MB bulk-mail check")
+    p.add_argument("--compare-repo", action="append", default=[], metavar="PATH",
+                   help="also run the inspector of another checkout (e.g. the code before a change) as one more"
+                        " interleaved row, with the first --smtp-workers count; may be repeated")
     p.add_argument("--no-suricata", dest="suricata", action="store_false",
                    help="skip the Suricata row (it runs only where suricata is installed)")
     p.add_argument("--json", default="/tmp/line-rate-results.json", help="where to write the results")

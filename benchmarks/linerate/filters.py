@@ -115,15 +115,17 @@ class Inspector:
 
     def __init__(self, bed: Bed, ns_pid: int, python: str, workers: int, tag: str,
                  rate: str = "rules = [{ports = [25], limit = 1000, window = 60}]",
-                 queue_maxlen: int | None = None, decide: str | None = None) -> None:
+                 queue_maxlen: int | None = None, decide: str | None = None, repo: Path = REPO,
+                 version: str = "") -> None:
         self.bed = bed
         self.ns_pid = ns_pid
         self.python = python
         self.workers = workers
         self.decide = decide  # [stream] decide; None: the inspector's default
-        self.name = f"inspector-w{workers}" + (f"-{decide}" if decide else "")
+        self.repo = repo  # the checkout whose ``inspector`` runs (another one: --compare-repo)
+        self.name = f"inspector-w{workers}" + (f"-{decide}" if decide else "") + (f"-{version}" if version else "")
         self.label = (f"inspector{' ' + decide if decide else ''}"
-                      f" ({workers} worker{'s' if workers > 1 else ''})")
+                      f" ({workers} worker{'s' if workers > 1 else ''})" + (f" {version}" if version else ""))
         self.tag = tag
         self.dir = bed.dir / f"inspector-{tag}"
         self.rate = rate
@@ -168,7 +170,7 @@ control_socket = "{self.sock}"
                    "--no-ssh-whitelist")
         self.proc = self.bed.spawn(f"inspector-{self.tag}", self.bed.server,
                                    [self.python, "-m", "inspector", "run", "--config", str(self.dir / "inspector.toml"),
-                                    "--workers", str(self.workers)], stdout=False, cwd=str(REPO))
+                                    "--workers", str(self.workers)], stdout=False, cwd=str(self.repo))
         proc = self.proc
 
         def started() -> bool:
