@@ -43,6 +43,7 @@ _NLMSG_ERROR = 2
 _NFQA_CFG_PARAMS, _NFQA_CFG_MASK, _NFQA_CFG_FLAGS = 2, 4, 5
 _NFQNL_MSG_VERDICT_BATCH, _NFQA_VERDICT_HDR, _NF_ACCEPT = 3, 2, 1
 _NFQNL_COPY_PACKET = 2
+_VERDICT_ID = struct.Struct(">I")  # the packet id at the end of a verdict message
 MAX_COPY_RANGE = 0xFFFF  # the largest IP packet
 _PROC = "/proc/net/netfilter/nfnetlink_queue"
 
@@ -293,18 +294,12 @@ class NfQueue:
         noted = self._noted
         if not noted:
             return
-        if len(noted) == 1:
-            packet = noted.pop()
-            try:
-                packet.accept()
-            except Exception:  # noqa: BLE001 - it already had its verdict: nothing is lost
-                self.late_errors += 1
-            return
-        if self._out is not None:
+        out = self._out
+        if len(noted) > 1 and out is not None:
             batch = self._batch
-            struct.pack_into(">I", batch, len(batch) - 4, noted[-1].id)
+            _VERDICT_ID.pack_into(batch, len(batch) - 4, noted[-1].id)
             try:
-                self._out.send(batch)
+                out.send(batch)
             except OSError:
                 pass  # below: one verdict each
             else:
