@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -16,6 +16,9 @@ from .engine import Engine
 from .packet import Malformed, decode
 from .progress import Progress
 from .sources.pcap import CaptureError, CaptureReader
+
+LOOK = 100_000  # records looked at for a server packet before the first is replayed
+LOOK_BYTES = 64 << 20  # datagram bytes held while looking (past it the start is read a second time)
 
 
 @dataclass
@@ -42,28 +45,68 @@ def run(engine: Engine, packets: Iterable[tuple[float, bytes]], emit: Callable[[
             emit(decision.as_dict())
 
 
-def has_server_packets(path: str, ports: Iterable[int], look: int = 100_000) -> bool:
+def has_server_packets(path: str, ports: Iterable[int], look: int = LOOK) -> bool:
     """Whether the first ``look`` records of the capture at ``path`` hold a TCP packet from one of
     ``ports`` (server -> client; a capture taken at a server shows one within its first packets).
 
     A first pass over the start of the file (headers only), so that the engine knows before the first packet
     that handshakes must show the server's SYN-ACK (see ``Engine.expect_server_packets``).  An
-    unreadable capture returns False: the replay itself reports the error."""
+    unreadable capture returns False: the replay itself reports the error.  :func:`replay_file`
+    reads that start once instead (:func:`look_ahead`) and comes here only for captures of large packets."""
     wanted = frozenset(ports)
     try:
         with open(path, "rb", buffering=0) as f:
             for n, (_, data) in enumerate(CaptureReader(f, path)):
                 if n >= look:
                     break
-                try:
-                    d = decode(data)
-                except Malformed:
-                    continue  # the replay counts it
-                if d is not None and d[2] in wanted:
+                if _sport(data) in wanted:
                     return True
     except (CaptureError, OSError):
         return False
     return False
+
+
+def _sport(data: bytes) -> int | None:
+    """The TCP source port :func:`~inspector.packet.decode` finds in ``data``, or ``None`` (not TCP, malformed).
+    Its common case (IPv4 without options, a sound TCP header) without the call."""
+    n = len(data)
+    if n >= 40 and data[0] == 0x45 and data[9] == 6 and not (data[6] & 0x3F or data[7]):
+        total = data[2] << 8 | data[3]
+        if 40 <= total <= n and 40 <= 20 + ((data[32] >> 4) << 2) <= total:
+            return data[20] << 8 | data[21]
+    try:
+        d = decode(data)
+    except Malformed:
+        return None
+    return None if d is None else d[2]
+
+
+def look_ahead(records: Iterator[tuple[float, bytes]], ports: Iterable[int], look: int = LOOK,
+               max_bytes: int = LOOK_BYTES) -> tuple[list[tuple[float, bytes]], bool | None, CaptureError | None]:
+    """Read up to ``look`` records of ``records`` (at most ``max_bytes`` of datagrams) to learn whether the
+    capture is two-sided, as :func:`has_server_packets` does, without reading them twice.
+
+    Returns ``(records read, two-sided, the error that ended the capture or None)``: two-sided is
+    ``True`` at the first packet from one of ``ports`` (reading stops there), ``False`` when
+    ``look`` records (or the whole capture) held none, ``None`` when ``max_bytes`` ran out first
+    (ask :func:`has_server_packets`)."""
+    wanted = frozenset(ports)
+    head: list[tuple[float, bytes]] = []
+    size = 0
+    try:
+        for record in records:
+            head.append(record)
+            data = record[1]
+            if _sport(data) in wanted:
+                return head, True, None
+            if len(head) >= look:
+                return head, False, None
+            size += len(data)
+            if size > max_bytes:
+                return head, None, None
+    except CaptureError as e:
+        return head, False, e
+    return head, False, None
 
 
 def replay_file(engine: Engine, path: str, out: IO[str] | None = None, collect: bool = False) -> ReplayResult:
@@ -79,14 +122,23 @@ def replay_file(engine: Engine, path: str, out: IO[str] | None = None, collect: 
     started = time.perf_counter()
     reader: CaptureReader | None = None
     try:
-        if has_server_packets(path, engine.server_ports):
-            engine.expect_server_packets()
         with open(path, "rb", buffering=0) as f:
             reader = CaptureReader(f, path)
+            records = iter(reader)
+            # the start of the capture, read once: is it two-sided?  (see Engine.expect_server_packets)
+            head, two_sided, error = look_ahead(records, engine.server_ports)
+            if two_sided is None:
+                two_sided = has_server_packets(path, engine.server_ports)
+            if two_sided:
+                engine.expect_server_packets()
             bar = Progress.for_file("replay", path)
             progress = (lambda: bar.update(reader.bytes_read, reader.records)) if bar.enabled else None
             try:
-                run(engine, reader, emit, progress)
+                run(engine, head, emit, progress)
+                del head
+                if error is not None:
+                    raise error
+                run(engine, records, emit, progress)
             finally:
                 bar.done()
     except CaptureError as e:
