@@ -20,6 +20,7 @@ connection in progress:
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Final
 
 from .stream import Stream
 
@@ -36,7 +37,7 @@ KIND_SMTP, KIND_PAYLOAD = 1, 2
 # tuple of numbers costs no Python call to build and leaves the garbage collector's generations at its
 # first collection, where an object per SYN made every SYN about a fifth dearer (benchmarks/replay_flows.py).
 Embryo = tuple[int, int | None, float, int | None, int, bool]
-EMBRYO_LAST = 2  # the index of ``last``
+EMBRYO_LAST: Final = 2  # the index of ``last``
 
 
 class Flow:
