@@ -46,8 +46,9 @@ def run(engine: Engine, packets: Iterable[tuple[float, bytes]], emit: Callable[[
 
 
 def has_server_packets(path: str, ports: Iterable[int], look: int = LOOK) -> bool:
-    """Whether the first ``look`` records of the capture at ``path`` hold a TCP packet from one of
-    ``ports`` (server -> client; a capture taken at a server shows one within its first packets).
+    """Whether the first ``look`` records of the capture at ``path`` hold a server -> client TCP packet: from one
+    of ``ports`` to a port that is not one of them, as the engine tells them (a capture taken at a server
+    shows one within its first packets).
 
     A first pass over the start of the file (headers only), so that the engine knows before the first packet
     that handshakes must show the server's SYN-ACK (see ``Engine.expect_server_packets``).  An
@@ -59,26 +60,21 @@ def has_server_packets(path: str, ports: Iterable[int], look: int = LOOK) -> boo
             for n, (_, data) in enumerate(CaptureReader(f, path)):
                 if n >= look:
                     break
-                if _sport(data) in wanted:
+                if _from_server(data, wanted):
                     return True
     except (CaptureError, OSError):
         return False
     return False
 
 
-def _sport(data: bytes) -> int | None:
-    """The TCP source port :func:`~inspector.packet.decode` finds in ``data``, or ``None`` (not TCP, malformed).
-    Its common case (IPv4 without options, a sound TCP header) without the call."""
-    n = len(data)
-    if n >= 40 and data[0] == 0x45 and data[9] == 6 and not (data[6] & 0x3F or data[7]):
-        total = data[2] << 8 | data[3]
-        if 40 <= total <= n and 40 <= 20 + ((data[32] >> 4) << 2) <= total:
-            return data[20] << 8 | data[21]
+def _from_server(data: bytes, ports: frozenset[int]) -> bool:
+    """Is ``data`` a TCP packet from one of ``ports`` to a port not among them (the engine's server -> client
+    packet; a client may well send from port 25 to port 25)?  A malformed packet is not."""
     try:
         d = decode(data)
     except Malformed:
-        return None
-    return None if d is None else d[2]
+        return False
+    return d is not None and d[2] in ports and d[3] not in ports
 
 
 def look_ahead(records: Iterator[tuple[float, bytes]], ports: Iterable[int], look: int = LOOK,
@@ -87,17 +83,20 @@ def look_ahead(records: Iterator[tuple[float, bytes]], ports: Iterable[int], loo
     capture is two-sided, as :func:`has_server_packets` does, without reading them twice.
 
     Returns ``(records read, two-sided, the error that ended the capture or None)``: two-sided is
-    ``True`` at the first packet from one of ``ports`` (reading stops there), ``False`` when
-    ``look`` records (or the whole capture) held none, ``None`` when ``max_bytes`` ran out first
-    (ask :func:`has_server_packets`)."""
+    ``True`` at the first server -> client packet (reading stops there), ``False`` when ``look``
+    records (or the whole capture) held none, ``None`` when ``max_bytes`` ran out first (ask
+    :func:`has_server_packets`)."""
     wanted = frozenset(ports)
+    # the source port as the two bytes that follow an IPv4 header without options (where decode reads it)
+    wanted_raw = frozenset(p.to_bytes(2, "big") for p in wanted if 0 <= p < 0x10000)
     head: list[tuple[float, bytes]] = []
+    append = head.append
     size = 0
     try:
         for record in records:
-            head.append(record)
+            append(record)
             data = record[1]
-            if _sport(data) in wanted:
+            if (data[20:22] in wanted_raw or data[:1] != b"E") and _from_server(data, wanted):
                 return head, True, None
             if len(head) >= look:
                 return head, False, None

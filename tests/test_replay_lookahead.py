@@ -88,3 +88,45 @@ def test_a_capture_truncated_inside_the_look_ahead_replays_what_was_read_then_er
     result = replay.replay_file(engine, str(cap), io.StringIO())
     assert result.packets == 4 and result.error is not None and "truncated" in result.error
     assert engine.counts["handshakes"] == 4
+
+
+def test_a_client_sending_from_a_protected_port_does_not_make_the_capture_two_sided(tmp_path: Path) -> None:
+    """A client packet from port 25 to port 25 is the client's (the engine reads it so): in a capture of the
+    clients' side only, it must not make replay wait for server answers that the capture cannot show, which
+    would leave every later connection unproven and uninspected."""
+    trick = tcp_packet(CLIENT, SERVER4, 25, 25, 5, SYN)
+    packets = [trick, *(client(i) for i in range(5))]
+    cap = tmp_path / "c.pcap"
+    write(cap, packets)
+    assert not replay.has_server_packets(str(cap), [25])
+    with cap.open("rb") as f:
+        head, two_sided, _ = replay.look_ahead(iter(CaptureReader(f)), [25])
+    assert two_sided is False and len(head) == 6
+
+
+def test_the_trick_packet_first_then_a_blocked_client_only_session_is_still_reset(tmp_path: Path) -> None:
+    import random
+
+    from inspector.bench import smtp_session
+    from inspector.rules import DOMAIN, RuleFile
+
+    rules_file = tmp_path / "r.txt"
+    rules_file.write_text("blocked-0.example\nblocked-1.example\n")
+    session = smtp_session(bytes((198, 51, 100, 9)), 40001, True, random.Random(3))
+    cap = tmp_path / "c.pcap"
+    write(cap, [tcp_packet(CLIENT, SERVER4, 25, 25, 5, SYN), *session])
+    result = replay.replay_file(Engine(Config(), load_rules([RuleFile(rules_file, DOMAIN)])), str(cap), collect=True)
+    assert [d["reason"] for d in result.decisions][:1] == ["domain"]
+
+
+def test_an_ipv6_server_packet_makes_the_capture_two_sided(tmp_path: Path) -> None:
+    from inspector.bench import SERVER6
+
+    v6 = bytes.fromhex("20010db8000000010000000000000007")
+    packets = [tcp_packet(v6, SERVER6, 40000, 25, 1, SYN), tcp_packet(SERVER6, v6, 25, 40000, 9, SYN | ACK)]
+    cap = tmp_path / "c.pcap"
+    write(cap, packets)
+    assert replay.has_server_packets(str(cap), [25])
+    with cap.open("rb") as f:
+        head, two_sided, _ = replay.look_ahead(iter(CaptureReader(f)), [25])
+    assert two_sided is True and len(head) == 2
