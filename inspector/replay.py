@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import IO
 
 from .engine import Engine
@@ -93,13 +94,11 @@ def look_ahead(records: Iterator[tuple[float, bytes]], ports: Iterable[int], loo
     append = head.append
     size = 0
     try:
-        for record in records:
+        for record in islice(records, look):
             append(record)
             data = record[1]
             if (data[20:22] in wanted_raw or data[:1] != b"E") and _from_server(data, wanted):
                 return head, True, None
-            if len(head) >= look:
-                return head, False, None
             size += len(data)
             if size > max_bytes:
                 return head, None, None
