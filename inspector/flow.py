@@ -97,18 +97,9 @@ class FlowTable:
                 if len(tombs) > self.max_flows:
                     tombs.popitem(last=False)
 
-    def add_embryo(self, key: bytes, embryo: Embryo) -> None:
-        """Record a handshake; only other handshakes are evicted when the table is full.  (The engine's SYN
-        path does the same inline: ``embryos[key] = ...`` for a key not in the table, then :meth:`evict_embryo`
-        when the table holds more than ``max_embryos``.)"""
-        embryos = self.embryos
-        embryos[key] = embryo
-        embryos.move_to_end(key)
-        if len(embryos) > self.max_embryos:
-            self.evict_embryo()
-
     def evict_embryo(self) -> None:
-        """Drop the least recently added handshake (the table is over ``max_embryos``)."""
+        """Drop the least recently added handshake: the table holds more than ``max_embryos`` (the engine adds
+        handshakes itself, ``embryos[key] = ...``, and only other handshakes are ever evicted for them)."""
         self.embryos.popitem(last=False)
         self.embryos_evicted += 1
 
