@@ -20,7 +20,7 @@ from collections.abc import Callable
 from .config import Config, RateRule
 from .detect.rate import RateLimiter
 from .detect.smtp import BODY, CHUNK, COMMAND, SmtpSession
-from .flow import KIND_PAYLOAD, KIND_SMTP, Flow, FlowTable
+from .flow import KIND_PAYLOAD, KIND_SMTP, Embryo, Flow, FlowTable
 from .nets import Whitelist, mask_address, network_text
 from .packet import (
     ACK,
@@ -226,7 +226,7 @@ class Engine:
             else:
                 del table.flows[key]  # nothing left to inspect there: the 4-tuple may be reused
         embryos = table.embryos
-        embryo = embryos.get(key)
+        embryo: Embryo | None = embryos.get(key)
         if embryo is not None:
             isn, tsval, last, server_isn, server_next, refused = embryo
             if isn == seq:  # retransmitted
@@ -278,22 +278,21 @@ class Engine:
         self._two_sided = True
         rkey = key[alen:2 * alen] + key[:alen] + key[2 * alen + 2:] + key[2 * alen:2 * alen + 2]
         table = self.flows
-        embryos = table.embryos
-        embryo = embryos.get(rkey)
+        embryo = table.embryos.get(rkey)
         if embryo is not None:
-            isn, tsval, last, server_isn, server_next, refused = embryo
+            isn, tsval, last, server_isn, server_next, refused = embryo  # (a tuple: replaced on change)
             if flags & RST:
-                embryos[rkey] = (isn, tsval, last, server_isn, server_next, True)
+                table.embryos[rkey] = (isn, tsval, last, server_isn, server_next, True)
             elif flags & SYN:
                 if flags & ACK and tcp_ack(data) == (isn + 1) & 0xFFFFFFFF:
-                    embryos[rkey] = (isn, tsval, last, seq, (seq + 1) & 0xFFFFFFFF, refused)
+                    table.embryos[rkey] = (isn, tsval, last, seq, (seq + 1) & 0xFFFFFFFF, refused)
                     flow = table.flows.get(rkey)
                     if flow is not None:  # the server took the new connection: the old one is gone
                         del table.flows[rkey]
             elif server_isn is not None:
                 end = (seq + length + (flags & FIN)) & 0xFFFFFFFF
                 if 0 < ((end - server_next) & 0xFFFFFFFF) < 0x80000000:
-                    embryos[rkey] = (isn, tsval, last, server_isn, end, refused)
+                    table.embryos[rkey] = (isn, tsval, last, server_isn, end, refused)
             return
         if flags & (RST | FIN):
             table.flows.pop(rkey, None)
