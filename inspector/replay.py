@@ -79,11 +79,12 @@ def _from_server(data: bytes, ports: frozenset[int]) -> bool:
 
 
 def look_ahead(records: Iterator[tuple[float, bytes]], ports: Iterable[int], look: int = LOOK,
-               max_bytes: int = LOOK_BYTES) -> tuple[list[tuple[float, bytes]], bool | None, CaptureError | None]:
+               max_bytes: int = LOOK_BYTES) -> tuple[list[tuple[float, bytes]], bool | None, Exception | None]:
     """Read up to ``look`` records of ``records`` (at most ``max_bytes`` of datagrams) to learn whether the
     capture is two-sided, as :func:`has_server_packets` does, without reading them twice.
 
-    Returns ``(records read, two-sided, the error that ended the capture or None)``: two-sided is
+    Returns ``(records read, two-sided, the error that ended the capture or None)`` (a
+    :class:`CaptureError` or an ``OSError``, to be raised once the records before it are replayed): two-sided is
     ``True`` at the first server -> client packet (reading stops there), ``False`` when ``look``
     records (or the whole capture) held none, ``None`` when ``max_bytes`` ran out first (ask
     :func:`has_server_packets`)."""
@@ -102,7 +103,7 @@ def look_ahead(records: Iterator[tuple[float, bytes]], ports: Iterable[int], loo
             size += len(data)
             if size > max_bytes:
                 return head, None, None
-    except CaptureError as e:
+    except (CaptureError, OSError) as e:
         return head, False, e
     return head, False, None
 

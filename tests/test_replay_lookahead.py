@@ -130,3 +130,17 @@ def test_an_ipv6_server_packet_makes_the_capture_two_sided(tmp_path: Path) -> No
     with cap.open("rb") as f:
         head, two_sided, _ = replay.look_ahead(iter(CaptureReader(f)), [25])
     assert two_sided is True and len(head) == 2
+
+
+def test_a_read_error_inside_the_look_ahead_keeps_the_records_before_it() -> None:
+    """An I/O error while looking ahead is returned, not raised: replay replays what was read first, then
+    reports it, as it does for a truncated capture."""
+
+    def records():
+        yield 1.0, client(0)
+        yield 2.0, client(1)
+        raise OSError(5, "Input/output error")
+
+    head, two_sided, error = replay.look_ahead(records(), [25])
+    assert [d for _, d in head] == [client(0), client(1)] and two_sided is False
+    assert isinstance(error, OSError)
