@@ -9,7 +9,8 @@
 Instruction counts (deterministic whatever the machine's load): run the child under callgrind,
 ``unshare -n valgrind --tool=callgrind python benchmarks/livepath.py --child --mode inspector
 --rounds 1 --transactions N`` for two values of N and for ``--mode none`` (builds the messages
-only), and take the difference per packet.
+only), and take the difference per packet; ``livepath_profile.py`` does all of that, and splits
+the inspector's figure by function.
 
 Runs itself in a private network namespace (``unshare -n``; root needed), binds a real NFQUEUE
 there with the NetfilterQueue binding, and feeds the binding NFQUEUE netlink messages built in
