@@ -90,6 +90,9 @@ class PacketSide:
             events.emit({"event": "error", "what": "fail-open",
                          "error": f"the kernel did not confirm the fail-open flag (errno {fail_open})"})
         self._loop = loop
+        if self._reload_requested and not self._watching:  # asked for before the start
+            self._watching = True
+            loop.each_turn(self._check_reload)
 
     @property
     def fail_open(self) -> bool:
