@@ -155,8 +155,9 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=2, help="callgrind runs at a time (default 2)")
     ap.add_argument("--child-tagged", metavar="DIR", help=argparse.SUPPRESS)
     args, rest = ap.parse_known_args()
-    if args.child_tagged:
-        return child_tagged(args.child_tagged, rest)
+    if args.child_tagged:  # the options parsed here are livepath.py's too: hand them on
+        return child_tagged(args.child_tagged, [*rest, "--burst", str(args.burst)]
+                            + (["--stub-engine"] if args.stub_engine else []))
     if os.geteuid() != 0:
         print("livepath_profile: needs root (livepath.py's private namespace)", file=sys.stderr)
         return 2
