@@ -231,7 +231,7 @@ control_socket = "{workdir / 'control.sock'}"
     if prof is not None:
         prof.disable()
         prof.dump_stats(profile)
-    counts = dict(runner.counts)
+    counts = service.side.stats(time.time())["counts"]  # the runner's, and the queue's wakeups
     service.stop()
     os.close(r)
     os.close(w)
