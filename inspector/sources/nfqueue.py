@@ -60,8 +60,8 @@ class WholeMessages:
     (jumbo frames, MTU 9000) arrives cut short, and the rest of its message is lost.  Reading
     through this object gives every packet in full.  ``recv`` never blocks: ``run_socket()``
     returns once the socket is empty (EAGAIN) or when ``burst`` packets were read since the last
-    such stop (the socket may never empty under a flood), and goes on after ENOBUFS (the kernel dropped messages because the
-    socket buffer was full; the queue's counters show it).
+    such stop (the socket may never empty under a flood), and goes on after ENOBUFS (the kernel
+    dropped messages because the socket buffer was full; the queue's counters show it).
     """
 
     __slots__ = ("_sock", "_recv", "_left", "burst")
