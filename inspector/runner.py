@@ -9,7 +9,6 @@ never stops the loop: the packet already has its verdict.
 
 from __future__ import annotations
 
-import contextlib
 import socket
 from collections import Counter
 from collections.abc import Callable
@@ -106,77 +105,65 @@ class Runner:
 
     def handle(self, packet: QueuedPacket) -> None:
         """Decide ``packet`` (its bytes, at the clock's ``now``), give it exactly one verdict, then
-        act on the decision.  Never raises: an exception here (a bug: the engine and the side
-        effects catch their own) is counted (``errors:handle``) and reported, and the packet is
-        accepted (fail open), never stranded in the kernel.  The queue calls this for every
-        packet, so it is one frame: no wrapper around it."""
-        try:
-            data = packet.get_payload()
-            now = self.clock()
-            telemetry = self.telemetry
-            if not telemetry.second <= now < telemetry.next_second:
-                telemetry.tick(now)
-            telemetry.packets += 1
-            if telemetry.packets % SAMPLE:
-                decision = self.engine.process(data, now)
+        act on the decision.  Exceptions from the engine are the caller's to catch (the packet
+        loop accepts the packet then); the side effects never raise."""
+        data = packet.get_payload()
+        now = self.clock()
+        telemetry = self.telemetry
+        if not telemetry.second <= now < telemetry.next_second:
+            telemetry.tick(now)
+        telemetry.packets += 1
+        if telemetry.packets % SAMPLE:
+            decision = self.engine.process(data, now)
+        else:
+            started = perf_counter()
+            decision = self.engine.process(data, now)
+            telemetry.observe(perf_counter() - started)
+        if decision is ACCEPT:
+            later = self.accept_later
+            if later is None:
+                packet.accept()
             else:
-                started = perf_counter()
-                decision = self.engine.process(data, now)
-                telemetry.observe(perf_counter() - started)
-            if decision is ACCEPT:
-                later = self.accept_later
-                if later is None:
-                    packet.accept()
-                else:
-                    later(packet)  # with the others of this burst, in one batch verdict
-                return
-            if decision is BYPASS:
-                # bypass: nothing more to inspect; mark the packet and let it traverse the chain again
-                # (repeat); the chain saves the mark on the connection, whose later packets
-                # then never leave the kernel
-                if self.mark:
-                    packet.set_mark(packet.get_mark() | self.mark)
-                    packet.repeat()
-                else:
-                    packet.accept()
-                self.counts["decided"] += 1
-                return
-            if decision is ACCEPT_BODY or decision is ACCEPT_RESUME:
-                # SMTP in a DATA body (or out of it): the chain sets or clears the connection's body mark
-                # (body bit alone: set; body and decided bits: clear), see setup-nfqueue.sh
-                if self.body_mark and self.mark:
-                    bits = self.body_mark if decision is ACCEPT_BODY else self.body_mark | self.mark
-                    packet.set_mark(packet.get_mark() | bits)
-                    packet.repeat()
-                else:
-                    packet.accept()
-                self.counts["in-body" if decision is ACCEPT_BODY else "out-of-body"] += 1
-                return
-            applied = decision.applied
-            if applied is Action.ACCEPT:  # alert mode: with the burst's batch too
-                later = self.accept_later
-                if later is None:
-                    packet.accept()
-                else:
-                    later(packet)
+                later(packet)  # with the others of this burst, in one batch verdict
+            return
+        if decision is BYPASS:
+            # bypass: nothing more to inspect; mark the packet and let it traverse the chain again
+            # (repeat); the chain saves the mark on the connection, whose later packets
+            # then never leave the kernel
+            if self.mark:
+                packet.set_mark(packet.get_mark() | self.mark)
+                packet.repeat()
             else:
-                if self.accept_noted is not None:
-                    self.accept_noted()  # the earlier packets first: a reset never overtakes them
-                if applied is Action.DROP:
-                    packet.drop()
-                else:
-                    self._reset(packet, data, decision)
-            self.counts[applied.value] += 1
-            self._after(decision, now)
-        except Exception as e:  # noqa: BLE001 - an exception here would strand the packet in the kernel
-            self._failed(packet, e)
-
-    def _failed(self, packet: QueuedPacket, e: Exception) -> None:
-        self.counts["errors:handle"] += 1
-        with contextlib.suppress(Exception):  # it may already have had its verdict
-            packet.accept()
-        with contextlib.suppress(Exception):  # a sink that raises (the fan-out never does)
-            self.events.emit({"event": "error", "what": "handle", "error": f"{type(e).__name__}: {e}"})
+                packet.accept()
+            self.counts["decided"] += 1
+            return
+        if decision is ACCEPT_BODY or decision is ACCEPT_RESUME:
+            # SMTP in a DATA body (or out of it): the chain sets or clears the connection's body mark
+            # (body bit alone: set; body and decided bits: clear), see setup-nfqueue.sh
+            if self.body_mark and self.mark:
+                bits = self.body_mark if decision is ACCEPT_BODY else self.body_mark | self.mark
+                packet.set_mark(packet.get_mark() | bits)
+                packet.repeat()
+            else:
+                packet.accept()
+            self.counts["in-body" if decision is ACCEPT_BODY else "out-of-body"] += 1
+            return
+        applied = decision.applied
+        if applied is Action.ACCEPT:  # alert mode: with the burst's batch too
+            later = self.accept_later
+            if later is None:
+                packet.accept()
+            else:
+                later(packet)
+        else:
+            if self.accept_noted is not None:
+                self.accept_noted()  # the earlier packets first: a reset never overtakes them
+            if applied is Action.DROP:
+                packet.drop()
+            else:
+                self._reset(packet, data, decision)
+        self.counts[applied.value] += 1
+        self._after(decision, now)
 
     def _reset(self, packet: QueuedPacket, data: bytes, decision: Decision) -> None:
         to_client = None

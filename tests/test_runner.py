@@ -165,29 +165,6 @@ def test_without_a_body_mark_in_body_packets_are_plain_accepts(make_engine, tmp_
     assert (head.verdict, head.mark) == ("accept", None)
 
 
-def test_a_bug_in_handling_accepts_the_packet_and_the_runner_goes_on(make_engine, tmp_path):
-    """Runner.handle is what the queue calls for every packet: it never raises; a bug past the
-    engine's own catch-all is counted and reported, and the packet accepted (fail open)."""
-    runner, fw, events, *_ = make(make_engine, tmp_path)
-    engine = runner.engine
-
-    class Broken:
-        packets = 0
-
-        def process(self, data, now):
-            raise KeyError("bug")
-
-    runner.engine = Broken()
-    c = Conn()
-    [p] = feed(runner, [c.syn()])
-    assert p.verdict == "accept" and runner.counts["errors:handle"] == 1
-    assert events.events[-1]["event"] == "error" and events.events[-1]["what"] == "handle"
-    runner.engine = engine
-    blocked = Conn(sport=40002, src="198.51.100.9")
-    _, data = feed(runner, [blocked.syn(), blocked.send(BLOCKED)])
-    assert IP(data.payload)[TCP].flags == "R" and fw.calls[-1][1] == "198.51.100.9"
-
-
 def test_alert_mode_accepts_go_with_the_batch(make_engine, tmp_path):
     """Alert mode accepts a would-be reset: with the burst's batch when the queue has one, and
     nothing is given before it (no reset, so nothing can be overtaken)."""

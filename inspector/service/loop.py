@@ -23,7 +23,7 @@ from functools import partial
 from typing import Any, Protocol
 
 from ..events import EventSink
-from ..runner import Runner
+from ..runner import QueuedPacket, Runner
 
 __all__ = ["Loop", "PacketLoop", "PacketQueue"]
 
@@ -229,7 +229,8 @@ class PacketLoop:
     ``hold``/``flush`` are called around every burst the queue hands over (a worker batches its
     messages to the supervisor per burst; set them with :meth:`batch`); without them the loop
     calls the queue's ``read`` itself, no frame of ours around it.  ``wakeups``: the bursts the
-    queue read (its own count; ``queue-wakeups`` in the counts of ``status``).
+    queue read (its own count; ``queue-wakeups`` in the counts of ``status``); the runner's
+    ``errors:handle`` counts the packets whose handling raised (accepted then).
     """
 
     loop: Loop
@@ -241,10 +242,8 @@ class PacketLoop:
 
     def bind(self) -> None:
         """Bind the queue and start reading it (errors are the queue's, e.g. QueueError); the
-        queue calls the runner's ``handle`` for every packet (it never raises: a bug there is
-        counted and the packet accepted), and the runner gives its accepts through the queue's
-        batch (``accept_later``) if it has one."""
-        self.queue.bind(self.runner.handle)
+        runner gives its accepts through the queue's batch (``accept_later``) if it has one."""
+        self.queue.bind(self.handle)
         later, noted = getattr(self.queue, "accept_later", None), getattr(self.queue, "accept_noted", None)
         if later is not None and noted is not None:
             self.runner.accept_later, self.runner.accept_noted = later, noted
@@ -273,6 +272,16 @@ class PacketLoop:
         finally:
             if self.flush is not None:
                 self.flush()
+
+    def handle(self, packet: QueuedPacket) -> None:
+        """One packet: the runner's verdict, or accept if the runner raised."""
+        try:
+            self.runner.handle(packet)
+        except Exception as e:  # noqa: BLE001 - an exception here would strand the packet in the kernel
+            self.runner.counts["errors:handle"] += 1
+            with contextlib.suppress(Exception):  # it may already have had its verdict
+                packet.accept()
+            self.events.emit({"event": "error", "what": "handle", "error": f"{type(e).__name__}: {e}"})
 
     def close(self) -> None:
         """Stop reading and unbind the queue."""
