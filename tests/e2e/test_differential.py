@@ -18,13 +18,14 @@ import pytest
 from .bed import NamespaceUnavailable
 from .bed import why_not as bed_why_not
 from .differential.cases import all_cases
-from .differential.harness import Case, DiffBed, Outcome
+from .differential.harness import REPLIES, Case, DiffBed, Outcome
 from .mta import why_not as mta_why_not
 
 pytestmark = [pytest.mark.e2e, pytest.mark.differential]
 
 CASES: list[Case] = all_cases()
-MODES = ("early", "depth")
+# client-only captures (as the queue sees a connection without the reply mark) and two-sided ones
+MODES = ("early", "depth", "early" + REPLIES, "depth" + REPLIES)
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +55,8 @@ def _params() -> list[object]:
     for case in CASES:
         for fam in case.families:
             for mode in MODES:
+                if case.replies_only and REPLIES not in mode:
+                    continue  # the remaining limit without the server's replies (README)
                 out.append(pytest.param(case.name, fam, mode, id=f"{case.name}-v{fam}-{mode}"))
     return out
 
