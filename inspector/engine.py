@@ -100,6 +100,7 @@ class Engine:
         # (see :meth:`expect_server_packets`: a capture that holds them says so before its first packet)
         self._protects = protects
         self._replies = False  # SMTP: the server's replies are seen (see watch_replies)
+        self._live_replies = False  # live: server packets come only through the reply mark (no handshakes)
 
     # -- public -------------------------------------------------------------
 
@@ -283,15 +284,18 @@ class Engine:
         the server's payload segments of a connection while the engine keeps its reply mark set
         (:data:`~inspector.verdict.ACCEPT_REPLIES`, ``[service] reply_mark``); in replay, a
         two-sided capture holds them.  A DATA then starts a body only at the server's ``354``
-        (:meth:`SmtpSession.server <inspector.detect.smtp.SmtpSession.server>`)."""
+        (:meth:`SmtpSession.server <inspector.detect.smtp.SmtpSession.server>`).  Live, a server
+        packet is then no sign of a two-sided view: handshakes are still proven by the kernel."""
         self._replies = True
+        self._live_replies = True
 
     def _server(self, key: bytes, alen: int, seq: int, flags: int, length: int, data: bytes,
                 poff: int) -> Decision:
         """A server -> client packet (captures; live, only SMTP replies while the reply mark is set):
         the SYN-ACK and what the server sent are what a client's ACK must acknowledge to prove a
         flow; an SMTP session watching replies reads them (:meth:`_reply`)."""
-        self._two_sided = True
+        if not self._live_replies:
+            self._two_sided = True
         rkey = key[alen:2 * alen] + key[:alen] + key[2 * alen + 2:] + key[2 * alen:2 * alen + 2]
         table = self.flows
         decision = ACCEPT

@@ -245,3 +245,16 @@ def test_server_packets_are_ignored_while_the_kernel_would_not_queue_them(engine
     engine.process(c.send(b"MAIL FROM:<a@example.org>\r\n"), 0.2)
     engine.process(s.send(b"250 2.1.0 Ok\r\n"), 0.21)
     assert session(engine, c).srv_next is None
+
+
+def test_live_server_replies_do_not_make_the_view_two_sided(make_engine):
+    """Live, server packets arrive only through the reply mark: the next connections are still proven
+    by the kernel (their first ACK), never taken for unproven because no SYN-ACK was seen."""
+    e = make_engine(domains=BLOCKED, decide="early")
+    e.watch_replies()
+    c, s = opened(e)
+    e.process(c.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<v@example.org>\r\n"), 0.2)
+    e.process(s.send(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n"), 0.21)
+    c2, _ = opened(e, sport=40001)
+    d = e.process(c2.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<v@example.com>\r\n"), 0.3)
+    assert d.reason is Reason.DOMAIN and e.counts["unproven"] == 0

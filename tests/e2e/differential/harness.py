@@ -177,6 +177,7 @@ class DiffBed:
         self.postfix: Postfix | None = None
         self.main = {**POLICY_MAIN, **(main or {})}
         self.next_host = 0
+        self.v6_own_64 = False  # live runs: a ban of one session's /64 must not stop the next one
 
     def up(self) -> None:
         self.bed.up()
@@ -195,6 +196,8 @@ class DiffBed:
 
     def _address(self, family: int) -> str:
         addr = str(FIRST[family] + self.next_host)
+        if family == 6 and self.v6_own_64:  # each session its own /64 (an IPv6 ban covers a /64)
+            addr = str(FIRST[6] + ((self.next_host + 1) << 64))
         self.next_host += 1
         prefix = "64 nodad" if family == 6 else "24"
         self.bed.c("ip", "addr", "add", *f"{addr}/{prefix}".split(), "dev", "veth-c")
