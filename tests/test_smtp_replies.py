@@ -111,9 +111,11 @@ def test_legit_transaction_body_after_a_verified_354(make_engine, v6):
         assert session(e, c).mode == BODY
         assert e.process(c.send(b"Subject: t\r\n\r\nRCPT TO:<v@example.com>\r\n"), 0.5) is ACCEPT
         d = e.process(c.send(b".\r\n"), 0.6)
-        assert d is ACCEPT_REPLIES, "after the end of data: replies watched again (body mark cleared)"
+        assert d is (ACCEPT_RESUME if decide == "early" else ACCEPT), "after the end of data: no reply mark"
         assert e.process(s.send(b"250 2.0.0 Ok: queued as 1234\r\n"), 0.61) is ACCEPT
-        d = e.process(c.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<w@example.com>\r\n"), 0.7)
+        assert e.process(c.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<w@example.org>\r\n"), 0.7) \
+            is ACCEPT_REPLIES, "the next RCPT: replies watched again"
+        d = e.process(c.send(b"RCPT TO:<w@example.com>\r\n"), 0.8)
         assert d.reason is Reason.DOMAIN, "the next transaction is read"
 
 
@@ -258,3 +260,17 @@ def test_live_server_replies_do_not_make_the_view_two_sided(make_engine):
     c2, _ = opened(e, sport=40001)
     d = e.process(c2.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<v@example.com>\r\n"), 0.3)
     assert d.reason is Reason.DOMAIN and e.counts["unproven"] == 0
+
+
+def test_second_transaction_refused_for_policy_after_a_message(engine):
+    """After a message's end of data the reply mark waits for the next RCPT; the refusal there is read."""
+    c, s = opened(engine)
+    engine.process(c.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<v@example.org>\r\nDATA\r\n"), 0.2)
+    engine.process(s.send(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n" + GO_AHEAD), 0.21)
+    engine.process(c.send(b"Subject: t\r\n\r\nhi\r\n.\r\n"), 0.3)
+    s.send(b"250 2.0.0 Ok: queued as 1\r\n")  # not queued live: the reply mark is off until the next RCPT
+    engine.process(c.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<v@unknown-user.local>\r\nDATA\r\n"), 0.4)
+    assert session(engine, c).mode == PENDING
+    engine.process(s.send(b"250 2.1.0 Ok\r\n" + REFUSED + NO_VALID), 0.41)
+    assert session(engine, c).mode == COMMAND
+    assert engine.process(c.send(b"RCPT TO:<v@example.com>\r\n"), 0.5).reason is Reason.DOMAIN

@@ -384,9 +384,10 @@ class SmtpSession:
 
     @property
     def wants_replies(self) -> bool:
-        """Should the kernel queue the server's packets now (the reply mark)?  From the first RCPT on,
-        for the rest of the session, except inside a body (where the server sends nothing until its
-        end: the body was entered on its ``354``, so nothing before it is outstanding)."""
+        """Should the kernel queue the server's packets now (the reply mark)?  From a RCPT on until a
+        body starts (at its ``354`` nothing before it is outstanding, and the server sends nothing
+        until the body's end); after the end of data, from the next RCPT on: a DATA the server may
+        accept follows a RCPT of its transaction, so its reply is always seen."""
         return self.watching and self.mode != BODY and self.mode != OVER
 
     def server(self, seq: int, payload: bytes) -> bool:
@@ -449,6 +450,7 @@ class SmtpSession:
                 # a reply after the 354 in the same segment: the server did not stay in a body
                 entered = False
                 self.mode = COMMAND
+                self.watching = True
             if head[:3] == b"354" and head[3:4] in (b" ", b"-"):
                 if not self.datas:
                     continue  # answers no DATA the engine read: ignored
@@ -456,6 +458,7 @@ class SmtpSession:
                 if not self.datas and self.mode == PENDING:
                     self.mode = BODY
                     self.at_line_start = True
+                    self.watching = False  # until the next RCPT (see wants_replies)
                     entered = True
             elif head.rstrip(b"\r") == _NO_VALID_RECIPIENTS and self.datas:
                 self.datas -= 1
@@ -569,6 +572,7 @@ class SmtpSession:
     def _back_to_body(self) -> None:
         self.unsure = False
         self.mode = BODY
+        self.watching = False
         self.at_line_start = True
         # the transaction the body belongs to is still open: its end-of-data resets it
         self.txn, self.rcpts = _OPEN, 1
