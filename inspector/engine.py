@@ -7,7 +7,9 @@ drive this same object.
 Per packet: decode → ban check → TCP flag sanity → flow lookup → on a SYN,
 the connection-rate limit → client stream reassembly → the flow's detector
 (SMTP envelope or payload strings).  Server→client packets, where a capture
-has them, only end flows; nothing depends on them.
+has them, prove handshakes and end flows; SMTP replies are read where the
+server's word decides (does a DATA start a body?): live, the kernel queues
+them while a connection has the reply mark (see :meth:`Engine.watch_replies`).
 """
 
 from __future__ import annotations

@@ -26,10 +26,12 @@ server *must* have done with each command, following RFC 5321 and Postfix 3.7
   ``resolve_dequoted``), and domains through IDNA 2008 / UTS #46.
 
 What the client side cannot tell (a recipient refused by a policy, an unknown
-user) is resolved towards reading more as commands: the parser enters a body only
-when Postfix surely accepted the DATA.  When it is unsure of a transaction's state
-(a command whose acceptance depends on configuration), envelope addresses are
-still checked and DATA is read as a command.
+user) the server's replies tell, where they are seen (:meth:`SmtpSession.server`:
+a DATA starts a body only at the server's own 354, read only from line starts the
+server's own LF proved).  Without them a DATA the model accepts is taken as
+accepted.  When it is unsure of a transaction's state (a command whose acceptance
+depends on configuration), envelope addresses are still checked and DATA is read
+as a command.
 """
 
 from __future__ import annotations
