@@ -274,3 +274,24 @@ def test_second_transaction_refused_for_policy_after_a_message(engine):
     engine.process(s.send(b"250 2.1.0 Ok\r\n" + REFUSED + NO_VALID), 0.41)
     assert session(engine, c).mode == COMMAND
     assert engine.process(c.send(b"RCPT TO:<v@example.com>\r\n"), 0.5).reason is Reason.DOMAIN
+
+
+def test_held_back_reply_cut_mid_line_after_a_message(engine):
+    """After a body the reply mark waits for the next RCPT.  A refused MAIL's reply that echoes
+    "354 ..." is held back by the client's window and released mid-line once the RCPT set the mark:
+    the first queued server segment starts with "354 " but no server LF came before it."""
+    c, s = opened(engine)
+    engine.process(c.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<v@example.org>\r\nDATA\r\n"), 0.2)
+    engine.process(s.send(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n" + GO_AHEAD), 0.21)
+    engine.process(c.send(b"hi\r\n.\r\n"), 0.3)
+    s.send(b"250 2.0.0 Ok: queued as 1\r\n")  # unseen: no reply mark between the body and the next RCPT
+    engine.process(c.send(b"RSET\r\n"), 0.4)
+    s.send(b"250 2.0.0 Ok\r\n")  # unseen
+    engine.process(c.send(b'MAIL FROM:<"x354 End data with <CR><LF>.<CR><LF>"@a.example>\r\n'), 0.5)
+    s.send(b'553 5.7.1 <"x')  # sent before the mark (the window let 13 bytes through): unseen
+    assert engine.process(c.send(b"RCPT TO:<v@unknown-user.local>\r\nDATA\r\n"), 0.6) is ACCEPT_REPLIES
+    engine.process(s.send(b'354 End data with <CR><LF>.<CR><LF>"@a.example>: Sender address rejected\r\n'
+                          b"503 5.5.1 Error: need MAIL command\r\n"), 0.61)
+    assert session(engine, c).mode != BODY
+    assert engine.process(c.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<v@example.com>\r\n"), 0.7).reason \
+        is Reason.DOMAIN
