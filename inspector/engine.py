@@ -493,8 +493,10 @@ class Engine:
             flow.done = True  # early: the first line (an SSH banner) was seen
         if not flow.done:
             state = flow.state
-            if state.__class__ is SmtpSession and (self._bypass_early or state.replies):
-                # in body only where the stream is certain (the tcp rules: a handshake seen, no uncertainty)
+            # in body only where the stream is certain (the tcp rules: a handshake seen, no uncertainty)
+            if state.__class__ is SmtpSession and ((self._bypass_early and state.mode == BODY and not state.partial
+                                                    and stream.uncertain is None and flow.isn is not None)
+                                                   != state.kernel_body or state.watching or state.kernel_replies):
                 return self._marks(state, stream.uncertain is None and flow.isn is not None)
         return ACCEPT
 
