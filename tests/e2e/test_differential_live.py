@@ -25,7 +25,7 @@ from .mta import why_not as mta_why_not
 pytestmark = [pytest.mark.e2e, pytest.mark.differential]
 
 CASES = [c for c in policy() if c.name in ("k2-policy-unknown-user-then-blocked", "k2-policy-pipelined-one-segment",
-                                           "k2-policy-refused-then-real-body")]
+                                           "k2-policy-window-cut-echo-354", "k2-policy-refused-then-real-body")]
 MODES = ("early", "depth")
 
 

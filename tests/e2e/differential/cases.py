@@ -121,6 +121,17 @@ def policy() -> list[Case]:
              [ehlo(), Seg(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<v@unknown-user.local>\r\nDATA\r\n"
                           b"RCPT TO:<v@example.com>\r\nDATA\r\nSubject: t\r\n\r\nhi\r\n.\r\nQUIT\r\n")],
              postfix_accepts=True, kind="2", replies_only=True),
+        # the refused RCPT's reply echoes "354 End data ..." at byte 128; the client's window (1, scaled by
+        # 128; advertised on a segment with a newer sequence number, so Linux takes the shrink) makes the
+        # server cut it there: its next segment starts with "354 " while the DATA is pending.  Only an
+        # LF the server sent proves a line start: the engine must not take that for the DATA's 354.
+        Case("k2-policy-window-cut-echo-354",
+             [ehlo(), mail(), Seg(b"R"),
+              Seg(b'CPT TO:<"' + b"x" * 117 + b'354 End data with <CR><LF>.<CR><LF>"@unknown-user.local>\r\n'
+                  b"DATA\r\n", window=1),
+              rcpt("<v@example.com>"), line("DATA"), body(), line("QUIT")],
+             postfix_accepts=True, kind="2", replies_only=True,
+             note="Postfix echoes the address unquoted: '550 5.1.1 <' + 117 x = 128 bytes before '354'"),
         # legitimate: a refused DATA, then a real message whose body quotes a blocked envelope command
         Case("k2-policy-refused-then-real-body",
              [ehlo(), mail(), rcpt(unknown), line("DATA"), line("RSET"), *message(

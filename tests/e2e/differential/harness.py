@@ -88,10 +88,14 @@ class Seg:
     tsval: int | None = None
     noack: bool = False
     wait: float = 0.03
+    window: int | None = None  # the advertised window field (scaled by 128: the SYN offers WScale 7)
 
     def spec(self) -> dict[str, Any]:
-        return {"data": self.data.hex(), "off": self.off, "flags": self.flags, "urg": self.urg,
-                "seq": self.seq, "tsval": self.tsval, "noack": self.noack, "wait": self.wait}
+        out = {"data": self.data.hex(), "off": self.off, "flags": self.flags, "urg": self.urg,
+               "seq": self.seq, "tsval": self.tsval, "noack": self.noack, "wait": self.wait}
+        if self.window is not None:
+            out["window"] = self.window
+        return out
 
 
 @dataclass(frozen=True)

@@ -197,7 +197,7 @@ class Session:
                 seq = self.isn + 1 + off
             before = len(self.server_data)
             self.send(self.frame(seq, flags, data, seg.get("urg", 0), seg.get("tsval"),
-                                 ack=not seg.get("noack", False)))
+                                 ack=not seg.get("noack", False), window=64240 if seg.get("window") is None else seg["window"]))
             if seg.get("seq") is None and "S" not in flags:
                 nxt = off + len(data)
                 self.high = max(self.high, nxt)
