@@ -196,8 +196,9 @@ class Session:
                 off = seg["off"] if seg.get("off") is not None else nxt
                 seq = self.isn + 1 + off
             before = len(self.server_data)
+            window = 64240 if seg.get("window") is None else seg["window"]
             self.send(self.frame(seq, flags, data, seg.get("urg", 0), seg.get("tsval"),
-                                 ack=not seg.get("noack", False), window=64240 if seg.get("window") is None else seg["window"]))
+                                 ack=not seg.get("noack", False), window=window))
             if seg.get("seq") is None and "S" not in flags:
                 nxt = off + len(data)
                 self.high = max(self.high, nxt)
