@@ -295,3 +295,19 @@ def test_held_back_reply_cut_mid_line_after_a_message(engine):
     assert session(engine, c).mode != BODY
     assert engine.process(c.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<v@example.com>\r\n"), 0.7).reason \
         is Reason.DOMAIN
+
+
+def test_no_valid_recipients_is_not_attributed_once_a_bdat_was_read(engine):
+    """BDAT draws the same "554 5.5.1 Error: no valid recipients": after one, that reply may answer it,
+    and taking it for a DATA's would let a held-back 354 answer a later DATA.  The DATA stays
+    unanswered: commands are read (no body), the blocked recipient after it is seen."""
+    c, s = opened(engine)
+    engine.process(c.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<v@unknown-user.local>\r\n"), 0.2)
+    engine.process(s.send(b"250 2.1.0 Ok\r\n" + REFUSED), 0.21)
+    engine.process(c.send(b"BDAT 2 LAST\r\nhi"), 0.3)
+    engine.process(s.send(NO_VALID), 0.31)
+    engine.process(c.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<v@example.org>\r\nDATA\r\n"), 0.4)
+    engine.process(s.send(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n" + NO_VALID), 0.41)
+    sess = session(engine, c)
+    assert sess.datas == 1 and sess.mode == PENDING, "the refusal is not attributed after a BDAT"
+    assert engine.process(c.send(b"RCPT TO:<v@example.com>\r\n"), 0.5).reason is Reason.DOMAIN

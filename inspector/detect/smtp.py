@@ -336,7 +336,7 @@ class SmtpSession:
     __slots__ = ("mode", "partial", "remaining", "txn", "rcpts", "bdat", "settings", "at_line_start",
                  "unsure", "errors", "chunk_last", "kernel_body", "resumed", "skipped",
                  "replies", "watching", "kernel_replies", "datas", "pipelined", "srv_next", "srv_sync",
-                 "srv_head", "srv_cont")
+                 "srv_head", "srv_cont", "bdats")
 
     def __init__(self, settings: SmtpSettings = DEFAULT_SETTINGS, midstream: bool = False,
                  replies: bool = False) -> None:
@@ -364,6 +364,7 @@ class SmtpSession:
         self.kernel_replies = False  # the engine told the kernel to queue the server's packets (ACCEPT_REPLIES)
         self.datas = 0         # DATA commands the server may have accepted whose reply is not yet attributed
         self.pipelined = 0     # client bytes came after a pending DATA before its reply (RFC 2920 §3.1)
+        self.bdats = False     # a BDAT was read: a "no valid recipients" may be its reply, not a DATA's
         self.srv_next: int | None = None  # the next server sequence number expected (None: none seen yet)
         self.srv_sync = False  # an LF was seen in contiguous server bytes: line starts are known
         self.srv_head = b""    # the start of the current server line (up to len(_NO_VALID_RECIPIENTS) bytes)
@@ -408,8 +409,10 @@ class SmtpSession:
         ``354``, so a ``354`` answers the oldest DATA not yet answered (:attr:`datas`), and the
         session enters the body only when that DATA is the pending one (PENDING: no client byte came
         after it).  The one refusal attributed is Postfix's ``554 5.5.1 Error: no valid recipients``
-        (sent only to DATA and BDAT); any other refusal leaves the DATA unanswered, and while one
-        is, no ``354`` starts a body (commands are read: it costs packets, never lets one pass).
+        (sent only to DATA and BDAT: so not once a BDAT was read); any other refusal leaves the DATA
+        unanswered, and while one is, no ``354`` starts a body (commands are read: it costs packets,
+        never lets one pass).  A refusal taken for the wrong DATA would let a held-back 354 answer a
+        later one, so only a reply no other command gets is attributed.
         """
         n = len(payload)
         nxt = self.srv_next
@@ -462,7 +465,7 @@ class SmtpSession:
                     self.at_line_start = True
                     self.watching = False  # until the next RCPT (see wants_replies)
                     entered = True
-            elif head.rstrip(b"\r") == _NO_VALID_RECIPIENTS and self.datas:
+            elif head.rstrip(b"\r") == _NO_VALID_RECIPIENTS and self.datas and not self.bdats:
                 self.datas -= 1
                 if not self.datas and self.mode == PENDING:
                     self.mode = COMMAND
@@ -614,6 +617,7 @@ class SmtpSession:
                 self.at_line_start = True
                 self.unsure = False
         elif verb == b"BDAT":
+            self.bdats = True
             m = _BDAT.fullmatch(line)
             if m is None:
                 return None  # Postfix hangs up (521): nothing after it counts; read on as commands
