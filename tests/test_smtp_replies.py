@@ -311,3 +311,23 @@ def test_no_valid_recipients_is_not_attributed_once_a_bdat_was_read(engine):
     sess = session(engine, c)
     assert sess.datas == 1 and sess.mode == PENDING, "the refusal is not attributed after a BDAT"
     assert engine.process(c.send(b"RCPT TO:<v@example.com>\r\n"), 0.5).reason is Reason.DOMAIN
+
+
+def test_every_data_is_counted_so_a_held_back_reply_answers_it(engine):
+    """MAIL and DATA without a RCPT after a message (the reply mark off): Postfix refuses that DATA with
+    "no valid recipients", and the client's window can hold that reply back until a later DATA is
+    pending.  Every DATA is counted (and turns the reply mark on), so the held-back refusal answers it,
+    not the later one, and a held-back 354 cannot open a body for a later refused DATA."""
+    c, s = opened(engine)
+    engine.process(c.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<v@example.org>\r\nDATA\r\n"), 0.2)
+    engine.process(s.send(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n" + GO_AHEAD), 0.21)
+    engine.process(c.send(b"hi\r\n.\r\n"), 0.3)
+    engine.process(c.send(b"MAIL FROM:<a@example.org>\r\nDATA\r\n"), 0.4)
+    sess = session(engine, c)
+    assert sess.datas == 1 and sess.watching
+    engine.process(c.send(b"RCPT TO:<v@example.org>\r\nDATA\r\n"), 0.5)
+    assert sess.datas == 2 and sess.mode == PENDING
+    engine.process(s.send(b"250 2.0.0 Ok: queued\r\n250 2.1.0 Ok\r\n" + NO_VALID), 0.51)
+    assert sess.datas == 1 and sess.mode == PENDING, "the refusal answers the first DATA"
+    engine.process(s.send(b"250 2.1.5 Ok\r\n" + GO_AHEAD), 0.52)
+    assert sess.mode == BODY and sess.datas == 0

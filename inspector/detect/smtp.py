@@ -606,8 +606,10 @@ class SmtpSession:
             return self._envelope(verb, line, domains)
         if verb == b"DATA":
             accepted = not has_arg and self.txn == _OPEN and self.rcpts and not self.bdat
-            if self.watching and not has_arg and self.txn != _NONE and not self.bdat:
-                # the server may accept it (the model may be unsure): its reply must be attributed
+            if self.replies and not self.bdat:
+                # every DATA the server reads as a command draws a reply that must be attributed (the model
+                # may be wrong about a refusal: one that draws a 354 or "no valid recipients" is counted too)
+                self.watching = True
                 self.datas += 1
                 if accepted:
                     self.mode = PENDING  # commands until the server's 354 (server())
