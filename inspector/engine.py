@@ -240,17 +240,23 @@ class Engine:
                 flow.reopen = (seq + 1) & 0xFFFFFFFF
             else:
                 del table.flows[key]  # nothing left to inspect there: the 4-tuple may be reused
-        embryo = table.embryos.get(key)
+        embryos = table.embryos
+        embryo: Embryo | None = embryos.get(key)
         if embryo is not None:
-            if embryo.isn == seq:
-                embryo.last = now  # retransmitted
+            isn, tsval, last, server_isn, server_next, refused = embryo
+            if isn == seq:  # retransmitted
+                embryos[key] = (isn, tsval, now, server_isn, server_next, refused)
                 return ACCEPT
-            if not embryo.refused and now - embryo.last < _HANDSHAKE_HOLD:
+            if not refused and now - last < _HANDSHAKE_HOLD:
                 # Linux keeps the first request: another SYN on the 4-tuple is answered with an
                 # ACK and dropped (tcp_check_req, out of window), or kills the request (in window)
                 self.counts["syn-on-handshake"] += 1
                 return ACCEPT
-        tsval, cookie = syn_options(data, poff)
+            del embryos[key]  # the new one goes to the end
+        if poff > 40 or data[0] != 0x45:  # options past the TCP header (behind a 20-byte IPv4 header)
+            tsval, cookie = syn_options(data, poff)
+        else:
+            tsval, cookie = None, False
         if pend > poff:
             # Linux delivers data on a SYN only with a valid Fast Open cookie on a listener that
             # enabled Fast Open (RFC 7413; tcp_fastopen_create_child); neither Postfix nor OpenSSH
@@ -258,7 +264,9 @@ class Engine:
             self.counts["syn-data-ignored"] += 1
             if cookie:
                 self.counts["syn-data-fastopen-cookie"] += 1
-        table.add_embryo(key, Embryo(seq, tsval, now))
+        embryos[key] = (seq, tsval, now, None, 0, False)
+        if len(embryos) > table.max_embryos:
+            table.evict_embryo()
         if table.tombstones:
             table.tombstones.pop(key, None)  # a new connection on the 4-tuple of an evicted one
         self.counts["handshakes"] += 1
@@ -307,19 +315,19 @@ class Engine:
                 decision = self._reply(flow, seq, data[poff:poff + length])
         embryo = table.embryos.get(rkey)
         if embryo is not None:
+            isn, tsval, last, server_isn, server_next, refused = embryo  # (a tuple: replaced on change)
             if flags & RST:
-                embryo.refused = True
+                table.embryos[rkey] = (isn, tsval, last, server_isn, server_next, True)
             elif flags & SYN:
-                if flags & ACK and tcp_ack(data) == (embryo.isn + 1) & 0xFFFFFFFF:
-                    embryo.server_isn = seq
-                    embryo.server_next = (seq + 1) & 0xFFFFFFFF
+                if flags & ACK and tcp_ack(data) == (isn + 1) & 0xFFFFFFFF:
+                    table.embryos[rkey] = (isn, tsval, last, seq, (seq + 1) & 0xFFFFFFFF, refused)
                     flow = table.flows.get(rkey)
                     if flow is not None:  # the server took the new connection: the old one is gone
                         del table.flows[rkey]
-            elif embryo.server_isn is not None:
+            elif server_isn is not None:
                 end = (seq + length + (flags & FIN)) & 0xFFFFFFFF
-                if 0 < ((end - embryo.server_next) & 0xFFFFFFFF) < 0x80000000:
-                    embryo.server_next = end
+                if 0 < ((end - server_next) & 0xFFFFFFFF) < 0x80000000:
+                    table.embryos[rkey] = (isn, tsval, last, server_isn, end, refused)
             return decision
         if flags & (RST | FIN):
             table.flows.pop(rkey, None)
@@ -353,18 +361,19 @@ class Engine:
             return None  # Linux takes nothing from a segment without ACK (here: a bare RST)
         embryo = table.embryos.get(key)
         if embryo is not None:
-            if embryo.refused:
+            isn, tsval, _last, server_isn, server_next, refused = embryo
+            if refused:
                 return None
-            if embryo.server_isn is not None:
-                acked = (tcp_ack(data) - embryo.server_isn) & 0xFFFFFFFF
-                if not 0 < acked <= ((embryo.server_next - embryo.server_isn) & 0xFFFFFFFF):
+            if server_isn is not None:
+                acked = (tcp_ack(data) - server_isn) & 0xFFFFFFFF
+                if not 0 < acked <= ((server_next - server_isn) & 0xFFFFFFFF):
                     self.counts["unproven"] += 1
                     return None
             elif self._two_sided:
                 self.counts["unproven"] += 1
                 return None
             del table.embryos[key]
-            flow = Flow(embryo.isn, (embryo.isn + 1) & 0xFFFFFFFF, kind, now, embryo.tsval)
+            flow = Flow(isn, (isn + 1) & 0xFFFFFFFF, kind, now, tsval)
         else:
             if table.tombstones.pop(key, None) is not None:
                 # evicted while still under inspection: what it has sent so far is lost, so

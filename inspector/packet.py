@@ -230,11 +230,22 @@ def timestamp(data: bytes, poff: int) -> int | None:
     return int(_U32(ts)[0]) if ts is not None and len(ts) == 8 else None
 
 
+# The options of a Linux client's SYN (tcp_syn_options): MSS, SACK permitted, timestamps, NOP, window scale
+_LINUX_SYN_HEAD = b"\x02\x04"
+_LINUX_SYN_MID = b"\x04\x02\x08\x0a"
+_LINUX_SYN_TAIL = b"\x01\x03\x03"
+
+
 def syn_options(data: bytes, poff: int) -> tuple[int | None, bool]:
     """A SYN's ``(TSval or None, carries a TCP Fast Open cookie)`` (RFC 7323, RFC 7413 option 34)."""
     toff = _toff(data)
-    if poff - toff <= 20:
+    olen = poff - toff - 20
+    if olen <= 0:
         return None, False
-    opts = _options(data, toff + 20, poff)
+    o = toff + 20
+    if olen == 20 and data[o + 4:o + 8] == _LINUX_SYN_MID and data[o:o + 2] == _LINUX_SYN_HEAD \
+            and data[o + 16:o + 19] == _LINUX_SYN_TAIL:
+        return int(_U32(data, o + 8)[0]), False  # Linux's layout, fast: no room for a cookie
+    opts = _options(data, o, poff)
     ts = opts.get(8)
     return (int(_U32(ts)[0]) if ts is not None and len(ts) == 8 else None), bool(opts.get(34))

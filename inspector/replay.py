@@ -8,14 +8,18 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import IO
 
 from .engine import Engine
 from .packet import Malformed, decode
 from .progress import Progress
 from .sources.pcap import CaptureError, CaptureReader
+
+LOOK = 100_000  # records looked at for a server packet before the first is replayed
+LOOK_BYTES = 64 << 20  # datagram bytes held while looking (past it the start is read a second time)
 
 
 @dataclass
@@ -42,28 +46,66 @@ def run(engine: Engine, packets: Iterable[tuple[float, bytes]], emit: Callable[[
             emit(decision.as_dict())
 
 
-def has_server_packets(path: str, ports: Iterable[int], look: int = 100_000) -> bool:
-    """Whether the first ``look`` records of the capture at ``path`` hold a TCP packet from one of
-    ``ports`` (server -> client; a capture taken at a server shows one within its first packets).
+def has_server_packets(path: str, ports: Iterable[int], look: int = LOOK) -> bool:
+    """Whether the first ``look`` records of the capture at ``path`` hold a server -> client TCP packet: from one
+    of ``ports`` to a port that is not one of them, as the engine tells them (a capture taken at a server
+    shows one within its first packets).
 
     A first pass over the start of the file (headers only), so that the engine knows before the first packet
     that handshakes must show the server's SYN-ACK (see ``Engine.expect_server_packets``).  An
-    unreadable capture returns False: the replay itself reports the error."""
+    unreadable capture returns False: the replay itself reports the error.  :func:`replay_file`
+    reads that start once instead (:func:`look_ahead`) and comes here only for captures of large packets."""
     wanted = frozenset(ports)
     try:
         with open(path, "rb", buffering=0) as f:
             for n, (_, data) in enumerate(CaptureReader(f, path)):
                 if n >= look:
                     break
-                try:
-                    d = decode(data)
-                except Malformed:
-                    continue  # the replay counts it
-                if d is not None and d[2] in wanted:
+                if _from_server(data, wanted):
                     return True
     except (CaptureError, OSError):
         return False
     return False
+
+
+def _from_server(data: bytes, ports: frozenset[int]) -> bool:
+    """Is ``data`` a TCP packet from one of ``ports`` to a port not among them (the engine's server -> client
+    packet; a client may well send from port 25 to port 25)?  A malformed packet is not."""
+    try:
+        d = decode(data)
+    except Malformed:
+        return False
+    return d is not None and d[2] in ports and d[3] not in ports
+
+
+def look_ahead(records: Iterator[tuple[float, bytes]], ports: Iterable[int], look: int = LOOK,
+               max_bytes: int = LOOK_BYTES) -> tuple[list[tuple[float, bytes]], bool | None, Exception | None]:
+    """Read up to ``look`` records of ``records`` (at most ``max_bytes`` of datagrams) to learn whether the
+    capture is two-sided, as :func:`has_server_packets` does, without reading them twice.
+
+    Returns ``(records read, two-sided, the error that ended the capture or None)`` (a
+    :class:`CaptureError` or an ``OSError``, to be raised once the records before it are replayed): two-sided is
+    ``True`` at the first server -> client packet (reading stops there), ``False`` when ``look``
+    records (or the whole capture) held none, ``None`` when ``max_bytes`` ran out first (ask
+    :func:`has_server_packets`)."""
+    wanted = frozenset(ports)
+    # the source port as the two bytes that follow an IPv4 header without options (where decode reads it)
+    wanted_raw = frozenset(p.to_bytes(2, "big") for p in wanted if 0 <= p < 0x10000)
+    head: list[tuple[float, bytes]] = []
+    append = head.append
+    size = 0
+    try:
+        for record in islice(records, look):
+            append(record)
+            data = record[1]
+            if (data[20:22] in wanted_raw or data[:1] != b"E") and _from_server(data, wanted):
+                return head, True, None
+            size += len(data)
+            if size > max_bytes:
+                return head, None, None
+    except (CaptureError, OSError) as e:
+        return head, False, e
+    return head, False, None
 
 
 def replay_file(engine: Engine, path: str, out: IO[str] | None = None, collect: bool = False) -> ReplayResult:
@@ -79,14 +121,23 @@ def replay_file(engine: Engine, path: str, out: IO[str] | None = None, collect: 
     started = time.perf_counter()
     reader: CaptureReader | None = None
     try:
-        if has_server_packets(path, engine.server_ports):
-            engine.expect_server_packets()
         with open(path, "rb", buffering=0) as f:
             reader = CaptureReader(f, path)
+            records = iter(reader)
+            # the start of the capture, read once: is it two-sided?  (see Engine.expect_server_packets)
+            head, two_sided, error = look_ahead(records, engine.server_ports)
+            if two_sided is None:
+                two_sided = has_server_packets(path, engine.server_ports)
+            if two_sided:
+                engine.expect_server_packets()
             bar = Progress.for_file("replay", path)
             progress = (lambda: bar.update(reader.bytes_read, reader.records)) if bar.enabled else None
             try:
-                run(engine, reader, emit, progress)
+                run(engine, head, emit, progress)
+                del head
+                if error is not None:
+                    raise error
+                run(engine, records, emit, progress)
             finally:
                 bar.done()
     except CaptureError as e:

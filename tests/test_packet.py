@@ -116,3 +116,37 @@ def test_format_addr_writes_what_ipaddress_writes():
         samples.append(raw)
     for raw in samples:
         assert format_addr(raw) == str(ipaddress.ip_address(raw)), raw.hex()
+
+
+def test_syn_options_linux_layout_and_others_agree_with_the_general_parse():
+    """syn_options reads Linux's SYN layout (MSS, SACK-permitted, timestamps, NOP, window scale) directly;
+    every other layout, and near misses of that one, go through the general option parser."""
+    import struct as _struct
+
+    from inspector.packet import _options, syn_options
+
+    def syn(options: bytes) -> tuple[bytes, int]:
+        options += b"\x00" * (-len(options) % 4)
+        tcp = _struct.pack("!HHIIBBHHH", 40000, 25, 7, 0, (5 + len(options) // 4) << 4, 0x02, 64240, 0, 0)
+        ip = _struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp) + len(options), 0, 0x4000, 64, 6, 0,
+                          bytes((198, 51, 100, 1)), bytes((192, 0, 2, 25)))
+        return ip + tcp + options, 40 + len(options)
+
+    ts = _struct.pack("!II", 0xDEADBEEF, 0)
+    layouts = [
+        b"\x02\x04\x05\xb4\x04\x02\x08\x0a" + ts + b"\x01\x03\x03\x07",  # Linux
+        b"\x02\x04\x05\xb4\x04\x02\x08\x0a" + ts + b"\x01\x03\x03",  # window scale cut short: 19 bytes
+        b"\x02\x04\x05\xb4\x01\x01\x08\x0a" + ts + b"\x01\x03\x03\x07",  # NOP NOP instead of SACK-permitted
+        b"\x02\x04\x05\xb4\x04\x02\x08\x09" + ts + b"\x01\x03\x03\x07",  # a timestamp option of the wrong size
+        b"\x02\x04\x05\xb4\x04\x02\x08\x0a" + ts + b"\x22\x03\x03\x07",  # a Fast Open option where the NOP was
+        b"\x02\x04\x05\xb4\x04\x02\x08\x0a" + ts + b"\x01\x03\x03\x07\x22\x0a" + bytes(8),  # and a cookie after
+        b"\x02\x04\x05\xb4",  # MSS only
+        b"",
+    ]
+    for options in layouts:
+        data, poff = syn(options)
+        opts = _options(data, 40, poff)
+        want_ts = _struct.unpack("!I", opts[8][:4])[0] if len(opts.get(8, b"")) == 8 else None
+        assert syn_options(data, poff) == (want_ts, bool(opts.get(34))), options
+    assert syn_options(*syn(layouts[0])) == (0xDEADBEEF, False)
+    assert syn_options(*syn(layouts[5]))[1] is True
