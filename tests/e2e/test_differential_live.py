@@ -1,10 +1,10 @@
 """Policy refusals through the live kernel path (issue 12, kind 2): Postfix refuses a recipient for
 policy, so it refuses the DATA and reads what follows as commands; only its replies say so.
 
-The server namespace runs Postfix (as the differential harness does), ``setup-nfqueue.sh install``
-(with the reply mark: INSPECTOR-REPLY queues the server's payload of connections the inspector
-marks) and ``inspector run`` in each decide mode.  The differential sender plays each case from a
-fresh client address.  A case passes when Postfix queued no blocked recipient and the inspector
+The server namespace runs Postfix (as the differential harness does), ``setup-nfqueue.sh install
+--workers 2`` (with the reply mark: INSPECTOR-REPLY queues the server's payload of connections the
+inspector marks, to the worker of their client packets) and ``inspector run`` in each decide
+mode.  The differential sender plays each case from a fresh client address.  A case passes when Postfix queued no blocked recipient and the inspector
 gave a ``domain`` verdict exactly for the sessions whose case says Postfix would have queued one.
 Run alone: ``sudo .venv/bin/python -m pytest tests/e2e/test_differential_live.py -q -s``.
 """
@@ -44,7 +44,10 @@ def live_outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tup
         except NamespaceUnavailable as e:
             pytest.skip(str(e))
         bed = diff.bed
-        bed.install()
+        # two workers: IPv4 is spread over two queues by address pair, so the server's packets of a
+        # connection must reach the worker that reads its client packets (the symmetric hash); a
+        # legitimate message's body read as commands would block its body line and fail the case
+        bed.install("--workers", "2")
         results: dict[tuple[str, int, str], Outcome] = {}
         for mode in MODES:
             bed.write_config(domains="".join(f"{d}\n" for d in BLOCKED),
@@ -56,7 +59,11 @@ def live_outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tup
                     o.engine[mode] = bool(bed.events(event="verdict", src=o.src, reason="domain"))
                     results[(o.case.name, o.family, mode)] = o
             finally:
+                # queue portid waiting copy_mode copy_range queue_dropped user_dropped id_sequence ...
+                table = bed.s("cat", "/proc/net/netfilter/nfnetlink_queue", check=False).stdout.split("\n")
+                seen = {int(f[0]): int(f[7]) for f in (line.split() for line in table) if len(f) > 7}
                 bed.stop_inspector()
+            assert len(seen) == 2 and all(seen.values()), f"both queues should have had packets: {seen}"
         for tool in ("iptables", "ip6tables"):
             listing = bed.s(tool, "-L", "INSPECTOR-REPLY", "-v", "-n", "-x").stdout.splitlines()
             queued = sum(int(line.split()[0]) for line in listing if "NFQUEUE" in line)
