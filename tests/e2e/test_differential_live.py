@@ -4,8 +4,9 @@ policy, so it refuses the DATA and reads what follows as commands; only its repl
 The server namespace runs Postfix (as the differential harness does), ``setup-nfqueue.sh install
 --workers 2`` (with the reply mark: INSPECTOR-REPLY queues the server's payload of connections the
 inspector marks, to the worker of their client packets) and ``inspector run`` in each decide
-mode.  The differential sender plays each case from a fresh client address.  A case passes when Postfix queued no blocked recipient and the inspector
-gave a ``domain`` verdict exactly for the sessions whose case says Postfix would have queued one.
+mode.  The differential sender plays each case from a fresh client address.  A case passes when
+Postfix queued no blocked recipient and the inspector gave a ``domain`` verdict exactly for the
+sessions whose case says Postfix would have queued one.
 Run alone: ``sudo .venv/bin/python -m pytest tests/e2e/test_differential_live.py -q -s``.
 """
 
