@@ -9,6 +9,8 @@ with crafted client and server segments, as the kernel would queue them.
 from __future__ import annotations
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 
@@ -331,3 +333,34 @@ def test_every_data_is_counted_so_a_held_back_reply_answers_it(engine):
     assert sess.datas == 1 and sess.mode == PENDING, "the refusal answers the first DATA"
     engine.process(s.send(b"250 2.1.5 Ok\r\n" + GO_AHEAD), 0.52)
     assert sess.mode == BODY and sess.datas == 0
+
+
+# ---- a property: the body starts only at a 354 that begins right after an LF the server sent ----------
+
+
+
+@settings(max_examples=400, deadline=None)
+@given(stream=st.binary(min_size=1, max_size=80).map(
+           lambda b: bytes(b"354 \r\n-5x"[c % 9] for c in b)),
+       cuts=st.lists(st.integers(min_value=1, max_value=79), max_size=6),
+       start=st.integers(min_value=0, max_value=0xFFFFFFFF))
+@example(stream=b"x\r\n354 x\r\n", cuts=[5], start=0xFFFFFFFE)  # the property can hold: this one enters
+@example(stream=b"354 x\r\n354 x\r\n", cuts=[], start=0)     # the first line is no line start
+def test_body_only_at_a_354_after_a_server_lf(stream, cuts, start):
+    class NoRules:
+        def match(self, domain):
+            return None
+
+    session = SmtpSession(replies=True)
+    session.feed(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<v@example.org>\r\nDATA\r\n", NoRules())
+    assert session.mode == PENDING
+    points = sorted({c for c in cuts if c < len(stream)} | {0, len(stream)})
+    entered = False
+    for a, b in zip(points, points[1:], strict=False):
+        entered |= session.server((start + a) & 0xFFFFFFFF, stream[a:b])
+    if stream == b"x\r\n354 x\r\n":
+        assert entered
+    if entered:
+        proven = [i for i in range(1, len(stream) - 3) if stream[i - 1:i] == b"\n" and stream[i:i + 3] == b"354"
+                  and stream[i + 3:i + 4] in (b" ", b"-") and b"\n" in stream[i:]]
+        assert proven, stream
