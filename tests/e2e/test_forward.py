@@ -169,6 +169,12 @@ def test_container_mta_is_inspected_reset_both_ways_and_banned(docker: DockerBed
     # the decided (bypass) connmark rule; the SMTP in-body rules match another mark bit
     [rule] = [line for line in listing.splitlines() if "connmark match" in line and "0x40000000" in line]
     assert int(rule.split()[0]) > 0, listing
+    # the container's replies reached the inspector in the reply direction (--ctdir REPLY): the clean
+    # message's 354 moved its connection into the body on the server's packet
+    replies = docker.s(tool, "-L", "INSPECTOR-REPLY", "-v", "-n", "-x").stdout.splitlines()
+    queued = sum(int(line.split()[0]) for line in replies if "NFQUEUE" in line)
+    into_body = sum(int(line.split()[0]) for line in replies if "xset 0x20000000/0x30000000" in line)
+    assert queued > 0 and into_body > 0, "\n".join(replies)
 
 
 def test_containers_outgoing_mail_is_not_inspected(docker: DockerBed) -> None:
