@@ -360,7 +360,7 @@ class SmtpSession:
         self.skipped: list[tuple[int, int]] | None = None  # body stretches skipped unseen (stream offsets)
         # the server's side (replies watched): see server()
         self.replies = replies
-        self.watching = False  # a RCPT was read: from now on the server's replies are wanted (the reply mark)
+        self.watching = False  # a RCPT or DATA was read: the server's replies are wanted (the reply mark)
         self.kernel_replies = False  # the engine told the kernel to queue the server's packets (ACCEPT_REPLIES)
         self.datas = 0         # DATA commands the server may have accepted whose reply is not yet attributed
         self.pipelined = 0     # client bytes came after a pending DATA before its reply (RFC 2920 §3.1)
@@ -387,10 +387,10 @@ class SmtpSession:
 
     @property
     def wants_replies(self) -> bool:
-        """Should the kernel queue the server's packets now (the reply mark)?  From a RCPT on until a
-        body starts (at its ``354`` nothing before it is outstanding, and the server sends nothing
-        until the body's end); after the end of data, from the next RCPT on: a DATA the server may
-        accept follows a RCPT of its transaction, so its reply is always seen."""
+        """Should the kernel queue the server's packets now (the reply mark)?  From a RCPT (or a DATA)
+        on until a body starts (at its ``354`` nothing before it is outstanding, and the server sends
+        nothing until the body's end); after the end of data, from the next RCPT or DATA on: every
+        DATA turns it on itself, so no DATA's reply goes unseen."""
         return self.watching and self.mode != BODY and self.mode != OVER
 
     def server(self, seq: int, payload: bytes) -> bool:
