@@ -22,10 +22,14 @@ CAPTURES = EXPECTED["capture"]
 def test_engine_agrees_with_postfix(capture: dict[str, object], mode: str, view: str, tmp_path: Path) -> None:
     """``client``: the client-side capture (the view without the reply mark); ``replies``: the two-sided
     one (the server's replies read).  A policy refusal only the replies show is checked in the latter."""
-    if view == "client" and capture.get("replies_only"):
-        pytest.skip("only the server's replies show a policy refusal (README: the remaining limit without them)")
     name = capture["file"] if view == "client" else capture["replies_file"]
     blocked = engine_blocks(HERE / str(name), tmp_path, mode, EXPECTED["blocked"], extra=ENGINE_CONFIG)
+    if view == "client" and capture.get("replies_only"):
+        # the remaining limit without the server's replies (README "The server's replies"): the client
+        # side alone cannot show a policy refusal, so the engine takes the refused DATA as a body's start
+        # and misses what follows; pinned so that the README is updated if this ever changes
+        assert blocked is False, f"client-only view of a policy refusal now blocks {blocked}: update the README"
+        return
     assert blocked == capture["blocked_accepted"], (
         f"Postfix delivered {capture['postfix_recipients']}, engine blocked: {blocked}")
 
