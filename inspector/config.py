@@ -68,6 +68,7 @@ class ServiceSettings:
     maxelem: int = 1_000_000
     mark: int = 0x40000000  # packet/connection mark bit for decided flows (setup-nfqueue.sh --mark)
     body_mark: int = 0x20000000  # mark bit for SMTP flows inside a DATA body (setup-nfqueue.sh --body-mark)
+    reply_mark: int = 0x10000000  # mark bit for SMTP flows whose server replies are queued (--reply-mark)
     workers: int = 0  # queues queue..queue+workers-1; 0: as many as the installed rules use
 
 
@@ -144,7 +145,7 @@ _KNOWN: dict[str, dict[str, type | tuple[type, ...]]] = {
     "whitelist": {"cidrs": list, "files": list, "hosts": list, "resolve_interval": (int, float)},
     "service": {"queue": int, "queue_maxlen": int, "fail_open": bool, "state_file": str, "events": str,
                 "syslog": bool, "control_socket": str, "ipset_v4": str, "ipset_v6": str, "maxelem": int,
-                "mark": int, "body_mark": int, "workers": int},
+                "mark": int, "body_mark": int, "reply_mark": int, "workers": int},
     "metrics": {"listen": str},
     "files": {"mode": str, "group": str},  # inspector/perms.py
     "logs": {},  # checked by inspector.logs.settings.parse_logs
@@ -363,6 +364,15 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
             raise fail("service", "body_mark", f"must be a single bit other than mark (0: no in-body filter), "
                                                f"not {bmark!r}")
         settings["body_mark"] = bmark
+    if "reply_mark" in svc or settings.get("mark", 0) == ServiceSettings.reply_mark \
+            or settings.get("body_mark", 0) == ServiceSettings.reply_mark:
+        rmark = svc.get("reply_mark", ServiceSettings.reply_mark)
+        if not isinstance(rmark, int) or rmark < 0 or rmark > 0xFFFFFFFF or rmark & (rmark - 1) \
+                or (rmark and rmark in (settings.get("mark", ServiceSettings.mark),
+                                        settings.get("body_mark", ServiceSettings.body_mark))):
+            raise fail("service", "reply_mark", f"must be a single bit other than mark and body_mark (0: replies "
+                                                f"not watched), not {rmark!r}")
+        settings["reply_mark"] = rmark
     if "workers" in svc:
         settings["workers"] = _bounded(svc["workers"], 0, 64, lambda m: fail("service", "workers", m))
     if "maxelem" in svc:

@@ -7,7 +7,9 @@ drive this same object.
 Per packet: decode → ban check → TCP flag sanity → flow lookup → on a SYN,
 the connection-rate limit → client stream reassembly → the flow's detector
 (SMTP envelope or payload strings).  Server→client packets, where a capture
-has them, only end flows; nothing depends on them.
+has them, prove handshakes and end flows; SMTP replies are read where the
+server's word decides (does a DATA start a body?): live, the kernel queues
+them while a connection has the reply mark (see :meth:`Engine.watch_replies`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Callable
 
 from .config import Config, RateRule
 from .detect.rate import RateLimiter
-from .detect.smtp import BODY, CHUNK, COMMAND, SmtpSession
+from .detect.smtp import BODY, CHUNK, COMMAND, PENDING, SmtpSession
 from .flow import KIND_PAYLOAD, KIND_SMTP, Embryo, Flow, FlowTable
 from .nets import Whitelist, mask_address, network_text
 from .packet import (
@@ -40,7 +42,18 @@ from .packet import (
 )
 from .rules import RuleSet
 from .stream import Stream
-from .verdict import ACCEPT, ACCEPT_BODY, ACCEPT_RESUME, BYPASS, Action, Decision, Fields, Reason, Verdict
+from .verdict import (
+    ACCEPT,
+    ACCEPT_BODY,
+    ACCEPT_REPLIES,
+    ACCEPT_RESUME,
+    BYPASS,
+    Action,
+    Decision,
+    Fields,
+    Reason,
+    Verdict,
+)
 
 __all__ = ["Engine", "Decision"]
 
@@ -88,6 +101,8 @@ class Engine:
         self._two_sided = False  # server -> client packets seen: the view shows handshakes
         # (see :meth:`expect_server_packets`: a capture that holds them says so before its first packet)
         self._protects = protects
+        self._replies = False  # SMTP: the server's replies are seen (see watch_replies)
+        self._live_replies = False  # live: server packets come only through the reply mark (no handshakes)
 
     # -- public -------------------------------------------------------------
 
@@ -106,9 +121,9 @@ class Engine:
             key, src, sport, dport, seq, flags, poff, pend = d
             kind = self._kind.get(dport)
             if kind is None:
-                if sport in self._kind:  # server -> client: handshakes and the end of flows
-                    self._server(key, len(src), seq, flags, pend - poff, data)
+                if sport in self._kind:  # server -> client: handshakes, SMTP replies, the end of flows
                     self.counts["server"] += 1
+                    return self._server(key, len(src), seq, flags, pend - poff, data, poff)
                 else:
                     self.counts["other-port"] += 1
                 return ACCEPT
@@ -269,15 +284,35 @@ class Engine:
         (a two-sided capture: replay checks the file first).  Without it the engine learns it at
         the first server packet, and a forged client packet before that would be judged by the
         client-only rule (its first ACK proves it), which a blind spoofer can meet.  The live
-        queue never shows server packets: the kernel proves connections there (conntrack)."""
+        queue shows no server packet of a handshake: the kernel proves connections there
+        (conntrack).  The SMTP replies of the capture are then read too (:meth:`watch_replies`)."""
         self._two_sided = True
+        self._replies = True
 
-    def _server(self, key: bytes, alen: int, seq: int, flags: int, length: int, data: bytes) -> None:
-        """A server -> client packet (captures only: the live queue sees none): the SYN-ACK
-        and what the server sent are what a client's ACK must acknowledge to prove a flow."""
-        self._two_sided = True
+    def watch_replies(self) -> None:
+        """SMTP: the server's replies will be seen, from the next session on: live, the kernel queues
+        the server's payload segments of a connection while the engine keeps its reply mark set
+        (:data:`~inspector.verdict.ACCEPT_REPLIES`, ``[service] reply_mark``); in replay, a
+        two-sided capture holds them.  A DATA then starts a body only at the server's ``354``
+        (:meth:`SmtpSession.server <inspector.detect.smtp.SmtpSession.server>`).  Live, a server
+        packet is then no sign of a two-sided view: handshakes are still proven by the kernel."""
+        self._replies = True
+        self._live_replies = True
+
+    def _server(self, key: bytes, alen: int, seq: int, flags: int, length: int, data: bytes,
+                poff: int) -> Decision:
+        """A server -> client packet (captures; live, only SMTP replies while the reply mark is set):
+        the SYN-ACK and what the server sent are what a client's ACK must acknowledge to prove a
+        flow; an SMTP session watching replies reads them (:meth:`_reply`)."""
+        if not self._live_replies:
+            self._two_sided = True
         rkey = key[alen:2 * alen] + key[:alen] + key[2 * alen + 2:] + key[2 * alen:2 * alen + 2]
         table = self.flows
+        decision = ACCEPT
+        if length and self._replies:
+            flow = table.flows.get(rkey)
+            if flow is not None and not flow.done and flow.state.__class__ is SmtpSession:
+                decision = self._reply(flow, seq, data[poff:poff + length])
         embryo = table.embryos.get(rkey)
         if embryo is not None:
             isn, tsval, last, server_isn, server_next, refused = embryo  # (a tuple: replaced on change)
@@ -293,9 +328,23 @@ class Engine:
                 end = (seq + length + (flags & FIN)) & 0xFFFFFFFF
                 if 0 < ((end - server_next) & 0xFFFFFFFF) < 0x80000000:
                     table.embryos[rkey] = (isn, tsval, last, server_isn, end, refused)
-            return
+            return decision
         if flags & (RST | FIN):
             table.flows.pop(rkey, None)
+        return decision
+
+    def _reply(self, flow: Flow, seq: int, payload: bytes) -> Decision:
+        """Server bytes of an SMTP flow: read only while the kernel queues them (the session's
+        ``kernel_replies``; replay mirrors the live view), then the kernel's marks are brought in step
+        (a pending DATA's 354: the body, and in decide = "early" the in-body filter)."""
+        session = flow.state
+        assert isinstance(session, SmtpSession)
+        if not session.kernel_replies:
+            return ACCEPT
+        if session.server(seq, payload):
+            self.counts["smtp-354"] += 1
+        stream = flow.stream
+        return self._marks(session, stream is not None and stream.uncertain is None and flow.isn is not None)
 
     def _prove(self, key: bytes, src: bytes, dport: int, seq: int, f: int, kind: int, data: bytes,
                d: Fields, poff: int, pend: int, now: float) -> Flow | Decision | None:
@@ -426,8 +475,11 @@ class Engine:
         if flow.kind == KIND_SMTP:
             session = flow.state
             if not isinstance(session, SmtpSession):
-                session = flow.state = SmtpSession(self._smtp, midstream=flow.isn is None)
+                session = flow.state = SmtpSession(self._smtp, midstream=flow.isn is None, replies=self._replies)
+            pipelined = session.pipelined
             hit = session.feed(chunk, rules.domains)
+            if session.pipelined != pipelined:
+                self.counts["smtp-pipelined-past-data"] += 1
             if hit is not None:
                 flow.done = flow.blocked = True
                 verdict = Verdict(Action.RESET, Reason.DOMAIN, rule=hit[0], match=hit[1],
@@ -448,13 +500,13 @@ class Engine:
         if stream.full or (self._bypass_early and flow.kind != KIND_SMTP and b"\n" in chunk
                            and stream.uncertain is None and flow.isn is not None):
             flow.done = True  # early: the first line (an SSH banner) was seen
-        if self._bypass_early and not flow.done:
+        if not flow.done:
             state = flow.state
             # in body only where the stream is certain (the tcp rules: a handshake seen, no uncertainty)
-            if state.__class__ is SmtpSession and (state.mode == BODY and not state.partial
-                                                   and stream.uncertain is None and flow.isn is not None) \
-                    != state.kernel_body:
-                return self._body_mark(state, stream.uncertain is None and flow.isn is not None)
+            if state.__class__ is SmtpSession and ((self._bypass_early and state.mode == BODY and not state.partial
+                                                    and stream.uncertain is None and flow.isn is not None)
+                                                   != state.kernel_body or state.watching or state.kernel_replies):
+                return self._marks(state, stream.uncertain is None and flow.isn is not None)
         return ACCEPT
 
     @staticmethod
@@ -494,22 +546,24 @@ class Engine:
             stream.depth += length
         elif mode == CHUNK:
             stream.depth += length
-        elif mode == COMMAND and off > stream.delivered:
+        elif (mode == COMMAND or (mode == PENDING and session.resumed)) and off > stream.delivered:
             return Verdict(Action.DROP, Reason.DESYNC, detail="a gap after a body: resent once the gap is filled")
         return None
 
-    @staticmethod
-    def _body_mark(session: SmtpSession, certain: bool = True) -> Decision:
-        """The accept that keeps the connection's in-body mark in step with the session
-        (:data:`ACCEPT_BODY` on entering a body, :data:`ACCEPT_RESUME` on leaving it); never in
-        body while the stream is not ``certain`` (every segment is then queued)."""
-        want = session.in_body and certain
-        if want == session.kernel_body:
+    def _marks(self, session: SmtpSession, certain: bool = True) -> Decision:
+        """The accept that keeps the connection's marks in step with the session: one of three
+        states, each verdict naming the whole state (the chain sets one bit and clears the other):
+        in body (:data:`ACCEPT_BODY`, decide = "early" only, never while the stream is not
+        ``certain``: every segment is then queued), replies watched (:data:`ACCEPT_REPLIES`: the
+        server's packets are queued too), or neither (:data:`ACCEPT_RESUME`)."""
+        body = self._bypass_early and certain and session.in_body
+        replies = not body and session.wants_replies
+        if body == session.kernel_body and replies == session.kernel_replies:
             return ACCEPT
-        session.kernel_body = want
-        if not want:
+        if session.kernel_body and not body:
             session.resumed = True
-        return ACCEPT_BODY if want else ACCEPT_RESUME
+        session.kernel_body, session.kernel_replies = body, replies
+        return ACCEPT_BODY if body else ACCEPT_REPLIES if replies else ACCEPT_RESUME
 
     @staticmethod
     def _ends(flow: Flow, seq: int, length: int) -> bool:

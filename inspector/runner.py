@@ -21,7 +21,7 @@ from .events import EventSink
 from .respond.bans import Ban, BanPipeline
 from .respond.reset import build_resets
 from .telemetry import SAMPLE, Telemetry
-from .verdict import ACCEPT, ACCEPT_BODY, ACCEPT_RESUME, BYPASS, Action, Decision, Reason
+from .verdict import ACCEPT, ACCEPT_BODY, ACCEPT_REPLIES, ACCEPT_RESUME, BYPASS, Action, Decision, Reason
 
 __all__ = ["Runner", "QueuedPacket", "ResetSender", "RawResetSender"]
 
@@ -82,6 +82,8 @@ class Runner:
     ``mark``: the packet-mark bit that tells the kernel a connection is bypassed (0: never mark);
     ``body_mark``: the bit for SMTP connections inside a DATA body (0, or no ``mark``: never marked;
     every segment is then queued, which costs packets, not inspection);
+    ``reply_mark``: the bit for SMTP connections whose server packets are queued too (the engine
+    watches replies: ``Engine.watch_replies``; 0: never set);
     ``accept_later``/``accept_noted``: the queue's batched accept (see
     :class:`~inspector.sources.nfqueue.NfQueue`; None: every accept is given at once), set by
     the packet loop; the noted accepts are given before any drop or reset;
@@ -96,6 +98,7 @@ class Runner:
     clock: Callable[[], float]
     mark: int = 0
     body_mark: int = 0  # the mark bit of SMTP flows in a DATA body (0: no in-body filter)
+    reply_mark: int = 0  # the mark bit of SMTP flows whose server replies are queued (0: none)
     counts: Counter[str] = field(default_factory=Counter, init=False)
     telemetry: Telemetry = field(default_factory=Telemetry, init=False)
     # alert mode: when each would-be-banned source was last reported
@@ -137,16 +140,25 @@ class Runner:
                 packet.accept()
             self.counts["decided"] += 1
             return
-        if decision is ACCEPT_BODY or decision is ACCEPT_RESUME:
-            # SMTP in a DATA body (or out of it): the chain sets or clears the connection's body mark
-            # (body bit alone: set; body and decided bits: clear), see setup-nfqueue.sh
-            if self.body_mark and self.mark:
-                bits = self.body_mark if decision is ACCEPT_BODY else self.body_mark | self.mark
+        if decision is ACCEPT_BODY or decision is ACCEPT_RESUME or decision is ACCEPT_REPLIES:
+            # SMTP: the connection's state in the kernel, each verdict naming the whole state (see
+            # setup-nfqueue.sh, smtp_body_marks): body bit alone = in a DATA body (the reply bit cleared);
+            # reply bit alone = the server's packets queued too (the body bit cleared); the decided bit
+            # with the others = neither
+            if decision is ACCEPT_BODY:
+                bits = self.body_mark
+            elif decision is ACCEPT_REPLIES:
+                bits = self.reply_mark
+            else:
+                bits = self.body_mark | self.reply_mark
+                bits = bits | self.mark if bits else 0
+            if bits and self.mark:
                 packet.set_mark(packet.get_mark() | bits)
                 packet.repeat()
             else:
                 packet.accept()
-            self.counts["in-body" if decision is ACCEPT_BODY else "out-of-body"] += 1
+            self.counts["in-body" if decision is ACCEPT_BODY else "replies" if decision is ACCEPT_REPLIES
+                        else "out-of-body"] += 1
             return
         applied = decision.applied
         if applied is Action.ACCEPT:  # alert mode: with the burst's batch too

@@ -68,7 +68,8 @@ class Decision(Verdict):
     non-accept verdict the packet facts a report needs (``time`` in seconds, addresses as text,
     ports, the ban network) and the decoded ``fields`` a responder needs (so a reset does not
     decode the packet again; None for a malformed packet).  Accepts are the shared constants
-    :data:`ACCEPT`, :data:`BYPASS`, :data:`ACCEPT_BODY` and :data:`ACCEPT_RESUME`, compared with ``is``.
+    :data:`ACCEPT`, :data:`BYPASS`, :data:`ACCEPT_BODY`, :data:`ACCEPT_RESUME` and :data:`ACCEPT_REPLIES`,
+    compared with ``is``.
     """
 
     time: float = 0.0
@@ -112,5 +113,9 @@ BYPASS = Decision(Action.ACCEPT, bypass=True)
 # SMTP, decide = "early": the flow is inside a DATA body; the kernel may keep the body segments that
 # cannot hold an end-of-data line (setup-nfqueue.sh's in-body rules, the body mark on the connection)
 ACCEPT_BODY = Decision(Action.ACCEPT, detail="body")
-# the flow left the body (or needs its next segment): every segment must be queued again
+# the flow left the body (or needs its next segment): every segment must be queued again, and the
+# server's packets no longer are (neither the body nor the reply mark)
 ACCEPT_RESUME = Decision(Action.ACCEPT, detail="resume")
+# SMTP: the server's replies are wanted (a RCPT was read: see SmtpSession.server); the kernel queues the
+# server's payload segments of the connection too (the reply mark), and every client segment
+ACCEPT_REPLIES = Decision(Action.ACCEPT, detail="replies")

@@ -4,7 +4,7 @@
 #   setup-nfqueue.sh install [--queue N] [--workers N] [--ports 25,22] [--whitelist CIDR]...
 #                            [--try MINUTES] [--no-ssh-whitelist] [--mark BIT] [--maxelem N] [--no-ipv6]
 #                            [--fail-closed] [--chain INPUT|FORWARD|DOCKER-USER[,...] | --forward]
-#                            [--body-mark BIT] [--syn-limit N]
+#                            [--body-mark BIT] [--reply-mark BIT] [--syn-limit N]
 #   setup-nfqueue.sh remove
 #   setup-nfqueue.sh status
 #   setup-nfqueue.sh confirm          # keep rules installed with --try
@@ -41,6 +41,13 @@
 # end-of-data line ("\n." anywhere, or "." as first payload byte) are queued, the rest of the body
 # stays in the kernel; inspector clears the mark after the end of data (both mark bits on a
 # packet) and reads the next transaction's commands (see smtp_body_marks / smtp_body_filter).
+# SMTP replies (--reply-mark BIT, default 0x10000000; 0 turns it off): while inspector keeps this
+# mark on a connection (from its first RCPT on, outside bodies), the SERVER's payload segments of
+# it are queued too (chain INSPECTOR-REPLY, jumped to from OUTPUT for TCP from the protected ports,
+# and with --chain FORWARD/DOCKER-USER from that chain for DNAT'ed connections in the reply
+# direction): a DATA starts a body only at the server's own 354, so a DATA refused after a
+# recipient refused for policy is never taken for a body.  That chain never drops: it only queues,
+# always with --queue-bypass, and pure ACKs never leave the kernel.
 # --fail-closed leaves out --queue-bypass: while no inspector is bound, the protected ports get
 # no traffic at all (for hosts where unfiltered mail is worse than none).
 # It never locks out the SSH session it runs from: that client's address is whitelisted
@@ -56,6 +63,7 @@
 set -euo pipefail
 
 CHAIN=INSPECTOR
+REPLY_CHAIN=INSPECTOR-REPLY  # the server's side of SMTP connections (--reply-mark)
 BAN4=inspector-ban4 BAN6=inspector-ban6 WHITE4=inspector-white4 WHITE6=inspector-white6
 TAG=inspector-setup
 QUEUE=0 WORKERS=$(nproc 2>/dev/null || echo 1) PORTS=25,22 BYPASS=--queue-bypass TRY="" SSH_WHITELIST=1 MARK=0x40000000 MAXELEM=1000000 IPV6=1
@@ -67,6 +75,7 @@ WHITELIST=()
 JUMP_FROM=INPUT
 BASE=INSPECTOR-BASE BASE_TAG=inspector-baseline OPEN=""
 BODY_MARK=0x20000000
+REPLY_MARK=0x10000000
 # "the first payload byte is '.'" (python -m inspector.bpf 4|6 dot; tests/test_bpf.py keeps them in step)
 DOT4="14,40 0 0 6,69 10 0 16383,177 0 0 0,80 0 0 12,84 0 0 240,116 0 0 2,12 0 0 0,7 0 0 0,40 0 0 2,45 0 3 0,80 0 0 0,21 0 1 46,6 0 0 1,6 0 0 0"
 DOT6="14,48 0 0 6,21 0 10 6,48 0 0 52,84 0 0 240,116 0 0 2,4 0 0 40,7 0 0 0,40 0 0 4,4 0 0 40,45 0 3 0,80 0 0 0,21 0 1 46,6 0 0 1,6 0 0 0"
@@ -95,6 +104,7 @@ while [ $# -gt 0 ]; do
         --forward) JUMP_FROM=FORWARD ;;
         --open) OPEN=${2:?}; shift ;;
         --body-mark) BODY_MARK=${2:?}; shift ;;
+        --reply-mark) REPLY_MARK=${2:?}; shift ;;
         -h|--help) usage ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
@@ -112,6 +122,9 @@ done
 [[ $MAXELEM =~ ^[0-9]+$ ]] || die "--maxelem must be a number"
 [[ $BODY_MARK =~ ^(0|0x[0-9a-fA-F]{1,8})$ ]] && [ $((BODY_MARK & (BODY_MARK - 1))) = 0 ] && [ $((BODY_MARK)) != $((MARK)) ] \
     || die "--body-mark must be 0 or a single bit in hex other than --mark, e.g. 0x20000000"
+[[ $REPLY_MARK =~ ^(0|0x[0-9a-fA-F]{1,8})$ ]] && [ $((REPLY_MARK & (REPLY_MARK - 1))) = 0 ] \
+    && { [ $((REPLY_MARK)) = 0 ] || { [ $((REPLY_MARK)) != $((MARK)) ] && [ $((REPLY_MARK)) != $((BODY_MARK)) ]; }; } \
+    || die "--reply-mark must be 0 or a single bit in hex other than --mark and --body-mark, e.g. 0x10000000"
 [[ $SYN_LIMIT =~ ^[0-9]+$ ]] && [ "$SYN_LIMIT" -le 10000 ] \
     || die "--syn-limit must be 0 (no limit) .. 10000 SYNs per second (the kernel's limit match allows no more)"
 
@@ -123,10 +136,15 @@ ban_set() { if [ "$1" = 4 ]; then echo $BAN4; else echo $BAN6; fi; }
 white_set() { if [ "$1" = 4 ]; then echo $WHITE4; else echo $WHITE6; fi; }
 bpf() { if [ "$1" = 4 ]; then echo "$BPF4"; else echo "$BPF6"; fi; }
 queue_target() {
+    # $2: the bypass flag to use (the reply chain always passes --queue-bypass)
+    local bypass=${2-$BYPASS}
     if [ "$1" = 4 ] && [ "$WORKERS" -gt 1 ]; then
-        echo "-j NFQUEUE --queue-balance $QUEUE:$((QUEUE + WORKERS - 1)) $BYPASS"
+        # --queue-balance hashes the address pair symmetrically (include/net/netfilter/nf_queue.h,
+        # hash_v4/hash_v6: "packets in either direction go into same queue"), so a connection's
+        # server packets (INSPECTOR-REPLY) reach the worker that reads its client packets
+        echo "-j NFQUEUE --queue-balance $QUEUE:$((QUEUE + WORKERS - 1)) $bypass"
     else
-        echo "-j NFQUEUE --queue-num $QUEUE $BYPASS"
+        echo "-j NFQUEUE --queue-num $QUEUE $bypass"
     fi
 }
 netns_id() { stat -L -c %i /proc/self/ns/net; }
@@ -152,6 +170,8 @@ probe_kernel() {
         "connmark match|-m connmark --mark 0x1/0x1 -j RETURN"
         "mark match|-m mark --mark $MARK/$MARK -j RETURN"
         "CONNMARK target|-j CONNMARK --save-mark --nfmask $MARK --ctmask $MARK"
+        "CONNMARK set-xmark target|-j CONNMARK --set-xmark $MARK/$MARK"
+        "conntrack direction match|-m conntrack --ctdir REPLY -j RETURN"
         "multiport match|-p tcp -m multiport --dports $PORTS -j RETURN"
         "comment match|-m comment --comment probe -j RETURN"
         "string match (xt_string)|-m string --algo bm --hex-string |0a2e| -j RETURN"
@@ -274,6 +294,7 @@ install_family() {
     # <<< tcp
     ipt "$fam" -A $CHAIN -j RETURN
     add_jump "$fam" "$had_table"
+    install_reply_family "$fam"
 }
 
 # The jump into INSPECTOR, first in INPUT (TCP to the protected ports, not from lo) or, with --chain,
@@ -309,17 +330,30 @@ check_jump_chain() {
     done
 }
 
-# ---- SMTP in-body filter (issue 12, kind 5; owned by the smtp engine: keep these two together) ----
-# packets inspector gives back with "repeat": body bit alone = the connection enters a DATA body;
-# body and decided bits = it left it (clear the body bit on the connection)
+# ---- SMTP in-body filter (issue 12, kind 5; owned by the smtp engine: keep these together) ----
+# packets inspector gives back with "repeat" name the connection's whole SMTP state (one of three):
+# body bit alone = in a DATA body; reply bit alone = the server's replies are queued; the decided bit
+# with the body and reply bits = neither.  Each sets its bit and clears the other on the connection.
+# $2: the chain (INSPECTOR, and INSPECTOR-REPLY: a 354 moves a connection into its body on the
+# server's packet)
 smtp_body_marks() {
-    local fam=$1 both
-    [ $((BODY_MARK)) = 0 ] && return 0
-    both=$(printf '0x%x' $((BODY_MARK | MARK)))
-    ipt "$fam" -A $CHAIN -m mark --mark "$both/$both" -j CONNMARK --set-xmark "0x0/$BODY_MARK"
-    ipt "$fam" -A $CHAIN -m mark --mark "$both/$both" -j RETURN
-    ipt "$fam" -A $CHAIN -m mark --mark "$BODY_MARK/$BODY_MARK" -j CONNMARK --set-xmark "$BODY_MARK/$BODY_MARK"
-    ipt "$fam" -A $CHAIN -m mark --mark "$BODY_MARK/$BODY_MARK" -j RETURN
+    local fam=$1 chain=${2:-$CHAIN} state clear
+    state=$(printf '0x%x' $((BODY_MARK | REPLY_MARK)))
+    [ $((state)) = 0 ] && return 0
+    local bit
+    # "neither" first: the decided bit with either state bit (so that a service configured with one
+    # of them off still clears the connection's state, never sets it)
+    for bit in $BODY_MARK $REPLY_MARK; do
+        [ $((bit)) = 0 ] && continue
+        clear=$(printf '0x%x' $((bit | MARK)))
+        ipt "$fam" -A "$chain" -m mark --mark "$clear/$clear" -j CONNMARK --set-xmark "0x0/$state"
+        ipt "$fam" -A "$chain" -m mark --mark "$clear/$clear" -j RETURN
+    done
+    for bit in $BODY_MARK $REPLY_MARK; do
+        [ $((bit)) = 0 ] && continue
+        ipt "$fam" -A "$chain" -m mark --mark "$bit/$bit" -j CONNMARK --set-xmark "$bit/$state"
+        ipt "$fam" -A "$chain" -m mark --mark "$bit/$bit" -j RETURN
+    done
 }
 # connections in a body: queue only what may hold the end-of-data line; the rest stays in the kernel
 smtp_body_filter() {
@@ -334,12 +368,44 @@ smtp_body_filter() {
     ipt "$fam" -A $CHAIN -m connmark --mark "$BODY_MARK/$BODY_MARK" -j RETURN
 }
 
+# The server's side (--reply-mark): connections inspector marked "replies" have their server payload
+# segments queued, to the same queue(s) as the client side.  Never a drop here, always --queue-bypass.
+install_reply_family() {
+    local fam=$1 from
+    if ipt "$fam" -S $REPLY_CHAIN >/dev/null 2>&1; then
+        ipt "$fam" -F $REPLY_CHAIN
+    else
+        ipt "$fam" -N $REPLY_CHAIN
+    fi
+    [ $((REPLY_MARK)) = 0 ] && { ipt "$fam" -X $REPLY_CHAIN; return 0; }
+    smtp_body_marks "$fam" $REPLY_CHAIN
+    ipt "$fam" -A $REPLY_CHAIN -m mark --mark "$MARK/$MARK" -j CONNMARK --save-mark --nfmask "$MARK" --ctmask "$MARK"
+    ipt "$fam" -A $REPLY_CHAIN -m mark --mark "$MARK/$MARK" -j RETURN
+    ipt "$fam" -A $REPLY_CHAIN -m connmark --mark "$MARK/$MARK" -j RETURN
+    # shellcheck disable=SC2046
+    ipt "$fam" -A $REPLY_CHAIN -m connmark --mark "$REPLY_MARK/$REPLY_MARK" -m bpf --bytecode "$(bpf "$fam")" \
+        $(queue_target "$fam" --queue-bypass)
+    ipt "$fam" -A $REPLY_CHAIN -j RETURN
+    for from in ${JUMP_FROM//,/ }; do
+        if [ "$from" = INPUT ]; then
+            ipt "$fam" -I OUTPUT 1 -p tcp -m multiport --sports "$PORTS" ! -o lo \
+                -m comment --comment "$TAG reply" -j $REPLY_CHAIN
+        else
+            # right after the INSPECTOR jump (first)
+            ipt "$fam" -I "$from" 2 -p tcp -m multiport --sports "$PORTS" -m conntrack --ctstate DNAT \
+                --ctdir REPLY -m comment --comment "$TAG reply" -j $REPLY_CHAIN
+        fi
+    done
+}
+
 remove_jumps() {
-    # delete every rule that jumps to our chain, whatever its chain (INPUT, FORWARD, DOCKER-USER) and ports
-    local fam=$1 rule
-    while rule=$(ipt "$fam" -S 2>/dev/null | grep -- "^-A .* -j $CHAIN\$" | head -1) && [ -n "$rule" ]; do
-        # shellcheck disable=SC2086
-        eval "ipt $fam ${rule/-A /-D }"
+    # delete every rule that jumps to our chains, whatever its chain (INPUT, OUTPUT, FORWARD, DOCKER-USER) and ports
+    local fam=$1 rule chain
+    for chain in $CHAIN $REPLY_CHAIN; do
+        while rule=$(ipt "$fam" -S 2>/dev/null | grep -- "^-A .* -j $chain\$" | head -1) && [ -n "$rule" ]; do
+            # shellcheck disable=SC2086
+            eval "ipt $fam ${rule/-A /-D }"
+        done
     done
 }
 
@@ -348,10 +414,13 @@ remove_family() {
     recorded=$(ipt_save "$fam" 2>/dev/null | sed -n "s/.*--comment \"\{0,1\}$TAG table=\([a-z]*\).*/\1/p" | head -1)
     if [ -n "$recorded" ]; then had_table=$recorded; fi
     remove_jumps "$fam"
-    if ipt "$fam" -S $CHAIN >/dev/null 2>&1; then
-        ipt "$fam" -F $CHAIN
-        ipt "$fam" -X $CHAIN
-    fi
+    local chain
+    for chain in $CHAIN $REPLY_CHAIN; do
+        if ipt "$fam" -S $chain >/dev/null 2>&1; then
+            ipt "$fam" -F $chain
+            ipt "$fam" -X $chain
+        fi
+    done
     if [ "$had_table" = new ] && [ "$(ipt "$fam" -S | grep -cv '^-P .* ACCEPT$')" = 0 ]; then
         nft delete table "$(nft_family "$fam")" filter 2>/dev/null || true
     fi
@@ -423,6 +492,10 @@ do_status() {
         if ipt "$fam" -S $CHAIN >/dev/null 2>&1; then
             ipt "$fam" -S | grep -- "^-A .* -j $CHAIN\$" || echo "(no jump into $CHAIN!)"
             ipt "$fam" -L $CHAIN -v -n
+            if ipt "$fam" -S $REPLY_CHAIN >/dev/null 2>&1; then
+                ipt "$fam" -S | grep -- "^-A .* -j $REPLY_CHAIN\$" || echo "(no jump into $REPLY_CHAIN!)"
+                ipt "$fam" -L $REPLY_CHAIN -v -n
+            fi
         else
             echo "not installed"
         fi

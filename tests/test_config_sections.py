@@ -29,3 +29,14 @@ def test_unknown_or_bad_keys_name_file_and_line(tmp_path, text, line, message):
     with pytest.raises(ConfigError) as e:
         load(tmp_path, text)
     assert str(e.value).startswith(f"{tmp_path / 'c.toml'}:{line}: ") and message in str(e.value)
+
+
+def test_service_reply_mark_is_a_single_bit_apart_from_the_others(tmp_path):
+    assert load(tmp_path, "mode = \"alert\"\n").service.reply_mark == 0x10000000
+    assert load(tmp_path, "[service]\nreply_mark = 0\n").service.reply_mark == 0
+    assert load(tmp_path, "[service]\nreply_mark = 0x8000000\n").service.reply_mark == 0x8000000
+    for bad in ("reply_mark = 0x30000000", "reply_mark = 0x20000000", "reply_mark = 0x40000000", "reply_mark = -1",
+                "body_mark = 0x10000000", 'reply_mark = "x"'):
+        with pytest.raises(ConfigError, match="reply_mark"):
+            load(tmp_path, f"[service]\n{bad}\n")
+    assert load(tmp_path, "[service]\nbody_mark = 0x10000000\nreply_mark = 0x8000000\n").service.reply_mark == 0x8000000

@@ -16,10 +16,20 @@ EXPECTED = tomllib.loads((HERE / "expected.toml").read_text(encoding="utf-8"))
 CAPTURES = EXPECTED["capture"]
 
 
+@pytest.mark.parametrize("view", ["client", "replies"])
 @pytest.mark.parametrize("mode", ["early", "depth"])
 @pytest.mark.parametrize("capture", CAPTURES, ids=[c["file"].removesuffix(".pcap") for c in CAPTURES])
-def test_engine_agrees_with_postfix(capture: dict[str, object], mode: str, tmp_path: Path) -> None:
-    blocked = engine_blocks(HERE / str(capture["file"]), tmp_path, mode, EXPECTED["blocked"], extra=ENGINE_CONFIG)
+def test_engine_agrees_with_postfix(capture: dict[str, object], mode: str, view: str, tmp_path: Path) -> None:
+    """``client``: the client-side capture (the view without the reply mark); ``replies``: the two-sided
+    one (the server's replies read).  A policy refusal only the replies show is checked in the latter."""
+    name = capture["file"] if view == "client" else capture["replies_file"]
+    blocked = engine_blocks(HERE / str(name), tmp_path, mode, EXPECTED["blocked"], extra=ENGINE_CONFIG)
+    if view == "client" and capture.get("replies_only"):
+        # the remaining limit without the server's replies (README "The server's replies"): the client
+        # side alone cannot show a policy refusal, so the engine takes the refused DATA as a body's start
+        # and misses what follows; pinned so that the README is updated if this ever changes
+        assert blocked is False, f"client-only view of a policy refusal now blocks {blocked}: update the README"
+        return
     assert blocked == capture["blocked_accepted"], (
         f"Postfix delivered {capture['postfix_recipients']}, engine blocked: {blocked}")
 

@@ -187,3 +187,38 @@ def test_telemetry_counts_packets_per_second_of_the_clock(make_engine, tmp_path)
         feed(runner, [Conn(sport=int(at * 10) % 30000 + 1024).syn()])
     assert list(t.history) == [(1000, 2, 0), (1001, 2, 0), (1003, 1, 0)]
     assert (t.second, t.packets) == (1002, 1)
+
+
+def test_reply_mark_names_the_smtp_state_on_client_and_server_packets(make_engine, tmp_path):
+    """Replies watched (issue 12, kind 2): RCPT sets the reply bit alone; the server's 354 the body bit
+    alone (the chain clears the other); the end of data clears both (the decided bit with them: the next
+    RCPT sets the reply bit again); QUIT decides."""
+    from tests.test_smtp_replies import GO_AHEAD, Server
+
+    runner, *_ = make(make_engine, tmp_path, decide="early")
+    runner.mark, runner.body_mark, runner.reply_mark = 0x40000000, 0x20000000, 0x10000000
+    runner.engine.watch_replies()
+    c = Conn()
+    s = Server(c)
+    out = feed(runner, [c.syn(), c.send(b"MAIL FROM:<a@ok.test>\r\n"), c.send(b"RCPT TO:<b@ok.test>\r\n"),
+                        s.send(b"250 2.1.5 Ok\r\n"), c.send(b"DATA\r\n"), s.send(GO_AHEAD), c.send(b"hello\r\n"),
+                        c.send(b".\r\n"), s.send(b"250 2.0.0 Ok: queued\r\n"), c.send(b"QUIT\r\n")])
+    got = [(p.verdict, p.mark) for p in out]
+    assert got == [("accept", None), ("accept", None), ("repeat", 0x10000000), ("accept", None), ("accept", None),
+                   ("repeat", 0x20000000), ("accept", None), ("repeat", 0x70000000), ("accept", None),
+                   ("repeat", 0x40000000)], got
+    assert runner.counts["replies"] == 1 and runner.counts["in-body"] == 1 and runner.counts["out-of-body"] == 1
+
+
+def test_resume_with_only_the_reply_mark_clears_it(make_engine, tmp_path):
+    """decide = "depth" (no body filter): the 354 clears the reply bit (decided bit with it)."""
+    from tests.test_smtp_replies import GO_AHEAD, Server
+
+    runner, *_ = make(make_engine, tmp_path, decide="depth")
+    runner.mark, runner.body_mark, runner.reply_mark = 0x40000000, 0, 0x10000000
+    runner.engine.watch_replies()
+    c = Conn()
+    s = Server(c)
+    out = feed(runner, [c.syn(), c.send(b"MAIL FROM:<a@ok.test>\r\nRCPT TO:<b@ok.test>\r\nDATA\r\n"),
+                        s.send(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n" + GO_AHEAD)])
+    assert [(p.verdict, p.mark) for p in out[1:]] == [("repeat", 0x10000000), ("repeat", 0x50000000)]

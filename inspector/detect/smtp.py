@@ -26,10 +26,12 @@ server *must* have done with each command, following RFC 5321 and Postfix 3.7
   ``resolve_dequoted``), and domains through IDNA 2008 / UTS #46.
 
 What the client side cannot tell (a recipient refused by a policy, an unknown
-user) is resolved towards reading more as commands: the parser enters a body only
-when Postfix surely accepted the DATA.  When it is unsure of a transaction's state
-(a command whose acceptance depends on configuration), envelope addresses are
-still checked and DATA is read as a command.
+user) the server's replies tell, where they are seen (:meth:`SmtpSession.server`:
+a DATA starts a body only at the server's own 354, read only from line starts the
+server's own LF proved).  Without them a DATA the model accepts is taken as
+accepted.  When it is unsure of a transaction's state (a command whose acceptance
+depends on configuration), envelope addresses are still checked and DATA is read
+as a command.
 """
 
 from __future__ import annotations
@@ -42,9 +44,11 @@ import idna
 from .domains import DomainMatcher, normalize_domain, to_ascii
 
 __all__ = ["SmtpSettings", "SmtpSession", "envelope_domain", "envelope_address", "routed_domains",
-           "COMMAND", "BODY", "CHUNK", "OVER", "TLS_PENDING"]
+           "COMMAND", "BODY", "CHUNK", "OVER", "TLS_PENDING", "PENDING"]
 
-COMMAND, BODY, CHUNK, OVER, TLS_PENDING = 0, 1, 2, 3, 4
+# PENDING: a DATA the model accepts was read while the server's replies are watched; the next bytes are
+# body only once the server's own 354 says so (see SmtpSession.server)
+COMMAND, BODY, CHUNK, OVER, TLS_PENDING, PENDING = 0, 1, 2, 3, 4, 5
 _TLS_HANDSHAKE = 0x16  # the first byte of a TLS record carrying a ClientHello
 
 # "MAIL FROM:" / "RCPT TO:" as Postfix tokenises them: the colon belongs to FROM/TO
@@ -62,6 +66,9 @@ _VERBS = frozenset({b"HELO", b"EHLO", b"XCLIENT", b"XFORWARD", b"STARTTLS", b"AU
 _VERBS4 = frozenset({b"MAIL", b"RCPT", b"DATA", b"BDAT", b"RSET", b"HELO", b"EHLO", b"STAR", b"QUIT"})
 # transaction state: none, maybe open (the parser cannot tell), surely open
 _NONE, _MAYBE, _OPEN = 0, 1, 2
+# the server's reply to a DATA whose every recipient it refused (Postfix smtpd.c, data_cmd and bdat_cmd;
+# no other command sends it): the one refusal of a DATA the engine can attribute (see SmtpSession.server)
+_NO_VALID_RECIPIENTS = b"554 5.5.1 Error: no valid recipients"
 
 
 @dataclass(frozen=True)
@@ -314,19 +321,29 @@ def _surely_valid(arg: str, rcpt: bool, settings: SmtpSettings) -> bool:
 class SmtpSession:
     """Per-flow SMTP state; :meth:`feed` returns the first blocked address as ``(rule, path)``.
 
-    ``mode`` is COMMAND, BODY (a DATA body), CHUNK (a BDAT chunk), TLS_PENDING or OVER.
-    For the kernel's in-body filter (``decide = "early"``): :attr:`resume_unsure` is
+    ``mode`` is COMMAND, BODY (a DATA body), CHUNK (a BDAT chunk), TLS_PENDING, OVER or PENDING
+    (a DATA waits for the server's verdict, read in its replies: :meth:`server`).
+    For the kernel's in-body filter (``decide = "early"``): :attr:`unsure` is
     set when a body resumed after a gap (unseen bytes) at a ``.`` line that may or may
     not have been the end of data; see :meth:`skip`.
+
+    ``replies``: the server's replies are watched (the kernel queues them while :attr:`watching`:
+    the reply mark): a DATA then starts a body only at the server's own ``354``, so a DATA the
+    server refused for policy (an unknown user, relay denied: invisible on the client side) is
+    never taken for the start of a body.  Without it a DATA the model accepts is taken as accepted.
     """
 
     __slots__ = ("mode", "partial", "remaining", "txn", "rcpts", "bdat", "settings", "at_line_start",
-                 "unsure", "errors", "chunk_last", "kernel_body", "resumed", "skipped")
+                 "unsure", "errors", "chunk_last", "kernel_body", "resumed", "skipped",
+                 "replies", "watching", "kernel_replies", "datas", "pipelined", "srv_next", "srv_sync",
+                 "srv_head", "srv_cont", "bdats")
 
-    def __init__(self, settings: SmtpSettings = DEFAULT_SETTINGS, midstream: bool = False) -> None:
+    def __init__(self, settings: SmtpSettings = DEFAULT_SETTINGS, midstream: bool = False,
+                 replies: bool = False) -> None:
         """``midstream``: the flow was picked up after its start (an inspector restart): whether a
         transaction is open is unknown, so envelope addresses are checked and no DATA starts a body
-        until the state is known (RSET, EHLO, an end of data)."""
+        until the state is known (RSET, EHLO, an end of data).  ``replies``: the server's replies
+        will be seen (see the class docstring and :meth:`server`)."""
         self.settings = settings
         self.mode = COMMAND
         self.partial = b""
@@ -341,6 +358,17 @@ class SmtpSession:
         self.kernel_body = False  # the engine told the kernel "in body" (ACCEPT_BODY) and not yet undone
         self.resumed = False   # commands resumed after a kernel-filtered body (ACCEPT_RESUME) at least once
         self.skipped: list[tuple[int, int]] | None = None  # body stretches skipped unseen (stream offsets)
+        # the server's side (replies watched): see server()
+        self.replies = replies
+        self.watching = False  # a RCPT or DATA was read: the server's replies are wanted (the reply mark)
+        self.kernel_replies = False  # the engine told the kernel to queue the server's packets (ACCEPT_REPLIES)
+        self.datas = 0         # DATA commands the server may have accepted whose reply is not yet attributed
+        self.pipelined = 0     # client bytes came after a pending DATA before its reply (RFC 2920 §3.1)
+        self.bdats = False     # a BDAT was read: a "no valid recipients" may be its reply, not a DATA's
+        self.srv_next: int | None = None  # the next server sequence number expected (None: none seen yet)
+        self.srv_sync = False  # an LF was seen in contiguous server bytes: line starts are known
+        self.srv_head = b""    # the start of the current server line (up to len(_NO_VALID_RECIPIENTS) bytes)
+        self.srv_cont = False  # the last server line was a continuation ("250-..."): the next is no reply's first
 
     @property
     def finished(self) -> bool:
@@ -356,6 +384,93 @@ class SmtpSession:
         """In a DATA body with nothing pending that could end it: the next bytes that matter
         are an LF followed by ``.``, or a segment starting with ``.`` (the kernel filter)."""
         return self.mode == BODY and not self.partial
+
+    @property
+    def wants_replies(self) -> bool:
+        """Should the kernel queue the server's packets now (the reply mark)?  From a RCPT (or a DATA)
+        on until a body starts (at its ``354`` nothing before it is outstanding, and the server sends
+        nothing until the body's end); after the end of data, from the next RCPT or DATA on: every
+        DATA turns it on itself, so no DATA's reply goes unseen."""
+        return self.watching and self.mode != BODY and self.mode != OVER
+
+    def server(self, seq: int, payload: bytes) -> bool:
+        """Server bytes: a segment at sequence number ``seq`` of the server's stream.  True when the
+        session entered the body (a pending DATA's ``354``).
+
+        **A server line counts only if it starts right after an LF seen in contiguous server bytes.**
+        The start of the first segment seen is not a line start: a client that shrinks its receive
+        window can make the server cut a reply anywhere, for instance inside a refused recipient's
+        echoed address (``550 5.1.1 <"x354 End data..."@...>``), and its ACK numbers are its own.
+        Only an LF the server sent proves a boundary (Postfix never echoes CR or LF).  A gap in the
+        server's sequence numbers (bytes the engine did not see) loses that proof until the next LF;
+        retransmitted bytes are skipped (the server's stream never changes).
+
+        Replies come in the order of the commands (RFC 5321 §4.1.1, RFC 2920 §3.1).  Only a DATA gets
+        ``354``, so a ``354`` answers the oldest DATA not yet answered (:attr:`datas`), and the
+        session enters the body only when that DATA is the pending one (PENDING: no client byte came
+        after it).  The one refusal attributed is Postfix's ``554 5.5.1 Error: no valid recipients``
+        (sent only to DATA and BDAT: so not once a BDAT was read); any other refusal leaves the DATA
+        unanswered, and while one is, no ``354`` starts a body (commands are read: it costs packets,
+        never lets one pass).  A refusal taken for the wrong DATA would let a held-back 354 answer a
+        later one, so only a reply no other command gets is attributed.
+        """
+        n = len(payload)
+        nxt = self.srv_next
+        end = (seq + n) & 0xFFFFFFFF
+        if nxt is not None:
+            ahead = (seq - nxt) & 0xFFFFFFFF
+            if ahead >= 0x80000000:  # it starts before the next expected byte: only its new part counts
+                back = (nxt - seq) & 0xFFFFFFFF
+                if back >= n:
+                    return False  # a retransmission: nothing new
+                payload = payload[back:]
+            elif ahead:
+                self.srv_sync = False  # bytes went by unseen: the next line start is unknown
+        else:
+            self.srv_sync = False
+        self.srv_next = end
+        pos, n = 0, len(payload)
+        if not self.srv_sync:
+            lf = payload.find(b"\n")
+            if lf < 0:
+                return False
+            self.srv_sync, self.srv_head, self.srv_cont = True, b"", False
+            pos = lf + 1
+        entered = False
+        limit = len(_NO_VALID_RECIPIENTS)
+        while pos < n:
+            lf = payload.find(b"\n", pos)
+            head = self.srv_head
+            if len(head) < limit:
+                head = self.srv_head = head + payload[pos:min(n if lf < 0 else lf, pos + limit - len(head))]
+            if lf < 0:
+                break
+            pos = lf + 1
+            self.srv_head = b""
+            first = not self.srv_cont
+            self.srv_cont = head[3:4] == b"-"
+            if not first or len(head) < 4 or not head[:3].isdigit():
+                continue
+            if entered:
+                # a reply after the 354 in the same segment: the server did not stay in a body
+                entered = False
+                self.mode = COMMAND
+                self.watching = True
+            if head[:3] == b"354" and head[3:4] in (b" ", b"-"):
+                if not self.datas:
+                    continue  # answers no DATA the engine read: ignored
+                self.datas -= 1
+                if not self.datas and self.mode == PENDING:
+                    self.mode = BODY
+                    self.at_line_start = True
+                    self.watching = False  # until the next RCPT (see wants_replies)
+                    entered = True
+            elif head.rstrip(b"\r") == _NO_VALID_RECIPIENTS and self.datas and not self.bdats:
+                self.datas -= 1
+                if not self.datas and self.mode == PENDING:
+                    self.mode = COMMAND
+                    self.rcpts = 0  # the server accepted none: a DATA again draws the same refusal
+        return entered
 
     def skip(self, gap: int) -> None:
         """``gap`` bytes of the stream went by unseen (the kernel kept body segments).
@@ -375,6 +490,12 @@ class SmtpSession:
         pos, n = 0, len(data)
         while pos < n:
             mode = self.mode
+            if mode == PENDING:
+                # client bytes after a DATA before its reply (RFC 2920 §3.1: a client waits for it):
+                # commands are read; that DATA stays unanswered, so no body starts until it is
+                self.mode = COMMAND
+                self.pipelined += 1
+                continue
             if mode == CHUNK:
                 take = min(self.remaining, n - pos)
                 pos += take
@@ -456,6 +577,7 @@ class SmtpSession:
     def _back_to_body(self) -> None:
         self.unsure = False
         self.mode = BODY
+        self.watching = False
         self.at_line_start = True
         # the transaction the body belongs to is still open: its end-of-data resets it
         self.txn, self.rcpts = _OPEN, 1
@@ -479,13 +601,25 @@ class SmtpSession:
             return None  # "MAILX ...", "DATAx": another verb, unknown to Postfix
         if verb == b"MAIL" or verb == b"RCPT":
             self.unsure = False
+            if verb == b"RCPT" and self.replies:
+                self.watching = True  # its reply's LF precedes a DATA's reply: see server()
             return self._envelope(verb, line, domains)
         if verb == b"DATA":
-            if not has_arg and self.txn == _OPEN and self.rcpts and not self.bdat:
+            accepted = not has_arg and self.txn == _OPEN and self.rcpts and not self.bdat
+            if self.replies and not self.bdat:
+                # every DATA the server reads as a command draws a reply that must be attributed (the model
+                # may be wrong about a refusal: one that draws a 354 or "no valid recipients" is counted too)
+                self.watching = True
+                self.datas += 1
+                if accepted:
+                    self.mode = PENDING  # commands until the server's 354 (server())
+                    self.unsure = False
+            elif accepted:
                 self.mode = BODY
                 self.at_line_start = True
                 self.unsure = False
         elif verb == b"BDAT":
+            self.bdats = True
             m = _BDAT.fullmatch(line)
             if m is None:
                 return None  # Postfix hangs up (521): nothing after it counts; read on as commands

@@ -52,6 +52,8 @@ class PacketSide:
         own = own_addresses()  # the engine never bans this host's addresses or their /64 (issue 11)
         self._protects: Callable[[str], str | None] = lambda network: protects(network, own=own)
         self.engine = Engine(config, rules, protects=self._protects)
+        if config.service.reply_mark and config.service.mark:
+            self.engine.watch_replies()  # the kernel queues SMTP replies while a connection has the reply mark
         self._reload_requested = False
         self._loop: Loop | None = None
         self._watching = False  # _check_reload runs on every turn of the loop (only while a reload is pending)
@@ -74,7 +76,7 @@ class PacketSide:
                 raise ServiceError(f"cannot open raw sockets for resets: {e}") from None
         self.resets = resets
         self.runner = Runner(self.engine, resets, events, bans, self.clock, mark=self.config.service.mark,
-                             body_mark=self.config.service.body_mark)
+                             body_mark=self.config.service.body_mark, reply_mark=self.config.service.reply_mark)
         self.packets = PacketLoop(loop, queue, self.runner, events)
         try:
             self.packets.bind()
@@ -167,6 +169,8 @@ class PacketSide:
             self.engine.swap_rules(rules)
         else:
             engine = Engine(config, rules, protects=self._protects)
+            if self.config.service.reply_mark and self.config.service.mark:
+                engine.watch_replies()
             engine.bans = self.engine.bans  # bans carry over; flows are picked up midstream
             self.engine = self.runner.engine = engine
         if config.service != self.config.service:

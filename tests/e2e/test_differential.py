@@ -18,13 +18,14 @@ import pytest
 from .bed import NamespaceUnavailable
 from .bed import why_not as bed_why_not
 from .differential.cases import all_cases
-from .differential.harness import Case, DiffBed, Outcome
+from .differential.harness import REPLIES, Case, DiffBed, Outcome
 from .mta import why_not as mta_why_not
 
 pytestmark = [pytest.mark.e2e, pytest.mark.differential]
 
 CASES: list[Case] = all_cases()
-MODES = ("early", "depth")
+# client-only captures (as the queue sees a connection without the reply mark) and two-sided ones
+MODES = ("early", "depth", "early" + REPLIES, "depth" + REPLIES)
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +55,8 @@ def _params() -> list[object]:
     for case in CASES:
         for fam in case.families:
             for mode in MODES:
+                if case.replies_only and REPLIES not in mode:
+                    continue  # the remaining limit without the server's replies (README)
                 out.append(pytest.param(case.name, fam, mode, id=f"{case.name}-v{fam}-{mode}"))
     return out
 
@@ -68,3 +71,18 @@ def test_engine_blocks_what_postfix_accepted(outcomes: dict[tuple[str, int], Out
             f"broken case (Postfix did not do what the case expects): {o.describe(mode)}\n{o.client.get('reply')}\n"
             + "\n".join(o.log))
     assert o.agrees(mode), o.describe(mode) + "\n" + str(o.client.get("reply")) + "\n" + "\n".join(o.log)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_window_cut_case_really_cuts_the_reply_at_the_echoed_354(outcomes: dict[tuple[str, int], Outcome],
+                                                                 family: int) -> None:
+    """The case is only worth its name if the server did start a segment with the echoed "354 ": check the
+    two-sided capture (the engine's agreement is checked above)."""
+    from scapy.layers.inet import TCP
+    from scapy.utils import rdpcap
+
+    o = outcomes[("k2-policy-window-cut-echo-354", family)]
+    assert o.pcap_replies is not None
+    starts = [bytes(p[TCP].payload)[:60] for p in rdpcap(str(o.pcap_replies))
+              if TCP in p and p[TCP].sport == 25 and bytes(p[TCP].payload)]
+    assert any(s.startswith(b"354 End data with <CR><LF>.<CR><LF>@unknown") for s in starts), starts

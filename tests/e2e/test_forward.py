@@ -129,7 +129,9 @@ def test_install_in_docker_user_and_remove_restores(docker: DockerBed, how: list
     chain = "FORWARD" if how == ["--forward"] else "DOCKER-USER"
     for tool in ("iptables", "ip6tables"):
         user = docker.s(tool, "-S", chain).stdout.splitlines()
-        assert "-j INSPECTOR" in user[1] and "--ctstate DNAT" in user[1] and "--ctdir ORIGINAL" in user[1], user
+        assert user[1].endswith("-j INSPECTOR") and "--ctstate DNAT" in user[1] and "--ctdir ORIGINAL" in user[1], user
+        # the server's side (--reply-mark): the reply direction of the same connections, right after it
+        assert user[2].endswith("-j INSPECTOR-REPLY") and "--sports" in user[2] and "--ctdir REPLY" in user[2], user
         assert ("INSPECTOR" in docker.s(tool, "-S", "INPUT").stdout) == ("INPUT" in how[-1])
     docker.setup("remove")
     docker.installed = False
@@ -167,6 +169,12 @@ def test_container_mta_is_inspected_reset_both_ways_and_banned(docker: DockerBed
     # the decided (bypass) connmark rule; the SMTP in-body rules match another mark bit
     [rule] = [line for line in listing.splitlines() if "connmark match" in line and "0x40000000" in line]
     assert int(rule.split()[0]) > 0, listing
+    # the container's replies reached the inspector in the reply direction (--ctdir REPLY): the clean
+    # message's 354 moved its connection into the body on the server's packet
+    replies = docker.s(tool, "-L", "INSPECTOR-REPLY", "-v", "-n", "-x").stdout.splitlines()
+    queued = sum(int(line.split()[0]) for line in replies if "NFQUEUE" in line)
+    into_body = sum(int(line.split()[0]) for line in replies if "xset 0x20000000/0x30000000" in line)
+    assert queued > 0 and into_body > 0, "\n".join(replies)
 
 
 def test_containers_outgoing_mail_is_not_inspected(docker: DockerBed) -> None:
@@ -183,7 +191,7 @@ def test_containers_outgoing_mail_is_not_inspected(docker: DockerBed) -> None:
                                       f'"rcpts": ["x@{BLOCKED}"], "timeout": 3}}]', "20"], True, 30)
     assert '"delivered": true' in r.stdout, r.stdout
     listing = docker.s("iptables", "-L", "DOCKER-USER", "-v", "-n", "-x").stdout
-    [jump] = [line for line in listing.splitlines() if "INSPECTOR" in line]
+    [jump] = [line for line in listing.splitlines() if line.split()[2:3] == ["INSPECTOR"]]
     assert docker.banned(CONTAINER[4]) is None
     assert ban_network(CONTAINER[4]) not in docker.ipset("inspector-ban4")
     assert int(jump.split()[0]) > 0  # the inbound mail above did jump

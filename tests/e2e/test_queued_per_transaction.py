@@ -7,10 +7,14 @@ session.  What reaches userspace, and why: the SYN (the only packet whose sequen
 as the stream's start, ``rcv_isn``: the engine keeps it in a handshake table and never counts or bans
 on it), then the command segments (EHLO, MAIL, RCPT, DATA); at DATA the connection is marked in body
 (issue 12, kind 5: every transaction is read), so of the message only the segment that holds the
-end-of-data line is queued, then QUIT, which decides the connection (connmark): 7 in all.  Pure ACKs
+end-of-data line is queued, then QUIT, which decides the connection (connmark): 7 client packets.
+With the reply mark (issue 12, kind 2: a DATA starts a body only at the server's own 354) two server
+packets join them: the RCPT's reply (its LF proves where the next reply line starts) and the 354,
+whose verdict moves the connection into its body and ends the reply watch: 9 in all.  Pure ACKs
 never leave the kernel, and packets of connections conntrack has not seen complete the handshake
-are never queued.  Printed with ``-s``; the bound is the figure the design gives, 7 (5 before
-issue 12 made the early decision read past the message: the end-of-data segment and QUIT).
+are never queued.  Printed with ``-s``; the bound is the figure the design gives, 9 (5 before
+issue 12 made the early decision read past the message: the end-of-data segment and QUIT; 7 before
+the server's replies were read).
 """
 
 from __future__ import annotations
@@ -44,4 +48,4 @@ def test_queued_packets_per_non_pipelining_transaction(live: Bed) -> None:
             assert live.server_events(event="message", peer=src), f"{src}: the message was not delivered"
         figures[f"ipv{v}"] = (queue_total(live) - before) / N
     print(f"\nqueued packets per non-pipelining SMTP transaction: {figures}")
-    assert all(f <= 7 for f in figures.values()), figures
+    assert all(f <= 9 for f in figures.values()), figures

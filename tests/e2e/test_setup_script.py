@@ -136,3 +136,31 @@ def test_a_kernel_whitelisted_source_passes_even_when_banned(net: Bed, v: int) -
     net.s("ipset", "add", ban_set, a if v == 4 else f"{a}/64", "timeout", "600")
     r = net.smtp(a, ["user@example.org"], timeout=5)
     assert r["delivered"], r
+
+
+def test_reply_chain_queues_only_server_payload_and_remove_takes_it_away(net: Bed) -> None:
+    """--reply-mark (default 0x10000000): the server's side of SMTP connections marked "replies" is
+    queued from OUTPUT; that chain never drops and always bypasses; --reply-mark 0 installs none."""
+    before = net.snapshot_rules()
+    net.install()
+    for tool in ("iptables", "ip6tables"):
+        rules = net.s(tool, "-S").stdout.splitlines()
+        jumps = [line for line in rules if line.endswith("-j INSPECTOR-REPLY")]
+        assert len(jumps) == 1 and jumps[0].startswith("-A OUTPUT") and "--sports 25,22" in jumps[0], jumps
+        chain = net.s(tool, "-S", "INSPECTOR-REPLY").stdout.splitlines()
+        assert not any("DROP" in line or "REJECT" in line for line in chain), chain
+        queued = [line for line in chain if "NFQUEUE" in line]
+        assert queued and all("--queue-bypass" in line and "0x10000000/0x10000000" in line and "-m bpf" in line
+                              for line in queued), queued
+        # the state rules: a 354 on the server's packet moves the connection into its body
+        assert any("--set-xmark 0x20000000/0x30000000" in line for line in chain), chain
+        inspector = net.s(tool, "-S", "INSPECTOR").stdout
+        assert "--set-xmark 0x10000000/0x30000000" in inspector and "--set-xmark 0x0/0x30000000" in inspector
+    net.install("--reply-mark", "0")
+    for tool in ("iptables", "ip6tables"):
+        assert "INSPECTOR-REPLY" not in net.s(tool, "-S").stdout
+    r = net.setup("install", "--reply-mark", "0x20000000", check=False)
+    assert r.returncode != 0 and "--reply-mark must be" in r.stderr, r.stderr
+    net.setup("remove")
+    net.installed = False
+    assert net.snapshot_rules() == before

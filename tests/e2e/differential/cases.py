@@ -104,6 +104,47 @@ def kind2() -> list[Case]:
     ]
 
 
+def policy() -> list[Case]:
+    """Kind 2, recipients refused for policy (invisible on the client side): only the server's replies
+    (its 554 to DATA, its 354) tell whether a body follows.  ``unknown-user.local`` is a local domain
+    without users (550 5.1.1), ``denied.test`` is refused by an access map (554 5.7.1)."""
+    unknown, denied = "<v@unknown-user.local>", "<v@denied.test>"
+    return [
+        Case("k2-policy-unknown-user-then-blocked",
+             [ehlo(), mail(), rcpt(unknown), line("DATA"), rcpt("<v@example.com>"), line("DATA"), body(),
+              line("QUIT")], postfix_accepts=True, kind="2", replies_only=True),
+        Case("k2-policy-access-denied-then-blocked",
+             [ehlo(), mail(), rcpt(denied), line("DATA"), rcpt("<v@example.com>"), line("DATA"), body(),
+              line("QUIT")], postfix_accepts=True, kind="2", replies_only=True),
+        # the whole attack in one segment (pipelined past DATA: the body is read as commands)
+        Case("k2-policy-pipelined-one-segment",
+             [ehlo(), Seg(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<v@unknown-user.local>\r\nDATA\r\n"
+                          b"RCPT TO:<v@example.com>\r\nDATA\r\nSubject: t\r\n\r\nhi\r\n.\r\nQUIT\r\n")],
+             postfix_accepts=True, kind="2", replies_only=True),
+        # the refused RCPT's reply echoes "354 End data ..." at byte 128; the client's window (1, scaled by
+        # 128; advertised on a segment with a newer sequence number, so Linux takes the shrink) makes the
+        # server cut it there: its next segment starts with "354 " while the DATA is pending.  Only an
+        # LF the server sent proves a line start: the engine must not take that for the DATA's 354.
+        Case("k2-policy-window-cut-echo-354",
+             [ehlo(), mail(), Seg(b"R"),
+              Seg(b'CPT TO:<"' + b"x" * 117 + b'354 End data with <CR><LF>.<CR><LF>"@unknown-user.local>\r\n'
+                  b"DATA\r\n", window=1),
+              rcpt("<v@example.com>"), line("DATA"), body(), line("QUIT")],
+             postfix_accepts=True, kind="2", replies_only=True,
+             note="Postfix echoes the address unquoted: '550 5.1.1 <' + 117 x = 128 bytes before '354'"),
+        # legitimate: a refused DATA, then a real message whose body quotes a blocked envelope command
+        Case("k2-policy-refused-then-real-body",
+             [ehlo(), mail(), rcpt(unknown), line("DATA"), line("RSET"), *message(
+                 ["<v@example.org>"], b"Subject: t\r\n\r\nRCPT TO:<v@example.com>\r\n"), line("QUIT")],
+             postfix_accepts=False, kind="2"),
+        # legitimate: one refused recipient among accepted ones; the body is body
+        Case("k2-policy-one-refused-rest-accepted",
+             [ehlo(), mail(), rcpt(unknown), rcpt("<v@example.org>"), line("DATA"),
+              body(b"Subject: t\r\n\r\nMAIL FROM:<x@example.com>\r\n"), line("QUIT")],
+             postfix_accepts=False, kind="2"),
+    ]
+
+
 def kind3(family: int) -> list[Case]:
     """Postfix's default address rewriting: percent hack and bang paths."""
     own = OWN[family]
@@ -225,4 +266,4 @@ def splits() -> list[Case]:
 def all_cases() -> list[Case]:
     from .tcp_cases import tcp_cases  # the tcp helper's cases (issue 12 kinds 1 and 6)
 
-    return [*clean(), *kind2(), *kind3(4), *kind3(6), *kind4(), *kind5(), *splits(), *tcp_cases()]
+    return [*clean(), *kind2(), *policy(), *kind3(4), *kind3(6), *kind4(), *kind5(), *splits(), *tcp_cases()]

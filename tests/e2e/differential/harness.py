@@ -55,9 +55,18 @@ BLOCKED = ("example.com", "straße.example", "blocked.test")
 # client addresses: one per session (first 198.51.100.100.., 2001:db8:1::100..)
 FIRST = {4: ipaddress.ip_address("198.51.100.100"), 6: ipaddress.ip_address("2001:db8:1::100")}
 MYNETWORKS = ["198.51.100.0/24", "[2001:db8:1::]/64"]
-# the engine configured as the Postfix instance is: no mydestination (its only own "domains" are
-# its address literals); the default (every domain possibly local) is tested by the unit tests
-ENGINE_CONFIG: dict[str, Any] = {"smtp": SmtpSettings(local_domains=())}
+# a local domain without users: a recipient there is refused for policy (550 5.1.1 User unknown in
+# local recipient table), which the client side cannot tell; and one refused by an access map
+LOCAL_DOMAIN = "unknown-user.local"
+DENIED_DOMAIN = "denied.test"
+POLICY_MAIN = {"mydestination": LOCAL_DOMAIN, "local_recipient_maps": "inline:{ postmaster=ok }",
+               "smtpd_recipient_restrictions": f"check_recipient_access inline:{{ {DENIED_DOMAIN}=REJECT }}"}
+# the engine configured as the Postfix instance is: its only own domain is LOCAL_DOMAIN (and its address
+# literals); the default (every domain possibly local) is tested by the unit tests
+ENGINE_CONFIG: dict[str, Any] = {"smtp": SmtpSettings(local_domains=(LOCAL_DOMAIN,))}
+# decide modes as the engine is checked: client-only captures (the live queue's view without the reply
+# mark) and two-sided ones ("+replies": the server's replies read, as with the reply mark)
+REPLIES = "+replies"
 
 
 @dataclass(frozen=True)
@@ -79,10 +88,14 @@ class Seg:
     tsval: int | None = None
     noack: bool = False
     wait: float = 0.03
+    window: int | None = None  # the advertised window field (scaled by 128: the SYN offers WScale 7)
 
     def spec(self) -> dict[str, Any]:
-        return {"data": self.data.hex(), "off": self.off, "flags": self.flags, "urg": self.urg,
-                "seq": self.seq, "tsval": self.tsval, "noack": self.noack, "wait": self.wait}
+        out = {"data": self.data.hex(), "off": self.off, "flags": self.flags, "urg": self.urg,
+               "seq": self.seq, "tsval": self.tsval, "noack": self.noack, "wait": self.wait}
+        if self.window is not None:
+            out["window"] = self.window
+        return out
 
 
 @dataclass(frozen=True)
@@ -98,6 +111,7 @@ class Case:
     families: tuple[int, ...] = (4, 6)
     note: str = ""
     syn_data: bytes = b""   # payload on the SYN (the tcp cases)
+    replies_only: bool = False  # only the server's replies tell (a policy refusal): client-only views miss it
 
 
 @dataclass
@@ -108,6 +122,7 @@ class Outcome:
     family: int
     src: str
     pcap: Path
+    pcap_replies: Path | None = None  # the two-sided capture (the server's frames too)
     recipients: set[str] = field(default_factory=set)
     blocked_accepted: bool = False
     engine: dict[str, bool] = field(default_factory=dict)  # decide mode -> blocked
@@ -164,8 +179,9 @@ class DiffBed:
         self.dir = workdir
         self.bed = Bed(workdir)
         self.postfix: Postfix | None = None
-        self.main = main or {}
+        self.main = {**POLICY_MAIN, **(main or {})}
         self.next_host = 0
+        self.v6_own_64 = False  # live runs: a ban of one session's /64 must not stop the next one
 
     def up(self) -> None:
         self.bed.up()
@@ -184,6 +200,8 @@ class DiffBed:
 
     def _address(self, family: int) -> str:
         addr = str(FIRST[family] + self.next_host)
+        if family == 6 and self.v6_own_64:  # each session its own /64 (an IPv6 ban covers a /64)
+            addr = str(FIRST[6] + ((self.next_host + 1) << 64))
         self.next_host += 1
         prefix = "64 nodad" if family == 6 else "24"
         self.bed.c("ip", "addr", "add", *f"{addr}/{prefix}".split(), "dev", "veth-c")
@@ -219,9 +237,11 @@ class DiffBed:
                     continue
                 src = self._address(fam)
                 pcap = pcaps / f"{case.name}-v{fam}{suffix}.pcap"
-                outcomes.append(Outcome(case, fam, src, pcap))
+                both = pcaps / f"{case.name}-v{fam}{suffix}-replies.pcap"
+                outcomes.append(Outcome(case, fam, src, pcap, both))
                 sessions.append({"src": src, "dst": SERVER[fam], "dport": 25, "sport": 40000 + len(sessions),
                                  "isn": case.isn, "timestamps": case.timestamps, "pcap": str(pcap),
+                                 "pcap_replies": str(both),
                                  "segments": [s.spec() for s in case.segments], "syn_data": case.syn_data.hex()})
         peer = self.bed.s("cat", "/sys/class/net/veth-s/address").stdout.strip()
         spec_file = self.dir / f"sender{suffix}.json"
@@ -241,7 +261,9 @@ class DiffBed:
             o.log = [line for line in log.splitlines() if f"[{o.src}]" in line][-12:]
             o.blocked_accepted = any(is_blocked_address(a) for a in o.recipients)
             for mode in modes:
-                o.engine[mode] = engine_blocks(o.pcap, self.dir, mode, extra=ENGINE_CONFIG)
+                decide, _, replies = mode.partition("+")
+                pcap = o.pcap_replies if replies and o.pcap_replies is not None else o.pcap
+                o.engine[mode] = engine_blocks(pcap, self.dir, decide, extra=ENGINE_CONFIG)
         return outcomes
 
 

@@ -2,7 +2,8 @@
 
 ``sudo .venv/bin/python -m tests.e2e.differential.record [DEST]`` (default
 ``tests/pcaps/differential``): runs every case of ``cases.py`` against a real Postfix
-(IPv4 and IPv6), copies each session's client-side capture to DEST and writes
+(IPv4 and IPv6), copies each session's client-side capture and its two-sided capture
+(``*-replies.pcap``: the server's frames too) to DEST and writes
 ``DEST/expected.toml``: per capture, the recipients Postfix delivered and whether one
 of them is blocked.  ``tests/test_differential_pcaps.py`` replays them through the
 engine (both decide modes) everywhere, without root.
@@ -38,8 +39,13 @@ def main() -> int:
     for o in outcomes:
         name = f"{o.case.name}-v{o.family}.pcap"
         shutil.copy(o.pcap, dest / name)
+        both = f"{o.case.name}-v{o.family}-replies.pcap"
+        assert o.pcap_replies is not None
+        shutil.copy(o.pcap_replies, dest / both)
         recipients = json.dumps(sorted(o.recipients), ensure_ascii=False)
-        lines += ["[[capture]]", f'file = "{name}"', f'case = "{o.case.name}"', f'kind = "{o.case.kind}"',
+        lines += ["[[capture]]", f'file = "{name}"', f'replies_file = "{both}"',
+                  f"replies_only = {'true' if o.case.replies_only else 'false'}",
+                  f'case = "{o.case.name}"', f'kind = "{o.case.kind}"',
                   f"family = {o.family}", f"postfix_recipients = {recipients}",
                   f"blocked_accepted = {'true' if o.blocked_accepted else 'false'}", ""]
     (dest / "expected.toml").write_text("\n".join(lines), encoding="utf-8")

@@ -25,8 +25,12 @@ SYN offers TCP timestamps and every segment carries one (TSval from a counter, o
 After the last segment the client waits until the server has been quiet for
 ``settle`` seconds, sends a FIN after the highest byte sent, waits for the server's FIN
 (Postfix has then read everything before it; at most 8 s) and sends an RST.  Every
-frame sent is written to ``pcap`` (Ethernet link type, send time), in order.  Prints
-one JSON result per session: ``{"synack": bool, "server_bytes": n, "reply": "..."}``.
+frame sent is written to ``pcap`` (Ethernet link type, send time), in order; with
+``"pcap_replies": PATH`` every frame sent and every frame of the server received is written
+there too (a two-sided capture: the engine reads the server's replies from it).  A segment
+whose last line is ``DATA`` is followed by a wait for the server's reply to it (at most 3 s),
+as a client waits for the 354 (RFC 5321 §4.1.1.4, RFC 2920 §3.1).  Prints one JSON result
+per session: ``{"synack": bool, "server_bytes": n, "reply": "..."}``.
 """
 
 from __future__ import annotations
@@ -62,7 +66,10 @@ class Session:
         self.server_data = b""
         self.synack = False
         self.server_fin = False
+        self.server_rst = False
         self.writer = PcapWriter(spec["pcap"], linktype=1, sync=True)
+        both = spec.get("pcap_replies")
+        self.both = PcapWriter(both, linktype=1, sync=True) if both else None
         self.high = 0  # stream offset after the highest byte sent
 
     # ---- frames ------------------------------------------------------------------------------------
@@ -88,6 +95,8 @@ class Session:
     def send(self, frame: bytes) -> None:
         self.sock.send(frame)
         self.writer.write(Ether(frame))
+        if self.both is not None:
+            self.both.write(Ether(frame))
 
     # ---- replies -------------------------------------------------------------------------------------
     def poll(self, seconds: float) -> bool:
@@ -116,6 +125,8 @@ class Session:
             if tcp is None or tcp.sport != self.dport or tcp.dport != self.sport:
                 continue
             got = True
+            if self.both is not None:
+                self.both.write(eth)
             for name, value in tcp.options:
                 if name == "Timestamp":
                     self.ts_recent = value[0]
@@ -129,6 +140,9 @@ class Session:
                 continue
             if flags & 0x01:
                 self.server_fin = True
+            if flags & 0x04:
+                self.server_rst = True
+                continue
             advance = len(payload) + (1 if flags & 0x01 else 0)
             if advance and tcp.seq == self.rcv_nxt:
                 self.rcv_nxt = (self.rcv_nxt + advance) & 0xFFFFFFFF
@@ -136,6 +150,16 @@ class Session:
                 self.send(self.frame(self.isn + 1 + self.high, "A"))
             elif advance:
                 self.send(self.frame(self.isn + 1 + self.high, "A"))  # duplicate: re-ACK
+
+    def await_data_reply(self, before: int, limit: float = 3.0) -> None:
+        """Wait until the server's data after byte ``before`` holds a DATA reply (a final line whose
+        code is not 2xx: 354, or a refusal), at most ``limit`` seconds."""
+        end = time.monotonic() + limit
+        while time.monotonic() < end and not self.server_rst and not self.server_fin:
+            if any(line[3:4] == b" " and line[:1] in (b"3", b"4", b"5")
+                   for line in self.server_data[before:].split(b"\r\n")):
+                return
+            self.poll(0.02)
 
     def quiet(self, settle: float, limit: float = 8.0) -> None:
         """Wait until the server sent nothing for ``settle`` seconds (at most ``limit``)."""
@@ -171,21 +195,27 @@ class Session:
             else:
                 off = seg["off"] if seg.get("off") is not None else nxt
                 seq = self.isn + 1 + off
+            before = len(self.server_data)
+            window = 64240 if seg.get("window") is None else seg["window"]
             self.send(self.frame(seq, flags, data, seg.get("urg", 0), seg.get("tsval"),
-                                 ack=not seg.get("noack", False)))
+                                 ack=not seg.get("noack", False), window=window))
             if seg.get("seq") is None and "S" not in flags:
                 nxt = off + len(data)
                 self.high = max(self.high, nxt)
             self.poll(seg.get("wait", 0.03))
+            if data.rstrip(b"\r\n").rpartition(b"\n")[2].strip().upper() == b"DATA":
+                self.await_data_reply(before)
         self.quiet(self.spec.get("settle", 0.2))
         # FIN after the last byte: the server reads everything before its end of file, then closes;
         # wait for its FIN (a hole that never fills: up to 8 s), then RST what is left
         self.send(self.frame(self.isn + 1 + self.high, "FA"))
         end = time.monotonic() + 8
-        while not self.server_fin and time.monotonic() < end:
+        while not self.server_fin and not self.server_rst and time.monotonic() < end:
             self.poll(0.05)
         self.send(self.frame(self.isn + 2 + self.high, "R", ack=False))
         self.writer.close()
+        if self.both is not None:
+            self.both.close()
         return {"synack": True, "server_bytes": len(self.server_data),
                 "reply": self.server_data.decode("utf-8", "replace")}
 
