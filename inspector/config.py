@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -352,27 +353,7 @@ def _from_dict(data: dict[str, Any], path: Path, where: _Locator) -> Config:
     if "queue_maxlen" in svc:
         settings["queue_maxlen"] = _bounded(svc["queue_maxlen"], 1, 1 << 20,
                                             lambda m: fail("service", "queue_maxlen", m))
-    if "mark" in svc:
-        mark = svc["mark"]
-        if not isinstance(mark, int) or mark <= 0 or mark > 0xFFFFFFFF or mark & (mark - 1):
-            raise fail("service", "mark", f"must be a single bit such as 0x40000000, not {mark!r}")
-        settings["mark"] = mark
-    if "body_mark" in svc:
-        bmark = svc["body_mark"]
-        if not isinstance(bmark, int) or bmark < 0 or bmark > 0xFFFFFFFF or bmark & (bmark - 1) \
-                or bmark == settings.get("mark", ServiceSettings.mark):
-            raise fail("service", "body_mark", f"must be a single bit other than mark (0: no in-body filter), "
-                                               f"not {bmark!r}")
-        settings["body_mark"] = bmark
-    if "reply_mark" in svc or settings.get("mark", 0) == ServiceSettings.reply_mark \
-            or settings.get("body_mark", 0) == ServiceSettings.reply_mark:
-        rmark = svc.get("reply_mark", ServiceSettings.reply_mark)
-        if not isinstance(rmark, int) or rmark < 0 or rmark > 0xFFFFFFFF or rmark & (rmark - 1) \
-                or (rmark and rmark in (settings.get("mark", ServiceSettings.mark),
-                                        settings.get("body_mark", ServiceSettings.body_mark))):
-            raise fail("service", "reply_mark", f"must be a single bit other than mark and body_mark (0: replies "
-                                                f"not watched), not {rmark!r}")
-        settings["reply_mark"] = rmark
+    settings.update(_mark_bits(svc, fail))
     if "workers" in svc:
         settings["workers"] = _bounded(svc["workers"], 0, 64, lambda m: fail("service", "workers", m))
     if "maxelem" in svc:
@@ -479,3 +460,28 @@ def _port_list(value: Any, fail: Any) -> list[int]:
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 65535:
             raise fail(f"invalid port {v!r}")
     return list(dict.fromkeys(value))
+
+
+# [service] mark bits, in order: each one a single bit apart from those before it (mark: never 0);
+# what the error says it must be
+_MARK_BITS = (("mark", "a single bit such as 0x40000000"),
+              ("body_mark", "a single bit other than mark (0: no in-body filter)"),
+              ("reply_mark", "a single bit other than mark and body_mark (0: replies not watched)"))
+
+
+def _mark_bits(svc: dict[str, Any], fail: Callable[[str, str | None, str], ConfigError]) -> dict[str, int]:
+    """``[service] mark``, ``body_mark``, ``reply_mark`` (setup-nfqueue.sh ``--mark``, ``--body-mark``,
+    ``--reply-mark``): each a single bit, apart from the others.  A default that collides with a bit
+    set before it is an error under its own name, as a setting given would be."""
+    out: dict[str, int] = {}
+    earlier: list[int] = []
+    for key, must in _MARK_BITS:
+        value = svc.get(key, getattr(ServiceSettings, key))
+        ok = isinstance(value, int) and 0 <= value <= 0xFFFFFFFF and not value & (value - 1) \
+            and (value > 0 or key != "mark") and not (value and value in earlier)
+        if not ok:
+            raise fail("service", key, f"must be {must}, not {value!r}")
+        if key in svc:
+            out[key] = value
+        earlier.append(value)
+    return out

@@ -40,3 +40,18 @@ def test_service_reply_mark_is_a_single_bit_apart_from_the_others(tmp_path):
         with pytest.raises(ConfigError, match="reply_mark"):
             load(tmp_path, f"[service]\n{bad}\n")
     assert load(tmp_path, "[service]\nbody_mark = 0x10000000\nreply_mark = 0x8000000\n").service.reply_mark == 0x8000000
+
+
+def test_service_mark_bits_checked_together_defaults_included(tmp_path):
+    """mark, body_mark and reply_mark are one check: a default that a given bit collides with is an error
+    under the default's name (before, mark = 0x20000000 alone left body_mark on the same bit)."""
+    with pytest.raises(ConfigError, match="body_mark"):
+        load(tmp_path, "[service]\nmark = 0x20000000\n")
+    with pytest.raises(ConfigError, match="reply_mark"):
+        load(tmp_path, "[service]\nmark = 0x10000000\nbody_mark = 0\n")
+    with pytest.raises(ConfigError, match="mark"):
+        load(tmp_path, "[service]\nmark = 0\n")
+    s = load(tmp_path, "[service]\nmark = 0x20000000\nbody_mark = 0x4000000\n").service
+    assert (s.mark, s.body_mark, s.reply_mark) == (0x20000000, 0x4000000, 0x10000000)
+    s = load(tmp_path, "[service]\nbody_mark = 0\nreply_mark = 0\n").service
+    assert (s.mark, s.body_mark, s.reply_mark) == (0x40000000, 0, 0)

@@ -51,9 +51,7 @@ class PacketSide:
         self.rules_info = rules_info(rules, self.loaded)
         own = own_addresses()  # the engine never bans this host's addresses or their /64 (issue 11)
         self._protects: Callable[[str], str | None] = lambda network: protects(network, own=own)
-        self.engine = Engine(config, rules, protects=self._protects)
-        if config.service.reply_mark and config.service.mark:
-            self.engine.watch_replies()  # the kernel queues SMTP replies while a connection has the reply mark
+        self.engine = self._engine(config, rules)
         self._reload_requested = False
         self._loop: Loop | None = None
         self._watching = False  # _check_reload runs on every turn of the loop (only while a reload is pending)
@@ -95,6 +93,16 @@ class PacketSide:
         if self._reload_requested and not self._watching:  # asked for before the start
             self._watching = True
             loop.each_turn(self._check_reload)
+
+    def _engine(self, config: Config, rules: RuleSet) -> Engine:
+        """A new engine for ``config``: it reads SMTP replies where the kernel queues them (a reply
+        mark and a decided mark in the running ``[service]``, which a reload does not change:
+        setup-nfqueue.sh's reply chain)."""
+        engine = Engine(config, rules, protects=self._protects)
+        service = self.config.service
+        if service.reply_mark and service.mark:
+            engine.watch_replies()
+        return engine
 
     @property
     def fail_open(self) -> bool:
@@ -168,9 +176,7 @@ class PacketSide:
         if same_engine:
             self.engine.swap_rules(rules)
         else:
-            engine = Engine(config, rules, protects=self._protects)
-            if self.config.service.reply_mark and self.config.service.mark:
-                engine.watch_replies()
+            engine = self._engine(config, rules)
             engine.bans = self.engine.bans  # bans carry over; flows are picked up midstream
             self.engine = self.runner.engine = engine
         if config.service != self.config.service:
