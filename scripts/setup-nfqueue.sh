@@ -272,9 +272,7 @@ install_family() {
     ipt "$fam" -A $CHAIN -m conntrack --ctstate INVALID -j DROP
     ipt "$fam" -A $CHAIN -p tcp ! --syn -m conntrack --ctstate NEW -j DROP
     smtp_body_marks "$fam"
-    ipt "$fam" -A $CHAIN -m mark --mark "$MARK/$MARK" -j CONNMARK --save-mark --nfmask "$MARK" --ctmask "$MARK"
-    ipt "$fam" -A $CHAIN -m mark --mark "$MARK/$MARK" -j RETURN
-    ipt "$fam" -A $CHAIN -m connmark --mark "$MARK/$MARK" -j RETURN
+    decided_marks "$fam" $CHAIN
     smtp_body_filter "$fam"
     # >>> tcp: which packets reach NFQUEUE (README "TCP: what the engine reads, and proven connections")
     # A SYN proves nothing, but it is the only packet whose sequence number Linux takes as the
@@ -301,16 +299,27 @@ install_family() {
 # first in FORWARD or a chain FORWARD calls (DOCKER-USER): there only for connections DNAT'ed to a
 # published port, in their original direction (client to server).  --chain INPUT,DOCKER-USER: both.
 add_jump() {
-    local fam=$1 had_table=$2 rec from
+    local fam=$1 had_table=$2 rec
     # the baseline came first: its record of the table is the older truth
     rec=$(baseline_recorded "$fam"); if [ -n "$rec" ]; then had_table=${rec#* }; fi
+    jump_to "$fam" $CHAIN client "$TAG table=$had_table"
+}
+
+# jump_to FAM CHAIN client|server COMMENT: the jumps into CHAIN from every chain of --chain.  client:
+# from INPUT, TCP to the protected ports not from lo, or from FORWARD/DOCKER-USER, DNAT'ed connections
+# in their original direction; server: the same connections' other direction (from OUTPUT, TCP from
+# the protected ports not to lo; from FORWARD/DOCKER-USER in the reply direction, right after the
+# client jump).
+jump_to() {
+    local fam=$1 chain=$2 comment=$4 from ports=--dports lo=-i dir=ORIGINAL at=1 local_chain=INPUT
+    if [ "$3" = server ]; then ports=--sports lo=-o dir=REPLY at=2 local_chain=OUTPUT; fi
     for from in ${JUMP_FROM//,/ }; do
         if [ "$from" = INPUT ]; then
-            ipt "$fam" -I INPUT 1 -p tcp -m multiport --dports "$PORTS" ! -i lo \
-                -m comment --comment "$TAG table=$had_table" -j $CHAIN
+            ipt "$fam" -I $local_chain 1 -p tcp -m multiport $ports "$PORTS" ! $lo lo \
+                -m comment --comment "$comment" -j "$chain"
         else
-            ipt "$fam" -I "$from" 1 -p tcp -m multiport --dports "$PORTS" -m conntrack --ctstate DNAT \
-                --ctdir ORIGINAL -m comment --comment "$TAG table=$had_table" -j $CHAIN
+            ipt "$fam" -I "$from" $at -p tcp -m multiport $ports "$PORTS" -m conntrack --ctstate DNAT \
+                --ctdir $dir -m comment --comment "$comment" -j "$chain"
         fi
     done
 }
@@ -371,7 +380,7 @@ smtp_body_filter() {
 # The server's side (--reply-mark): connections inspector marked "replies" have their server payload
 # segments queued, to the same queue(s) as the client side.  Never a drop here, always --queue-bypass.
 install_reply_family() {
-    local fam=$1 from
+    local fam=$1
     if ipt "$fam" -S $REPLY_CHAIN >/dev/null 2>&1; then
         ipt "$fam" -F $REPLY_CHAIN
     else
@@ -379,23 +388,21 @@ install_reply_family() {
     fi
     [ $((REPLY_MARK)) = 0 ] && { ipt "$fam" -X $REPLY_CHAIN; return 0; }
     smtp_body_marks "$fam" $REPLY_CHAIN
-    ipt "$fam" -A $REPLY_CHAIN -m mark --mark "$MARK/$MARK" -j CONNMARK --save-mark --nfmask "$MARK" --ctmask "$MARK"
-    ipt "$fam" -A $REPLY_CHAIN -m mark --mark "$MARK/$MARK" -j RETURN
-    ipt "$fam" -A $REPLY_CHAIN -m connmark --mark "$MARK/$MARK" -j RETURN
+    decided_marks "$fam" $REPLY_CHAIN
     # shellcheck disable=SC2046
     ipt "$fam" -A $REPLY_CHAIN -m connmark --mark "$REPLY_MARK/$REPLY_MARK" -m bpf --bytecode "$(bpf "$fam")" \
         $(queue_target "$fam" --queue-bypass)
     ipt "$fam" -A $REPLY_CHAIN -j RETURN
-    for from in ${JUMP_FROM//,/ }; do
-        if [ "$from" = INPUT ]; then
-            ipt "$fam" -I OUTPUT 1 -p tcp -m multiport --sports "$PORTS" ! -o lo \
-                -m comment --comment "$TAG reply" -j $REPLY_CHAIN
-        else
-            # right after the INSPECTOR jump (first)
-            ipt "$fam" -I "$from" 2 -p tcp -m multiport --sports "$PORTS" -m conntrack --ctstate DNAT \
-                --ctdir REPLY -m comment --comment "$TAG reply" -j $REPLY_CHAIN
-        fi
-    done
+    jump_to "$fam" $REPLY_CHAIN server "$TAG reply"
+}
+
+# A packet inspector gave back with the decided bit marks its connection decided (bypassed); a
+# decided connection's packets leave the chain unqueued.
+decided_marks() {
+    local fam=$1 chain=$2
+    ipt "$fam" -A "$chain" -m mark --mark "$MARK/$MARK" -j CONNMARK --save-mark --nfmask "$MARK" --ctmask "$MARK"
+    ipt "$fam" -A "$chain" -m mark --mark "$MARK/$MARK" -j RETURN
+    ipt "$fam" -A "$chain" -m connmark --mark "$MARK/$MARK" -j RETURN
 }
 
 remove_jumps() {
