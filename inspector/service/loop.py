@@ -18,7 +18,7 @@ import select
 import signal
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
 
@@ -239,6 +239,7 @@ class PacketLoop:
     events: EventSink
     hold: Callable[[], None] | None = None
     flush: Callable[[], None] | None = None
+    _bound: bool = field(default=False, init=False)
 
     def bind(self) -> None:
         """Bind the queue and start reading it (errors are the queue's, e.g. QueueError); the
@@ -248,6 +249,7 @@ class PacketLoop:
         if later is not None and noted is not None:
             self.runner.accept_later, self.runner.accept_noted = later, noted
         self.loop.add_reader(self.queue.fileno(), self._reader())
+        self._bound = True
 
     def _reader(self) -> Callable[[], None]:
         return self.queue.read if self.hold is None and self.flush is None else self.read
@@ -255,7 +257,7 @@ class PacketLoop:
     def batch(self, hold: Callable[[], None] | None, flush: Callable[[], None] | None) -> None:
         """Call ``hold()`` before and ``flush()`` after every burst (None, None: neither)."""
         self.hold, self.flush = hold, flush
-        with contextlib.suppress(Exception):  # not bound yet: bind() registers the reader
+        if self._bound:  # else bind() registers the reader
             self.loop.add_reader(self.queue.fileno(), self._reader())
 
     @property
