@@ -6,6 +6,9 @@ server *must* have done with each command, following RFC 5321 and Postfix 3.7
 
 * Lines end at LF; trailing CRs are stripped (Postfix's ``smtp_get``); a command
   line longer than ``line_length_limit`` (2048) is cut there, the rest skipped.
+* A command's words are what Postfix's tokenizer makes of it (``smtpd_token.c``): they are
+  separated by any ``ISSPACE`` byte (space, tab, VT, FF, CR), and a NUL ends the line as a C
+  string: ``RCPT<VT>TO:<...>`` is a RCPT and ``DATA<FF>`` or ``DATA<NUL>x`` a DATA.
 * ``MAIL FROM:`` opens a transaction unless one is open (a nested MAIL is refused,
   503) or a BDAT transfer is in progress; ``RCPT TO:`` counts only inside a
   transaction (RCPT before MAIL is refused, 503), and ``RCPT TO:<>`` and broken paths
@@ -52,12 +55,15 @@ COMMAND, BODY, CHUNK, OVER, TLS_PENDING, PENDING = 0, 1, 2, 3, 4, 5
 _TLS_HANDSHAKE = 0x16  # the first byte of a TLS record carrying a ClientHello
 
 # "MAIL FROM:" / "RCPT TO:" as Postfix tokenises them: the colon belongs to FROM/TO
-_ENVELOPE = re.compile(rb"(MAIL[ \t]+FROM|RCPT[ \t]+TO):(.*)", re.I | re.S)
+# the bytes Postfix's tokenizer separates words with (smtpd_token.c: ISSPACE; LF ends the line)
+_WS = b" \t\x0b\x0c\r"
+_SEPARATORS = frozenset({b"", b" ", b"\t", b"\x0b", b"\x0c", b"\r"})  # what may follow a verb ("": nothing)
+_ENVELOPE = re.compile(rb"(MAIL[ \t\x0b\x0c\r]+FROM|RCPT[ \t\x0b\x0c\r]+TO):(.*)", re.I | re.S)
 # the common case, decided without the general parser: a plain local part (nothing Postfix rewrites)
 # at an ASCII domain, in brackets, no parameters
-_SIMPLE = re.compile(rb"(?:MAIL[ \t]+FROM|RCPT[ \t]+TO):[ \t]*"
+_SIMPLE = re.compile(rb"(?:MAIL[ \t\x0b\x0c\r]+FROM|RCPT[ \t\x0b\x0c\r]+TO):[ \t\x0b\x0c\r]*"
                      rb"<([A-Za-z0-9._+=-]+@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*))>", re.I)
-_BDAT = re.compile(rb"BDAT[ \t]+(\d+)(?:[ \t]+(LAST))?[ \t]*", re.I)
+_BDAT = re.compile(rb"BDAT[ \t\x0b\x0c\r]+(\d+)(?:[ \t\x0b\x0c\r]+(LAST))?", re.I)
 _ESMTP = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*(?:=\S*)?")
 # every command smtpd knows (smtpd.c, smtpd_cmd_table); others draw "502 not recognized"
 _VERBS = frozenset({b"HELO", b"EHLO", b"XCLIENT", b"XFORWARD", b"STARTTLS", b"AUTH", b"MAIL", b"RCPT",
@@ -546,7 +552,10 @@ class SmtpSession:
             if eol < 0:
                 self.partial = data[pos:]
                 return None
-            line = data[pos:eol][: self.settings.line_length_limit].rstrip(b"\r").lstrip(b" \t")
+            line = data[pos:eol][: self.settings.line_length_limit]
+            if b"\0" in line:
+                line = line[:line.index(b"\0")]  # the tokenizer reads a C string
+            line = line.strip(_WS)
             pos = eol + 1
             if self.unsure and self._unsure_line(line):
                 continue
@@ -593,10 +602,10 @@ class SmtpSession:
         if verb not in _VERBS4:
             return None  # not a command that changes state (NOOP, VRFY, unknown...)
         sep = line[4:5]
-        if sep == b"" or sep == b" " or sep == b"\t":
-            has_arg = bool(line[5:].strip())
-        elif verb == b"STAR" and line[:8].upper() == b"STARTTLS" and line[8:9] in (b"", b" ", b"\t"):
-            verb, has_arg = b"STARTTLS", bool(line[9:].strip())
+        if sep in _SEPARATORS:
+            has_arg = bool(line[5:].strip(_WS))
+        elif verb == b"STAR" and line[:8].upper() == b"STARTTLS" and line[8:9] in _SEPARATORS:
+            verb, has_arg = b"STARTTLS", bool(line[9:].strip(_WS))
         else:
             return None  # "MAILX ...", "DATAx": another verb, unknown to Postfix
         if verb == b"MAIL" or verb == b"RCPT":

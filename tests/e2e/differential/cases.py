@@ -263,7 +263,36 @@ def splits() -> list[Case]:
     ]
 
 
+def separators() -> list[Case]:
+    """Kind 2, Postfix's tokenizer (``smtpd_token.c``): a command's words are split at ISSPACE (SP, HT, VT,
+    FF, CR) and leading ISSPACE is skipped; a NUL ends the line's tokens.  ``DATA<VT>`` is a DATA: its 354
+    leaves on its own when the client holds back the rest of a line ("." here), after the engine read a
+    second DATA; a 354 taken for that second DATA's opens a body the server never opened."""
+    return [
+        Case("k2-sep-vt-rcpt", [ehlo(), mail(), line(b"RCPT\x0bTO:<v@example.com>"), line("DATA"), body(),
+                                line("QUIT")], postfix_accepts=True, kind="2"),
+        Case("k2-sep-cr-rcpt", [ehlo(), mail(), line(b"RCPT\rTO:<v@example.com>"), line("DATA"), body(),
+                                line("QUIT")], postfix_accepts=True, kind="2"),
+        Case("k2-sep-ff-lead-rcpt", [ehlo(), mail(), line(b"\x0cRCPT TO:<v@example.com>"), line("DATA"), body(),
+                                     line("QUIT")], postfix_accepts=True, kind="2"),
+        Case("k2-sep-nul-data-is-data", [ehlo(), mail(), rcpt("<v@example.org>"), line(b"DATA\x00x"),
+                                         Seg(b"RCPT TO:<v@example.com>\r\nDATA\r\nSubject: t\r\n\r\nhi\r\n.\r\n"),
+                                         line("QUIT")], postfix_accepts=False, kind="2"),
+        Case("k2-sep-vt-data-lends-its-354",
+             [ehlo(), Seg(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<v@example.org>\r\nDATA\x0b\r\n.", wait=0.0),
+              Seg(b"\r\nDATA\r\n"), Seg(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<v@example.com>\r\nDATA\r\n"),
+              body(), line("QUIT")], postfix_accepts=True, kind="2"),
+        # "BDAT 4<VT>LAST" is a BDAT to Postfix (the transaction ends); the engine's model keeps it open, so
+        # without the replies the next DATA (503 need RCPT) starts a body there
+        Case("k2-sep-vt-bdat-then-data",
+             [ehlo(), mail(), rcpt("<v@example.org>"), Seg(b"BDAT 4\x0bLAST\r\nxx\r\n"), line("DATA"),
+              Seg(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<v@example.com>\r\nDATA\r\n"), body(), line("QUIT")],
+             postfix_accepts=True, kind="2"),
+    ]
+
+
 def all_cases() -> list[Case]:
     from .tcp_cases import tcp_cases  # the tcp helper's cases (issue 12 kinds 1 and 6)
 
-    return [*clean(), *kind2(), *policy(), *kind3(4), *kind3(6), *kind4(), *kind5(), *splits(), *tcp_cases()]
+    return [*clean(), *kind2(), *policy(), *kind3(4), *kind3(6), *kind4(), *kind5(), *splits(), *separators(),
+            *tcp_cases()]
