@@ -243,10 +243,20 @@ upgrade_ban4() {
 }
 
 ssh_client() {
-    # the address of the SSH client this script runs under, if any
+    # the address of the SSH client this script runs under, if any: from the environment, or, where
+    # sudo (env_reset) or su - dropped it, from this terminal's login record (who -m: "... (ADDRESS)")
     local c=${SSH_CONNECTION:-${SSH_CLIENT:-}}
-    [ -n "$c" ] && echo "${c%% *}"
+    if [ -n "$c" ]; then echo "${c%% *}"; return 0; fi
+    c=$(who -m 2>/dev/null | sed -n 's/.*(\([^()]*\))[[:space:]]*$/\1/p' | head -1)
+    if [[ $c =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]] || [[ $c =~ ^[0-9A-Fa-f]*:[0-9A-Fa-f]*:[0-9A-Fa-f:.]*$ ]]; then
+        echo "$c"
+    fi
     return 0
+}
+# say so when the SSH whitelist finds nobody: an admin behind sudo would otherwise learn it from a ban
+no_ssh_client() {
+    say "warning: no SSH client found to whitelist (not an SSH session, or its address was not kept):" \
+        "if you manage this host over SSH, pass --whitelist YOUR_ADDRESS"
 }
 
 install_family() {
@@ -463,7 +473,7 @@ do_install() {
     local wl=("${WHITELIST[@]}")
     if [ "$SSH_WHITELIST" = 1 ]; then
         local me; me=$(ssh_client)
-        if [ -n "$me" ]; then wl+=("$me"); say "whitelisting this SSH session's client $me"; fi
+        if [ -n "$me" ]; then wl+=("$me"); say "whitelisting this SSH session's client $me"; else no_ssh_client; fi
     fi
     for cidr in "${wl[@]}"; do
         if [[ $cidr == *:* ]]; then
@@ -620,7 +630,7 @@ do_baseline() {
     BASE_WHITELIST=("${WHITELIST[@]}")
     if [ "$SSH_WHITELIST" = 1 ]; then
         me=$(ssh_client)
-        if [ -n "$me" ]; then BASE_WHITELIST+=("$me"); say "accepting this SSH session's client $me"; fi
+        if [ -n "$me" ]; then BASE_WHITELIST+=("$me"); say "accepting this SSH session's client $me"; else no_ssh_client; fi
     fi
     [[ ,$OPEN, == *,22,* ]] || say "warning: port 22 is not in --open: new SSH sessions will be refused"
     for fam in $(families); do baseline_family "$fam" "${had[$fam]}"; done

@@ -164,3 +164,19 @@ def test_reply_chain_queues_only_server_payload_and_remove_takes_it_away(net: Be
     net.setup("remove")
     net.installed = False
     assert net.snapshot_rules() == before
+
+
+def test_ssh_whitelist_says_when_it_finds_no_client(net: Bed) -> None:
+    """Under sudo (env_reset) or su - the SSH client's address is gone from the environment: install
+    says so instead of whitelisting nobody in silence; with it, the client is whitelisted."""
+    argv = ["bash", str(SETUP), "install", "--queue", "0", "--ports", "25,22", "--workers", "1"]
+    try:
+        r = net.s("env", "-u", "SSH_CONNECTION", "-u", "SSH_CLIENT", *argv, timeout=60)
+        assert "no SSH client found to whitelist" in r.stdout, r.stdout
+        net.setup("remove")
+        r = net.s("env", "SSH_CONNECTION=198.51.100.7 50022 192.0.2.25 22", *argv, timeout=60)
+        assert "whitelisting this SSH session's client 198.51.100.7" in r.stdout, r.stdout
+        assert "no SSH client found" not in r.stdout
+        assert "198.51.100.7" in net.s("ipset", "list", "inspector-white4").stdout
+    finally:
+        net.setup("remove", check=False)
